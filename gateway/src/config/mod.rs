@@ -1,0 +1,301 @@
+//! The gateway's one TOML config file.
+//!
+//! Every key has a default (documented on the field and in the README's
+//! configuration reference) except the ones that have no sensible default:
+//! providers, routes and API keys. Unknown keys are rejected so that a typo
+//! is an error that names the key instead of a silently ignored setting.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub metering: MeteringConfig,
+    /// Defaults for every route; a route may override any of them.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// Upstreams by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Public model names that clients send in `model`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Time allowed for a client to send the request headers. It also bounds
+    /// how long an idle keep-alive connection is held open.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to receive the whole request body once headers arrived.
+    pub body_read_timeout_ms: u64,
+    /// On SIGINT/SIGTERM, stop accepting and wait this long for in-flight
+    /// requests to finish before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            max_body_bytes: 4 * 1024 * 1024,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// When false, requests need no API key and are attributed to the
+    /// tenant `anonymous`. Meant for local development only.
+    pub enabled: bool,
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { enabled: true, keys: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Tenant that requests with this key are attributed to.
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the bearer token. The token itself is never
+    /// stored: `flywheel-gateway hash-key TOKEN` prints this value.
+    pub sha256: String,
+    /// Requests per minute allowed for this key in this process; 0 = no limit.
+    #[serde(default)]
+    pub requests_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Hex SHA-256 of the admin bearer token for `/admin/*`. Unset = the
+    /// admin API is disabled (404).
+    pub token_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// `jsonl` appends one JSON event per request to `path`; `none` only
+    /// updates Prometheus metrics.
+    pub sink: SinkKind,
+    pub path: PathBuf,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self { sink: SinkKind::None, path: PathBuf::from("flywheel-events.jsonl") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    None,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries on the same target after a retryable failure (connect error,
+    /// timeout, 429, 5xx, cut stream) before moving down the fallback chain.
+    pub max_retries: u32,
+    /// Retries on the same target after an answer failed output validation.
+    pub validation_retries: u32,
+    /// First backoff; doubled on each retry, with full jitter.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` the gateway honours; a longer one moves on to
+    /// the next target instead of waiting.
+    pub max_retry_after_ms: u64,
+    /// Deadline of one upstream attempt (non-streaming: the whole answer;
+    /// streaming: until the first token).
+    pub attempt_timeout_ms: u64,
+    /// Deadline of the whole request, all attempts and backoffs included.
+    pub total_timeout_ms: u64,
+    /// A stream that sends nothing for this long is treated as stalled and
+    /// continued on the next attempt.
+    pub stream_idle_timeout_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            validation_retries: 1,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 2_000,
+            max_retry_after_ms: 10_000,
+            attempt_timeout_ms: 60_000,
+            total_timeout_ms: 120_000,
+            stream_idle_timeout_ms: 20_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_idle_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Number of most recent attempts per provider the error ratio is taken over.
+    pub window: usize,
+    /// The breaker needs at least this many attempts in the window to open.
+    pub min_requests: usize,
+    /// Error ratio (0..1] that opens the breaker.
+    pub error_ratio: f64,
+    /// How long an open breaker rejects attempts before letting probes through.
+    pub open_ms: u64,
+    /// Concurrent probe attempts allowed while half-open.
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { window: 20, min_requests: 10, error_ratio: 0.5, open_ms: 5_000, half_open_probes: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// OpenAI-compatible base URL including the version prefix, for example
+    /// `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Environment variable that holds the provider's API key; unset = no
+    /// `Authorization` header is sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Extra headers sent with every request to this provider.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// USD per 1M prompt tokens.
+    #[serde(default)]
+    pub price_input_per_1m: f64,
+    /// USD per 1M completion tokens.
+    #[serde(default)]
+    pub price_output_per_1m: f64,
+    /// How a stream cut mid-answer is continued on this provider.
+    #[serde(default)]
+    pub continuation: Continuation,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+
+/// How the gateway continues a stream that broke after it already sent part
+/// of the answer to the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// Resend the conversation with the partial answer as a final assistant
+    /// message; the provider continues from it (assistant prefill, as served
+    /// by vLLM, llama.cpp, mistral.rs and the mock).
+    #[default]
+    AssistantPrefix,
+    /// Ask again from scratch and drop the part of the new answer that the
+    /// client already has. If the new answer does not start with it, the
+    /// rest is sent anyway and the event records `failover_diverged`.
+    Restart,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Public model name.
+    pub name: String,
+    pub variants: Vec<VariantConfig>,
+    /// Overrides of the global `[retry]` table for this route.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    pub name: String,
+    /// Relative share of traffic; 0 takes the variant out of the split.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Ordered fallback chain: the first target is tried first.
+    pub targets: Vec<TargetConfig>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Name of a `[providers.*]` entry.
+    pub provider: String,
+    /// Model name sent to that provider.
+    pub model: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The retry policy of a route: its own table, or the global one.
+    pub fn retry_for(&self, route: &RouteConfig) -> RetryConfig {
+        route.retry.clone().unwrap_or_else(|| self.retry.clone())
+    }
+}

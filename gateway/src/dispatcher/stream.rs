@@ -1,0 +1,439 @@
+//! Streaming requests, with mid-stream failover.
+//!
+//! Chunks are forwarded as they arrive. If the upstream stream breaks after
+//! part of the answer reached the client (connection cut, stall past
+//! `stream_idle_timeout_ms`, malformed chunk, error), the next attempt
+//! continues the answer (see [`crate::config::Continuation`]) and the client
+//! sees one well-formed stream that ends in `data: [DONE]`.
+//!
+//! When the request asks for structured output, the answer must be validated
+//! as a whole before the client sees any of it, so chunks are buffered and
+//! replayed once the answer passed.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger, Operation, Plan};
+use crate::config::Continuation;
+use crate::error::GatewayError;
+use crate::metering::AttemptOutcome;
+use crate::upstream::sse::{SseEvent, SseParser};
+use crate::AppState;
+
+/// What the endpoint needs to start the response.
+pub struct Started {
+    pub provider: String,
+    pub model: String,
+}
+
+/// Where the stream goes: the client's body channel, with the state needed
+/// to continue it on another attempt.
+struct Output {
+    started: Option<oneshot::Sender<Result<Started, GatewayError>>>,
+    tx: mpsc::Sender<Bytes>,
+    /// Hold chunks until the whole answer passed validation.
+    buffered: bool,
+    buffer: Vec<Bytes>,
+    /// Text of choice 0 that the client has (or will get from the buffer).
+    text: String,
+    /// The client went away.
+    closed: bool,
+    /// A tool call or a second choice was streamed: such answers cannot be
+    /// continued from a text prefix.
+    continuable: bool,
+    first_byte: Option<Duration>,
+    created: Option<Value>,
+}
+
+impl Output {
+    fn sent_any(&self) -> bool {
+        !self.buffered && (self.first_byte.is_some())
+    }
+
+    /// Sends or buffers one SSE event.
+    async fn emit(&mut self, call: &Call, data: &[u8], who: (&str, &str)) {
+        let mut frame = Vec::with_capacity(data.len() + 8);
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\n\n");
+        let frame = Bytes::from(frame);
+        if self.buffered {
+            self.buffer.push(frame);
+            return;
+        }
+        self.start(call, who);
+        if self.tx.send(frame).await.is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn start(&mut self, call: &Call, (provider, model): (&str, &str)) {
+        if let Some(tx) = self.started.take() {
+            self.first_byte = Some(call.start.elapsed());
+            let _ = tx.send(Ok(Started { provider: provider.to_owned(), model: model.to_owned() }));
+        }
+    }
+
+    async fn flush_buffer(&mut self, call: &Call, who: (&str, &str)) {
+        self.buffered = false;
+        self.start(call, who);
+        for frame in std::mem::take(&mut self.buffer) {
+            if self.tx.send(frame).await.is_err() {
+                self.closed = true;
+                return;
+            }
+        }
+    }
+}
+
+/// How one streaming attempt ended.
+enum StreamEnd {
+    Done,
+    Broken { outcome: AttemptOutcome, reason: String },
+    ClientClosed,
+}
+
+/// Runs the request; reports the start (or the error) on `started`, then
+/// writes SSE frames to `tx`.
+pub async fn run(
+    state: AppState,
+    call: Call,
+    started: oneshot::Sender<Result<Started, GatewayError>>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let retry = call.route.retry.clone();
+    let targets = call.targets();
+    let mut plan = Plan::new(&retry, targets.len());
+    let mut ledger = Ledger::default();
+    let mut out = Output {
+        started: Some(started),
+        tx,
+        buffered: call.validator.is_some(),
+        buffer: Vec::new(),
+        text: String::new(),
+        closed: false,
+        continuable: call.can_continue,
+        first_byte: None,
+        created: None,
+    };
+    // Index of the first attempt whose text reached the client, and the
+    // completion tokens of every attempt that contributed text.
+    let mut first_contributor: Option<usize> = None;
+    let mut completion_total = 0u64;
+
+    while !plan.exhausted() {
+        let target = &targets[plan.target];
+        let remaining = call.deadline().saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        let mut record = AttemptRecord::begin(&call, &plan, target);
+        let Some(permit) = target.provider.breaker.acquire() else {
+            record.finish(&mut ledger, AttemptOutcome::CircuitOpen, Some("circuit open".into()), &call.body, 0);
+            plan.next(Failure::NextTarget);
+            continue;
+        };
+        let continuing = out.sent_any();
+        let restart = continuing && target.provider.continuation == Continuation::Restart;
+        let prefix = (continuing && !restart).then_some(out.text.as_str());
+        let body = call.upstream_body(target, prefix);
+        let timeout = retry.attempt_timeout().min(remaining);
+        let who = (target.provider.name.as_str(), target.model.as_str());
+        // Completion tokens of this attempt when the upstream sends no usage.
+        let mut estimate = 0u64;
+
+        let failed = match send(&call, &mut record, &body, timeout).await {
+            Err(failed) => {
+                if failed.rejected.is_some() || record.status == Some(429) {
+                    drop(permit);
+                } else {
+                    permit.failure();
+                }
+                failed
+            }
+            Ok(response) => {
+                let mut pump = Pump {
+                    call: &call,
+                    continuing,
+                    skip: if restart { Some(out.text.clone()) } else { None },
+                    diverged: false,
+                    chunks_with_text: 0,
+                    usage: None,
+                };
+                let end = pump.forward(response.into_body(), &mut out, &mut record, timeout, &retry, who).await;
+                record.usage = pump.usage;
+                let contributed = pump.chunks_with_text > 0;
+                estimate = pump.chunks_with_text;
+                ledger.failover_diverged |= pump.diverged;
+                match end {
+                    StreamEnd::Done => {
+                        let invalid = call.validator.as_ref().and_then(|v| v.check(&out.text).err());
+                        match invalid {
+                            None => {
+                                permit.success();
+                                record.finish(&mut ledger, AttemptOutcome::Ok, None, &body, estimate);
+                                let index = ledger.attempts.len() - 1;
+                                let a = &ledger.attempts[index];
+                                completion_total += a.completion_tokens;
+                                let prompt_tokens = ledger.attempts[first_contributor.unwrap_or(index)].prompt_tokens;
+                                if out.buffered {
+                                    out.flush_buffer(&call, who).await;
+                                }
+                                finish_stream(&call, &mut out, (prompt_tokens, completion_total)).await;
+                                let ttft = out.first_byte;
+                                finish(&state, &call, ledger, StatusCode::OK, Some(index), (prompt_tokens, completion_total), ttft);
+                                return;
+                            }
+                            Some(reason) => {
+                                permit.success();
+                                out.buffer.clear();
+                                out.text.clear();
+                                Failed { outcome: AttemptOutcome::ValidationFailed, reason, failure: Failure::Validation, rejected: None }
+                            }
+                        }
+                    }
+                    StreamEnd::ClientClosed => {
+                        drop(permit);
+                        record.finish(&mut ledger, AttemptOutcome::ClientClosed, None, &body, estimate);
+                        let ttft = out.first_byte;
+                        // 499: the client closed the request (nginx's convention).
+                        finish(&state, &call, ledger, StatusCode::from_u16(499).expect("valid"), None, (0, 0), ttft);
+                        return;
+                    }
+                    StreamEnd::Broken { outcome, reason } => {
+                        permit.failure();
+                        if contributed && !out.buffered {
+                            first_contributor.get_or_insert(ledger.attempts.len());
+                        }
+                        if out.buffered {
+                            // Nothing was sent: start over on the next attempt.
+                            out.buffer.clear();
+                            out.text.clear();
+                        }
+                        let outcome = if out.sent_any() { AttemptOutcome::MidStreamFailover } else { outcome };
+                        Failed { outcome, reason, failure: Failure::Retryable { retry_after: None }, rejected: None }
+                    }
+                }
+            }
+        };
+        let was_midstream = failed.outcome == AttemptOutcome::MidStreamFailover;
+        record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, estimate);
+        if was_midstream {
+            ledger.failovers += 1;
+            completion_total += ledger.attempts.last().map_or(0, |a| a.completion_tokens);
+            if !out.continuable {
+                break;
+            }
+        }
+        if let Some((status, body)) = failed.rejected {
+            if !out.sent_any() && matches!(status.as_u16(), 400 | 404 | 413 | 422) {
+                finish(&state, &call, ledger, status, None, (0, 0), None);
+                if let Some(tx) = out.started.take() {
+                    let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
+                }
+                return;
+            }
+        }
+        if let Some(wait) = plan.next(failed.failure) {
+            backoff(&mut ledger, wait.min(call.deadline().saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    let error = exhausted_error(&call, &ledger);
+    let status = error.status();
+    let ttft = out.first_byte;
+    if let Some(tx) = out.started.take() {
+        let _ = tx.send(Err(error));
+    } else {
+        // The client already has part of the answer: end the stream with an
+        // OpenAI-style error event, as OpenAI does for mid-stream errors.
+        let body = json!({"error": {"message": error.to_string(), "type": "upstream_error", "param": null, "code": "upstream_failed"}});
+        let _ = out.tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
+    }
+    finish(&state, &call, ledger, status, None, (0, 0), ttft);
+}
+
+/// Sends the usage chunk (when the client asked for it) and `[DONE]`.
+async fn finish_stream(call: &Call, out: &mut Output, (prompt, completion): (u64, u64)) {
+    if call.include_usage {
+        let object = if call.op == Operation::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let chunk = json!({
+            "id": call.id, "object": object, "created": out.created.clone().unwrap_or(json!(call.ts_ms / 1000)),
+            "model": call.route.name, "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        });
+        let _ = out.tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await;
+    }
+    let _ = out.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+}
+
+/// Reads one upstream stream and forwards its chunks.
+struct Pump<'a> {
+    call: &'a Call,
+    /// This attempt continues an answer the client already has part of.
+    continuing: bool,
+    /// Restart continuation: text the new answer should repeat, not re-sent.
+    skip: Option<String>,
+    diverged: bool,
+    chunks_with_text: u64,
+    usage: Option<(u64, u64)>,
+}
+
+impl Pump<'_> {
+    async fn forward(
+        &mut self,
+        mut body: Incoming,
+        out: &mut Output,
+        record: &mut AttemptRecord<'_>,
+        attempt_timeout: Duration,
+        retry: &crate::config::RetryConfig,
+        who: (&str, &str),
+    ) -> StreamEnd {
+        let mut parser = SseParser::default();
+        loop {
+            // Until the first chunk the attempt deadline applies; after it,
+            // the idle deadline detects stalls.
+            let wait = match record.ttft {
+                None => attempt_timeout.saturating_sub(record.started.elapsed()),
+                Some(_) => retry.stream_idle_timeout(),
+            };
+            let frame = match tokio::time::timeout(wait, body.frame()).await {
+                Err(_) => {
+                    return StreamEnd::Broken {
+                        outcome: AttemptOutcome::Timeout,
+                        reason: format!("stream stalled for {} ms", wait.as_millis()),
+                    }
+                }
+                Ok(None) => {
+                    return StreamEnd::Broken {
+                        outcome: AttemptOutcome::BadResponse,
+                        reason: "stream ended without [DONE]".into(),
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return StreamEnd::Broken { outcome: AttemptOutcome::ConnectError, reason: format!("stream cut: {e}") }
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            parser.push(&data);
+            loop {
+                let event = match parser.next_event() {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return StreamEnd::Broken {
+                            outcome: AttemptOutcome::BadResponse,
+                            reason: "stream is not UTF-8".into(),
+                        }
+                    }
+                };
+                let data = match event {
+                    SseEvent::Done => return StreamEnd::Done,
+                    SseEvent::Data(d) => d,
+                };
+                let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+                    return StreamEnd::Broken {
+                        outcome: AttemptOutcome::BadResponse,
+                        reason: format!("malformed chunk: {}", &data[..data.len().min(200)]),
+                    };
+                };
+                if let Some(error) = chunk.get("error") {
+                    return StreamEnd::Broken {
+                        outcome: AttemptOutcome::ErrorStatus,
+                        reason: format!("error event in stream: {error}"),
+                    };
+                }
+                record.ttft.get_or_insert_with(|| record.started.elapsed());
+                if self.rewrite(&mut chunk, out) {
+                    let bytes = serde_json::to_vec(&chunk).expect("JSON value serialises");
+                    out.emit(self.call, &bytes, who).await;
+                    if out.closed {
+                        return StreamEnd::ClientClosed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes usage out of a chunk, tracks choice 0's text, and returns the
+    /// whether anything is left to forward.
+    fn rewrite(&mut self, chunk: &mut Value, out: &mut Output) -> bool {
+        let Some(obj) = chunk.as_object_mut() else { return false };
+        if let Some(usage) = obj.remove("usage") {
+            if let Some(p) = usage.get("prompt_tokens").and_then(Value::as_u64) {
+                let c = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+                self.usage = Some((p, c));
+            }
+        }
+        if out.created.is_none() {
+            out.created = obj.get("created").cloned();
+        }
+        obj.insert("id".into(), Value::String(self.call.id.clone()));
+        obj.insert("model".into(), Value::String(self.call.route.name.clone()));
+        let Some(choices) = obj.get_mut("choices").and_then(Value::as_array_mut) else { return false };
+        if choices.is_empty() {
+            return false;
+        }
+        let chat = self.call.op == Operation::Chat;
+        let mut keep = false;
+        for choice in choices.iter_mut() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let has_finish = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+            let container = if chat { choice.get_mut("delta") } else { Some(&mut *choice) };
+            let Some(container) = container.and_then(Value::as_object_mut) else {
+                keep |= has_finish;
+                continue;
+            };
+            if chat && self.continuing {
+                // The client already got the role in the first attempt's chunk.
+                container.remove("role");
+            }
+            if container.contains_key("tool_calls") || index > 0 {
+                out.continuable = false;
+            }
+            let field = if chat { "content" } else { "text" };
+            if index == 0 {
+                if let Some(Value::String(text)) = container.get_mut(field) {
+                    let kept = self.skip_repeated(text);
+                    *text = kept;
+                    if !text.is_empty() {
+                        out.text.push_str(text);
+                        self.chunks_with_text += 1;
+                    }
+                }
+            }
+            let has_content = container.iter().any(|(k, v)| match v {
+                Value::Null => false,
+                Value::String(s) => !(k == field && s.is_empty() && self.continuing),
+                _ => true,
+            });
+            keep |= has_content || has_finish || !self.continuing;
+        }
+        keep
+    }
+
+    /// For a restarted answer: drops the part the client already has.
+    fn skip_repeated(&mut self, text: &str) -> String {
+        let Some(skip) = self.skip.as_mut() else { return text.to_owned() };
+        if skip.starts_with(text) {
+            skip.drain(..text.len());
+            if skip.is_empty() {
+                self.skip = None;
+            }
+            return String::new();
+        }
+        let rest = text.strip_prefix(skip.as_str()).map(str::to_owned);
+        self.skip = None;
+        rest.unwrap_or_else(|| {
+            self.diverged = true;
+            text.to_owned()
+        })
+    }
+}

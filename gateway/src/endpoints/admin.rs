@@ -1,0 +1,40 @@
+//! Live routing changes: `GET /admin/routes` shows the weights,
+//! `PUT /admin/routes/{route}/weights` with `{"weights": {"variant": 10}}`
+//! changes them for the next request, without a restart.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body::{read_json, view};
+use crate::error::GatewayError;
+use crate::router::WeightsError;
+use crate::AppState;
+
+pub async fn list_routes(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"routes": state.router.weights()}))
+}
+
+#[derive(Deserialize)]
+struct WeightsBody {
+    weights: BTreeMap<String, u32>,
+}
+
+pub async fn set_weights(
+    State(state): State<AppState>,
+    Path(route): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, GatewayError> {
+    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let body: WeightsBody = view(&value)?;
+    state.router.set_weights(&route, &body.weights).map_err(|e| match e {
+        WeightsError::UnknownRoute(r) => GatewayError::NotFound(format!("the route `{r}` does not exist")),
+        other => GatewayError::invalid(other.to_string(), Some("weights")),
+    })?;
+    tracing::info!(%route, weights = ?body.weights, "route weights changed");
+    Ok(Json(json!({"route": route, "weights": state.router.weights().remove(&route)})))
+}

@@ -1,0 +1,154 @@
+//! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
+use crate::dispatcher::{run_stream, run_unary, Call, Operation, Validator};
+use crate::error::GatewayError;
+use crate::middleware::Tenant;
+use crate::AppState;
+
+/// Header that pins a conversation (episode) to one variant and names it in
+/// the events.
+pub const EPISODE_HEADER: &str = "x-flywheel-episode-id";
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-flywheel-request-id");
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let request: ChatRequest = view(&value)?;
+    request.check()?;
+    let mut call = new_call(&state, Operation::Chat, tenant, &request.model, value, &headers)?;
+    call.stream = request.stream.unwrap_or(false);
+    call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    call.can_continue = request.n.unwrap_or(1) == 1;
+    call.validator = Validator::for_format(request.response_format.as_ref())?;
+    respond(state, call).await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let request: CompletionRequest = view(&value)?;
+    request.check()?;
+    let mut call = new_call(&state, Operation::Completion, tenant, &request.model, value, &headers)?;
+    call.stream = request.stream.unwrap_or(false);
+    call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
+    respond(state, call).await
+}
+
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let request: EmbeddingRequest = view(&value)?;
+    if !(request.input.is_string() || request.input.as_array().is_some_and(|a| !a.is_empty())) {
+        return Err(GatewayError::invalid("`input` must be a string or a non-empty array", Some("input")));
+    }
+    let call = new_call(&state, Operation::Embedding, tenant, &request.model, value, &headers)?;
+    respond(state, call).await
+}
+
+fn new_call(
+    state: &AppState,
+    op: Operation,
+    tenant: Tenant,
+    model: &str,
+    body: Value,
+    headers: &HeaderMap,
+) -> Result<Call, GatewayError> {
+    let route = state.router.get(model).ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
+    let episode = headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok(Call::new(op, tenant.0, route, body, episode))
+}
+
+/// Tells the client which request id, variant and upstream served it.
+fn flywheel_headers(headers: &mut HeaderMap, id: &str, variant: &str, provider: &str, model: &str) {
+    for (name, value) in [
+        (REQUEST_ID_HEADER, id),
+        (HeaderName::from_static("x-flywheel-variant"), variant),
+        (HeaderName::from_static("x-flywheel-provider"), provider),
+        (HeaderName::from_static("x-flywheel-model"), model),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+fn error_response(error: GatewayError, id: &str) -> Response {
+    let mut response = error.into_response();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> {
+    if call.stream {
+        return respond_stream(state, call).await;
+    }
+    // The dispatch runs in its own task so that a client that goes away does
+    // not cancel it half-way: the attempts and the event are always complete.
+    let task = tokio::spawn(async move {
+        let result = run_unary(&state, &call).await;
+        (call, result)
+    });
+    let (call, result) = task.await.map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
+    let mut answer = match result {
+        Ok(answer) => answer,
+        Err(e) => return Ok(error_response(e, &call.id)),
+    };
+    if let Some(obj) = answer.body.as_object_mut() {
+        if call.op != Operation::Embedding {
+            obj.insert("id".into(), Value::String(call.id.clone()));
+        }
+        obj.insert("model".into(), Value::String(call.route.name.clone()));
+    }
+    let mut response = Json(answer.body).into_response();
+    flywheel_headers(response.headers_mut(), &call.id, call.variant_name(), &answer.provider, &answer.model);
+    Ok(response)
+}
+
+async fn respond_stream(state: AppState, call: Call) -> Result<Response, GatewayError> {
+    let (started_tx, started_rx) = oneshot::channel();
+    // A small buffer: backpressure from a slow client reaches the upstream.
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let id = call.id.clone();
+    let variant = call.variant_name().to_owned();
+    tokio::spawn(run_stream(state, call, started_tx, tx));
+    let started = match started_rx.await {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => return Ok(error_response(e, &id)),
+        Err(_) => return Err(GatewayError::invalid("internal error: stream task ended", None)),
+    };
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    flywheel_headers(h, &id, &variant, &started.provider, &started.model);
+    Ok(response)
+}

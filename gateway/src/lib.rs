@@ -1,0 +1,80 @@
+//! Flywheel gateway: an OpenAI-compatible endpoint that routes each request
+//! to weighted variants, each an ordered fallback chain of upstreams, with
+//! retries, circuit breakers, output validation, mid-stream failover and
+//! per-attempt metering.
+//!
+//! Data path: request → auth layer → endpoint (parse, route) → dispatcher
+//! (attempts) → response; every request → one event → sink and metrics.
+
+pub mod config;
+pub mod dispatcher;
+pub mod endpoints;
+pub mod error;
+pub mod metering;
+pub mod metrics;
+pub mod middleware;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router as HttpRouter;
+use tower_http::trace::TraceLayer;
+
+use config::Config;
+use error::GatewayError;
+use metering::EventSink;
+use metrics::Metrics;
+use middleware::{AdminAuthLayer, ApiKeyLayer, HttpMetricsLayer, Keys};
+use router::Router;
+
+pub struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub sink: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// State shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds providers, routes and the event sink from a validated config.
+    pub fn new(config: Config) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let providers = upstream::build_providers(&config, &metrics);
+        let router = Router::new(&config, &providers);
+        let sink = metering::build_sink(&config.metering, metrics.clone())?;
+        Ok(Self(Arc::new(Shared { config, router, sink, metrics })))
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.server.body_read_timeout_ms)
+    }
+}
+
+/// The HTTP application: endpoints with their layers.
+pub fn app(state: AppState) -> HttpRouter {
+    let keys = Arc::new(Keys::new(&state.config.auth));
+    let api = endpoints::api().route_layer(ApiKeyLayer::new(keys));
+    let admin = endpoints::admin().route_layer(AdminAuthLayer::new(state.config.admin.token_sha256.as_deref()));
+    HttpRouter::new()
+        .merge(api)
+        .merge(admin)
+        .merge(endpoints::ops())
+        .fallback(|uri: http::Uri| async move { GatewayError::NotFound(format!("no route for {}", uri.path())) })
+        .layer(HttpMetricsLayer::new(state.metrics.clone()))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

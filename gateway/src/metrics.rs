@@ -1,0 +1,155 @@
+//! Prometheus metrics. Inference metrics are derived from metering events
+//! (see `MetricsSink`); HTTP-level metrics come from the metrics layer.
+
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::metering::{AttemptOutcome, InferenceEvent};
+
+/// Buckets in seconds, fine at the low end where gateway overhead lives.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    latency: HistogramVec,
+    ttft: HistogramVec,
+    overhead: HistogramVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    fallbacks: IntCounterVec,
+    failovers: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let rv = &["route", "variant"];
+        let m = Self {
+            registry: Registry::new(),
+            http_requests: IntCounterVec::new(
+                Opts::new("flywheel_http_requests_total", "HTTP requests by path and status"),
+                &["path", "status"],
+            )
+            .expect("metric"),
+            http_duration: histogram("flywheel_http_request_duration_seconds", "HTTP request duration by path", &["path"]),
+            requests: IntCounterVec::new(
+                Opts::new("flywheel_requests_total", "Inference requests by route, variant and status"),
+                &["route", "variant", "status"],
+            )
+            .expect("metric"),
+            tokens: IntCounterVec::new(
+                Opts::new("flywheel_tokens_total", "Tokens by route, variant and kind (prompt, completion)"),
+                &["route", "variant", "kind"],
+            )
+            .expect("metric"),
+            cost: CounterVec::new(Opts::new("flywheel_cost_usd_total", "Upstream cost in USD, all attempts"), rv)
+                .expect("metric"),
+            latency: histogram("flywheel_request_latency_seconds", "Total request latency", rv),
+            ttft: histogram("flywheel_ttft_seconds", "Time to first token of streamed answers", rv),
+            overhead: histogram("flywheel_gateway_overhead_seconds", "Latency added by the gateway itself", rv),
+            attempts: IntCounterVec::new(
+                Opts::new("flywheel_attempts_total", "Upstream attempts by provider and outcome"),
+                &["provider", "outcome"],
+            )
+            .expect("metric"),
+            retries: IntCounterVec::new(Opts::new("flywheel_retries_total", "Attempts after the first one"), rv)
+                .expect("metric"),
+            fallbacks: IntCounterVec::new(
+                Opts::new("flywheel_fallbacks_total", "Requests answered by a fallback target"),
+                rv,
+            )
+            .expect("metric"),
+            failovers: IntCounterVec::new(
+                Opts::new("flywheel_stream_failovers_total", "Streams continued on another attempt"),
+                rv,
+            )
+            .expect("metric"),
+            circuit_state: IntGaugeVec::new(
+                Opts::new("flywheel_circuit_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open"),
+                &["provider"],
+            )
+            .expect("metric"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_duration.clone()),
+            Box::new(m.requests.clone()),
+            Box::new(m.tokens.clone()),
+            Box::new(m.cost.clone()),
+            Box::new(m.latency.clone()),
+            Box::new(m.ttft.clone()),
+            Box::new(m.overhead.clone()),
+            Box::new(m.attempts.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.fallbacks.clone()),
+            Box::new(m.failovers.clone()),
+            Box::new(m.circuit_state.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    pub fn observe(&self, e: &InferenceEvent) {
+        let rv = [e.route.as_str(), e.variant.as_str()];
+        self.requests.with_label_values(&[&e.route, &e.variant, &e.status.to_string()]).inc();
+        self.tokens.with_label_values(&[&e.route, &e.variant, "prompt"]).inc_by(e.prompt_tokens);
+        self.tokens.with_label_values(&[&e.route, &e.variant, "completion"]).inc_by(e.completion_tokens);
+        self.cost.with_label_values(&rv).inc_by(e.cost_usd);
+        self.latency.with_label_values(&rv).observe(e.latency_ms / 1000.0);
+        self.overhead.with_label_values(&rv).observe(e.overhead_ms / 1000.0);
+        if let Some(t) = e.ttft_ms {
+            self.ttft.with_label_values(&rv).observe(t / 1000.0);
+        }
+        if e.retries > 0 {
+            self.retries.with_label_values(&rv).inc_by(u64::from(e.retries));
+        }
+        if e.fallback_depth > 0 {
+            self.fallbacks.with_label_values(&rv).inc();
+        }
+        if e.failovers > 0 {
+            self.failovers.with_label_values(&rv).inc_by(u64::from(e.failovers));
+        }
+        for a in &e.attempts {
+            self.attempts.with_label_values(&[&a.provider, outcome_label(a.outcome)]).inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn outcome_label(o: AttemptOutcome) -> &'static str {
+    match o {
+        AttemptOutcome::Ok => "ok",
+        AttemptOutcome::ErrorStatus => "error_status",
+        AttemptOutcome::ConnectError => "connect_error",
+        AttemptOutcome::Timeout => "timeout",
+        AttemptOutcome::ValidationFailed => "validation_failed",
+        AttemptOutcome::MidStreamFailover => "mid_stream_failover",
+        AttemptOutcome::CircuitOpen => "circuit_open",
+        AttemptOutcome::BadResponse => "bad_response",
+        AttemptOutcome::ClientClosed => "client_closed",
+    }
+}

@@ -1,0 +1,148 @@
+//! Routes: a public model name → weighted variants → an ordered fallback
+//! chain of targets. The table is swapped atomically, so weight changes made
+//! through the admin API take effect on the next request without a restart.
+
+mod hash;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, RetryConfig};
+use crate::upstream::Provider;
+
+pub use hash::sticky_point;
+
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub model: String,
+}
+
+pub struct Variant {
+    pub name: String,
+    pub weight: u32,
+    pub targets: Arc<[Target]>,
+}
+
+pub struct Route {
+    pub name: String,
+    pub variants: Vec<Variant>,
+    pub retry: RetryConfig,
+}
+
+impl Route {
+    /// Picks a variant. With a sticky key (episode id or `user`) the same key
+    /// always lands on the same variant for given weights, and a weight
+    /// change only moves the keys whose point crosses a boundary.
+    pub fn pick(&self, sticky_key: Option<&str>) -> &Variant {
+        let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
+        let point = match sticky_key {
+            Some(key) => sticky_point(&self.name, key, total),
+            None => rand::random_range(0..total),
+        };
+        let mut acc = 0u64;
+        for v in &self.variants {
+            acc += u64::from(v.weight);
+            if point < acc {
+                return v;
+            }
+        }
+        unreachable!("point < total and weights sum to total")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("the route `{0}` does not exist")]
+    UnknownRoute(String),
+    #[error("the route has no variant `{0}`")]
+    UnknownVariant(String),
+    #[error("at least one variant needs a weight > 0")]
+    AllZero,
+}
+
+pub struct Router {
+    routes: ArcSwap<HashMap<String, Arc<Route>>>,
+}
+
+impl Router {
+    pub fn new(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Self {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let variants = r
+                    .variants
+                    .iter()
+                    .map(|v| Variant {
+                        name: v.name.clone(),
+                        weight: v.weight,
+                        targets: v
+                            .targets
+                            .iter()
+                            .map(|t| Target {
+                                // Validated in config: every target names a provider.
+                                provider: providers[&t.provider].clone(),
+                                model: t.model.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                (r.name.clone(), Arc::new(Route { name: r.name.clone(), variants, retry: config.retry_for(r) }))
+            })
+            .collect();
+        Self { routes: ArcSwap::from_pointee(routes) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+        self.routes.load().get(name).cloned()
+    }
+
+    /// Public route names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routes.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Current weights of every route's variants.
+    pub fn weights(&self) -> BTreeMap<String, BTreeMap<String, u32>> {
+        self.routes
+            .load()
+            .values()
+            .map(|r| (r.name.clone(), r.variants.iter().map(|v| (v.name.clone(), v.weight)).collect()))
+            .collect()
+    }
+
+    /// Replaces the weights of the named variants of a route; variants not
+    /// named keep their weight. All or nothing.
+    pub fn set_weights(&self, route: &str, weights: &BTreeMap<String, u32>) -> Result<(), WeightsError> {
+        let current = self.routes.load();
+        let old = current.get(route).ok_or_else(|| WeightsError::UnknownRoute(route.to_owned()))?;
+        if let Some(unknown) = weights.keys().find(|k| !old.variants.iter().any(|v| &v.name == *k)) {
+            return Err(WeightsError::UnknownVariant(unknown.clone()));
+        }
+        let variants: Vec<Variant> = old
+            .variants
+            .iter()
+            .map(|v| Variant {
+                name: v.name.clone(),
+                weight: weights.get(&v.name).copied().unwrap_or(v.weight),
+                targets: v.targets.clone(),
+            })
+            .collect();
+        if variants.iter().all(|v| v.weight == 0) {
+            return Err(WeightsError::AllZero);
+        }
+        let mut next = HashMap::clone(&current);
+        next.insert(
+            route.to_owned(),
+            Arc::new(Route { name: old.name.clone(), variants, retry: old.retry.clone() }),
+        );
+        // A concurrent writer could interleave here; admin updates are rare
+        // and the last write wins, which is what an operator expects.
+        self.routes.store(Arc::new(next));
+        Ok(())
+    }
+}

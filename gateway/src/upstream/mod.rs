@@ -1,0 +1,142 @@
+//! Upstream providers: an OpenAI-compatible HTTP(S) endpoint each, with its
+//! own connection pool, prices and circuit breaker.
+
+mod circuit;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use circuit::{CircuitBreaker, CircuitState, Permit};
+
+use crate::config::{CircuitBreakerConfig, Config, Continuation, ProviderConfig};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect error: {0}")]
+    Connect(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+pub struct Provider {
+    pub name: String,
+    base_url: String,
+    headers: HeaderMap,
+    pub price_input_per_1m: f64,
+    pub price_output_per_1m: f64,
+    pub continuation: Continuation,
+    pub breaker: CircuitBreaker,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Provider {
+    fn new(name: &str, cfg: &ProviderConfig, cb: &CircuitBreakerConfig, metrics: Arc<Metrics>) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(var) = &cfg.api_key_env {
+            // Checked at config validation; a key that is not a valid header
+            // value is a config error worth failing loudly on.
+            let key = std::env::var(var).unwrap_or_default();
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).expect("API key is a valid header value");
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        for (k, v) in &cfg.headers {
+            headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("validated header name"),
+                HeaderValue::from_str(v).expect("validated header value"),
+            );
+        }
+        Self {
+            name: name.to_owned(),
+            base_url: cfg.base_url.trim_end_matches('/').to_owned(),
+            headers,
+            price_input_per_1m: cfg.price_input_per_1m,
+            price_output_per_1m: cfg.price_output_per_1m,
+            continuation: cfg.continuation,
+            breaker: CircuitBreaker::new(name, cb, metrics),
+            client,
+        }
+    }
+
+    /// POSTs a JSON body to `{base_url}{path}` and returns once the response
+    /// headers arrived (or `timeout` passed).
+    pub async fn post(&self, path: &str, body: Bytes, timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = Request::post(format!("{}{}", self.base_url, path))
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        *request.headers_mut() = self.headers.clone();
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(UpstreamError::Connect(error_chain(&e))),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
+        crate::metering::cost_usd(prompt, completion, self.price_input_per_1m, self.price_output_per_1m)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+pub fn build_providers(config: &Config, metrics: &Arc<Metrics>) -> HashMap<String, Arc<Provider>> {
+    config
+        .providers
+        .iter()
+        .map(|(name, p)| (name.clone(), Arc::new(Provider::new(name, p, &config.circuit_breaker, metrics.clone()))))
+        .collect()
+}
+
+/// Seconds from a `Retry-After` header (delta-seconds form only; HTTP dates
+/// are rare from LLM APIs and are treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+/// Statuses worth another attempt: the upstream may answer differently next
+/// time, or another provider may.
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::CONFLICT
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status.is_server_error()
+}
+

@@ -1,0 +1,237 @@
+//! Helpers to start the real binaries (`flywheel-gateway`, `flywheel-mock`)
+//! on loopback ports for end-to-end tests.
+//!
+//! The binaries are the ones built next to the test executable (same cargo
+//! profile and target directory), so `cargo test` must build them first:
+//! the README's test command does (`cargo build --release --bins`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The API key every test config accepts, for tenant `acme`.
+pub const KEY: &str = "sk-test-acme";
+/// A second key, for tenant `globex`.
+pub const OTHER_KEY: &str = "sk-test-globex";
+/// The admin token of every test config.
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    /// `127.0.0.1:PORT` as printed by the process.
+    pub addr: String,
+    /// Scratch directory of this process (config, events).
+    pub dir: PathBuf,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") via kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Directory holding the binaries of the current profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(|p| p.parent()).expect("target/<profile>").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --release --bins` first", path.display());
+    path
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "flywheel-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Spawns a binary that prints `listening on ADDR` first, and waits for it.
+pub fn spawn_listening(mut cmd: Command, dir: PathBuf) -> Proc {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("process did not print `listening on ADDR`")
+    });
+    let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_owned();
+    Proc { child, addr, dir }
+}
+
+/// Starts `flywheel-mock` with extra CLI flags.
+pub fn start_mock(flags: &[&str]) -> Proc {
+    let dir = scratch_dir("mock");
+    let mut cmd = Command::new(bin("flywheel-mock"));
+    cmd.args(["--listen", "127.0.0.1:0"]).args(flags);
+    spawn_listening(cmd, dir)
+}
+
+/// Config preamble shared by the tests: two tenants, an admin token, JSONL
+/// events in the scratch dir, and short timeouts so failures are quick.
+pub fn base_config(events: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+max_body_bytes = 65536
+shutdown_grace_ms = 10000
+
+[[auth.keys]]
+tenant = "acme"
+sha256 = "{acme}"
+
+[[auth.keys]]
+tenant = "globex"
+sha256 = "{globex}"
+requests_per_minute = 3
+
+[admin]
+token_sha256 = "{admin}"
+
+[metering]
+sink = "jsonl"
+path = "{events}"
+
+[retry]
+max_retries = 2
+validation_retries = 1
+initial_backoff_ms = 5
+max_backoff_ms = 20
+attempt_timeout_ms = 5000
+total_timeout_ms = 20000
+stream_idle_timeout_ms = 500
+"#,
+        acme = sha256_hex(KEY),
+        globex = sha256_hex(OTHER_KEY),
+        admin = sha256_hex(ADMIN_TOKEN),
+        events = events.display()
+    )
+}
+
+/// Starts the gateway with `base_config` followed by `rest` (providers and
+/// routes).
+pub fn start_gateway(rest: &str) -> Proc {
+    let dir = scratch_dir("gateway");
+    let config = format!("{}\n{}", base_config(&dir.join("events.jsonl")), rest);
+    start_gateway_with(&dir, &config)
+}
+
+pub fn start_gateway_with(dir: &std::path::Path, config: &str) -> Proc {
+    let path = dir.join("flywheel.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(bin("flywheel-gateway"));
+    cmd.arg("--config").arg(&path).args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+    spawn_listening(cmd, dir.to_path_buf())
+}
+
+/// A provider table pointing at the mock, with fault headers.
+pub fn mock_provider(name: &str, mock: &Proc, headers: &[(&str, &str)]) -> String {
+    let headers: Vec<String> = headers.iter().map(|(k, v)| format!("\"{k}\" = '{v}'")).collect();
+    format!(
+        "[providers.{name}]\nbase_url = \"http://{}/v1\"\nprice_input_per_1m = 1.0\nprice_output_per_1m = 2.0\nheaders = {{ {} }}\n",
+        mock.addr,
+        headers.join(", ")
+    )
+}
+
+/// `sha256sum` of a token, via the gateway's own subcommand so the tests use
+/// the same hashing the operator does.
+pub fn sha256_hex(token: &str) -> String {
+    let out = Command::new(bin("flywheel-gateway")).args(["hash-key", token]).output().expect("hash-key");
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+/// Reads the JSONL events, waiting until at least `n` are there.
+pub fn events(gateway: &Proc, n: usize) -> Vec<Value> {
+    let path = gateway.dir.join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let events: Vec<Value> =
+            text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).expect("event JSON")).collect();
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The event of one request id.
+pub fn event_for(gateway: &Proc, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = events(gateway, 0).into_iter().find(|e| e["id"] == id) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no event for request {id}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A one-message chat body.
+pub fn chat(model: &str, content: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
+
+/// Concatenated `delta.content` of choice 0 in a chat stream.
+pub fn stream_text(data: &[String]) -> String {
+    data.iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// `GET /mock/stats` of a mock.
+pub async fn mock_stats(mock: &Proc) -> Value {
+    client().get(mock.url("/mock/stats")).send().await.expect("stats").json().await.expect("stats JSON")
+}

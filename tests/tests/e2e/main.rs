@@ -1,0 +1,11 @@
+//! End-to-end tests: the real gateway in front of the mock provider, both as
+//! processes on loopback. One test binary, one module per concern.
+
+mod ab_split;
+mod api;
+mod errors;
+mod failover;
+mod openai_sdk;
+mod reliability;
+mod shutdown;
+mod validation;
