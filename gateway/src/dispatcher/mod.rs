@@ -76,16 +76,23 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(op: Operation, tenant: String, route: Arc<Route>, body: Value, episode_id: Option<String>) -> Self {
+    pub fn new(
+        op: Operation,
+        tenant: String,
+        route: Arc<Route>,
+        body: Value,
+        episode_id: Option<String>,
+        start: Instant,
+    ) -> Self {
         let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
         let sticky = episode_id.as_deref().or(user.as_deref());
         let picked = route.pick(sticky);
         let variant = route.variants.iter().position(|v| std::ptr::eq(v, picked)).expect("picked from this route");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(start.elapsed());
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             ts_ms: now.as_millis() as u64,
-            start: Instant::now(),
+            start,
             tenant,
             op,
             route,
@@ -326,7 +333,7 @@ pub fn finish(
         id: call.id.clone(),
         ts_ms: call.ts_ms,
         tenant: call.tenant.clone(),
-        endpoint: call.op.name(),
+        endpoint: call.op.name().to_owned(),
         route: call.route.name.clone(),
         variant: call.variant_name().to_owned(),
         provider: answered.map(|a| a.provider.clone()).unwrap_or_default(),

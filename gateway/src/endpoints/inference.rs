@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
 use crate::dispatcher::{run_stream, run_unary, Call, Operation, Validator};
 use crate::error::GatewayError;
-use crate::middleware::Tenant;
+use crate::middleware::{RequestStart, Tenant};
 use crate::AppState;
 
 /// Header that pins a conversation (episode) to one variant and names it in
@@ -25,13 +25,14 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-flywheel-reques
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
+    Extension(start): Extension<RequestStart>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
     let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let request: ChatRequest = view(&value)?;
     request.check()?;
-    let mut call = new_call(&state, Operation::Chat, tenant, &request.model, value, &headers)?;
+    let mut call = new_call(&state, Operation::Chat, (tenant, start), &request.model, value, &headers)?;
     call.stream = request.stream.unwrap_or(false);
     call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     call.can_continue = request.n.unwrap_or(1) == 1;
@@ -42,13 +43,14 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
+    Extension(start): Extension<RequestStart>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
     let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let request: CompletionRequest = view(&value)?;
     request.check()?;
-    let mut call = new_call(&state, Operation::Completion, tenant, &request.model, value, &headers)?;
+    let mut call = new_call(&state, Operation::Completion, (tenant, start), &request.model, value, &headers)?;
     call.stream = request.stream.unwrap_or(false);
     call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
@@ -58,6 +60,7 @@ pub async fn completions(
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
+    Extension(start): Extension<RequestStart>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
@@ -66,21 +69,21 @@ pub async fn embeddings(
     if !(request.input.is_string() || request.input.as_array().is_some_and(|a| !a.is_empty())) {
         return Err(GatewayError::invalid("`input` must be a string or a non-empty array", Some("input")));
     }
-    let call = new_call(&state, Operation::Embedding, tenant, &request.model, value, &headers)?;
+    let call = new_call(&state, Operation::Embedding, (tenant, start), &request.model, value, &headers)?;
     respond(state, call).await
 }
 
 fn new_call(
     state: &AppState,
     op: Operation,
-    tenant: Tenant,
+    (tenant, start): (Tenant, RequestStart),
     model: &str,
     body: Value,
     headers: &HeaderMap,
 ) -> Result<Call, GatewayError> {
     let route = state.router.get(model).ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
     let episode = headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ok(Call::new(op, tenant.0, route, body, episode))
+    Ok(Call::new(op, tenant.0, route, body, episode, start.0))
 }
 
 /// Tells the client which request id, variant and upstream served it.

@@ -2,11 +2,10 @@
 //! attempt. Events go to an [`EventSink`]; the Prometheus metrics are fed
 //! from the same events so that the two can never disagree.
 
-mod event;
 mod sink;
 pub mod tokens;
 
-pub use event::{AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
+pub use flywheel_feedback::{AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
 pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NullSink};
 
 /// USD cost of `prompt` + `completion` tokens at per-1M-token prices.

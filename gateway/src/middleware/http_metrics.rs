@@ -32,6 +32,11 @@ fn path_label(path: &str) -> &'static str {
     })
 }
 
+/// When the request reached the gateway; the metering clock starts here so
+/// that body parsing and auth count as gateway overhead.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestStart(pub Instant);
+
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     metrics: Arc<Metrics>,
@@ -69,9 +74,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let path = path_label(req.uri().path());
         let start = Instant::now();
+        req.extensions_mut().insert(RequestStart(start));
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -5,4 +5,4 @@ mod auth;
 mod http_metrics;
 
 pub use auth::{hash_token, AdminAuthLayer, ApiKeyLayer, Keys, Tenant};
-pub use http_metrics::HttpMetricsLayer;
+pub use http_metrics::{HttpMetricsLayer, RequestStart};

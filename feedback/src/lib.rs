@@ -1,0 +1,3 @@
+//! (placeholder)
+pub mod event;
+pub use event::{AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};

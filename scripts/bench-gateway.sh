@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: at each rate, the same open-loop load goes
+# direct to the mock, through the Flywheel gateway, and through the LiteLLM
+# proxy, one after the other in the same run on the same mock.
+#
+#   scripts/bench-gateway.sh [RATES...]        (default: 250 500 1000 2000 4000)
+#   DURATION=10s WARMUP=2s LITELLM=0 scripts/bench-gateway.sh 1000
+#
+# Prints a Markdown table; raw flywheel-load JSON goes to $OUT (default
+# $FLYWHEEL_CACHE/bench/gateway).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+RATES=("${@:-250 500 1000 2000 4000}")
+read -r -a RATES <<<"${RATES[*]}"
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+LITELLM=${LITELLM:-1}
+OUT=${OUT:-$FLYWHEEL_CACHE/bench/gateway}
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+build_release
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+start_listening "$OUT/mock.log" "$BIN/flywheel-mock" --listen 127.0.0.1:0 --threads 1
+PIDS+=("$STARTED_PID"); MOCK=$ADDR
+
+cat >"$OUT/gateway.toml" <<TOML
+[auth]
+enabled = true
+[[auth.keys]]
+tenant = "bench"
+sha256 = "$("$BIN/flywheel-gateway" hash-key sk-bench)"
+[metering]
+sink = "jsonl"
+path = "$OUT/events.jsonl"
+[providers.mock]
+base_url = "http://$MOCK/v1"
+price_input_per_1m = 0.15
+price_output_per_1m = 0.60
+[[routes]]
+name = "mock-model"
+[[routes.variants]]
+name = "base"
+targets = [{ provider = "mock", model = "mock-model" }]
+TOML
+start_listening "$OUT/gateway.log" env RUST_LOG=warn TOKIO_WORKER_THREADS=1 "$BIN/flywheel-gateway" --config "$OUT/gateway.toml" --listen 127.0.0.1:0
+PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
+
+if [ "$LITELLM" = 1 ]; then
+  LITELLM_VENV="$FLYWHEEL_CACHE/venv-litellm"
+  if ! "$LITELLM_VENV/bin/python" -c 'import litellm.proxy' 2>/dev/null; then
+    log "installing litellm[proxy] into $LITELLM_VENV"
+    python3 -m venv "$LITELLM_VENV"
+    "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check 'litellm[proxy]'
+  fi
+  cat >"$OUT/litellm.yaml" <<YAML
+model_list:
+  - model_name: mock-model
+    litellm_params:
+      model: openai/mock-model
+      api_base: http://$MOCK/v1
+      api_key: sk-mock
+litellm_settings:
+  telemetry: false
+YAML
+  LITELLM_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  LITELLM_TELEMETRY=False "$LITELLM_VENV/bin/litellm" --config "$OUT/litellm.yaml" --host 127.0.0.1 --port "$LITELLM_PORT" \
+    >"$OUT/litellm.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$LITELLM_PORT/health/liveliness" >/dev/null && break; sleep 0.5; done
+  curl -sf "http://127.0.0.1:$LITELLM_PORT/health/liveliness" >/dev/null || { tail -20 "$OUT/litellm.log"; exit 1; }
+fi
+
+run() { # NAME URL RATE [HEADERS...]
+  local name=$1 url=$2 rate=$3; shift 3
+  "$BIN/flywheel-load" --url "$url" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" \
+    --max-in-flight 2000 --timeout 10s --json "$@" >"$OUT/$name-$rate.json"
+}
+
+for rate in "${RATES[@]}"; do
+  log "rate $rate/s"
+  run direct "http://$MOCK/v1/chat/completions" "$rate"
+  : >"$OUT/events.jsonl"
+  run gateway "http://$GATEWAY/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-bench"
+  sleep 0.5
+  cp "$OUT/events.jsonl" "$OUT/events-$rate.jsonl"
+  if [ "$LITELLM" = 1 ]; then
+    run litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-mock"
+  fi
+done
+
+python3 - "$OUT" "${RATES[@]}" <<'PY'
+import json, os, sys
+out, rates = sys.argv[1], sys.argv[2:]
+def load(name, rate):
+    p = f"{out}/{name}-{rate}.json"
+    return json.load(open(p)) if os.path.exists(p) else None
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+print("| rate (req/s) | target | achieved QPS | errors+dropped | p50 ms | p99 ms | p50 overhead vs direct | p99 overhead vs direct |")
+print("|---|---|---|---|---|---|---|---|")
+for rate in rates:
+    d = load("direct", rate)
+    for name in ("direct", "gateway", "litellm"):
+        r = load(name, rate)
+        if r is None:
+            continue
+        lat = r["latency_ms"]
+        bad = r["sent"] - r["ok"] + r["dropped"]
+        o50 = lat["p50"] - d["latency_ms"]["p50"] if name != "direct" else 0
+        o99 = lat["p99"] - d["latency_ms"]["p99"] if name != "direct" else 0
+        print(f"| {rate} | {name} | {r['achieved_qps']:.0f} | {bad} | {lat['p50']:.3f} | {lat['p99']:.3f} | {o50:+.3f} | {o99:+.3f} |")
+print()
+print("Gateway's own overhead (total minus upstream wait, from its events):")
+print()
+print("| rate (req/s) | events | overhead p50 ms | p99 ms | p99.9 ms |")
+print("|---|---|---|---|---|")
+for rate in rates:
+    p = f"{out}/events-{rate}.jsonl"
+    ov = [json.loads(l)["overhead_ms"] for l in open(p) if l.strip()] if os.path.exists(p) else []
+    print(f"| {rate} | {len(ov)} | {pct(ov, .5):.3f} | {pct(ov, .99):.3f} | {pct(ov, .999):.3f} |")
+PY
