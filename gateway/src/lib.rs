@@ -7,6 +7,7 @@
 //! (attempts) → response; every request → one event → sink and metrics.
 
 pub mod config;
+pub mod coordination;
 pub mod dispatcher;
 pub mod endpoints;
 pub mod error;
@@ -25,6 +26,7 @@ use axum::Router as HttpRouter;
 use tower_http::trace::TraceLayer;
 
 use config::Config;
+use coordination::{Limiter, Redis};
 use error::GatewayError;
 use metering::EventSink;
 use metrics::Metrics;
@@ -33,9 +35,11 @@ use router::Router;
 
 pub struct Shared {
     pub config: Config,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub sink: Arc<dyn EventSink>,
     pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+    pub redis: Option<Arc<Redis>>,
 }
 
 /// State shared by all handlers; cheap to clone.
@@ -50,13 +54,22 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// Builds providers, routes and the event sink from a validated config.
-    pub fn new(config: Config) -> std::io::Result<Self> {
+    /// Builds providers, routes, the event sink and the Redis coordination
+    /// from a validated config. Needs a Tokio runtime (it starts the
+    /// background tasks).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        use anyhow::Context;
         let metrics = Arc::new(Metrics::new());
         let providers = upstream::build_providers(&config, &metrics);
-        let router = Router::new(&config, &providers);
-        let sink = metering::build_sink(&config.metering, metrics.clone())?;
-        Ok(Self(Arc::new(Shared { config, router, sink, metrics })))
+        let router = Arc::new(Router::new(&config, &providers));
+        let sink = metering::build_sink(&config.metering, metrics.clone()).context("cannot open the metering sink")?;
+        let redis = Redis::connect(&config.redis, metrics.clone()).context("invalid redis.url")?;
+        if let Some(redis) = &redis {
+            let every = Duration::from_millis(config.redis.weights_poll_ms);
+            coordination::spawn_weight_sync(redis.clone(), router.clone(), every);
+        }
+        let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
+        Ok(Self(Arc::new(Shared { config, router, sink, metrics, limiter, redis })))
     }
 
     pub fn body_timeout(&self) -> Duration {
@@ -67,7 +80,7 @@ impl AppState {
 /// The HTTP application: endpoints with their layers.
 pub fn app(state: AppState) -> HttpRouter {
     let keys = Arc::new(Keys::new(&state.config.auth));
-    let api = endpoints::api().route_layer(ApiKeyLayer::new(keys));
+    let api = endpoints::api().route_layer(ApiKeyLayer::new(keys, state.limiter.clone(), state.metrics.clone()));
     let admin = endpoints::admin().route_layer(AdminAuthLayer::new(state.config.admin.token_sha256.as_deref()));
     HttpRouter::new()
         .merge(api)

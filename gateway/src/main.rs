@@ -77,7 +77,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let server_cfg = config.server.clone();
-    let state = AppState::new(config).context("cannot open the metering sink")?;
+    let state = AppState::new(config)?;
     // Tests and scripts read this line to find the port.
     println!("listening on {addr}");
     tracing::info!(%addr, "flywheel gateway started");

@@ -26,6 +26,9 @@ pub struct Metrics {
     fallbacks: IntCounterVec,
     failovers: IntCounterVec,
     pub circuit_state: IntGaugeVec,
+    pub redis_up: prometheus::IntGauge,
+    pub rate_limit_fallbacks: prometheus::IntCounter,
+    pub rate_limited: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -80,8 +83,17 @@ impl Metrics {
                 &["provider"],
             )
             .expect("metric"),
+            redis_up: prometheus::IntGauge::new("flywheel_redis_up", "1 while Redis answers; 0 = per-process limits, last known weights")
+                .expect("metric"),
+            rate_limit_fallbacks: prometheus::IntCounter::new(
+                "flywheel_rate_limit_local_fallbacks_total",
+                "Rate-limit decisions taken per process because Redis was unavailable",
+            )
+            .expect("metric"),
+            rate_limited: IntCounterVec::new(Opts::new("flywheel_rate_limited_total", "Requests refused with 429 by tenant"), &["tenant"])
+                .expect("metric"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.requests.clone()),
@@ -95,6 +107,9 @@ impl Metrics {
             Box::new(m.fallbacks.clone()),
             Box::new(m.failovers.clone()),
             Box::new(m.circuit_state.clone()),
+            Box::new(m.redis_up.clone()),
+            Box::new(m.rate_limit_fallbacks.clone()),
+            Box::new(m.rate_limited.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

@@ -27,6 +27,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub metering: MeteringConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
     /// Defaults for every route; a route may override any of them.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -92,9 +94,14 @@ pub struct ApiKeyConfig {
     /// Lower-case hex SHA-256 of the bearer token. The token itself is never
     /// stored: `flywheel-gateway hash-key TOKEN` prints this value.
     pub sha256: String,
-    /// Requests per minute allowed for this key in this process; 0 = no limit.
+    /// Requests per minute allowed for this key; 0 = no limit. Shared by
+    /// all gateway processes through Redis, per process without it.
     #[serde(default)]
     pub requests_per_minute: u32,
+    /// Prompt + completion tokens per minute for this key; 0 = no limit. A
+    /// request is refused once the minute's tokens reached the limit.
+    #[serde(default)]
+    pub tokens_per_minute: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -103,6 +110,27 @@ pub struct AdminConfig {
     /// Hex SHA-256 of the admin bearer token for `/admin/*`. Unset = the
     /// admin API is disabled (404).
     pub token_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://127.0.0.1:6379/0`; unset = no Redis (per-process limits,
+    /// weights from the config and the admin API only).
+    pub url: Option<String>,
+    /// Prefix of every key the gateway reads or writes.
+    pub key_prefix: String,
+    /// Timeout of one Redis command; past it the request falls back to the
+    /// per-process limit. Keep it well below request latencies.
+    pub command_timeout_ms: u64,
+    /// How often route weights are read from Redis.
+    pub weights_poll_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: None, key_prefix: "flywheel:".into(), command_timeout_ms: 50, weights_poll_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

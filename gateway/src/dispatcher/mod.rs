@@ -25,6 +25,7 @@ pub use unary::run as run_unary;
 pub use validate::Validator;
 
 use crate::error::GatewayError;
+use crate::middleware::Tenant;
 use crate::metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
 use crate::router::{Route, Target};
 use crate::upstream::{is_retryable, retry_after, UpstreamError};
@@ -61,6 +62,8 @@ pub struct Call {
     pub ts_ms: u64,
     pub start: Instant,
     pub tenant: String,
+    /// The caller's key, when it has a token limit to count against.
+    pub token_key: Option<Arc<str>>,
     pub op: Operation,
     pub route: Arc<Route>,
     pub variant: usize,
@@ -78,7 +81,7 @@ pub struct Call {
 impl Call {
     pub fn new(
         op: Operation,
-        tenant: String,
+        tenant: Tenant,
         route: Arc<Route>,
         body: Value,
         episode_id: Option<String>,
@@ -93,7 +96,8 @@ impl Call {
             id: uuid::Uuid::now_v7().to_string(),
             ts_ms: now.as_millis() as u64,
             start,
-            tenant,
+            tenant: tenant.name,
+            token_key: tenant.counts_tokens.then_some(tenant.key_id),
             op,
             route,
             variant,
@@ -323,6 +327,9 @@ pub fn finish(
     ttft: Option<Duration>,
 ) {
     let latency = call.start.elapsed();
+    if let Some(key) = &call.token_key {
+        state.limiter.record_tokens(key, tokens.0 + tokens.1);
+    }
     let answered = answered_by.map(|i| &ledger.attempts[i]);
     let validation = match (&call.validator, answered) {
         (None, _) => Validation::NotRequested,
@@ -355,6 +362,8 @@ pub fn finish(
         validation,
         cost_usd: ledger.attempts.iter().map(|a| a.cost_usd).sum(),
         attempts: ledger.attempts,
+        request_body: None,
+        response_body: None,
     };
     state.sink.record(event);
 }

@@ -35,6 +35,12 @@ pub async fn set_weights(
         WeightsError::UnknownRoute(r) => GatewayError::NotFound(format!("the route `{r}` does not exist")),
         other => GatewayError::invalid(other.to_string(), Some("weights")),
     })?;
+    // With Redis, every gateway process picks the change up from there.
+    if let Some(redis) = &state.redis {
+        if let Err(e) = crate::coordination::publish_weights(redis, &route, &body.weights).await {
+            tracing::warn!(%route, error = %e, "weights changed in this process only: Redis unavailable");
+        }
+    }
     tracing::info!(%route, weights = ?body.weights, "route weights changed");
     Ok(Json(json!({"route": route, "weights": state.router.weights().remove(&route)})))
 }

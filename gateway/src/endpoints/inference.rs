@@ -83,7 +83,7 @@ fn new_call(
 ) -> Result<Call, GatewayError> {
     let route = state.router.get(model).ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
     let episode = headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ok(Call::new(op, tenant.0, route, body, episode, start.0))
+    Ok(Call::new(op, tenant, route, body, episode, start.0))
 }
 
 /// Tells the client which request id, variant and upstream served it.

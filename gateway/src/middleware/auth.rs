@@ -1,25 +1,32 @@
 //! Bearer-token authentication. Keys are stored as SHA-256 hashes, so the
 //! config file holds no usable secret; each key maps to a tenant and may
-//! carry a per-process requests-per-minute limit.
+//! carry request and token limits (enforced by [`Limiter`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use futures_util::future::{BoxFuture, Either, Ready};
+use futures_util::future::BoxFuture;
 use http::{header, Request};
 use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use crate::config::AuthConfig;
+use crate::coordination::{KeyLimits, Limiter, Verdict};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 
-/// The tenant a request is attributed to; set by [`ApiKeyLayer`].
+/// Who is calling: the tenant, and the id of the key used (the first 16
+/// hex digits of its hash), which keys its rate limits.
 #[derive(Clone, Debug)]
-pub struct Tenant(pub String);
+pub struct Tenant {
+    pub name: String,
+    pub key_id: Arc<str>,
+    /// The key has a token limit, so finished requests report their tokens.
+    pub counts_tokens: bool,
+}
 
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
@@ -34,31 +41,7 @@ fn bearer(req: &Request<Body>) -> Option<&str> {
 
 struct Key {
     tenant: Tenant,
-    limit: Option<RateWindow>,
-}
-
-/// A fixed one-minute window. Redis-backed limits that hold across
-/// processes replace this; it stays as the fallback when Redis is down.
-struct RateWindow {
-    per_minute: u32,
-    state: Mutex<(Instant, u32)>,
-}
-
-impl RateWindow {
-    /// `Err(seconds to wait)` when the key is over its limit.
-    fn take(&self) -> Result<(), u64> {
-        let mut state = self.state.lock().expect("rate window lock");
-        let now = Instant::now();
-        if now.duration_since(state.0) >= Duration::from_secs(60) {
-            *state = (now, 0);
-        }
-        if state.1 >= self.per_minute {
-            let wait = Duration::from_secs(60).saturating_sub(now.duration_since(state.0));
-            return Err(wait.as_secs().max(1));
-        }
-        state.1 += 1;
-        Ok(())
-    }
+    limits: KeyLimits,
 }
 
 /// The configured API keys, by hash.
@@ -73,75 +56,93 @@ impl Keys {
             .keys
             .iter()
             .map(|k| {
-                let limit = (k.requests_per_minute > 0).then(|| RateWindow {
-                    per_minute: k.requests_per_minute,
-                    state: Mutex::new((Instant::now(), 0)),
-                });
-                (k.sha256.clone(), Key { tenant: Tenant(k.tenant.clone()), limit })
+                let tenant = Tenant {
+                    name: k.tenant.clone(),
+                    key_id: Arc::from(&k.sha256[..16]),
+                    counts_tokens: k.tokens_per_minute > 0,
+                };
+                let limits =
+                    KeyLimits { requests_per_minute: k.requests_per_minute, tokens_per_minute: k.tokens_per_minute };
+                (k.sha256.clone(), Key { tenant, limits })
             })
             .collect();
         Self { enabled: config.enabled, by_hash }
     }
 
-    fn check(&self, req: &Request<Body>) -> Result<Tenant, GatewayError> {
-        if !self.enabled {
-            return Ok(Tenant("anonymous".to_owned()));
-        }
+    fn check(&self, req: &Request<Body>) -> Result<&Key, GatewayError> {
         let token = bearer(req).ok_or(GatewayError::Unauthorized)?;
-        let key = self.by_hash.get(&hash_token(token)).ok_or(GatewayError::Unauthorized)?;
-        if let Some(limit) = &key.limit {
-            limit.take().map_err(|retry_after_s| GatewayError::RateLimited { retry_after_s })?;
-        }
-        Ok(key.tenant.clone())
+        self.by_hash.get(&hash_token(token)).ok_or(GatewayError::Unauthorized)
     }
 }
 
-/// Rejects requests without a valid API key (401) or over their key's limit
-/// (429), and attaches the [`Tenant`] to the request.
+/// Rejects requests without a valid API key (401) or over their key's
+/// limits (429), and attaches the [`Tenant`] to the request.
 #[derive(Clone)]
 pub struct ApiKeyLayer {
     keys: Arc<Keys>,
+    limiter: Arc<Limiter>,
+    metrics: Arc<Metrics>,
 }
 
 impl ApiKeyLayer {
-    pub fn new(keys: Arc<Keys>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys>, limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
+        Self { keys, limiter, metrics }
     }
 }
 
 impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKey<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKey { keys: self.keys.clone(), inner }
+        ApiKey { layer: self.clone(), inner }
     }
 }
 
 #[derive(Clone)]
 pub struct ApiKey<S> {
-    keys: Arc<Keys>,
+    layer: ApiKeyLayer,
     inner: S,
 }
 
 impl<S> Service<Request<Body>> for ApiKey<S>
 where
-    S: Service<Request<Body>, Response = Response>,
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response, S::Error>>>;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        match self.keys.check(&req) {
-            Ok(tenant) => {
-                req.extensions_mut().insert(tenant);
-                Either::Left(self.inner.call(req))
-            }
-            Err(e) => Either::Right(futures_util::future::ready(Ok(e.into_response()))),
+        if !self.layer.keys.enabled {
+            req.extensions_mut().insert(Tenant {
+                name: "anonymous".into(),
+                key_id: Arc::from("anonymous"),
+                counts_tokens: false,
+            });
+            return Box::pin(self.inner.call(req));
         }
+        let (tenant, limits) = match self.layer.keys.check(&req) {
+            Ok(key) => (key.tenant.clone(), key.limits),
+            Err(e) => return Box::pin(async move { Ok(e.into_response()) }),
+        };
+        // The service that was made ready is the one to call; keep a fresh
+        // clone for the next request (tower's documented pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = self.layer.limiter.clone();
+        let metrics = self.layer.metrics.clone();
+        Box::pin(async move {
+            if let Verdict::Limited { retry_after_s } = limiter.admit(&tenant.key_id, limits).await {
+                metrics.rate_limited.with_label_values(&[&tenant.name]).inc();
+                return Ok(GatewayError::RateLimited { retry_after_s }.into_response());
+            }
+            req.extensions_mut().insert(tenant);
+            inner.call(req).await
+        })
     }
 }
 
@@ -207,14 +208,5 @@ mod tests {
     fn hashes_like_sha256sum() {
         // printf abc | sha256sum
         assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    }
-
-    #[test]
-    fn rate_window_limits_then_reports_wait() {
-        let w = RateWindow { per_minute: 2, state: Mutex::new((Instant::now(), 0)) };
-        assert!(w.take().is_ok());
-        assert!(w.take().is_ok());
-        let wait = w.take().unwrap_err();
-        assert!((1..=60).contains(&wait));
     }
 }

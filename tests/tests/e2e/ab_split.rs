@@ -36,8 +36,8 @@ async fn split_holds_weights_and_is_sticky() {
     // 20 % expected; 4 standard deviations at n = 1000 is about ±5 %.
     assert!((0.15..=0.25).contains(&canary), "canary share {canary}");
     // Sticky: the same users land on the same variants again.
-    for i in 0..50 {
-        assert_eq!(variant_for_user(&gw, &format!("user-{i}")).await, first[i]);
+    for (i, expected) in first.iter().enumerate().take(50) {
+        assert_eq!(&variant_for_user(&gw, &format!("user-{i}")).await, expected);
     }
     // The episode header pins too, and wins over `user`.
     let mut seen = std::collections::HashSet::new();

@@ -1,0 +1,59 @@
+//! Live route weights from Redis: the hash `{prefix}weights:{route}` maps
+//! variant names to weights. Every gateway process polls it, so one write
+//! (by the tuner's canary controller or the admin API) moves traffic
+//! everywhere without a restart. While Redis is down the last known weights
+//! stay in force.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+
+use super::Redis;
+use crate::router::Router;
+
+pub fn weights_key(redis: &Redis, route: &str) -> String {
+    format!("{}weights:{route}", redis.prefix)
+}
+
+/// Writes weights so that every process picks them up.
+pub async fn publish(redis: &Redis, route: &str, weights: &BTreeMap<String, u32>) -> Result<(), redis::RedisError> {
+    let mut conn = redis.conn().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "Redis is down")))?;
+    let items: Vec<(&String, &u32)> = weights.iter().collect();
+    conn.hset_multiple::<_, _, _, ()>(weights_key(redis, route), &items).await
+}
+
+pub fn spawn_weight_sync(redis: Arc<Redis>, router: Arc<Router>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(mut conn) = redis.conn() else { continue };
+            for route in router.names() {
+                let read = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    conn.hgetall::<_, BTreeMap<String, u32>>(weights_key(&redis, &route)),
+                )
+                .await;
+                let weights = match read {
+                    Ok(Ok(w)) => w,
+                    Ok(Err(e)) => {
+                        redis.mark_down(&e);
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                let current = router.weights().remove(&route).unwrap_or_default();
+                if weights.iter().all(|(variant, w)| current.get(variant) == Some(w)) {
+                    continue;
+                }
+                match router.set_weights(&route, &weights) {
+                    Ok(()) => tracing::info!(%route, ?weights, "route weights updated from Redis"),
+                    Err(e) => tracing::warn!(%route, error = %e, "ignoring invalid weights in Redis"),
+                }
+            }
+        }
+    });
+}
