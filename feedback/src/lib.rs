@@ -1,3 +1,84 @@
-//! (placeholder)
+//! Flywheel's event model and its lossless capture into ClickHouse.
+//!
+//! ```text
+//! gateway ──append──▶ WAL (local segments) ──shipper──▶ ClickHouse
+//!                                                        inferences, attempts, feedback
+//!                                                        ─MV─▶ per-minute rollups
+//! ```
+//!
+//! * [`event`]: what is recorded ([`InferenceEvent`], [`FeedbackEvent`],
+//!   [`Record`]).
+//! * [`wal`]: the write-ahead log. Every event is appended (written to the
+//!   file) before anything else happens to it; segments are deleted only
+//!   after ClickHouse accepted them. Quota policy when the disk budget is
+//!   used up: new events are refused and counted ([`wal`] docs).
+//! * [`shipper`]: the background task that ships sealed segments, retrying
+//!   forever with capped backoff while ClickHouse is down.
+//! * [`store`]: ClickHouse connection, migrations, row types.
+//! * [`queries`]: the analytics reads (dashboards, feedback auth, canary).
+//! * [`retention`]: month-partition drops that keep what training needs.
+//! * [`Capture`]: WAL + shipper wired from a [`CaptureConfig`], what the
+//!   gateway starts.
+//!
+//! # Exactly once
+//!
+//! The pipeline is at-least-once by construction: a segment is deleted
+//! only after all its inserts succeeded, so a crash (or SIGKILL, or a
+//! timeout whose INSERT did commit) between insert and delete replays the
+//! segment. Replays are made idempotent at two levels:
+//!
+//! 1. **Before inserting, the shipper drops records whose id ClickHouse
+//!    already has** ([`shipper::ship_batch`]: one `SELECT id … WHERE id IN
+//!    (…)` per table per batch, cheap because the tables are ordered by the
+//!    time-ordered UUIDv7 id). This is what keeps the materialized-view
+//!    rollups exact: a view fires on every INSERT and cannot be deduplicated
+//!    after the fact, so a replayed row must never be inserted. Attempts are
+//!    inserted before their inference, so "id present in `inferences`"
+//!    implies the whole event is stored. Ids repeated inside one batch are
+//!    dropped too.
+//! 2. **Base tables are `ReplacingMergeTree` keyed by id** and every read of
+//!    them in [`queries`] uses `FINAL`, so a duplicate that got past (1)
+//!    counts once in those reads (merges also remove it on disk).
+//!
+//! The remaining window: an INSERT that the client gave up on (timeout
+//! after 60 s, connection cut) but that the server commits *after* the
+//! retry's existence check ran. Then the rollups (only they) count that
+//! batch twice. The retry comes after a backoff, which makes this unlikely;
+//! it needs one shipper per WAL directory (the gateway runs exactly one).
+//! ClickHouse 18.16 has no insert deduplication for non-replicated tables
+//! that could close it.
+//!
+//! # ClickHouse 18.16
+//!
+//! The server is 18.16.1: no DateTime64/Map/JSON/Bool/TTL/LowCardinality, no
+//! `ADD COLUMN IF NOT EXISTS`, no server-side query parameters, and the
+//! client must run with validation off (so the row types are pinned by the
+//! schema round-trip tests). See [`store`].
+
+pub mod capture;
+pub mod config;
 pub mod event;
-pub use event::{AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
+pub mod queries;
+pub mod retention;
+pub mod shipper;
+pub mod store;
+pub mod wal;
+
+pub use capture::{Capture, CaptureError, CaptureStats};
+pub use config::{BodiesPolicy, CaptureConfig, FsyncPolicy};
+pub use event::{
+    feedback_source, AttemptEvent, AttemptOutcome, AttemptSummary, FeedbackEvent, FeedbackTarget, FeedbackValue,
+    InferenceEvent, Record, Validation,
+};
+pub use queries::{InferenceOwner, MetricStats, MinutePoint, TimeWindow, VariantComparison, VariantSummary};
+pub use shipper::{Shipper, ShipperConfig, ShipperHandle, ShipperStats, ShutdownReport};
+pub use store::{Store, StoreConfig, StoreError};
+pub use wal::{Wal, WalConfig, WalError, WalStats};
+
+/// Unix time now, milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

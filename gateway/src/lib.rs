@@ -11,6 +11,7 @@ pub mod coordination;
 pub mod dispatcher;
 pub mod endpoints;
 pub mod error;
+pub mod feedback;
 pub mod metering;
 pub mod metrics;
 pub mod middleware;
@@ -28,6 +29,7 @@ use tower_http::trace::TraceLayer;
 use config::Config;
 use coordination::{Limiter, Redis};
 use error::GatewayError;
+use feedback::{RecentInferences, Signals};
 use metering::EventSink;
 use metrics::Metrics;
 use middleware::{AdminAuthLayer, ApiKeyLayer, HttpMetricsLayer, Keys};
@@ -40,6 +42,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub redis: Option<Arc<Redis>>,
+    pub recent: RecentInferences,
+    pub signals: Signals,
 }
 
 /// State shared by all handlers; cheap to clone.
@@ -69,7 +73,20 @@ impl AppState {
             coordination::spawn_weight_sync(redis.clone(), router.clone(), every);
         }
         let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
-        Ok(Self(Arc::new(Shared { config, router, sink, metrics, limiter, redis })))
+        let recent = RecentInferences::new(config.feedback.recent_capacity);
+        let signals = Signals::new(config.feedback.implicit.clone());
+        Ok(Self(Arc::new(Shared { config, router, sink, metrics, limiter, redis, recent, signals })))
+    }
+
+    /// Owner of an inference: the in-memory index of recent ones, then the
+    /// capture store.
+    pub async fn owner_of_inference(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
+        Ok(self.recent.inference(id))
+    }
+
+    /// Owner of an episode, like [`AppState::owner_of_inference`].
+    pub async fn owner_of_episode(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
+        Ok(self.recent.episode(id))
     }
 
     pub fn body_timeout(&self) -> Duration {

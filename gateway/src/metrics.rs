@@ -29,6 +29,7 @@ pub struct Metrics {
     pub redis_up: prometheus::IntGauge,
     pub rate_limit_fallbacks: prometheus::IntCounter,
     pub rate_limited: IntCounterVec,
+    pub feedback: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -90,10 +91,15 @@ impl Metrics {
                 "Rate-limit decisions taken per process because Redis was unavailable",
             )
             .expect("metric"),
+            feedback: IntCounterVec::new(
+                Opts::new("flywheel_feedback_total", "Feedback recorded, by metric and source (api, implicit:*)"),
+                &["metric", "source"],
+            )
+            .expect("metric"),
             rate_limited: IntCounterVec::new(Opts::new("flywheel_rate_limited_total", "Requests refused with 429 by tenant"), &["tenant"])
                 .expect("metric"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.requests.clone()),
@@ -110,6 +116,7 @@ impl Metrics {
             Box::new(m.redis_up.clone()),
             Box::new(m.rate_limit_fallbacks.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.feedback.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

@@ -183,19 +183,28 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
 }
 
-/// Reads the JSONL events, waiting until at least `n` are there.
-pub fn events(gateway: &Proc, n: usize) -> Vec<Value> {
+/// Records of one kind (`inference` or `feedback`) from the JSONL sink,
+/// waiting until at least `n` are there.
+pub fn records(gateway: &Proc, kind: &str, n: usize) -> Vec<Value> {
     let path = gateway.dir.join("events.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let events: Vec<Value> =
-            text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).expect("event JSON")).collect();
-        if events.len() >= n || Instant::now() > deadline {
-            return events;
+        let found: Vec<Value> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_str::<Value>(l).expect("record JSON").get(kind).cloned())
+            .collect();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Inference events, waiting until at least `n` are there.
+pub fn events(gateway: &Proc, n: usize) -> Vec<Value> {
+    records(gateway, "inference", n)
 }
 
 /// The event of one request id.

@@ -29,6 +29,8 @@ pub struct Config {
     pub metering: MeteringConfig,
     #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
     /// Defaults for every route; a route may override any of them.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -130,6 +132,86 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self { url: None, key_prefix: "flywheel:".into(), command_timeout_ms: 50, weights_poll_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Recent inferences whose owner is kept in memory for feedback
+    /// authorization (older ones are looked up in ClickHouse).
+    pub recent_capacity: usize,
+    /// Metrics that `POST /v1/feedback` accepts.
+    pub metrics: Vec<MetricConfig>,
+    pub implicit: ImplicitConfig,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self { recent_capacity: 500_000, metrics: Vec::new(), implicit: ImplicitConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: MetricKind,
+    /// Whether feedback targets one inference or a whole episode.
+    #[serde(default)]
+    pub level: MetricLevel,
+    /// Which direction is better; the tuner and the canary read it.
+    #[serde(default)]
+    pub optimize: Optimize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// JSON `true`/`false` (thumbs up/down, task success).
+    Boolean,
+    /// A JSON number (a score, a rating).
+    Float,
+    /// A text comment.
+    Comment,
+    /// The ideal answer: an assistant message, or its content as a string.
+    Demonstration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricLevel {
+    #[default]
+    Inference,
+    Episode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimize {
+    #[default]
+    Max,
+    Min,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImplicitConfig {
+    /// Record implicit signals (re-ask, regeneration, validation) as feedback.
+    pub enabled: bool,
+    /// A repeat within this many seconds of the previous turn counts.
+    pub window_s: u64,
+    /// Word-set Jaccard similarity at or above which a new question is a
+    /// re-ask of the previous one.
+    pub reask_similarity: f64,
+    /// Users/episodes tracked at once per process.
+    pub max_tracked: usize,
+}
+
+impl Default for ImplicitConfig {
+    fn default() -> Self {
+        Self { enabled: true, window_s: 300, reask_similarity: 0.8, max_tracked: 100_000 }
     }
 }
 

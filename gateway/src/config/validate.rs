@@ -88,6 +88,22 @@ impl Config {
                 return Err(invalid(format!("providers.{name}.price_*"), "prices must not be negative"));
             }
         }
+        let mut metric_names = HashSet::new();
+        for (i, m) in self.feedback.metrics.iter().enumerate() {
+            if m.name.is_empty() || m.name.starts_with("implicit_") {
+                return Err(invalid(
+                    format!("feedback.metrics[{i}].name"),
+                    "must be non-empty and must not start with `implicit_` (reserved for implicit signals)",
+                ));
+            }
+            if !metric_names.insert(m.name.as_str()) {
+                return Err(invalid(format!("feedback.metrics[{i}].name"), format!("duplicate metric `{}`", m.name)));
+            }
+        }
+        let r = self.feedback.implicit.reask_similarity;
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(invalid("feedback.implicit.reask_similarity", "must be in (0, 1]"));
+        }
         let mut route_names = HashSet::new();
         for (r, route) in self.routes.iter().enumerate() {
             if !route_names.insert(route.name.as_str()) {

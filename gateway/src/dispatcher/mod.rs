@@ -25,7 +25,9 @@ pub use unary::run as run_unary;
 pub use validate::Validator;
 
 use crate::error::GatewayError;
+use crate::feedback::{Observed, Owner};
 use crate::middleware::Tenant;
+use flywheel_feedback::Record;
 use crate::metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
 use crate::router::{Route, Target};
 use crate::upstream::{is_retryable, retry_after, UpstreamError};
@@ -365,7 +367,39 @@ pub fn finish(
         request_body: None,
         response_body: None,
     };
-    state.sink.record(event);
+    let owner = Owner {
+        tenant: Arc::from(event.tenant.as_str()),
+        route: Arc::from(event.route.as_str()),
+        variant: Arc::from(event.variant.as_str()),
+        episode_id: event.episode_id.as_deref().map(Arc::from),
+    };
+    state.recent.insert(&event.id, owner);
+    let implied = if status == StatusCode::OK && call.op == Operation::Chat {
+        let first_answer = event
+            .attempts
+            .iter()
+            .find(|a| matches!(a.outcome, AttemptOutcome::Ok | AttemptOutcome::ValidationFailed));
+        state.signals.observe(&Observed {
+            inference_id: &event.id,
+            ts_ms: event.ts_ms,
+            tenant: &event.tenant,
+            route: &event.route,
+            variant: &event.variant,
+            who: call.episode_id.as_deref().or(call.user.as_deref()),
+            messages: call.body.get("messages"),
+            validated_first_try: call
+                .validator
+                .as_ref()
+                .and(first_answer)
+                .map(|a| a.outcome == AttemptOutcome::Ok),
+        })
+    } else {
+        Vec::new()
+    };
+    state.sink.record(Record::Inference(event));
+    for feedback in implied {
+        state.sink.record(Record::Feedback(feedback));
+    }
 }
 
 /// `usage.{prompt_tokens, completion_tokens}` of an answer, if present.

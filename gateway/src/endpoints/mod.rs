@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+mod feedback;
 mod inference;
 mod models;
 
@@ -20,6 +21,7 @@ pub fn api() -> Router<AppState> {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models::list))
+        .route("/v1/feedback", post(feedback::create))
 }
 
 /// Routes under `/admin` (behind the admin-token layer).

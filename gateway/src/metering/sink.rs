@@ -9,12 +9,12 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::InferenceEvent;
+use flywheel_feedback::Record;
 use crate::config::{MeteringConfig, SinkKind};
 use crate::metrics::Metrics;
 
 pub trait EventSink: Send + Sync + 'static {
-    fn record(&self, event: InferenceEvent);
+    fn record(&self, record: Record);
     /// Writes out everything recorded so far; called on shutdown.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
@@ -22,27 +22,29 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct NullSink;
 
 impl EventSink for NullSink {
-    fn record(&self, _event: InferenceEvent) {}
+    fn record(&self, _record: Record) {}
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
 }
 
-/// Appends one JSON object per line. A background thread owns the file so
-/// that disk latency never reaches a request.
+/// Appends one JSON object per line (`{"inference": …}` or
+/// `{"feedback": …}`). A background thread owns the file so that disk
+/// latency never reaches a request. Nothing here survives a crash: the
+/// write-ahead log (`[capture]`) is the lossless path.
 pub struct JsonlSink {
-    tx: Mutex<Option<mpsc::UnboundedSender<InferenceEvent>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Record>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl JsonlSink {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<InferenceEvent>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::new(file);
             while let Some(event) = rx.blocking_recv() {
-                let mut write = |e: &InferenceEvent| -> std::io::Result<()> {
+                let mut write = |e: &Record| -> std::io::Result<()> {
                     serde_json::to_writer(&mut out, e)?;
                     out.write_all(b"\n")
                 };
@@ -63,9 +65,9 @@ impl JsonlSink {
 }
 
 impl EventSink for JsonlSink {
-    fn record(&self, event: InferenceEvent) {
+    fn record(&self, record: Record) {
         if let Some(tx) = self.tx.lock().expect("sink lock").as_ref() {
-            let _ = tx.send(event);
+            let _ = tx.send(record);
         }
     }
 
@@ -94,9 +96,12 @@ impl MetricsSink {
 }
 
 impl EventSink for MetricsSink {
-    fn record(&self, event: InferenceEvent) {
-        self.metrics.observe(&event);
-        self.inner.record(event);
+    fn record(&self, record: Record) {
+        match &record {
+            Record::Inference(e) => self.metrics.observe(e),
+            Record::Feedback(f) => self.metrics.feedback.with_label_values(&[&f.metric, &f.source]).inc(),
+        }
+        self.inner.record(record);
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         self.inner.shutdown()

@@ -5,6 +5,7 @@ mod ab_split;
 mod api;
 mod errors;
 mod failover;
+mod feedback;
 mod openai_sdk;
 mod reliability;
 mod shutdown;

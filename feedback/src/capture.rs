@@ -1,0 +1,76 @@
+//! [`Capture`]: the write-ahead log and its shipper, started from a
+//! [`CaptureConfig`]. This is what the gateway holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::CaptureConfig;
+use crate::event::Record;
+use crate::shipper::{Shipper, ShipperHandle, ShipperStats, ShutdownReport};
+use crate::store::{Store, StoreError};
+use crate::wal::{Wal, WalError, WalStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaptureStats {
+    pub wal: WalStats,
+    pub shipper: ShipperStats,
+}
+
+pub struct Capture {
+    wal: Arc<Wal>,
+    store: Store,
+    shipper: ShipperHandle,
+}
+
+impl Capture {
+    /// Opens the log (replaying what a previous run left) and starts the
+    /// shipper on the current tokio runtime. Does not contact ClickHouse:
+    /// serving starts even when it is down; the shipper migrates and ships
+    /// once it is reachable.
+    pub fn start(cfg: &CaptureConfig) -> Result<Capture, CaptureError> {
+        let wal = Arc::new(Wal::open(&cfg.wal_dir, cfg.wal_config())?);
+        let store = Store::try_new(&cfg.store_config())?;
+        let shipper = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg.shipper_config());
+        Ok(Capture { wal, store, shipper })
+    }
+
+    /// Appends records to the log (blocking file I/O: call it from a
+    /// dedicated writer thread or `spawn_blocking`). On
+    /// [`WalError::Full`] the records are dropped and counted.
+    pub fn append(&self, records: &[Record]) -> Result<(), WalError> {
+        self.wal.append(records)
+    }
+
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    /// The store the shipper writes to (for queries).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stats(&self) -> CaptureStats {
+        CaptureStats { wal: self.wal.stats(), shipper: self.shipper.stats() }
+    }
+
+    /// Look for work now (tests; after a burst).
+    pub fn nudge(&self) {
+        self.shipper.nudge();
+    }
+
+    /// Seals the log and ships what it can within `deadline`.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        self.shipper.shutdown(deadline).await
+    }
+}

@@ -1,0 +1,311 @@
+//! Row types of the ClickHouse tables and their conversion from events.
+//!
+//! Field order is irrelevant for inserts (the client names the columns) but
+//! each field's type must be exactly its column's: validation is off on
+//! 18.16 and a mismatch corrupts silently. Mapping used here:
+//! `String`↔String, `Option<String>`↔Nullable(String), `u16/u32/u64`↔
+//! UInt16/32/64, `f64`↔Float64, `bool`↔UInt8, `i8`↔Enum8 (the numbers in
+//! the migration), `u16`↔Date (days since 1970-01-01), `Vec<String>`↔
+//! Array(String). The tests `schema_round_trip_*` pin every table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BodiesPolicy;
+use crate::event::{AttemptEvent, AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation};
+
+const MS_PER_DAY: u64 = 86_400_000;
+
+/// ClickHouse `Date` (days since the Unix epoch) of a time in ms. `Date`
+/// ends in 2149; later times saturate.
+pub fn date_of(ts_ms: u64) -> u16 {
+    (ts_ms / MS_PER_DAY).min(u16::MAX as u64) as u16
+}
+
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct InferenceRow {
+    pub id: String,
+    pub ts_ms: u64,
+    pub date: u16,
+    pub tenant: String,
+    pub endpoint: String,
+    pub route: String,
+    pub variant: String,
+    pub provider: String,
+    pub model: String,
+    pub episode_id: Option<String>,
+    pub user: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub tokens_estimated: bool,
+    pub ttft_ms: Option<f64>,
+    pub latency_ms: f64,
+    pub overhead_ms: f64,
+    pub retries: u32,
+    pub fallback_depth: u32,
+    pub failovers: u32,
+    pub failover_diverged: bool,
+    /// Enum8: 1 not_requested, 2 passed, 3 failed.
+    pub validation: i8,
+    pub cost_usd: f64,
+    pub attempt_count: u32,
+    pub request_body: String,
+    pub response_body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct AttemptRow {
+    pub inference_id: String,
+    /// Position in the inference's attempt list.
+    pub seq: u32,
+    /// The inference's time (for partitioning with it).
+    pub ts_ms: u64,
+    pub date: u16,
+    pub tenant: String,
+    pub route: String,
+    pub variant: String,
+    pub provider: String,
+    pub model: String,
+    pub target_index: u32,
+    pub try_index: u32,
+    /// Enum8, see [`outcome_code`].
+    pub outcome: i8,
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub started_ms: u64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub tokens_estimated: bool,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct FeedbackRow {
+    pub id: String,
+    pub ts_ms: u64,
+    pub date: u16,
+    pub tenant: String,
+    pub inference_id: Option<String>,
+    pub episode_id: Option<String>,
+    pub route: String,
+    pub variant: String,
+    pub metric: String,
+    /// Enum8: 1 boolean, 2 float, 3 comment, 4 demonstration.
+    pub value_kind: i8,
+    /// Booleans as 0/1, floats; 0 for text kinds.
+    pub value_float: f64,
+    /// Comment text, or the demonstration as JSON; empty for numbers.
+    pub value_text: String,
+    pub tag_keys: Vec<String>,
+    pub tag_values: Vec<String>,
+    pub idempotency_key: Option<String>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct TrainingUsageRow {
+    pub inference_id: String,
+    pub dataset: String,
+    pub ts_ms: u64,
+}
+
+pub fn validation_code(v: Validation) -> i8 {
+    match v {
+        Validation::NotRequested => 1,
+        Validation::Passed => 2,
+        Validation::Failed => 3,
+    }
+}
+
+pub fn outcome_code(o: AttemptOutcome) -> i8 {
+    match o {
+        AttemptOutcome::Ok => 1,
+        AttemptOutcome::ErrorStatus => 2,
+        AttemptOutcome::ConnectError => 3,
+        AttemptOutcome::Timeout => 4,
+        AttemptOutcome::ValidationFailed => 5,
+        AttemptOutcome::MidStreamFailover => 6,
+        AttemptOutcome::CircuitOpen => 7,
+        AttemptOutcome::BadResponse => 8,
+        AttemptOutcome::ClientClosed => 9,
+    }
+}
+
+pub const VALUE_BOOLEAN: i8 = 1;
+pub const VALUE_FLOAT: i8 = 2;
+pub const VALUE_COMMENT: i8 = 3;
+pub const VALUE_DEMONSTRATION: i8 = 4;
+
+impl InferenceRow {
+    pub fn from_event(e: &InferenceEvent, bodies: BodiesPolicy) -> Self {
+        Self {
+            id: e.id.clone(),
+            ts_ms: e.ts_ms,
+            date: date_of(e.ts_ms),
+            tenant: e.tenant.clone(),
+            endpoint: e.endpoint.clone(),
+            route: e.route.clone(),
+            variant: e.variant.clone(),
+            provider: e.provider.clone(),
+            model: e.model.clone(),
+            episode_id: e.episode_id.clone(),
+            user: e.user.clone(),
+            stream: e.stream,
+            status: e.status,
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.completion_tokens,
+            tokens_estimated: e.tokens_estimated,
+            ttft_ms: e.ttft_ms,
+            latency_ms: e.latency_ms,
+            overhead_ms: e.overhead_ms,
+            retries: e.retries,
+            fallback_depth: e.fallback_depth,
+            failovers: e.failovers,
+            failover_diverged: e.failover_diverged,
+            validation: validation_code(e.validation),
+            cost_usd: e.cost_usd,
+            attempt_count: e.attempts.len() as u32,
+            request_body: apply_bodies(e.request_body.as_deref(), bodies),
+            response_body: apply_bodies(e.response_body.as_deref(), bodies),
+        }
+    }
+}
+
+impl AttemptRow {
+    pub fn from_event(parent: &InferenceEvent, seq: usize, a: &AttemptEvent) -> Self {
+        Self {
+            inference_id: parent.id.clone(),
+            seq: seq as u32,
+            ts_ms: parent.ts_ms,
+            date: date_of(parent.ts_ms),
+            tenant: parent.tenant.clone(),
+            route: parent.route.clone(),
+            variant: parent.variant.clone(),
+            provider: a.provider.clone(),
+            model: a.model.clone(),
+            target_index: a.target_index,
+            try_index: a.try_index,
+            outcome: outcome_code(a.outcome),
+            status: a.status,
+            reason: a.reason.clone(),
+            started_ms: a.started_ms,
+            latency_ms: a.latency_ms,
+            ttft_ms: a.ttft_ms,
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            tokens_estimated: a.tokens_estimated,
+            cost_usd: a.cost_usd,
+        }
+    }
+
+    /// The rows of all attempts of an inference.
+    pub fn all_of(e: &InferenceEvent) -> impl Iterator<Item = AttemptRow> + '_ {
+        e.attempts.iter().enumerate().map(move |(i, a)| AttemptRow::from_event(e, i, a))
+    }
+}
+
+impl FeedbackRow {
+    pub fn from_event(e: &FeedbackEvent) -> Self {
+        let (value_kind, value_float, value_text) = match &e.value {
+            FeedbackValue::Boolean(b) => (VALUE_BOOLEAN, if *b { 1.0 } else { 0.0 }, String::new()),
+            FeedbackValue::Float(f) => (VALUE_FLOAT, *f, String::new()),
+            FeedbackValue::Comment(c) => (VALUE_COMMENT, 0.0, c.clone()),
+            FeedbackValue::Demonstration(v) => (VALUE_DEMONSTRATION, 0.0, v.to_string()),
+        };
+        Self {
+            id: e.id.clone(),
+            ts_ms: e.ts_ms,
+            date: date_of(e.ts_ms),
+            tenant: e.tenant.clone(),
+            inference_id: e.target.inference_id.clone(),
+            episode_id: e.target.episode_id.clone(),
+            route: e.route.clone(),
+            variant: e.variant.clone(),
+            metric: e.metric.clone(),
+            value_kind,
+            value_float,
+            value_text,
+            tag_keys: e.tags.keys().cloned().collect(),
+            tag_values: e.tags.values().cloned().collect(),
+            idempotency_key: e.idempotency_key.clone(),
+            source: e.source.clone(),
+        }
+    }
+}
+
+/// A body as the `bodies` policy wants it stored.
+pub fn apply_bodies(body: Option<&str>, policy: BodiesPolicy) -> String {
+    match (body, policy) {
+        (None, _) | (_, BodiesPolicy::Skip) => String::new(),
+        (Some(b), BodiesPolicy::Store) => b.to_owned(),
+        (Some(b), BodiesPolicy::Redact) => redact(b),
+    }
+}
+
+/// Keys whose string values describe structure, not content; kept by
+/// `redact`.
+const KEEP_KEYS: &[&str] =
+    &["role", "model", "type", "finish_reason", "object", "id", "stop_reason", "system_fingerprint", "service_tier"];
+
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces every string in a JSON body with `[redacted]`, except the
+/// values of [`KEEP_KEYS`]; numbers, booleans and the shape survive (token
+/// counts, message count, tool-call structure). Non-JSON becomes
+/// `[redacted]`.
+pub fn redact(body: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = REDACTED.to_owned(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o.iter_mut() {
+                    if !(v.is_string() && KEEP_KEYS.contains(&k.as_str())) {
+                        walk(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            walk(&mut v);
+            v.to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_keeps_structure_and_roles() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"n":2,"stream":true}"#;
+        let v: serde_json::Value = serde_json::from_str(&redact(body)).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["messages"][0]["role"], "user");
+        assert_eq!(v["messages"][0]["content"], REDACTED);
+        assert_eq!(v["n"], 2);
+        assert_eq!(v["stream"], true);
+        assert_eq!(redact("not json"), REDACTED);
+    }
+
+    #[test]
+    fn bodies_policy() {
+        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Store), "{}");
+        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Skip), "");
+        assert_eq!(apply_bodies(None, BodiesPolicy::Store), "");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(date_of(0), 0);
+        assert_eq!(date_of(1_700_000_000_123), 19675);
+    }
+}

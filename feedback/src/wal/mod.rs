@@ -1,0 +1,673 @@
+//! Segmented write-ahead log: the gateway appends every event here before
+//! anything else happens to it; the shipper ships sealed segments to
+//! ClickHouse and deletes each one only after ClickHouse accepted all of it.
+//!
+//! Layout: one directory, segment files `{seq:020}.wal` with increasing
+//! sequence numbers (framing in [`frame`]). The newest segment is *active*
+//! (appended to); all others are *sealed* (immutable, waiting to ship).
+//! A segment is sealed when the next batch would grow it past
+//! `segment_bytes`, when the shipper asks ([`Wal::seal_if_older`]: the
+//! active segment has held records for `max_segment_age_ms`), or when the
+//! log is opened (every existing segment is sealed, so a restarted gateway
+//! replays what it had not shipped). The active segment is created by the
+//! first append after a seal, so an idle log holds no empty files.
+//!
+//! Crash recovery ([`Wal::open`]): each segment's frames are checked
+//! (length + CRC). In the newest segment, bytes after the last valid frame
+//! are a write torn by the crash and are truncated. Elsewhere an invalid
+//! region is skipped by resynchronizing on the next valid frame
+//! ([`frame::scan`]); the shipper ships the valid records and moves such a
+//! segment to `quarantine/` instead of deleting it.
+//!
+//! Disk quota policy: the log (all segment files) never exceeds
+//! `max_bytes`. When an append would exceed it, **the new records are
+//! refused**: `append` returns [`WalError::Full`], the records are counted
+//! in [`WalStats::dropped_full`] and an error is logged (rate-limited).
+//! Unshipped data already in the log is never deleted to make room: it is
+//! older, was accepted first, and ships as soon as ClickHouse is back, at
+//! which point appends succeed again. Serving is unaffected either way; the
+//! gateway exports `dropped_full` as a metric to alert on.
+
+pub mod frame;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::FsyncPolicy;
+use crate::event::Record;
+use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
+
+const SEGMENT_EXT: &str = "wal";
+const QUARANTINE_DIR: &str = "quarantine";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The disk quota is reached; the records were not written.
+    #[error(
+        "write-ahead log full: {records} record(s) ({needed} bytes) refused, \
+         {on_disk} of {max_bytes} bytes used by unshipped segments"
+    )]
+    Full { records: usize, needed: u64, on_disk: u64, max_bytes: u64 },
+    #[error("write-ahead log I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot encode record {id}: {source}")]
+    Encode { id: String, source: serde_json::Error },
+    #[error("record {id} encodes to {len} bytes, more than the {max} a frame holds")]
+    RecordTooLarge { id: String, len: usize, max: usize },
+    #[error("segment {seq} is not a sealed segment of this log")]
+    NotSealed { seq: u64 },
+    #[error("{path} is not a write-ahead log segment (bad header)")]
+    BadHeader { path: PathBuf },
+}
+
+pub type Result<T, E = WalError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_owned(), source }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Seal the active segment when a batch would grow it past this.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// Quota for all segment files together.
+    pub max_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self { segment_bytes: 8 << 20, fsync: FsyncPolicy::default(), max_bytes: 1 << 30 }
+    }
+}
+
+/// A segment file and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SegmentMeta {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub records: u64,
+    /// Times of the oldest and newest record (by `ts_ms`).
+    pub min_ts_ms: Option<u64>,
+    pub max_ts_ms: Option<u64>,
+}
+
+impl SegmentMeta {
+    fn new(seq: u64, path: PathBuf) -> Self {
+        Self { seq, path, bytes: HEADER_LEN as u64, records: 0, min_ts_ms: None, max_ts_ms: None }
+    }
+
+    fn note_ts(&mut self, ts: u64) {
+        self.min_ts_ms = Some(self.min_ts_ms.map_or(ts, |m| m.min(ts)));
+        self.max_ts_ms = Some(self.max_ts_ms.map_or(ts, |m| m.max(ts)));
+    }
+}
+
+/// Counters and gauges of the log, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WalStats {
+    /// Bytes of all segment files (the quota's measure).
+    pub bytes_on_disk: u64,
+    pub max_bytes: u64,
+    /// Sealed segments plus the active one, if any.
+    pub segments: u64,
+    pub sealed_segments: u64,
+    /// Records in the log (not yet shipped and deleted).
+    pub records_pending: u64,
+    /// `ts_ms` of the oldest record not yet shipped; `now - this` is the
+    /// capture lag.
+    pub oldest_unshipped_ts_ms: Option<u64>,
+    /// Records appended since open.
+    pub records_appended: u64,
+    /// Records refused because the quota was reached, since open.
+    pub dropped_full: u64,
+    /// Bytes of torn tails truncated at open.
+    pub torn_bytes_truncated: u64,
+    /// Segments moved to `quarantine/` (corruption seen while reading).
+    pub quarantined_segments: u64,
+}
+
+/// What [`read_segment`] found in a segment.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentContents {
+    pub records: Vec<Record>,
+    /// Bytes in regions that hold no valid frame.
+    pub corrupt_bytes: u64,
+    /// Frames with a valid CRC whose payload is not a [`Record`] (written by
+    /// an incompatible version).
+    pub undecodable: u64,
+}
+
+impl SegmentContents {
+    /// Whether anything in the segment could not be read back.
+    pub fn is_damaged(&self) -> bool {
+        self.corrupt_bytes > 0 || self.undecodable > 0
+    }
+}
+
+/// Reads and decodes a segment file.
+pub fn read_segment(path: &Path) -> Result<SegmentContents> {
+    let buf = fs::read(path).map_err(io_err(path))?;
+    if buf.len() < HEADER_LEN || &buf[..HEADER_LEN] != SEGMENT_MAGIC {
+        return Err(WalError::BadHeader { path: path.to_owned() });
+    }
+    let scan = frame::scan(&buf);
+    let mut out = SegmentContents { corrupt_bytes: scan.corrupt_bytes() as u64, ..Default::default() };
+    for f in &scan.frames {
+        match frame::decode_record(&buf, f) {
+            Ok(r) => out.records.push(r),
+            Err(e) => {
+                tracing::error!(path = %path.display(), offset = f.offset, error = %e, "undecodable WAL record");
+                out.undecodable += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sequence number of a segment file name, if it is one.
+fn segment_seq(path: &Path) -> Option<u64> {
+    if path.extension()? != SEGMENT_EXT {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// Segment files of a directory, oldest first.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if let Some(seq) = segment_seq(&path) {
+            out.push((seq, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+struct Active {
+    meta: SegmentMeta,
+    file: File,
+    /// When the first record went in: the age the shipper seals on.
+    opened: Instant,
+}
+
+struct State {
+    active: Option<Active>,
+    sealed: BTreeMap<u64, SegmentMeta>,
+    next_seq: u64,
+    /// Bytes written to the active segment since its last fsync.
+    dirty: bool,
+    bytes_on_disk: u64,
+    /// Rate limit for the "log full" error message.
+    last_full_log: Option<Instant>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    cfg: WalConfig,
+    state: Mutex<State>,
+    records_appended: AtomicU64,
+    dropped_full: AtomicU64,
+    torn_bytes_truncated: AtomicU64,
+    quarantined: AtomicU64,
+    /// Set (under the mutex) when the log is dropped, to stop the syncer.
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+/// The write-ahead log. `Send + Sync`: appends, seals and removals are
+/// serialized by one mutex (appends come from one writer thread in the
+/// gateway; the shipper's calls are short).
+pub struct Wal {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal").field("dir", &self.shared.dir).field("cfg", &self.shared.cfg).finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`: recovers existing
+    /// segments (see the module docs) and seals them all.
+    pub fn open(dir: impl AsRef<Path>, cfg: WalConfig) -> Result<Wal> {
+        let dir = dir.as_ref().to_owned();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let segments = list_segments(&dir)?;
+        let newest = segments.last().map(|(seq, _)| *seq);
+        let mut sealed = BTreeMap::new();
+        let mut bytes_on_disk = 0;
+        let mut torn = 0;
+        let mut quarantined = 0;
+        for (seq, path) in segments {
+            match recover_segment(&dir, seq, &path, Some(seq) == newest)? {
+                Recovered::Kept(meta, truncated) => {
+                    torn += truncated;
+                    bytes_on_disk += meta.bytes;
+                    sealed.insert(seq, meta);
+                }
+                Recovered::Removed => {}
+                Recovered::Quarantined => quarantined += 1,
+            }
+        }
+        if !sealed.is_empty() {
+            tracing::info!(
+                dir = %dir.display(),
+                segments = sealed.len(),
+                bytes = bytes_on_disk,
+                "write-ahead log has unshipped segments; they will be replayed"
+            );
+        }
+        let state = State {
+            active: None,
+            sealed,
+            next_seq: newest.map_or(1, |s| s + 1),
+            dirty: false,
+            bytes_on_disk,
+            last_full_log: None,
+        };
+        let shared = Arc::new(Shared {
+            dir,
+            cfg,
+            state: Mutex::new(state),
+            records_appended: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            torn_bytes_truncated: AtomicU64::new(torn),
+            quarantined: AtomicU64::new(quarantined),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        let syncer = match shared.cfg.fsync {
+            FsyncPolicy::IntervalMs(ms) => {
+                let shared = Arc::clone(&shared);
+                let every = Duration::from_millis(ms.max(1));
+                Some(
+                    std::thread::Builder::new()
+                        .name("wal-fsync".into())
+                        .spawn(move || sync_loop(&shared, every))
+                        .map_err(io_err(Path::new("wal-fsync thread")))?,
+                )
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
+        Ok(Wal { shared, syncer })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent enough
+        // (at worst a byte count off); keep logging rather than cascade.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `records` as one batch: all of them are written (and, with
+    /// `fsync = "always"`, synced) when this returns `Ok`, or none counts.
+    /// Returns [`WalError::Full`] when the quota would be exceeded.
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 1024);
+        let mut min_ts = u64::MAX;
+        let mut max_ts = 0;
+        for r in records {
+            let payload = encode_payload(r)?;
+            if payload.len() > MAX_PAYLOAD_LEN {
+                return Err(WalError::RecordTooLarge {
+                    id: r.id().to_owned(),
+                    len: payload.len(),
+                    max: MAX_PAYLOAD_LEN,
+                });
+            }
+            frame::encode_frame(&mut buf, r.ts_ms(), &payload);
+            min_ts = min_ts.min(r.ts_ms());
+            max_ts = max_ts.max(r.ts_ms());
+        }
+        let len = buf.len() as u64;
+        let cfg = &self.shared.cfg;
+        let mut st = self.lock();
+
+        let rotate = st
+            .active
+            .as_ref()
+            .is_some_and(|a| a.meta.records > 0 && a.meta.bytes + len > cfg.segment_bytes);
+        if rotate {
+            self.seal_locked(&mut st)?;
+        }
+        let needed = len + if st.active.is_none() { HEADER_LEN as u64 } else { 0 };
+        if st.bytes_on_disk + needed > cfg.max_bytes {
+            self.shared.dropped_full.fetch_add(records.len() as u64, Ordering::Relaxed);
+            let err = WalError::Full {
+                records: records.len(),
+                needed,
+                on_disk: st.bytes_on_disk,
+                max_bytes: cfg.max_bytes,
+            };
+            if st.last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                st.last_full_log = Some(Instant::now());
+                tracing::error!(
+                    dropped_total = self.shared.dropped_full.load(Ordering::Relaxed),
+                    "{err}; new events are being dropped until the shipper catches up"
+                );
+            }
+            return Err(err);
+        }
+        if st.active.is_none() {
+            let active = self.create_segment(&mut st)?;
+            st.bytes_on_disk += active.meta.bytes;
+            st.active = Some(active);
+        }
+        let active = st.active.as_mut().expect("active segment");
+        if let Err(e) = active.file.write_all(&buf) {
+            // Undo a partial write so the segment stays a sequence of whole
+            // frames; if even that fails, open() truncates it later.
+            let _ = active.file.set_len(active.meta.bytes);
+            return Err(WalError::Io { path: active.meta.path.clone(), source: e });
+        }
+        if active.meta.records == 0 {
+            active.opened = Instant::now();
+        }
+        active.meta.bytes += len;
+        active.meta.records += records.len() as u64;
+        active.meta.note_ts(min_ts);
+        active.meta.note_ts(max_ts);
+        match cfg.fsync {
+            FsyncPolicy::Always => active.file.sync_data().map_err(io_err(&active.meta.path))?,
+            FsyncPolicy::IntervalMs(_) => st.dirty = true,
+            FsyncPolicy::Never => {}
+        }
+        st.bytes_on_disk += len;
+        self.shared.records_appended.fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn create_segment(&self, st: &mut State) -> Result<Active> {
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let path = self.shared.dir.join(format!("{seq:020}.{SEGMENT_EXT}"));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+        if self.shared.cfg.fsync != FsyncPolicy::Never {
+            // Make the new name durable too, not only the data.
+            file.sync_data().map_err(io_err(&path))?;
+            sync_dir(&self.shared.dir)?;
+        }
+        Ok(Active { meta: SegmentMeta::new(seq, path), file, opened: Instant::now() })
+    }
+
+    fn seal_locked(&self, st: &mut State) -> Result<()> {
+        let Some(active) = st.active.take() else { return Ok(()) };
+        if self.shared.cfg.fsync != FsyncPolicy::Never {
+            if let Err(e) = active.file.sync_data() {
+                let path = active.meta.path.clone();
+                st.active = Some(active);
+                return Err(WalError::Io { path, source: e });
+            }
+        }
+        st.dirty = false;
+        if active.meta.records == 0 {
+            // Nothing in it (can only happen after a failed first write).
+            st.bytes_on_disk -= active.meta.bytes;
+            let _ = fs::remove_file(&active.meta.path);
+        } else {
+            st.sealed.insert(active.meta.seq, active.meta);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment now, if it holds records.
+    pub fn seal(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.seal_locked(&mut st)
+    }
+
+    /// Seals the active segment if its first record is at least `age` old.
+    /// Returns whether it sealed. The shipper calls this so a quiet log
+    /// still ships within about `max_segment_age_ms`.
+    pub fn seal_if_older(&self, age: Duration) -> Result<bool> {
+        let mut st = self.lock();
+        match &st.active {
+            Some(a) if a.meta.records > 0 && a.opened.elapsed() >= age => {
+                self.seal_locked(&mut st)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Sealed segments, oldest first.
+    pub fn sealed_segments(&self) -> Vec<SegmentMeta> {
+        self.lock().sealed.values().cloned().collect()
+    }
+
+    /// Deletes a shipped segment.
+    pub fn remove_segment(&self, seq: u64) -> Result<()> {
+        let mut st = self.lock();
+        let meta = st.sealed.get(&seq).ok_or(WalError::NotSealed { seq })?;
+        fs::remove_file(&meta.path).map_err(io_err(&meta.path))?;
+        let meta = st.sealed.remove(&seq).expect("present");
+        st.bytes_on_disk -= meta.bytes;
+        Ok(())
+    }
+
+    /// Moves a shipped segment that had corrupt regions to `quarantine/`
+    /// (kept for inspection; no longer counted in the quota).
+    pub fn quarantine_segment(&self, seq: u64) -> Result<PathBuf> {
+        let mut st = self.lock();
+        let meta = st.sealed.get(&seq).ok_or(WalError::NotSealed { seq })?;
+        let to = quarantine(&self.shared.dir, &meta.path)?;
+        let meta = st.sealed.remove(&seq).expect("present");
+        st.bytes_on_disk -= meta.bytes;
+        self.shared.quarantined.fetch_add(1, Ordering::Relaxed);
+        Ok(to)
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let st = self.lock();
+        let metas = || st.sealed.values().chain(st.active.as_ref().map(|a| &a.meta));
+        WalStats {
+            bytes_on_disk: st.bytes_on_disk,
+            max_bytes: self.shared.cfg.max_bytes,
+            segments: metas().count() as u64,
+            sealed_segments: st.sealed.len() as u64,
+            records_pending: metas().map(|m| m.records).sum(),
+            oldest_unshipped_ts_ms: metas().filter_map(|m| m.min_ts_ms).min(),
+            records_appended: self.shared.records_appended.load(Ordering::Relaxed),
+            dropped_full: self.shared.dropped_full.load(Ordering::Relaxed),
+            torn_bytes_truncated: self.shared.torn_bytes_truncated.load(Ordering::Relaxed),
+            quarantined_segments: self.shared.quarantined.load(Ordering::Relaxed),
+        }
+    }
+
+    /// fsyncs the active segment now (whatever the policy).
+    pub fn sync(&self) -> Result<()> {
+        let mut st = self.lock();
+        st.dirty = false;
+        match &st.active {
+            Some(a) => a.file.sync_data().map_err(io_err(&a.meta.path)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.stop_cv.notify_all();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        if self.shared.cfg.fsync != FsyncPolicy::Never {
+            if let Err(e) = self.sync() {
+                tracing::warn!(error = %e, "final WAL fsync failed");
+            }
+        }
+    }
+}
+
+/// The `interval_ms` policy: fsync the active segment when dirty. The sync
+/// runs on a duplicate of the file handle, outside the lock, so appends do
+/// not wait for the disk.
+fn sync_loop(shared: &Shared, every: Duration) {
+    let mut stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        stop = shared.stop_cv.wait_timeout(stop, every).unwrap_or_else(|e| e.into_inner()).0;
+        if *stop {
+            return;
+        }
+        let file = {
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.dirty {
+                continue;
+            }
+            st.dirty = false;
+            st.active.as_ref().map(|a| (a.file.try_clone(), a.meta.path.clone()))
+        };
+        if let Some((file, path)) = file {
+            if let Err(e) = file.and_then(|f| f.sync_data()) {
+                tracing::warn!(path = %path.display(), error = %e, "WAL fsync failed");
+            }
+        }
+    }
+}
+
+/// The JSON payload of a record. serde_json writes non-finite floats as
+/// `null`, which would not read back into `f64`; such values (a bug
+/// upstream) are written as 0 so the rest of the event survives.
+fn encode_payload(r: &Record) -> Result<Vec<u8>> {
+    let encode = |r: &Record| {
+        serde_json::to_vec(r).map_err(|source| WalError::Encode { id: r.id().to_owned(), source })
+    };
+    if has_non_finite(r) {
+        tracing::warn!(id = r.id(), "event has a non-finite number; writing 0 instead");
+        let mut r = r.clone();
+        zero_non_finite(&mut r);
+        return encode(&r);
+    }
+    encode(r)
+}
+
+fn floats_mut(r: &mut Record) -> Vec<&mut f64> {
+    match r {
+        Record::Inference(e) => {
+            let mut v = vec![&mut e.latency_ms, &mut e.overhead_ms, &mut e.cost_usd];
+            v.extend(e.ttft_ms.as_mut());
+            for a in &mut e.attempts {
+                v.push(&mut a.latency_ms);
+                v.push(&mut a.cost_usd);
+                v.extend(a.ttft_ms.as_mut());
+            }
+            v
+        }
+        Record::Feedback(e) => match &mut e.value {
+            crate::event::FeedbackValue::Float(f) => vec![f],
+            _ => vec![],
+        },
+    }
+}
+
+fn has_non_finite(r: &Record) -> bool {
+    // floats_mut needs &mut; a clone per record would cost more than this.
+    match r {
+        Record::Inference(e) => {
+            ![e.latency_ms, e.overhead_ms, e.cost_usd, e.ttft_ms.unwrap_or(0.0)]
+                .iter()
+                .all(|f| f.is_finite())
+                || e.attempts.iter().any(|a| {
+                    ![a.latency_ms, a.cost_usd, a.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite())
+                })
+        }
+        Record::Feedback(e) => matches!(e.value, crate::event::FeedbackValue::Float(f) if !f.is_finite()),
+    }
+}
+
+fn zero_non_finite(r: &mut Record) {
+    for f in floats_mut(r) {
+        if !f.is_finite() {
+            *f = 0.0;
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    let to = qdir.join(format!("{name}.{}", crate::now_ms()));
+    fs::rename(path, &to).map_err(io_err(path))?;
+    tracing::error!(from = %path.display(), to = %to.display(), "WAL segment quarantined");
+    Ok(to)
+}
+
+enum Recovered {
+    /// Kept as a sealed segment; bytes of torn tail truncated.
+    Kept(SegmentMeta, u64),
+    Removed,
+    Quarantined,
+}
+
+/// Opens one existing segment at startup.
+fn recover_segment(dir: &Path, seq: u64, path: &Path, newest: bool) -> Result<Recovered> {
+    let buf = fs::read(path).map_err(io_err(path))?;
+    if buf.len() < HEADER_LEN {
+        // Created but the header never made it: nothing can be inside.
+        fs::remove_file(path).map_err(io_err(path))?;
+        return Ok(Recovered::Removed);
+    }
+    if &buf[..HEADER_LEN] != SEGMENT_MAGIC {
+        tracing::error!(path = %path.display(), "not a WAL segment (bad header)");
+        quarantine(dir, path)?;
+        return Ok(Recovered::Quarantined);
+    }
+    let scan = frame::scan(&buf);
+    let mut len = buf.len();
+    let mut truncated = 0;
+    if let (true, Some((start, end))) = (newest, scan.tail) {
+        // The write the crash interrupted. Whole frames before it are kept.
+        tracing::warn!(path = %path.display(), bytes = end - start, "truncating torn WAL tail");
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        f.set_len(start as u64).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+        truncated = (end - start) as u64;
+        len = start;
+    }
+    if scan.frames.is_empty() && scan.corrupt.is_empty() && len == HEADER_LEN {
+        fs::remove_file(path).map_err(io_err(path))?;
+        return Ok(Recovered::Removed);
+    }
+    let mut meta = SegmentMeta::new(seq, path.to_owned());
+    meta.bytes = len as u64;
+    meta.records = scan.frames.len() as u64;
+    for f in &scan.frames {
+        meta.note_ts(f.ts_ms);
+    }
+    Ok(Recovered::Kept(meta, truncated))
+}

@@ -1,0 +1,135 @@
+//! `POST /v1/feedback`: a metric value on one of the caller's inferences or
+//! episodes.
+//!
+//! ```json
+//! {"inference_id": "…", "metric": "thumbs_up", "value": true,
+//!  "tags": {"reviewer": "ops"}, "idempotency_key": "…"}
+//! ```
+//!
+//! The metric must be declared in `[[feedback.metrics]]`, the value must
+//! have its type, and the target must belong to the caller's tenant
+//! (inferences still in the write-ahead log included). A repeated
+//! `idempotency_key` stores the feedback once.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::{Extension, Json};
+use flywheel_feedback::event::{feedback_source, FeedbackEvent, FeedbackTarget, FeedbackValue};
+use flywheel_feedback::Record;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::body::{read_json, view};
+use crate::config::{MetricKind, MetricLevel};
+use crate::error::GatewayError;
+use crate::feedback::Owner;
+use crate::middleware::Tenant;
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    #[serde(default)]
+    inference_id: Option<String>,
+    #[serde(default)]
+    episode_id: Option<String>,
+    metric: String,
+    value: Value,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    body: Body,
+) -> Result<Json<Value>, GatewayError> {
+    let raw = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let body: FeedbackBody = view(&raw)?;
+    let metrics = &state.config.feedback.metrics;
+    let metric = metrics.iter().find(|m| m.name == body.metric).ok_or_else(|| {
+        let declared: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        GatewayError::invalid(
+            format!("unknown metric `{}`; declared metrics: [{}]", body.metric, declared.join(", ")),
+            Some("metric"),
+        )
+    })?;
+    let value = typed_value(metric.kind, &body.value)?;
+    let (target, owner) = match metric.level {
+        MetricLevel::Inference => {
+            let Some(id) = body.inference_id.as_deref().filter(|_| body.episode_id.is_none()) else {
+                return Err(GatewayError::invalid(
+                    format!("metric `{}` is an inference metric: send `inference_id` (and no `episode_id`)", metric.name),
+                    Some("inference_id"),
+                ));
+            };
+            if uuid::Uuid::parse_str(id).is_err() {
+                return Err(GatewayError::invalid("`inference_id` must be a request id (a UUID)", Some("inference_id")));
+            }
+            (FeedbackTarget::inference(id), state.owner_of_inference(id).await?)
+        }
+        MetricLevel::Episode => {
+            let Some(id) = body.episode_id.as_deref().filter(|_| body.inference_id.is_none()) else {
+                return Err(GatewayError::invalid(
+                    format!("metric `{}` is an episode metric: send `episode_id` (and no `inference_id`)", metric.name),
+                    Some("episode_id"),
+                ));
+            };
+            (FeedbackTarget::episode(id), state.owner_of_episode(id).await?)
+        }
+    };
+    // Another tenant's target is reported exactly like a missing one, so
+    // that ids cannot be probed across tenants.
+    let owner: Owner = owner.filter(|o| *o.tenant == *tenant.name).ok_or_else(|| {
+        let what = target.inference_id.as_deref().map_or_else(
+            || format!("episode `{}`", target.episode_id.as_deref().unwrap_or_default()),
+            |id| format!("inference `{id}`"),
+        );
+        GatewayError::NotFound(format!("{what} does not exist for this API key"))
+    })?;
+    let id = match &body.idempotency_key {
+        Some(key) => FeedbackEvent::id_for_idempotency_key(&tenant.name, key),
+        None => FeedbackEvent::new_id(),
+    };
+    let event = FeedbackEvent {
+        id: id.clone(),
+        ts_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        tenant: tenant.name.clone(),
+        target,
+        route: owner.route.to_string(),
+        variant: owner.variant.to_string(),
+        metric: metric.name.clone(),
+        value,
+        tags: body.tags,
+        idempotency_key: body.idempotency_key,
+        source: feedback_source::API.to_owned(),
+    };
+    state.sink.record(Record::Feedback(event));
+    Ok(Json(json!({"id": id})))
+}
+
+fn typed_value(kind: MetricKind, value: &Value) -> Result<FeedbackValue, GatewayError> {
+    let wrong = |expected: &str| {
+        GatewayError::invalid(format!("`value` must be {expected} for this metric, got {value}"), Some("value"))
+    };
+    match kind {
+        MetricKind::Boolean => value.as_bool().map(FeedbackValue::Boolean).ok_or_else(|| wrong("a boolean")),
+        MetricKind::Float => value
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(FeedbackValue::Float)
+            .ok_or_else(|| wrong("a finite number")),
+        MetricKind::Comment => value.as_str().map(|s| FeedbackValue::Comment(s.to_owned())).ok_or_else(|| wrong("a string")),
+        MetricKind::Demonstration => match value {
+            Value::String(s) => Ok(FeedbackValue::Demonstration(json!({"role": "assistant", "content": s}))),
+            Value::Object(m) if m.get("role") == Some(&json!("assistant")) && m.contains_key("content") => {
+                Ok(FeedbackValue::Demonstration(value.clone()))
+            }
+            _ => Err(wrong("an assistant message ({\"role\": \"assistant\", \"content\": …}) or its content")),
+        },
+    }
+}

@@ -1,0 +1,113 @@
+//! Owners of recent inferences and episodes, in memory.
+//!
+//! Feedback often arrives seconds after the answer, before the write-ahead
+//! log shipped the inference to ClickHouse, so authorization cannot rely on
+//! ClickHouse alone. This index remembers the last `capacity` inferences
+//! (and the episodes they belong to); older ones are looked up in
+//! ClickHouse. On start it is refilled from the unshipped log.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Who an inference belongs to, and where it was routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub variant: Arc<str>,
+    pub episode_id: Option<Arc<str>>,
+}
+
+struct Inner {
+    inferences: HashMap<u128, Owner>,
+    /// Tenant of each episode seen, with the number of indexed inferences
+    /// that reference it (removed at zero).
+    episodes: HashMap<Arc<str>, (Arc<str>, Arc<str>, Arc<str>, u32)>,
+    order: VecDeque<u128>,
+}
+
+pub struct RecentInferences {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+fn key(id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
+}
+
+impl RecentInferences {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Inner { inferences: HashMap::new(), episodes: HashMap::new(), order: VecDeque::new() }),
+        }
+    }
+
+    pub fn insert(&self, id: &str, owner: Owner) {
+        let Some(k) = key(id) else { return };
+        let mut inner = self.inner.lock().expect("recent lock");
+        if let Some(ep) = &owner.episode_id {
+            let e = inner
+                .episodes
+                .entry(ep.clone())
+                .or_insert_with(|| (owner.tenant.clone(), owner.route.clone(), owner.variant.clone(), 0));
+            e.3 += 1;
+        }
+        if inner.inferences.insert(k, owner).is_none() {
+            inner.order.push_back(k);
+        }
+        while inner.order.len() > self.capacity {
+            let Some(old) = inner.order.pop_front() else { break };
+            if let Some(o) = inner.inferences.remove(&old) {
+                if let Some(ep) = o.episode_id {
+                    let gone = inner.episodes.get_mut(&ep).map(|e| {
+                        e.3 -= 1;
+                        e.3 == 0
+                    });
+                    if gone == Some(true) {
+                        inner.episodes.remove(&ep);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn inference(&self, id: &str) -> Option<Owner> {
+        let k = key(id)?;
+        self.inner.lock().expect("recent lock").inferences.get(&k).cloned()
+    }
+
+    /// Tenant, route and variant of an episode's first indexed inference.
+    pub fn episode(&self, id: &str) -> Option<Owner> {
+        let inner = self.inner.lock().expect("recent lock");
+        inner.episodes.get_key_value(id).map(|(ep, (tenant, route, variant, _))| Owner {
+            tenant: tenant.clone(),
+            route: route.clone(),
+            variant: variant.clone(),
+            episode_id: Some(ep.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(t: &str, ep: Option<&str>) -> Owner {
+        Owner { tenant: t.into(), route: "r".into(), variant: "v".into(), episode_id: ep.map(Arc::from) }
+    }
+
+    #[test]
+    fn evicts_oldest_and_its_episode() {
+        let r = RecentInferences::new(2);
+        let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        r.insert(&ids[0], owner("a", Some("ep1")));
+        r.insert(&ids[1], owner("b", None));
+        assert_eq!(r.episode("ep1").unwrap().tenant.as_ref(), "a");
+        r.insert(&ids[2], owner("c", None));
+        assert!(r.inference(&ids[0]).is_none());
+        assert!(r.episode("ep1").is_none());
+        assert_eq!(r.inference(&ids[2]).unwrap().tenant.as_ref(), "c");
+        assert!(r.inference("not-a-uuid").is_none());
+    }
+}
