@@ -20,7 +20,7 @@ LITELLM=${LITELLM:-1}
 OUT=${OUT:-$FLYWHEEL_CACHE/bench/gateway}
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-build_release
+build_release -p flywheel-gateway -p flywheel-loadtest
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -57,6 +57,8 @@ if [ "$LITELLM" = 1 ]; then
     python3 -m venv "$LITELLM_VENV"
     "$LITELLM_VENV/bin/pip" install --quiet --disable-pip-version-check 'litellm[proxy]'
   fi
+  # Both proxies authenticate their callers, so both pay for it.
+  LITELLM_KEY="sk-$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
   cat >"$OUT/litellm.yaml" <<YAML
 model_list:
   - model_name: mock-model
@@ -66,6 +68,8 @@ model_list:
       api_key: sk-mock
 litellm_settings:
   telemetry: false
+general_settings:
+  master_key: $LITELLM_KEY
 YAML
   LITELLM_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   LITELLM_TELEMETRY=False "$LITELLM_VENV/bin/litellm" --config "$OUT/litellm.yaml" --host 127.0.0.1 --port "$LITELLM_PORT" \
@@ -89,7 +93,7 @@ for rate in "${RATES[@]}"; do
   sleep 0.5
   cp "$OUT/events.jsonl" "$OUT/events-$rate.jsonl"
   if [ "$LITELLM" = 1 ]; then
-    run litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-mock"
+    run litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "$rate" -H "Authorization: Bearer $LITELLM_KEY"
   fi
 done
 

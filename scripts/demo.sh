@@ -13,7 +13,7 @@ RATE=${RATE:-50}
 WORK="$FLYWHEEL_CACHE/demo"
 rm -rf "$WORK"; mkdir -p "$WORK"
 
-build_release
+build_release -p flywheel-gateway -p flywheel-loadtest
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -18,9 +18,11 @@ ensure_python() {
   export FLYWHEEL_PYTHON="$FLYWHEEL_VENV/bin/python"
 }
 
+# Usage: build_release [-p PACKAGE ...]   (default: every binary)
 build_release() {
   log "building (release, target dir $CARGO_TARGET_DIR)"
-  cargo build --release --locked --bins
+  if [ $# -eq 0 ]; then set -- --bins; fi
+  cargo build --release --locked "$@"
 }
 
 # Starts a binary that prints `listening on ADDR` first; sets $ADDR.

@@ -51,7 +51,11 @@ fn finite(x: f64) -> Option<f64> {
 }
 
 fn ratio(n: u64, d: u64) -> f64 {
-    if d == 0 { 0.0 } else { n as f64 / d as f64 }
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
 }
 
 fn quantile(q: &[f64], i: usize) -> Option<f64> {
@@ -271,7 +275,12 @@ impl Store {
 
     /// Feedback statistics per variant and metric of `route` over `window`
     /// (deduplicated); only `metric` when given. Sorted by variant, metric.
-    pub async fn metric_stats(&self, route: &str, metric: Option<&str>, window: TimeWindow) -> Result<Vec<MetricStats>> {
+    pub async fn metric_stats(
+        &self,
+        route: &str,
+        metric: Option<&str>,
+        window: TimeWindow,
+    ) -> Result<Vec<MetricStats>> {
         let sql = format!(
             "SELECT variant, metric, count(), countIf(value_kind IN ('boolean', 'float')), \
                 sumIf(value_float, value_kind IN ('boolean', 'float')), \
@@ -447,9 +456,8 @@ impl Store {
     /// Distinct inferences and feedback events stored (deduplicated).
     pub async fn event_counts(&self) -> Result<(u64, u64)> {
         let db = self.database();
-        let sql = format!(
-            "SELECT (SELECT uniqExact(id) FROM {db}.inferences), (SELECT uniqExact(id) FROM {db}.feedback)"
-        );
+        let sql =
+            format!("SELECT (SELECT uniqExact(id) FROM {db}.inferences), (SELECT uniqExact(id) FROM {db}.feedback)");
         timed("event counts", self.client().query(&sql).fetch_one::<(u64, u64)>()).await
     }
 }

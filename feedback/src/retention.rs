@@ -120,7 +120,7 @@ async fn retain_month(store: &Store, month: u32, dry_run: bool) -> Result<Partit
          FROM {db}.attempts FINAL WHERE {in_month}"
     ))
     .await?;
-    let (feedback, _) = count(format!("SELECT count(), 0 FROM {db}.feedback FINAL WHERE {in_month}")).await?;
+    let (feedback, _) = count(format!("SELECT count(), toUInt64(0) FROM {db}.feedback FINAL WHERE {in_month}")).await?;
     let plan = PartitionPlan { partition: month, inferences, inferences_kept, attempts, attempts_kept, feedback };
     if dry_run {
         return Ok(plan);

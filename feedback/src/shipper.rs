@@ -173,7 +173,14 @@ impl Shipper {
         let counters = Arc::new(Counters::default());
         let (stop_tx, stop_rx) = watch::channel(None);
         let wake = Arc::new(Notify::new());
-        let task = Task { wal: Arc::clone(&wal), store, cfg, counters: Arc::clone(&counters), stop: stop_rx, wake: Arc::clone(&wake) };
+        let task = Task {
+            wal: Arc::clone(&wal),
+            store,
+            cfg,
+            counters: Arc::clone(&counters),
+            stop: stop_rx,
+            wake: Arc::clone(&wake),
+        };
         let task = tokio::spawn(task.run());
         ShipperHandle { wal, counters, stop: stop_tx, wake, task: Some(task) }
     }
@@ -251,7 +258,8 @@ impl Task {
         let mut backoff = self.cfg.min_backoff;
         let mut migrated = !self.cfg.migrate;
         loop {
-            let deadline = *self.stop.borrow();
+            // Marks the value seen, so `pause` wakes only on a new request.
+            let deadline = *self.stop.borrow_and_update();
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
             }
@@ -303,7 +311,7 @@ impl Task {
         // Every failure is counted; the log line comes on the first failure
         // of a streak and then every 10th, so an outage does not flood.
         let first = !self.counters.failing.swap(true, Ordering::Relaxed);
-        if first || n % 10 == 0 {
+        if first || n.is_multiple_of(10) {
             tracing::warn!(error = %e, failures = n, "shipping to ClickHouse failed; retrying with backoff");
         }
         *self.counters.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((crate::now_ms(), e.to_string()));
@@ -319,7 +327,8 @@ impl Task {
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => {}
             _ = self.wake.notified() => {}
-            _ = self.stop.changed() => {}
+            // Err (handle gone) disables this branch instead of spinning.
+            Ok(()) = self.stop.changed() => {}
         }
     }
 

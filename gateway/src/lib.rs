@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 use config::Config;
 use coordination::{Limiter, Redis};
 use error::GatewayError;
+use flywheel_feedback::{BodiesPolicy, Capture};
 use feedback::{RecentInferences, Signals};
 use metering::EventSink;
 use metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub redis: Option<Arc<Redis>>,
     pub recent: RecentInferences,
     pub signals: Signals,
+    pub capture: Option<Arc<Capture>>,
+    capture_bodies: bool,
 }
 
 /// State shared by all handlers; cheap to clone.
@@ -66,31 +69,80 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let providers = upstream::build_providers(&config, &metrics);
         let router = Arc::new(Router::new(&config, &providers));
-        let sink = metering::build_sink(&config.metering, metrics.clone()).context("cannot open the metering sink")?;
+        let recent = RecentInferences::new(config.feedback.recent_capacity);
+        let capture = match &config.capture {
+            Some(cfg) => {
+                // Inferences still in the log are not in ClickHouse yet:
+                // index their owners so that feedback on them is accepted.
+                feedback::index_unshipped(&cfg.wal_dir, &recent);
+                let capture = Capture::start(cfg)
+                    .with_context(|| format!("cannot start capture (log in {})", cfg.wal_dir.display()))?;
+                Some(Arc::new(capture))
+            }
+            None => None,
+        };
+        let sink = metering::build_sink(&config.metering, capture.clone(), metrics.clone())
+            .context("cannot open the metering sink")?;
         let redis = Redis::connect(&config.redis, metrics.clone()).context("invalid redis.url")?;
         if let Some(redis) = &redis {
             let every = Duration::from_millis(config.redis.weights_poll_ms);
             coordination::spawn_weight_sync(redis.clone(), router.clone(), every);
         }
         let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
-        let recent = RecentInferences::new(config.feedback.recent_capacity);
         let signals = Signals::new(config.feedback.implicit.clone());
-        Ok(Self(Arc::new(Shared { config, router, sink, metrics, limiter, redis, recent, signals })))
+        let capture_bodies = config.capture.as_ref().is_some_and(|c| c.bodies != BodiesPolicy::Skip);
+        Ok(Self(Arc::new(Shared {
+            config,
+            router,
+            sink,
+            metrics,
+            limiter,
+            redis,
+            recent,
+            signals,
+            capture,
+            capture_bodies,
+        })))
     }
 
     /// Owner of an inference: the in-memory index of recent ones, then the
     /// capture store.
     pub async fn owner_of_inference(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
-        Ok(self.recent.inference(id))
+        if let Some(owner) = self.recent.inference(id) {
+            return Ok(Some(owner));
+        }
+        let Some(capture) = &self.capture else { return Ok(None) };
+        let found = capture.store().inference_owner(id).await.map_err(store_unavailable)?;
+        Ok(found.map(feedback::Owner::from))
     }
 
     /// Owner of an episode, like [`AppState::owner_of_inference`].
     pub async fn owner_of_episode(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
-        Ok(self.recent.episode(id))
+        if let Some(owner) = self.recent.episode(id) {
+            return Ok(Some(owner));
+        }
+        let Some(capture) = &self.capture else { return Ok(None) };
+        let found = capture.store().episode_owner(id).await.map_err(store_unavailable)?;
+        Ok(found.map(feedback::Owner::from))
+    }
+
+    /// Whether events carry request and response bodies.
+    pub fn capture_bodies(&self) -> bool {
+        self.capture_bodies
     }
 
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.config.server.body_read_timeout_ms)
+    }
+}
+
+/// An owner lookup that could not reach ClickHouse: the caller may retry.
+fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
+    tracing::warn!(error = %e, "feedback owner lookup failed");
+    GatewayError::Upstream {
+        status: http::StatusCode::SERVICE_UNAVAILABLE,
+        message: "the target is not in recent memory and ClickHouse is unavailable; retry later".into(),
+        attempts: Vec::new(),
     }
 }
 

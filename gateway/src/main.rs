@@ -83,6 +83,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, "flywheel gateway started");
     server::serve(listener, app(state.clone()), &server_cfg, server::shutdown_signal()).await;
     state.sink.shutdown().await;
+    if let Some(capture) = state.capture.clone() {
+        // Ship what can be shipped now; the rest stays in the log for the
+        // next start.
+        let deadline = std::time::Duration::from_millis(server_cfg.shutdown_grace_ms.min(10_000));
+        match std::sync::Arc::try_unwrap(capture) {
+            Ok(capture) => {
+                let report = capture.shutdown(deadline).await;
+                tracing::info!(?report, "capture stopped");
+            }
+            Err(_) => tracing::warn!("capture still in use at shutdown; the log keeps what was not shipped"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

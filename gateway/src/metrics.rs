@@ -30,6 +30,55 @@ pub struct Metrics {
     pub rate_limit_fallbacks: prometheus::IntCounter,
     pub rate_limited: IntCounterVec,
     pub feedback: IntCounterVec,
+    capture: CaptureMetrics,
+}
+
+/// The write-ahead log and shipper, read from their stats at scrape time.
+struct CaptureMetrics {
+    wal_bytes: prometheus::IntGauge,
+    wal_records_pending: prometheus::IntGauge,
+    oldest_unshipped_age: prometheus::Gauge,
+    dropped_full: prometheus::IntGauge,
+    rows_shipped: IntGaugeVec,
+    ship_failures: prometheus::IntGauge,
+    duplicates_skipped: prometheus::IntGauge,
+}
+
+impl CaptureMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("metric");
+            registry.register(Box::new(g.clone())).expect("unique metric names");
+            g
+        };
+        let age = prometheus::Gauge::new(
+            "flywheel_wal_oldest_unshipped_age_seconds",
+            "Age of the oldest event not yet in ClickHouse (0 when caught up)",
+        )
+        .expect("metric");
+        registry.register(Box::new(age.clone())).expect("unique metric names");
+        let rows = IntGaugeVec::new(
+            Opts::new("flywheel_capture_rows_shipped_total", "Rows inserted into ClickHouse since start, by table"),
+            &["table"],
+        )
+        .expect("metric");
+        registry.register(Box::new(rows.clone())).expect("unique metric names");
+        Self {
+            wal_bytes: gauge("flywheel_wal_bytes", "Bytes of write-ahead log segments on disk"),
+            wal_records_pending: gauge("flywheel_wal_records_pending", "Events in the log not yet shipped"),
+            oldest_unshipped_age: age,
+            dropped_full: gauge(
+                "flywheel_wal_dropped_full_total",
+                "Events refused since start because the log reached capture.max_bytes",
+            ),
+            rows_shipped: rows,
+            ship_failures: gauge("flywheel_capture_ship_failures_total", "Failed shipping rounds since start"),
+            duplicates_skipped: gauge(
+                "flywheel_capture_duplicates_skipped_total",
+                "Replayed events not inserted because ClickHouse already had them",
+            ),
+        }
+    }
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -39,8 +88,11 @@ fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 impl Metrics {
     pub fn new() -> Self {
         let rv = &["route", "variant"];
+        let registry = Registry::new();
+        let capture = CaptureMetrics::new(&registry);
         let m = Self {
-            registry: Registry::new(),
+            registry,
+            capture,
             http_requests: IntCounterVec::new(
                 Opts::new("flywheel_http_requests_total", "HTTP requests by path and status"),
                 &["path", "status"],
@@ -122,6 +174,21 @@ impl Metrics {
             m.registry.register(c).expect("unique metric names");
         }
         m
+    }
+
+    /// Copies the capture stats into the metrics (called at scrape time).
+    pub fn observe_capture(&self, stats: &flywheel_feedback::CaptureStats, now_ms: u64) {
+        let c = &self.capture;
+        let (w, s) = (&stats.wal, &stats.shipper);
+        c.wal_bytes.set(w.bytes_on_disk as i64);
+        c.wal_records_pending.set(w.records_pending as i64);
+        c.oldest_unshipped_age.set(w.oldest_unshipped_ts_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0));
+        c.dropped_full.set(w.dropped_full as i64);
+        c.rows_shipped.with_label_values(&["inferences"]).set(s.inferences_shipped as i64);
+        c.rows_shipped.with_label_values(&["attempts"]).set(s.attempts_shipped as i64);
+        c.rows_shipped.with_label_values(&["feedback"]).set(s.feedback_shipped as i64);
+        c.ship_failures.set(s.ship_failures as i64);
+        c.duplicates_skipped.set(s.duplicates_skipped as i64);
     }
 
     pub fn observe(&self, e: &InferenceEvent) {

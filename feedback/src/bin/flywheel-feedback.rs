@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flywheel_feedback::store::{Store, StoreConfig};
-use flywheel_feedback::{retention, wal};
+use flywheel_feedback::{retention, wal, Record};
 
 #[derive(Parser)]
 #[command(name = "flywheel-feedback", about = "Flywheel capture: migrations, retention, WAL inspection")]
@@ -63,9 +63,7 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -80,40 +78,50 @@ async fn main() -> anyhow::Result<()> {
             let report = retention::run_retention(&store, older_than_days, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::WalInspect { dir } => wal_inspect(&dir)?,
+        Command::WalInspect { dir } => match wal_inspect(&dir) {
+            // `wal-inspect DIR | head` is fine.
+            Err(e)
+                if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+            r => r?,
+        },
     }
     Ok(())
 }
 
 fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
     let segments = wal::list_segments(dir).with_context(|| format!("listing {}", dir.display()))?;
-    println!("{:>20}  {:>10}  {:>8}  {:>8}  {:>13}  {:>13}  status", "segment", "bytes", "infer", "feedback", "min_ts_ms", "max_ts_ms");
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>20}  {:>10}  {:>8}  {:>8}  {:>13}  {:>13}  status",
+        "segment", "bytes", "infer", "feedback", "min_ts_ms", "max_ts_ms"
+    )?;
     let (mut total_bytes, mut total_records) = (0u64, 0usize);
+    let show = |t: Option<u64>| t.map_or("-".into(), |t| t.to_string());
     for (seq, path) in segments {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         total_bytes += bytes;
-        match wal::read_segment(&path) {
-            Ok(c) => {
-                let inf = c.records.iter().filter(|r| matches!(r, flywheel_feedback::Record::Inference(_))).count();
-                let min = c.records.iter().map(|r| r.ts_ms()).min();
-                let max = c.records.iter().map(|r| r.ts_ms()).max();
-                total_records += c.records.len();
-                let status = if c.is_damaged() {
-                    format!("damaged: {} corrupt bytes, {} undecodable", c.corrupt_bytes, c.undecodable)
-                } else {
-                    "ok".into()
-                };
-                let show = |t: Option<u64>| t.map_or("-".into(), |t| t.to_string());
-                println!(
-                    "{seq:>20}  {bytes:>10}  {inf:>8}  {:>8}  {:>13}  {:>13}  {status}",
-                    c.records.len() - inf,
-                    show(min),
-                    show(max)
-                );
+        let (inf, fb, min, max, status) = if bytes < wal::frame::HEADER_LEN as u64 {
+            (0, 0, None, None, "empty: created just before a crash (removed on open)".to_owned())
+        } else {
+            match wal::read_segment(&path) {
+                Ok(c) => {
+                    let inf = c.records.iter().filter(|r| matches!(r, Record::Inference(_))).count();
+                    total_records += c.records.len();
+                    let status = if c.is_damaged() {
+                        format!("damaged: {} corrupt bytes, {} undecodable", c.corrupt_bytes, c.undecodable)
+                    } else {
+                        "ok".to_owned()
+                    };
+                    let ts = || c.records.iter().map(|r| r.ts_ms());
+                    (inf, c.records.len() - inf, ts().min(), ts().max(), status)
+                }
+                Err(e) => (0, 0, None, None, format!("error: {e}")),
             }
-            Err(e) => println!("{seq:>20}  {bytes:>10}  {:>8}  {:>8}  {:>13}  {:>13}  error: {e}", "-", "-", "-", "-"),
-        }
+        };
+        writeln!(out, "{seq:>20}  {bytes:>10}  {inf:>8}  {fb:>8}  {:>13}  {:>13}  {status}", show(min), show(max))?;
     }
-    println!("total: {total_bytes} bytes, {total_records} records");
+    writeln!(out, "total: {total_bytes} bytes, {total_records} records")?;
     Ok(())
 }

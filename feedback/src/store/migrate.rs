@@ -32,17 +32,9 @@ pub const MIGRATIONS: &[Migration] = &[
 
 /// The statements of a migration file, `{db}` substituted.
 pub fn statements(sql: &str, db: &str) -> Vec<String> {
-    let without_comments: String = sql
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    without_comments
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace("{db}", db))
-        .collect()
+    let without_comments: String =
+        sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.replace("{db}", db)).collect()
 }
 
 /// `(table, column)` when `stmt` is `ALTER TABLE [db.]table ADD COLUMN column ...`.
@@ -69,8 +61,7 @@ impl Store {
         let db = self.database();
         check_identifier(db)?;
         let system = self.client().clone().with_database("system");
-        timed("create database", system.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute())
-            .await?;
+        timed("create database", system.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute()).await?;
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
              (version UInt32, name String, applied_ms UInt64) \
@@ -90,11 +81,11 @@ impl Store {
                         continue;
                     }
                 }
-                self.client()
-                    .query(&stmt)
-                    .execute()
-                    .await
-                    .map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+                self.client().query(&stmt).execute().await.map_err(|source| StoreError::Migration {
+                    version: m.version,
+                    name: m.name,
+                    source,
+                })?;
             }
             let record = format!("INSERT INTO {db}.schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)");
             timed(
@@ -110,10 +101,7 @@ impl Store {
 
     /// `(version, name)` of the applied migrations, ascending.
     pub async fn applied_migrations(&self) -> Result<Vec<(u32, String)>> {
-        let sql = format!(
-            "SELECT version, name FROM {}.schema_migrations FINAL ORDER BY version",
-            self.database()
-        );
+        let sql = format!("SELECT version, name FROM {}.schema_migrations FINAL ORDER BY version", self.database());
         timed("applied migrations", self.client().query(&sql).fetch_all::<(u32, String)>()).await
     }
 
@@ -147,10 +135,7 @@ mod tests {
 
     #[test]
     fn detects_add_column() {
-        assert_eq!(
-            add_column_target("alter table db.t ADD  COLUMN c Int8 DEFAULT 0"),
-            Some(("t".into(), "c".into()))
-        );
+        assert_eq!(add_column_target("alter table db.t ADD  COLUMN c Int8 DEFAULT 0"), Some(("t".into(), "c".into())));
         assert_eq!(add_column_target("ALTER TABLE t DROP COLUMN c"), None);
     }
 }

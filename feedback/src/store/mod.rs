@@ -85,7 +85,11 @@ pub(crate) fn check_identifier(s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !s.starts_with(|c: char| c.is_ascii_digit());
-    if ok { Ok(()) } else { Err(StoreError::BadIdentifier(s.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadIdentifier(s.to_owned()))
+    }
 }
 
 pub(crate) async fn timed<T>(

@@ -247,7 +247,7 @@ pub fn apply_bodies(body: Option<&str>, policy: BodiesPolicy) -> String {
 
 /// Keys whose string values describe structure, not content; kept by
 /// `redact`.
-const KEEP_KEYS: &[&str] =
+pub const KEEP_KEYS: &[&str] =
     &["role", "model", "type", "finish_reason", "object", "id", "stop_reason", "system_fingerprint", "service_tier"];
 
 pub const REDACTED: &str = "[redacted]";

@@ -47,6 +47,7 @@ use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
 
 const SEGMENT_EXT: &str = "wal";
 const QUARANTINE_DIR: &str = "quarantine";
+const LOCK_FILE: &str = "LOCK";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -66,6 +67,9 @@ pub enum WalError {
     NotSealed { seq: u64 },
     #[error("{path} is not a write-ahead log segment (bad header)")]
     BadHeader { path: PathBuf },
+    /// Another live `Wal` (this process or another) has the directory.
+    #[error("write-ahead log {path} is in use by another process (one gateway per WAL directory)")]
+    Locked { path: PathBuf },
 }
 
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
@@ -232,6 +236,8 @@ struct Shared {
 pub struct Wal {
     shared: Arc<Shared>,
     syncer: Option<JoinHandle<()>>,
+    /// Holds the directory's advisory lock for the log's lifetime.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Wal {
@@ -246,6 +252,17 @@ impl Wal {
     pub fn open(dir: impl AsRef<Path>, cfg: WalConfig) -> Result<Wal> {
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // One writer (and one shipper) per directory: two would interleave
+        // segments and break the shipper's exactly-once check. The kernel
+        // releases the lock when the process dies, SIGKILL included.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(WalError::Locked { path: dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(WalError::Io { path: lock_path, source: e }),
+        }
         let segments = list_segments(&dir)?;
         let newest = segments.last().map(|(seq, _)| *seq);
         let mut sealed = BTreeMap::new();
@@ -303,7 +320,7 @@ impl Wal {
             }
             FsyncPolicy::Always | FsyncPolicy::Never => None,
         };
-        Ok(Wal { shared, syncer })
+        Ok(Wal { shared, syncer, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -347,22 +364,15 @@ impl Wal {
         let cfg = &self.shared.cfg;
         let mut st = self.lock();
 
-        let rotate = st
-            .active
-            .as_ref()
-            .is_some_and(|a| a.meta.records > 0 && a.meta.bytes + len > cfg.segment_bytes);
+        let rotate = st.active.as_ref().is_some_and(|a| a.meta.records > 0 && a.meta.bytes + len > cfg.segment_bytes);
         if rotate {
             self.seal_locked(&mut st)?;
         }
         let needed = len + if st.active.is_none() { HEADER_LEN as u64 } else { 0 };
         if st.bytes_on_disk + needed > cfg.max_bytes {
             self.shared.dropped_full.fetch_add(records.len() as u64, Ordering::Relaxed);
-            let err = WalError::Full {
-                records: records.len(),
-                needed,
-                on_disk: st.bytes_on_disk,
-                max_bytes: cfg.max_bytes,
-            };
+            let err =
+                WalError::Full { records: records.len(), needed, on_disk: st.bytes_on_disk, max_bytes: cfg.max_bytes };
             if st.last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 st.last_full_log = Some(Instant::now());
                 tracing::error!(
@@ -405,11 +415,7 @@ impl Wal {
         let seq = st.next_seq;
         st.next_seq += 1;
         let path = self.shared.dir.join(format!("{seq:020}.{SEGMENT_EXT}"));
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
         file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
         if self.shared.cfg.fsync != FsyncPolicy::Never {
             // Make the new name durable too, not only the data.
@@ -559,9 +565,8 @@ fn sync_loop(shared: &Shared, every: Duration) {
 /// `null`, which would not read back into `f64`; such values (a bug
 /// upstream) are written as 0 so the rest of the event survives.
 fn encode_payload(r: &Record) -> Result<Vec<u8>> {
-    let encode = |r: &Record| {
-        serde_json::to_vec(r).map_err(|source| WalError::Encode { id: r.id().to_owned(), source })
-    };
+    let encode =
+        |r: &Record| serde_json::to_vec(r).map_err(|source| WalError::Encode { id: r.id().to_owned(), source });
     if has_non_finite(r) {
         tracing::warn!(id = r.id(), "event has a non-finite number; writing 0 instead");
         let mut r = r.clone();
@@ -594,12 +599,10 @@ fn has_non_finite(r: &Record) -> bool {
     // floats_mut needs &mut; a clone per record would cost more than this.
     match r {
         Record::Inference(e) => {
-            ![e.latency_ms, e.overhead_ms, e.cost_usd, e.ttft_ms.unwrap_or(0.0)]
-                .iter()
-                .all(|f| f.is_finite())
-                || e.attempts.iter().any(|a| {
-                    ![a.latency_ms, a.cost_usd, a.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite())
-                })
+            ![e.latency_ms, e.overhead_ms, e.cost_usd, e.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite())
+                || e.attempts
+                    .iter()
+                    .any(|a| ![a.latency_ms, a.cost_usd, a.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite()))
         }
         Record::Feedback(e) => matches!(e.value, crate::event::FeedbackValue::Float(f) if !f.is_finite()),
     }

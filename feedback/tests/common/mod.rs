@@ -35,9 +35,10 @@ pub fn store_for(db: &str) -> Store {
 /// A store on a fresh, migrated database.
 pub async fn migrated_store(tag: &str) -> Store {
     let store = store_for(&fresh_db(tag));
-    store.migrate().await.unwrap_or_else(|e| {
-        panic!("migrations failed (is ClickHouse up? scripts/services.sh start): {e}")
-    });
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrations failed (is ClickHouse up? scripts/services.sh start): {e}"));
     store
 }
 
@@ -54,7 +55,12 @@ pub fn unreachable_store(db: &str) -> Store {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    Store::new(&StoreConfig { url: format!("http://127.0.0.1:{port}"), database: db.into(), user: None, password: None })
+    Store::new(&StoreConfig {
+        url: format!("http://127.0.0.1:{port}"),
+        database: db.into(),
+        user: None,
+        password: None,
+    })
 }
 
 pub fn uuid() -> String {
@@ -113,7 +119,14 @@ pub fn inference(id: &str, ts_ms: u64, route: &str, variant: &str) -> InferenceE
     }
 }
 
-pub fn feedback(target: FeedbackTarget, ts_ms: u64, route: &str, variant: &str, metric: &str, value: FeedbackValue) -> FeedbackEvent {
+pub fn feedback(
+    target: FeedbackTarget,
+    ts_ms: u64,
+    route: &str,
+    variant: &str,
+    metric: &str,
+    value: FeedbackValue,
+) -> FeedbackEvent {
     FeedbackEvent {
         id: FeedbackEvent::new_id(),
         ts_ms,

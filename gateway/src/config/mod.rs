@@ -31,6 +31,10 @@ pub struct Config {
     pub redis: RedisConfig,
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// Lossless capture: write-ahead log shipped to ClickHouse. Absent = no
+    /// capture (events go to `[metering]` only).
+    #[serde(default)]
+    pub capture: Option<flywheel_feedback::CaptureConfig>,
     /// Defaults for every route; a route may override any of them.
     #[serde(default)]
     pub retry: RetryConfig,

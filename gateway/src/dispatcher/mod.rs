@@ -317,17 +317,29 @@ pub fn exhausted_error(call: &Call, ledger: &Ledger) -> GatewayError {
     }
 }
 
-/// Builds and records the event of a finished request.
-#[allow(clippy::too_many_arguments)]
-pub fn finish(
-    state: &AppState,
-    call: &Call,
-    ledger: Ledger,
-    status: StatusCode,
-    answered_by: Option<usize>,
-    tokens: (u64, u64),
-    ttft: Option<Duration>,
-) {
+/// How a request ended, for its event.
+pub struct Outcome {
+    pub status: StatusCode,
+    /// Index in the ledger of the attempt whose answer the client got.
+    pub answered_by: Option<usize>,
+    /// (prompt, completion) tokens of the answer the client got.
+    pub tokens: (u64, u64),
+    pub ttft: Option<Duration>,
+    /// The answer as the client got it (JSON text), for capture.
+    pub response: Option<String>,
+}
+
+impl Outcome {
+    pub fn failed(status: StatusCode, ttft: Option<Duration>) -> Self {
+        Self { status, answered_by: None, tokens: (0, 0), ttft, response: None }
+    }
+}
+
+/// Builds and records the event of a finished request. Callers record it
+/// before the client gets the end of the answer, so that an answered request
+/// always has its event in the log.
+pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) {
+    let Outcome { status, answered_by, tokens, ttft, response } = outcome;
     let latency = call.start.elapsed();
     if let Some(key) = &call.token_key {
         state.limiter.record_tokens(key, tokens.0 + tokens.1);
@@ -364,8 +376,8 @@ pub fn finish(
         validation,
         cost_usd: ledger.attempts.iter().map(|a| a.cost_usd).sum(),
         attempts: ledger.attempts,
-        request_body: None,
-        response_body: None,
+        request_body: state.capture_bodies().then(|| call.body.to_string()),
+        response_body: response.filter(|_| state.capture_bodies()),
     };
     let owner = Owner {
         tenant: Arc::from(event.tenant.as_str()),

@@ -19,7 +19,9 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger, Operation, Plan};
+use super::{
+    backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger, Operation, Outcome, Plan,
+};
 use crate::config::Continuation;
 use crate::error::GatewayError;
 use crate::metering::AttemptOutcome;
@@ -185,9 +187,18 @@ pub async fn run(
                                 if out.buffered {
                                     out.flush_buffer(&call, who).await;
                                 }
-                                finish_stream(&call, &mut out, (prompt_tokens, completion_total)).await;
-                                let ttft = out.first_byte;
-                                finish(&state, &call, ledger, StatusCode::OK, Some(index), (prompt_tokens, completion_total), ttft);
+                                // The event is in the log before the client sees [DONE].
+                                let tokens = (prompt_tokens, completion_total);
+                                let response = state.capture_bodies().then(|| streamed_answer(&call, &out.text));
+                                let outcome = Outcome {
+                                    status: StatusCode::OK,
+                                    answered_by: Some(index),
+                                    tokens,
+                                    ttft: out.first_byte,
+                                    response,
+                                };
+                                finish(&state, &call, ledger, outcome);
+                                finish_stream(&call, &mut out, tokens).await;
                                 return;
                             }
                             Some(reason) => {
@@ -203,7 +214,7 @@ pub async fn run(
                         record.finish(&mut ledger, AttemptOutcome::ClientClosed, None, &body, estimate);
                         let ttft = out.first_byte;
                         // 499: the client closed the request (nginx's convention).
-                        finish(&state, &call, ledger, StatusCode::from_u16(499).expect("valid"), None, (0, 0), ttft);
+                        finish(&state, &call, ledger, Outcome::failed(StatusCode::from_u16(499).expect("valid"), ttft));
                         return;
                     }
                     StreamEnd::Broken { outcome, reason } => {
@@ -233,7 +244,7 @@ pub async fn run(
         }
         if let Some((status, body)) = failed.rejected {
             if !out.sent_any() && matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                finish(&state, &call, ledger, status, None, (0, 0), None);
+                finish(&state, &call, ledger, Outcome::failed(status, None));
                 if let Some(tx) = out.started.take() {
                     let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
                 }
@@ -256,7 +267,16 @@ pub async fn run(
         let body = json!({"error": {"message": error.to_string(), "type": "upstream_error", "param": null, "code": "upstream_failed"}});
         let _ = out.tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
     }
-    finish(&state, &call, ledger, status, None, (0, 0), ttft);
+    finish(&state, &call, ledger, Outcome::failed(status, ttft));
+}
+
+/// A streamed answer in the shape of a non-streamed one, for capture.
+fn streamed_answer(call: &Call, text: &str) -> String {
+    let choice = match call.op {
+        Operation::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}}),
+        _ => json!({"index": 0, "text": text}),
+    };
+    json!({"id": call.id, "model": call.route.name, "choices": [choice]}).to_string()
 }
 
 /// Sends the usage chunk (when the client asked for it) and `[DONE]`.

@@ -5,7 +5,9 @@ use std::time::Instant;
 use http::StatusCode;
 use serde_json::Value;
 
-use super::{backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger, Plan};
+use super::{
+    backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger, Outcome, Plan,
+};
 use crate::error::GatewayError;
 use crate::metering::{tokens, AttemptOutcome};
 use crate::AppState;
@@ -66,8 +68,10 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
                         let a = ledger.attempts.last().expect("just recorded");
                         let tokens = (a.prompt_tokens, a.completion_tokens);
                         let answered = ledger.attempts.len() - 1;
+                        let response = state.capture_bodies().then(|| answer.to_string());
                         let answer = Answer { body: answer, provider: a.provider.clone(), model: a.model.clone() };
-                        finish(state, call, ledger, StatusCode::OK, Some(answered), tokens, None);
+                        let outcome = Outcome { status: StatusCode::OK, answered_by: Some(answered), tokens, ttft: None, response };
+                        finish(state, call, ledger, outcome);
                         return Ok(answer);
                     }
                     Err(reason) => {
@@ -97,7 +101,7 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
         record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, 0);
         if let Some((status, body)) = failed.rejected {
             if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                finish(state, call, ledger, status, None, (0, 0), None);
+                finish(state, call, ledger, Outcome::failed(status, None));
                 return Err(GatewayError::UpstreamRejected { status, body });
             }
         }
@@ -106,7 +110,7 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
         }
     }
     let error = exhausted_error(call, &ledger);
-    finish(state, call, ledger, error.status(), None, (0, 0), None);
+    finish(state, call, ledger, Outcome::failed(error.status(), None));
     Err(error)
 }
 

@@ -19,5 +19,8 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(capture) = &state.capture {
+        state.metrics.observe_capture(&capture.stats(), flywheel_feedback::now_ms());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -4,5 +4,5 @@
 mod recent;
 mod signals;
 
-pub use recent::{Owner, RecentInferences};
+pub use recent::{index_unshipped, Owner, RecentInferences};
 pub use signals::{Observed, Signals};

@@ -89,6 +89,41 @@ impl RecentInferences {
     }
 }
 
+impl From<flywheel_feedback::InferenceOwner> for Owner {
+    fn from(o: flywheel_feedback::InferenceOwner) -> Self {
+        Self {
+            tenant: o.tenant.into(),
+            route: o.route.into(),
+            variant: o.variant.into(),
+            episode_id: o.episode_id.map(Arc::from),
+        }
+    }
+}
+
+/// Indexes the inferences of the log segments not shipped yet.
+pub fn index_unshipped(wal_dir: &std::path::Path, recent: &RecentInferences) {
+    let Ok(segments) = flywheel_feedback::wal::list_segments(wal_dir) else { return };
+    let mut n = 0usize;
+    for (_, path) in segments {
+        let Ok(contents) = flywheel_feedback::wal::read_segment(&path) else { continue };
+        for record in contents.records {
+            if let flywheel_feedback::Record::Inference(e) = record {
+                let owner = Owner {
+                    tenant: e.tenant.into(),
+                    route: e.route.into(),
+                    variant: e.variant.into(),
+                    episode_id: e.episode_id.map(Arc::from),
+                };
+                recent.insert(&e.id, owner);
+                n += 1;
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(inferences = n, "indexed unshipped inferences from the log");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use flywheel_feedback::Record;
+use flywheel_feedback::{Capture, Record};
 use crate::config::{MeteringConfig, SinkKind};
 use crate::metrics::Metrics;
 
@@ -83,15 +83,44 @@ impl EventSink for JsonlSink {
     }
 }
 
-/// Updates the Prometheus metrics from each event, then passes it on.
+/// Appends each record to the write-ahead log, synchronously: when
+/// `record` returns, the record is in the log file (in the page cache, and
+/// on disk per the fsync policy), so an answered request survives a SIGKILL
+/// of the gateway. A write costs microseconds; with `fsync = "always"` it
+/// also waits for the disk.
+pub struct WalSink {
+    capture: Arc<Capture>,
+}
+
+impl WalSink {
+    pub fn new(capture: Arc<Capture>) -> Self {
+        Self { capture }
+    }
+}
+
+impl EventSink for WalSink {
+    fn record(&self, record: Record) {
+        if let Err(e) = self.capture.append(std::slice::from_ref(&record)) {
+            // Full log: counted in the WAL stats (documented policy: new
+            // records are refused, unshipped ones are never dropped).
+            tracing::error!(error = %e, id = record.id(), "event not captured");
+        }
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Updates the Prometheus metrics from each event, then passes it to every
+/// configured sink.
 pub struct MetricsSink {
     metrics: Arc<Metrics>,
-    inner: Box<dyn EventSink>,
+    sinks: Vec<Box<dyn EventSink>>,
 }
 
 impl MetricsSink {
-    pub fn new(metrics: Arc<Metrics>, inner: Box<dyn EventSink>) -> Self {
-        Self { metrics, inner }
+    pub fn new(metrics: Arc<Metrics>, sinks: Vec<Box<dyn EventSink>>) -> Self {
+        Self { metrics, sinks }
     }
 }
 
@@ -101,17 +130,36 @@ impl EventSink for MetricsSink {
             Record::Inference(e) => self.metrics.observe(e),
             Record::Feedback(f) => self.metrics.feedback.with_label_values(&[&f.metric, &f.source]).inc(),
         }
-        self.inner.record(record);
+        if let Some((last, rest)) = self.sinks.split_last() {
+            for sink in rest {
+                sink.record(record.clone());
+            }
+            last.record(record);
+        }
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        self.inner.shutdown()
+        Box::pin(async move {
+            for sink in &self.sinks {
+                sink.shutdown().await;
+            }
+        })
     }
 }
 
-pub fn build_sink(config: &MeteringConfig, metrics: Arc<Metrics>) -> std::io::Result<Arc<dyn EventSink>> {
-    let inner: Box<dyn EventSink> = match config.sink {
-        SinkKind::None => Box::new(NullSink),
-        SinkKind::Jsonl => Box::new(JsonlSink::open(&config.path)?),
-    };
-    Ok(Arc::new(MetricsSink::new(metrics, inner)))
+/// The sinks of a config: the capture log (if any) first, so that a record
+/// is durable before anything else sees it, then the metering file.
+pub fn build_sink(
+    config: &MeteringConfig,
+    capture: Option<Arc<Capture>>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Arc<dyn EventSink>> {
+    let mut sinks: Vec<Box<dyn EventSink>> = Vec::new();
+    if let Some(capture) = capture {
+        sinks.push(Box::new(WalSink::new(capture)));
+    }
+    match config.sink {
+        SinkKind::None => {}
+        SinkKind::Jsonl => sinks.push(Box::new(JsonlSink::open(&config.path)?)),
+    }
+    Ok(Arc::new(MetricsSink::new(metrics, sinks)))
 }

