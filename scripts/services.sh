@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local ClickHouse and Redis for the gateway, the tests and the benchmarks.
 #
-#   scripts/services.sh start|stop|status|start-clickhouse|stop-clickhouse
+#   scripts/services.sh start|stop|status|install|start-clickhouse|stop-clickhouse|start-redis|stop-redis
 #
 # Installs what is missing from Debian packages, then runs both servers in
 # the background with their own config and data under
@@ -12,7 +12,9 @@
 #
 # Environment: FLYWHEEL_CH_HTTP_PORT (8123), FLYWHEEL_CH_TCP_PORT (9000),
 # FLYWHEEL_REDIS_PORT (6379), FLYWHEEL_SERVICES_WAIT_S (30: how long to wait
-# for a server to become ready).
+# for a server to become ready), FLYWHEEL_SERVICES_DIR (config and data;
+# $FLYWHEEL_CACHE/services). The end-to-end tests start private instances
+# on free ports with their own FLYWHEEL_SERVICES_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -22,7 +24,7 @@ CH_TCP_PORT="${FLYWHEEL_CH_TCP_PORT:-9000}"
 REDIS_PORT="${FLYWHEEL_REDIS_PORT:-6379}"
 WAIT_S="${FLYWHEEL_SERVICES_WAIT_S:-30}"
 
-SERVICES_DIR="$FLYWHEEL_CACHE/services"
+SERVICES_DIR="${FLYWHEEL_SERVICES_DIR:-$FLYWHEEL_CACHE/services}"
 CH_DIR="$SERVICES_DIR/clickhouse"
 REDIS_DIR="$SERVICES_DIR/redis"
 CH_PIDFILE="$CH_DIR/clickhouse-server.pid"
@@ -266,5 +268,8 @@ case "${1:-}" in
   status) status ;;
   start-clickhouse) start_clickhouse ;;
   stop-clickhouse) stop_clickhouse ;;
-  *) echo "usage: $0 start|stop|status|start-clickhouse|stop-clickhouse" >&2; exit 2 ;;
+  start-redis) ensure_packages; start_redis ;;
+  stop-redis) stop_redis ;;
+  install) ensure_packages ;;
+  *) echo "usage: $0 start|stop|status|install|start-clickhouse|stop-clickhouse|start-redis|stop-redis" >&2; exit 2 ;;
 esac

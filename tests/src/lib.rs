@@ -244,3 +244,137 @@ pub fn stream_text(data: &[String]) -> String {
 pub async fn mock_stats(mock: &Proc) -> Value {
     client().get(mock.url("/mock/stats")).send().await.expect("stats").json().await.expect("stats JSON")
 }
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Private ClickHouse and Redis servers for one test, on free ports, started
+/// and stopped through the project's `scripts/services.sh`. Tests that stop
+/// a server to simulate an outage disturb no other test.
+pub struct Services {
+    pub dir: PathBuf,
+    pub ch_http: u16,
+    ch_tcp: u16,
+    pub redis: u16,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Self { dir: scratch_dir("services"), ch_http: free_port(), ch_tcp: free_port(), redis: free_port() }
+    }
+
+    fn command(&self, command: &str) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh"))
+            .arg(command)
+            .env("FLYWHEEL_SERVICES_DIR", &self.dir)
+            .env("FLYWHEEL_CH_HTTP_PORT", self.ch_http.to_string())
+            .env("FLYWHEEL_CH_TCP_PORT", self.ch_tcp.to_string())
+            .env("FLYWHEEL_REDIS_PORT", self.redis.to_string());
+        cmd
+    }
+
+    fn script(&self, command: &str) {
+        let out = self.command(command).output().expect("run services.sh");
+        assert!(
+            out.status.success(),
+            "services.sh {command} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start_clickhouse(&self) {
+        self.script("start-clickhouse");
+    }
+    pub fn stop_clickhouse(&self) {
+        self.script("stop-clickhouse");
+    }
+    pub fn start_redis(&self) {
+        self.script("start-redis");
+    }
+    pub fn stop_redis(&self) {
+        self.script("stop-redis");
+    }
+
+    pub fn clickhouse_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ch_http)
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.redis)
+    }
+
+    /// Runs a query over ClickHouse's HTTP interface; returns the body text.
+    pub async fn query(&self, sql: &str) -> String {
+        self.try_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Like [`Services::query`], with the error (server down, table not
+    /// created yet) as a value.
+    pub async fn try_query(&self, sql: &str) -> Result<String, String> {
+        let r = client().post(self.clickhouse_url()).body(sql.to_owned()).send().await.map_err(|e| e.to_string())?;
+        let status = r.status();
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(text.trim().to_owned())
+        } else {
+            Err(text)
+        }
+    }
+
+    /// `redis-cli` against this Redis.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.redis.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        // Best effort: a server that is already stopped is fine.
+        for command in ["stop-clickhouse", "stop-redis"] {
+            let _ = self.command(command).output();
+        }
+    }
+}
+
+/// The `[capture]` table for a gateway that logs into `wal_dir` and ships to
+/// these services' ClickHouse quickly (short segment age and backoff).
+pub fn capture_config(services: &Services, wal_dir: &std::path::Path) -> String {
+    format!(
+        "[capture]\nclickhouse_url = \"{}\"\ndatabase = \"flywheel\"\nwal_dir = \"{}\"\nmax_segment_age_ms = 100\nmax_backoff_ms = 300\n",
+        services.clickhouse_url(),
+        wal_dir.display()
+    )
+}
+
+/// Polls until `f` returns true or `timeout` passes; returns the last result.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

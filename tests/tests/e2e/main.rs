@@ -3,10 +3,12 @@
 
 mod ab_split;
 mod api;
+mod capture;
 mod errors;
 mod failover;
 mod feedback;
 mod openai_sdk;
+mod redis;
 mod reliability;
 mod shutdown;
 mod validation;

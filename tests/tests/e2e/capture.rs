@@ -1,0 +1,155 @@
+//! Lossless capture: every answered request becomes exactly one row in
+//! ClickHouse, through ClickHouse outages and a SIGKILL of the gateway.
+
+use std::time::Duration;
+
+use flywheel_tests::*;
+use serde_json::json;
+
+fn config(mock: &Proc, services: &Services, wal: &std::path::Path) -> String {
+    format!(
+        "{}\n{}\n[[feedback.metrics]]\nname = \"thumbs_up\"\ntype = \"boolean\"\n\n[[routes]]\nname = \"chat\"\n[[routes.variants]]\nname = \"v\"\ntargets = [{{ provider = \"mock\", model = \"m\" }}]\n",
+        mock_provider("mock", mock, &[]),
+        capture_config(services, wal)
+    )
+}
+
+/// Sends `n` requests (every third one streamed); returns the request ids
+/// answered with 200.
+async fn load(gw: &Proc, n: usize) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = gw.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let mut body = chat("chat", &format!("request {i}"));
+            if i % 3 == 0 {
+                body["stream"] = json!(true);
+            }
+            let r = client().post(url).bearer_auth(KEY).json(&body).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            let id = r.headers()["x-flywheel-request-id"].to_str().ok()?.to_owned();
+            // A stream is answered once it ended with [DONE].
+            let text = r.text().await.ok()?;
+            (i % 3 != 0 || text.ends_with("data: [DONE]\n\n")).then_some(id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        if let Some(id) = t.await.unwrap() {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// A count, or 0 while the tables do not exist yet (the shipper migrates
+/// once ClickHouse is reachable).
+async fn count(services: &Services, sql: &str) -> u64 {
+    services.try_query(sql).await.ok().and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until ClickHouse holds `expected` inferences, then checks that
+/// nothing is duplicated in the base tables or the rollups.
+async fn assert_exactly_once(services: &Services, expected: &[String]) {
+    let n = expected.len() as u64;
+    let reached = eventually(Duration::from_secs(60), || async {
+        count(services, "SELECT count() FROM flywheel.inferences").await >= n
+    })
+    .await;
+    assert!(reached, "ClickHouse has {} of {n} inferences", count(services, "SELECT count() FROM flywheel.inferences").await);
+    // Let a late duplicate (if any) arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(services, "SELECT count() FROM flywheel.inferences").await, n, "duplicate rows");
+    assert_eq!(count(services, "SELECT uniqExact(id) FROM flywheel.inferences").await, n);
+    assert_eq!(count(services, "SELECT count() FROM flywheel.attempts").await, n, "one attempt per request");
+    assert_eq!(count(services, "SELECT countMerge(requests) FROM flywheel.inference_rollup_1m").await, n, "rollup");
+    let ids: Vec<String> = expected.iter().map(|id| format!("'{id}'")).collect();
+    let present = count(services, &format!("SELECT count() FROM flywheel.inferences WHERE toString(id) IN ({})", ids.join(","))).await;
+    assert_eq!(present, n, "answered requests missing from ClickHouse");
+}
+
+#[tokio::test]
+async fn clickhouse_outage_loses_nothing() {
+    let services = Services::new();
+    services.start_clickhouse();
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-outage");
+    let gw = start_gateway(&config(&mock, &services, &dir.join("wal")));
+
+    let mut answered = load(&gw, 30).await;
+    services.stop_clickhouse();
+    // Serving continues while ClickHouse is down.
+    let during = load(&gw, 30).await;
+    assert_eq!(during.len(), 30, "requests failed while ClickHouse was down");
+    answered.extend(during);
+    let metrics = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("flywheel_wal_records_pending"), "{metrics}");
+    services.start_clickhouse();
+    answered.extend(load(&gw, 30).await);
+    assert_eq!(answered.len(), 90);
+    assert_exactly_once(&services, &answered).await;
+}
+
+#[tokio::test]
+async fn sigkill_replays_what_was_not_shipped() {
+    let services = Services::new();
+    // ClickHouse is down from the start: nothing can ship before the kill.
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-kill");
+    let cfg = config(&mock, &services, &dir.join("wal"));
+    let gw_dir = scratch_dir("gateway");
+    let full = format!("{}\n{}", base_config(&gw_dir.join("events.jsonl")), cfg);
+    let gw = start_gateway_with(&gw_dir, &full);
+    let answered = load(&gw, 40).await;
+    assert_eq!(answered.len(), 40);
+    gw.signal("KILL");
+    drop(gw);
+
+    services.start_clickhouse();
+    let gw = start_gateway_with(&gw_dir, &full);
+    // Feedback on an inference that is still only in the log is accepted:
+    // the restarted gateway indexed the unshipped log.
+    let r = client()
+        .post(gw.url("/v1/feedback"))
+        .bearer_auth(KEY)
+        .json(&json!({"inference_id": answered[0], "metric": "thumbs_up", "value": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_exactly_once(&services, &answered).await;
+    let shipped_feedback = eventually(Duration::from_secs(30), || async {
+        count(&services, "SELECT count() FROM flywheel.feedback WHERE metric = 'thumbs_up'").await == 1
+    })
+    .await;
+    assert!(shipped_feedback);
+}
+
+#[tokio::test]
+async fn feedback_on_shipped_inferences_checks_clickhouse() {
+    let services = Services::new();
+    services.start_clickhouse();
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-owner");
+    let cfg = config(&mock, &services, &dir.join("wal"));
+    let gw_dir = scratch_dir("gateway");
+    let full = format!("{}\n{}", base_config(&gw_dir.join("events.jsonl")), cfg);
+    let gw = start_gateway_with(&gw_dir, &full);
+    let answered = load(&gw, 3).await;
+    assert_exactly_once(&services, &answered).await;
+    // A restarted gateway has an empty memory and an empty log: the owner
+    // comes from ClickHouse, including the tenant check.
+    drop(gw);
+    let gw = start_gateway_with(&gw_dir, &full);
+    let send = |key: &'static str| {
+        client()
+            .post(gw.url("/v1/feedback"))
+            .bearer_auth(key)
+            .json(&json!({"inference_id": answered[1], "metric": "thumbs_up", "value": false}))
+            .send()
+    };
+    assert_eq!(send(OTHER_KEY).await.unwrap().status(), 404);
+    assert_eq!(send(KEY).await.unwrap().status(), 200);
+}
