@@ -4,7 +4,11 @@
 # proxy, one after the other in the same run on the same mock.
 #
 #   scripts/bench-gateway.sh [RATES...]        (default: 250 500 1000 2000 4000)
-#   DURATION=10s WARMUP=2s LITELLM=0 scripts/bench-gateway.sh 1000
+#   DURATION=10s WARMUP=2s LITELLM=0 CAPTURE=1 scripts/bench-gateway.sh 1000
+#
+# CAPTURE=1 adds a second gateway with capture on (write-ahead log shipped
+# to the ClickHouse of scripts/services.sh) next to the one without, so the
+# cost of capture is measured in the same run.
 #
 # Prints a Markdown table; raw flywheel-load JSON goes to $OUT (default
 # $FLYWHEEL_CACHE/bench/gateway).
@@ -17,10 +21,11 @@ read -r -a RATES <<<"${RATES[*]}"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 LITELLM=${LITELLM:-1}
+CAPTURE=${CAPTURE:-0}
 OUT=${OUT:-$FLYWHEEL_CACHE/bench/gateway}
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-build_release -p flywheel-gateway -p flywheel-loadtest
+build_release
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -49,6 +54,16 @@ targets = [{ provider = "mock", model = "mock-model" }]
 TOML
 start_listening "$OUT/gateway.log" env RUST_LOG=warn TOKIO_WORKER_THREADS=1 "$BIN/flywheel-gateway" --config "$OUT/gateway.toml" --listen 127.0.0.1:0
 PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
+
+if [ "$CAPTURE" = 1 ]; then
+  scripts/services.sh start
+  curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS flywheel_bench" >/dev/null
+  { grep -v '^\[metering\]\|^sink\|^path' "$OUT/gateway.toml"
+    printf '[capture]\ndatabase = "flywheel_bench"\nwal_dir = "%s"\nbodies = "store"\n' "$OUT/wal"
+  } >"$OUT/gateway-capture.toml"
+  start_listening "$OUT/gateway-capture.log" env RUST_LOG=warn TOKIO_WORKER_THREADS=1 "$BIN/flywheel-gateway" --config "$OUT/gateway-capture.toml" --listen 127.0.0.1:0
+  PIDS+=("$STARTED_PID"); GATEWAY_CAPTURE=$ADDR
+fi
 
 if [ "$LITELLM" = 1 ]; then
   LITELLM_VENV="$FLYWHEEL_CACHE/venv-litellm"
@@ -92,6 +107,9 @@ for rate in "${RATES[@]}"; do
   run gateway "http://$GATEWAY/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-bench"
   sleep 0.5
   cp "$OUT/events.jsonl" "$OUT/events-$rate.jsonl"
+  if [ "$CAPTURE" = 1 ]; then
+    run gateway+capture "http://$GATEWAY_CAPTURE/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-bench"
+  fi
   if [ "$LITELLM" = 1 ]; then
     run litellm "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "$rate" -H "Authorization: Bearer $LITELLM_KEY"
   fi
@@ -110,7 +128,7 @@ print("| rate (req/s) | target | achieved QPS | errors+dropped | p50 ms | p99 ms
 print("|---|---|---|---|---|---|---|---|")
 for rate in rates:
     d = load("direct", rate)
-    for name in ("direct", "gateway", "litellm"):
+    for name in ("direct", "gateway", "gateway+capture", "litellm"):
         r = load(name, rate)
         if r is None:
             continue

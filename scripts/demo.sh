@@ -14,7 +14,7 @@ RATE=${RATE:-50}
 WORK="$FLYWHEEL_CACHE/demo"
 rm -rf "$WORK"; mkdir -p "$WORK"
 
-build_release -p flywheel-gateway -p flywheel-loadtest
+build_release
 scripts/services.sh start
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

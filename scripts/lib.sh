@@ -18,8 +18,12 @@ ensure_python() {
   export FLYWHEEL_PYTHON="$FLYWHEEL_VENV/bin/python"
 }
 
-# Usage: build_release [-p PACKAGE ...]   (default: every binary)
+# Usage: build_release [CARGO ARGS]   (default: every binary of the default
+# members). Scripts build the same selection so that cargo's feature
+# unification gives one set of dependency artifacts, built once.
 build_release() {
+  # pingora's zlib-ng needs cmake; services.sh installs the system packages.
+  command -v cmake >/dev/null || bash scripts/services.sh install
   log "building (release, target dir $CARGO_TARGET_DIR)"
   if [ $# -eq 0 ]; then set -- --bins; fi
   cargo build --release --locked "$@"

@@ -106,9 +106,52 @@ struct Job {
     stream: bool,
     include_usage: bool,
     id: String,
+    /// Token-prompt modes: mistral.rs trims the leading whitespace of a completion (right
+    /// for a fresh chat answer, wrong for a continuation or a text completion, where
+    /// " Paris" must stay " Paris"). Logprobs are requested to learn the first tokens'
+    /// text and restore it.
+    restore_leading_ws: bool,
+    /// Whether the client asked for logprobs (otherwise they are removed from the answer).
+    client_logprobs: bool,
+}
+
+fn leading_ws(s: &str) -> &str {
+    &s[..s.len() - s.trim_start().len()]
+}
+
+/// The whitespace mistral.rs trimmed from the start of a whole completion: the leading
+/// whitespace of its tokens' concatenated text.
+fn trimmed_prefix(logprobs: Option<&mistralrs::Logprobs>) -> String {
+    let mut text = String::new();
+    for lp in logprobs.and_then(|l| l.content.as_ref()).into_iter().flatten() {
+        text.push_str(&lp.token);
+        if !text.trim_start().is_empty() {
+            break;
+        }
+    }
+    leading_ws(&text).to_string()
 }
 
 async fn tokenize(
+    runner: &Arc<MistralRs>,
+    model: &str,
+    text: Either<Vec<IndexMap<String, MessageContent>>, String>,
+    tools: Option<Vec<Tool>>,
+    add_generation_prompt: bool,
+    add_special_tokens: bool,
+) -> Result<Vec<u32>, ApiError> {
+    // On a task of its own: mistral.rs panics if the receiver of a tokenization request
+    // goes away (a client disconnecting mid-request would otherwise drop it).
+    let runner = runner.clone();
+    let model = model.to_string();
+    tokio::spawn(async move {
+        tokenize_on(&runner, &model, text, tools, add_generation_prompt, add_special_tokens).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))?
+}
+
+async fn tokenize_on(
     runner: &MistralRs,
     model: &str,
     text: Either<Vec<IndexMap<String, MessageContent>>, String>,
@@ -246,7 +289,7 @@ async fn chat_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, ApiError
         constraint,
         tools,
         tool_choice,
-        return_logprobs,
+        return_logprobs || continuation,
         req.stream,
     )
     .await?;
@@ -256,6 +299,8 @@ async fn chat_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, ApiError
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+        restore_leading_ws: continuation,
+        client_logprobs: return_logprobs,
     };
     finish(job, rx).await
 }
@@ -304,13 +349,15 @@ async fn completions_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, A
     if prompt_tokens == 0 {
         return Err(ApiError::bad_param("prompt", "the prompt is empty"));
     }
-    let rx = submit(&runner, &model, message, sampling, constraint, None, None, false, req.stream).await?;
+    let rx = submit(&runner, &model, message, sampling, constraint, None, None, true, req.stream).await?;
     let job = Job {
         lease,
         mode: Mode::Completion { prompt_tokens },
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         id: format!("cmpl-{}", uuid::Uuid::now_v7().simple()),
+        restore_leading_ws: !req.echo,
+        client_logprobs: false,
     };
     finish(job, rx).await
 }
@@ -338,7 +385,15 @@ async fn finish(job: Job, mut rx: mpsc::Receiver<mistralrs::Response>) -> Result
                     v["object"] = json!("chat.completion");
                     return Ok(Json(v).into_response());
                 }
-                R::CompletionDone(done) => {
+                R::CompletionDone(mut done) => {
+                    for c in done.choices.iter_mut() {
+                        if job.restore_leading_ws && !c.text.starts_with(char::is_whitespace) {
+                            c.text.insert_str(0, &trimmed_prefix(c.logprobs.as_ref()));
+                        }
+                        if !job.client_logprobs {
+                            c.logprobs = None;
+                        }
+                    }
                     let mut v = serde_json::to_value(&done).map_err(|e| ApiError::internal(e.to_string()))?;
                     v["id"] = json!(job.id);
                     v["model"] = json!(model);
@@ -423,6 +478,7 @@ async fn stream_task(
     let mut next = Some(first);
     let mut completion_tokens = 0usize;
     let mut created: u128 = 0;
+    let mut first_chunk = true;
     loop {
         let resp = match next.take() {
             Some(r) => r,
@@ -455,8 +511,24 @@ async fn stream_task(
                 }
                 events.push(v);
             }
-            R::CompletionChunk(chunk) => {
+            R::CompletionChunk(mut chunk) => {
                 created = chunk.created;
+                for c in chunk.choices.iter_mut() {
+                    // Only the first delta is trimmed by mistral.rs.
+                    if first_chunk && job.restore_leading_ws && !c.text.starts_with(char::is_whitespace) {
+                        if let Some(lp) = &c.logprobs {
+                            let tok = match &lp.bytes {
+                                Some(b) => String::from_utf8_lossy(b).into_owned(),
+                                None => lp.token.clone(),
+                            };
+                            c.text.insert_str(0, leading_ws(&tok));
+                        }
+                    }
+                    if !job.client_logprobs {
+                        c.logprobs = None;
+                    }
+                }
+                first_chunk = false;
                 finished = !chunk.choices.is_empty() && chunk.choices.iter().all(|c| c.finish_reason.is_some());
                 completion_tokens += chunk.choices.iter().filter(|c| !c.text.is_empty()).count();
                 let (object, choices): (&str, Vec<Value>) = match job.mode {
@@ -564,7 +636,7 @@ fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn admin_list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    respond((|| {
+    respond((|| -> Result<Response, ApiError> {
         check_admin(&st, &headers)?;
         let data: Vec<Value> = st.registry.list().iter().map(|v| v.info()).collect();
         Ok(Json(json!({"object": "list", "data": data, "default": st.registry.default_name()})).into_response())
@@ -572,7 +644,7 @@ async fn admin_list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 }
 
 async fn admin_get(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    respond((|| {
+    respond((|| -> Result<Response, ApiError> {
         check_admin(&st, &headers)?;
         let v = st
             .registry
@@ -596,7 +668,7 @@ async fn admin_deploy(State(st): State<Arc<AppState>>, headers: HeaderMap, body:
             check_admin(&st, &headers)?;
             let b: DeployBody = parse_json(&body)?;
             let v = st.registry.deploy(Deployment::checkpoint(b.name, b.path)).await?;
-            Ok((StatusCode::CREATED, Json(v.info())).into_response())
+            Ok::<Response, ApiError>((StatusCode::CREATED, Json(v.info())).into_response())
         }
         .await,
     )
@@ -625,7 +697,7 @@ async fn admin_undeploy(
             let in_flight = version.inflight();
             if q.wait {
                 st.registry.finish_undeploy(version).await?;
-                Ok(Json(json!({"id": name, "deleted": true, "drained": in_flight})).into_response())
+                Ok::<Response, ApiError>(Json(json!({"id": name, "deleted": true, "drained": in_flight})).into_response())
             } else {
                 let st2 = st.clone();
                 tokio::spawn(async move {

@@ -77,7 +77,8 @@ pub struct CaptureConfig {
     /// it, the append is refused (see [`crate::wal::WalError::Full`]).
     /// Default 1 GiB.
     pub max_bytes: u64,
-    /// Rows per INSERT. Default 10000.
+    /// Most rows per INSERT; consecutive sealed segments are shipped
+    /// together up to this (and 64 MiB of log). Default 100000.
     pub batch_rows: usize,
     /// Default `store`.
     pub bodies: BodiesPolicy,
@@ -100,7 +101,7 @@ impl Default for CaptureConfig {
             max_segment_age_ms: 1000,
             fsync: FsyncPolicy::default(),
             max_bytes: 1 << 30,
-            batch_rows: 10_000,
+            batch_rows: 100_000,
             bodies: BodiesPolicy::default(),
             migrate: true,
             max_backoff_ms: 10_000,

@@ -1,14 +1,16 @@
 //! The background task that moves sealed WAL segments into ClickHouse.
 //!
 //! Loop: seal the active segment once it is `max_segment_age` old; take the
-//! sealed segments oldest first; for each, read its records, ship them in
-//! batches of `batch_rows` ([`ship_batch`]) and delete the segment only
-//! when every batch of it succeeded. On any failure (ClickHouse down, a
-//! timeout, a rejected insert) it records the error, sleeps a capped
-//! exponential backoff and starts over from the oldest segment: forever,
-//! since losing events is not an option; the log's quota bounds the disk.
-//! Replaying a partly shipped segment is harmless: see "Exactly once" in
-//! the crate docs.
+//! sealed segments oldest first, in groups of consecutive segments (up to
+//! `batch_rows` records and `batch_bytes` bytes); for each group, mark its
+//! segments "insert started", read them, insert their rows ([`ship_rows`])
+//! and delete the segments only when every INSERT of the group succeeded.
+//! The next group is prepared while the current one is inserted. On any
+//! failure (ClickHouse down, a timeout, a rejected insert) it records the
+//! error, sleeps a capped exponential backoff and starts over from the
+//! oldest segment: forever, since losing events is not an option; the
+//! log's quota bounds the disk. Replaying a partly shipped segment is
+//! harmless: see "Exactly once" in the crate docs.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,14 +22,20 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::BodiesPolicy;
-use crate::event::{FeedbackEvent, InferenceEvent, Record};
+use crate::event::Record;
 use crate::store::{AttemptRow, FeedbackRow, IdTable, InferenceRow, Store, StoreError};
 use crate::wal::{self, SegmentMeta, Wal, WalError, WalStats};
 
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
-    /// Records per batch (one INSERT per table per batch). Default 10000.
+    /// Most records per batch (one INSERT per table per batch); several
+    /// sealed segments are shipped as one batch up to this. Default 100000.
     pub batch_rows: usize,
+    /// Most segment bytes read into one batch (bounds the shipper's
+    /// memory: about twice this, one batch inserting and the next being
+    /// decoded). A segment larger than this still ships, alone. Default
+    /// 64 MiB.
+    pub batch_bytes: u64,
     /// Seal the active segment once its first record is this old. Default 1 s.
     pub max_segment_age: Duration,
     /// How often an idle shipper looks for work. Default 100 ms.
@@ -45,7 +53,8 @@ pub struct ShipperConfig {
 impl Default for ShipperConfig {
     fn default() -> Self {
         Self {
-            batch_rows: 10_000,
+            batch_rows: 100_000,
+            batch_bytes: 64 << 20,
             max_segment_age: Duration::from_millis(1000),
             poll_interval: Duration::from_millis(100),
             min_backoff: Duration::from_millis(200),
@@ -77,56 +86,132 @@ pub struct BatchOutcome {
     pub duplicates: u64,
 }
 
+/// Which records [`ship_rows`] looks up in ClickHouse before inserting
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistenceCheck {
+    /// Inferences and feedback: for records that an earlier attempt may
+    /// have inserted (a segment with a shipping marker).
+    All,
+    /// Feedback only: for segments never inserted from before (no shipping
+    /// marker). Inference ids are minted once per request and appended
+    /// once, so they can only be in ClickHouse already if their segment
+    /// was shipped from before; feedback ids derived from client
+    /// idempotency keys can repeat across segments and are always checked.
+    FeedbackOnly,
+}
+
+/// The rows of a batch, built from its records.
+#[derive(Debug, Default)]
+pub struct BatchRows {
+    /// Each inference with its attempts.
+    pub inferences: Vec<(InferenceRow, Vec<AttemptRow>)>,
+    pub feedback: Vec<FeedbackRow>,
+    /// Records already dropped by [`BatchRows::dedup`].
+    pub duplicates: u64,
+}
+
+impl BatchRows {
+    /// Adds a record's rows; its strings move into them.
+    pub fn push(&mut self, record: Record, bodies: BodiesPolicy) {
+        match record {
+            Record::Inference(e) => self.inferences.push(InferenceRow::from_owned(e, bodies)),
+            Record::Feedback(e) => self.feedback.push(FeedbackRow::from_event(&e)),
+        }
+    }
+
+    pub fn from_records(records: impl IntoIterator<Item = Record>, bodies: BodiesPolicy) -> Self {
+        let mut rows = Self::default();
+        for r in records {
+            rows.push(r, bodies);
+        }
+        rows
+    }
+
+    /// Appends `other` after these rows.
+    pub fn extend(&mut self, other: BatchRows) {
+        self.inferences.extend(other.inferences);
+        self.feedback.extend(other.feedback);
+        self.duplicates += other.duplicates;
+    }
+
+    /// Drops rows whose id came earlier in the batch (the first one stays),
+    /// so an id repeated anywhere in the batch is inserted once.
+    pub fn dedup(&mut self) {
+        let (keep_i, keep_f) = {
+            let mut seen = HashSet::with_capacity(self.inferences.len() + self.feedback.len());
+            let keep_i: Vec<bool> = self.inferences.iter().map(|(r, _)| seen.insert(r.id.as_str())).collect();
+            let keep_f: Vec<bool> = self.feedback.iter().map(|r| seen.insert(r.id.as_str())).collect();
+            (keep_i, keep_f)
+        };
+        let before = self.inferences.len() + self.feedback.len();
+        let mut k = keep_i.into_iter();
+        self.inferences.retain(|_| k.next().unwrap_or(true));
+        let mut k = keep_f.into_iter();
+        self.feedback.retain(|_| k.next().unwrap_or(true));
+        self.duplicates += (before - self.inferences.len() - self.feedback.len()) as u64;
+    }
+}
+
 /// Ships one batch of records, exactly once per id (see the crate docs):
 /// drops ids seen earlier in the batch, asks ClickHouse which ids already
 /// exist and drops those, then inserts attempts, inferences and feedback.
 /// Attempts go before their inferences, so an id present in `inferences`
 /// implies its attempts are stored too.
 pub async fn ship_batch(store: &Store, records: &[Record], bodies: BodiesPolicy) -> Result<BatchOutcome, StoreError> {
-    let mut out = BatchOutcome::default();
-    let mut seen = HashSet::with_capacity(records.len());
-    let mut inferences: Vec<&InferenceEvent> = Vec::new();
-    let mut feedback: Vec<&FeedbackEvent> = Vec::new();
-    for r in records {
-        if !seen.insert(r.id()) {
-            out.duplicates += 1;
-            continue;
-        }
-        match r {
-            Record::Inference(e) => inferences.push(e),
-            Record::Feedback(e) => feedback.push(e),
-        }
-    }
+    ship_batch_with(store, records, bodies, ExistenceCheck::All).await
+}
 
-    let t0 = Instant::now();
-    if !inferences.is_empty() {
-        let ids: Vec<&str> = inferences.iter().map(|e| e.id.as_str()).collect();
+/// [`ship_batch`] with a choice of what to check in ClickHouse.
+pub async fn ship_batch_with(
+    store: &Store,
+    records: &[Record],
+    bodies: BodiesPolicy,
+    check: ExistenceCheck,
+) -> Result<BatchOutcome, StoreError> {
+    let mut rows = BatchRows::from_records(records.iter().cloned(), bodies);
+    rows.dedup();
+    ship_rows(store, rows, check, usize::MAX).await
+}
+
+/// Inserts deduplicated ([`BatchRows::dedup`]) rows: drops those whose id
+/// ClickHouse already has (per `check`), then, per chunk of `max_rows`
+/// inferences, inserts their attempts and then them; then the feedback.
+pub async fn ship_rows(
+    store: &Store,
+    mut rows: BatchRows,
+    check: ExistenceCheck,
+    max_rows: usize,
+) -> Result<BatchOutcome, StoreError> {
+    let mut out = BatchOutcome { duplicates: rows.duplicates, ..BatchOutcome::default() };
+    if check == ExistenceCheck::All && !rows.inferences.is_empty() {
+        let ids: Vec<&str> = rows.inferences.iter().map(|(r, _)| r.id.as_str()).collect();
         let existing = store.existing_ids(IdTable::Inferences, &ids).await?;
-        inferences.retain(|e| !existing.contains(&e.id));
-        out.duplicates += existing.len() as u64;
+        let before = rows.inferences.len();
+        rows.inferences.retain(|(r, _)| !existing.contains(&r.id));
+        out.duplicates += (before - rows.inferences.len()) as u64;
     }
-    if !feedback.is_empty() {
-        let ids: Vec<&str> = feedback.iter().map(|e| e.id.as_str()).collect();
+    if !rows.feedback.is_empty() {
+        let ids: Vec<&str> = rows.feedback.iter().map(|r| r.id.as_str()).collect();
         let existing = store.existing_ids(IdTable::Feedback, &ids).await?;
-        feedback.retain(|e| !existing.contains(&e.id));
-        out.duplicates += existing.len() as u64;
+        let before = rows.feedback.len();
+        rows.feedback.retain(|r| !existing.contains(&r.id));
+        out.duplicates += (before - rows.feedback.len()) as u64;
     }
-
-    let t1 = Instant::now();
-    let attempts: Vec<AttemptRow> = inferences.iter().flat_map(|e| AttemptRow::all_of(e)).collect();
-    let t2 = Instant::now();
-    store.insert_rows("attempts", &attempts).await?;
-    out.attempts = attempts.len() as u64;
-    let t3 = Instant::now();
-    let rows: Vec<InferenceRow> = inferences.iter().map(|e| InferenceRow::from_event(e, bodies)).collect();
-    let t4 = Instant::now();
-    store.insert_rows("inferences", &rows).await?;
-    let t5 = Instant::now();
-    if std::env::var_os("SHIP_TIMING").is_some() { eprintln!("batch {}: check {:?} arows {:?} ains {:?} irows {:?} iins {:?}", records.len(), t1-t0, t2-t1, t3-t2, t4-t3, t5-t4); }
-    out.inferences = rows.len() as u64;
-    let rows: Vec<FeedbackRow> = feedback.iter().map(|e| FeedbackRow::from_event(e)).collect();
-    store.insert_rows("feedback", &rows).await?;
-    out.feedback = rows.len() as u64;
+    let max_rows = max_rows.max(1);
+    for chunk in rows.inferences.chunks(max_rows) {
+        // Attempts first: an inference row implies its attempts are stored.
+        let attempts: Vec<&AttemptRow> = chunk.iter().flat_map(|(_, a)| a.iter()).collect();
+        store.insert_refs("attempts", &attempts).await?;
+        out.attempts += attempts.len() as u64;
+        let inferences: Vec<&InferenceRow> = chunk.iter().map(|(r, _)| r).collect();
+        store.insert_refs("inferences", &inferences).await?;
+        out.inferences += inferences.len() as u64;
+    }
+    for chunk in rows.feedback.chunks(max_rows) {
+        store.insert_rows("feedback", chunk).await?;
+        out.feedback += chunk.len() as u64;
+    }
     Ok(out)
 }
 
@@ -290,10 +375,7 @@ impl Task {
                     self.store.migrate().await?;
                     migrated = true;
                 }
-                for seg in segments {
-                    self.ship_segment(seg).await?;
-                }
-                Ok::<_, ShipError>(())
+                self.ship_segments(segments).await
             };
             let result = match deadline {
                 Some(d) => match tokio::time::timeout_at(d.into(), round).await {
@@ -339,44 +421,147 @@ impl Task {
         }
     }
 
-    async fn ship_segment(&self, seg: SegmentMeta) -> Result<(), ShipError> {
-        let path = seg.path.clone();
-        let tr = Instant::now();
-        let contents = tokio::task::spawn_blocking(move || wal::read_segment(&path)).await??;
-        if std::env::var_os("SHIP_TIMING").is_some() { eprintln!("read segment {} recs {:?}", contents.records.len(), tr.elapsed()); }
-        let mut total = BatchOutcome::default();
-        for batch in contents.records.chunks(self.cfg.batch_rows.max(1)) {
-            let o = ship_batch(&self.store, batch, self.cfg.bodies).await?;
-            total.inferences += o.inferences;
-            total.attempts += o.attempts;
-            total.feedback += o.feedback;
-            total.duplicates += o.duplicates;
+    /// Ships `segments` (oldest first) in groups of consecutive segments of
+    /// up to `batch_rows` records and `batch_bytes` bytes, one INSERT per
+    /// table per group. The next group is marked, read, decoded and turned
+    /// into rows on blocking threads while the current one is inserted.
+    async fn ship_segments(&self, segments: Vec<SegmentMeta>) -> Result<(), ShipError> {
+        let groups = group_segments(segments, self.cfg.batch_rows.max(1) as u64, self.cfg.batch_bytes);
+        let prepare = |group: &[SegmentMeta]| {
+            AbortOnDrop(tokio::spawn(prepare_group(Arc::clone(&self.wal), group.to_vec(), self.cfg.bodies)))
+        };
+        let mut next = groups.first().map(|g| prepare(g));
+        for (i, group) in groups.iter().enumerate() {
+            let mut pending = next.take().expect("started");
+            let prepared = (&mut pending.0).await??;
+            next = groups.get(i + 1).map(|g| prepare(g));
+            self.ship_group(group, prepared).await?;
         }
-        let wal = Arc::clone(&self.wal);
-        let seq = seg.seq;
-        if contents.is_damaged() {
-            tracing::error!(
-                seq,
-                corrupt_bytes = contents.corrupt_bytes,
-                undecodable = contents.undecodable,
-                shipped = contents.records.len(),
-                "WAL segment had unreadable regions; shipped the readable records, quarantining it"
-            );
-            tokio::task::spawn_blocking(move || wal.quarantine_segment(seq)).await??;
-        } else {
-            tokio::task::spawn_blocking(move || wal.remove_segment(seq)).await??;
-        }
+        Ok(())
+    }
+
+    async fn ship_group(&self, group: &[SegmentMeta], prepared: Prepared) -> Result<(), ShipError> {
+        let Prepared { rows, damage, replay, took: prepare_time } = prepared;
+        let check = if replay { ExistenceCheck::All } else { ExistenceCheck::FeedbackOnly };
+        let t = Instant::now();
+        let total = ship_rows(&self.store, rows, check, self.cfg.batch_rows).await?;
+        let insert_time = t.elapsed();
+        // Counted as soon as the rows are in ClickHouse (and before the
+        // segments go, so `records_pending == 0` implies the counts are in).
         let c = &self.counters;
         c.inferences.fetch_add(total.inferences, Ordering::Relaxed);
         c.attempts.fetch_add(total.attempts, Ordering::Relaxed);
         c.feedback.fetch_add(total.feedback, Ordering::Relaxed);
         c.duplicates.fetch_add(total.duplicates, Ordering::Relaxed);
-        c.segments_shipped.fetch_add(1, Ordering::Relaxed);
+        let seqs: Vec<u64> = group.iter().map(|s| s.seq).collect();
+        let wal = Arc::clone(&self.wal);
+        tokio::task::spawn_blocking(move || {
+            for (seq, d) in seqs.into_iter().zip(damage) {
+                match d {
+                    None => wal.remove_segment(seq)?,
+                    Some((corrupt_bytes, undecodable)) => {
+                        tracing::error!(
+                            seq,
+                            corrupt_bytes,
+                            undecodable,
+                            "WAL segment had unreadable regions; shipped the readable records, quarantining it"
+                        );
+                        wal.quarantine_segment(seq)?;
+                    }
+                }
+            }
+            Ok::<_, WalError>(())
+        })
+        .await??;
+        c.segments_shipped.fetch_add(group.len() as u64, Ordering::Relaxed);
         c.last_success_ms.store(crate::now_ms(), Ordering::Relaxed);
+        let (first, last) = (group[0].seq, group[group.len() - 1].seq);
         if c.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(seq, "shipping to ClickHouse recovered");
+            tracing::info!(first, last, "shipping to ClickHouse recovered");
         }
-        tracing::debug!(seq, ?total, "WAL segment shipped");
+        tracing::debug!(first, last, replay, ?total, ?prepare_time, ?insert_time, "WAL segments shipped");
         Ok(())
     }
+}
+
+/// Aborts the task when dropped (a failed or cancelled round does not
+/// leave a read-ahead running).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Consecutive runs of segments holding at most `max_rows` records and
+/// `max_bytes` bytes together (a larger segment forms a group alone).
+fn group_segments(segments: Vec<SegmentMeta>, max_rows: u64, max_bytes: u64) -> Vec<Vec<SegmentMeta>> {
+    let mut groups: Vec<Vec<SegmentMeta>> = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    for seg in segments {
+        match groups.last_mut() {
+            Some(g) if rows + seg.records <= max_rows && bytes + seg.bytes <= max_bytes => {
+                rows += seg.records;
+                bytes += seg.bytes;
+                g.push(seg);
+            }
+            _ => {
+                (rows, bytes) = (seg.records, seg.bytes);
+                groups.push(vec![seg]);
+            }
+        }
+    }
+    groups
+}
+
+/// A group of segments ready to insert: marked, read, decoded, as rows.
+struct Prepared {
+    rows: BatchRows,
+    /// Per segment of the group: `(corrupt bytes, undecodable frames)` when
+    /// part of it could not be read (it is quarantined after shipping).
+    damage: Vec<Option<(u64, u64)>>,
+    /// A marker was there already: an earlier attempt may have inserted
+    /// some of these records.
+    replay: bool,
+    took: Duration,
+}
+
+/// Marks every segment of `group` (durably, before any of it is inserted:
+/// crate docs, "Exactly once"), then reads them and builds their rows, on
+/// up to one blocking thread per core. Marking before the previous group
+/// is done is conservative: at worst a retry checks a group it did not
+/// need to.
+async fn prepare_group(wal: Arc<Wal>, group: Vec<SegmentMeta>, bodies: BodiesPolicy) -> Result<Prepared, ShipError> {
+    let t = Instant::now();
+    let seqs: Vec<u64> = group.iter().map(|s| s.seq).collect();
+    let w = Arc::clone(&wal);
+    let replay = tokio::task::spawn_blocking(move || w.mark_shipping(&seqs)).await??;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(group.len()).max(1);
+    let per_thread = group.len().div_ceil(threads);
+    let tasks: Vec<_> = group
+        .chunks(per_thread)
+        .map(|segs| {
+            let paths: Vec<_> = segs.iter().map(|s| s.path.clone()).collect();
+            tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(paths.len());
+                for path in paths {
+                    let contents = wal::read_segment(&path)?;
+                    let damage = contents.is_damaged().then_some((contents.corrupt_bytes, contents.undecodable));
+                    out.push((damage, BatchRows::from_records(contents.records, bodies)));
+                }
+                Ok::<_, WalError>(out)
+            })
+        })
+        .collect();
+    let mut rows = BatchRows::default();
+    let mut damage = Vec::with_capacity(group.len());
+    for task in tasks {
+        for (d, r) in task.await?? {
+            damage.push(d);
+            rows.extend(r);
+        }
+    }
+    rows.dedup();
+    Ok(Prepared { rows, damage, replay, took: t.elapsed() })
 }

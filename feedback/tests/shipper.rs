@@ -111,8 +111,11 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
     let once = totals(&store).await;
     assert_eq!(once, [25, 26, 1, 25, 1, 25]);
 
-    // Restart with the segment back on disk: it replays.
+    // Restart with the segment back on disk, with the "insert started"
+    // marker that such a crash leaves (written before the first INSERT,
+    // removed only after the segment): it replays, checked.
     fs::write(&seg.path, &copy).unwrap();
+    fs::write(wal::marker_path(dir.path(), seg.seq), b"").unwrap();
     let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
     assert_eq!(wal.stats().records_pending, 26);
     let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
@@ -123,6 +126,100 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
     s.shutdown(Duration::from_secs(1)).await;
     assert_eq!(totals(&store).await, once, "tables, rollups and queries unchanged");
     drop_db(&store).await;
+}
+
+fn markers(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".shipping"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The existence check runs exactly for segments with an "insert started"
+/// marker from an earlier attempt; fresh segments ship without it, once.
+#[tokio::test]
+async fn marker_decides_the_existence_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = migrated_store("marker").await;
+    let cfg = || ShipperConfig { migrate: false, ..fast() };
+    let wal_cfg = || WalConfig { segment_bytes: 1 << 20, ..wal_cfg() };
+
+    // A fresh segment: shipped exactly once, no duplicates looked for or
+    // found, marker gone with the segment.
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    wal.append(&events(20)).unwrap();
+    wal.seal().unwrap();
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    let st = s.stats();
+    assert_eq!(
+        (st.inferences_shipped, st.attempts_shipped, st.feedback_shipped, st.duplicates_skipped),
+        (20, 21, 1, 0)
+    );
+    s.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(totals(&store).await, [20, 21, 1, 20, 1, 20]);
+    assert!(markers(dir.path()).is_empty() && wal::list_segments(dir.path()).unwrap().is_empty());
+
+    // A segment whose first 6 inferences an earlier attempt inserted (the
+    // attempt died after the INSERT): its marker is on disk, so the replay
+    // checks and inserts only the rest.
+    let recs = events(12);
+    let inferences_only: Vec<Record> = recs.iter().filter(|r| matches!(r, Record::Inference(_))).cloned().collect();
+    ship_batch(&store, &inferences_only[..6], BodiesPolicy::Store).await.unwrap();
+    wal.append(&recs).unwrap();
+    wal.seal().unwrap();
+    let seq = wal.sealed_segments()[0].seq;
+    assert!(!wal.mark_shipping(&[seq]).unwrap(), "first mark: fresh");
+    assert!(wal.mark_shipping(&[seq]).unwrap(), "second mark: an earlier attempt");
+    drop(wal);
+    let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
+    assert_eq!(markers(dir.path()).len(), 1, "open keeps the marker of a pending segment");
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    let st = s.stats();
+    assert_eq!((st.inferences_shipped, st.feedback_shipped, st.duplicates_skipped), (6, 1, 6));
+    s.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(totals(&store).await, [32, 34, 2, 32, 2, 32], "tables, rollups and queries: each event once");
+    assert!(markers(dir.path()).is_empty());
+
+    // Feedback ids (idempotency keys) are checked even in fresh segments.
+    let again = events(3).pop().unwrap();
+    wal.append(std::slice::from_ref(&again)).unwrap();
+    wal.append(std::slice::from_ref(&again)).unwrap();
+    wal.seal().unwrap();
+    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert_eq!(s.stats().feedback_shipped, 1);
+    wal.append(std::slice::from_ref(&again)).unwrap();
+    wal.seal().unwrap();
+    s.nudge();
+    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    let st = s.stats();
+    assert_eq!((st.feedback_shipped, st.duplicates_skipped), (1, 2), "{st:?}");
+    s.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(count(&store, "SELECT count() FROM {db}.feedback").await, 3);
+    drop_db(&store).await;
+}
+
+/// A marker whose segment is gone (crash between the segment's delete and
+/// the marker's) is removed when the log is opened.
+#[test]
+fn orphan_markers_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(wal::marker_path(dir.path(), 7), b"").unwrap();
+    let wal = Wal::open(dir.path(), wal_cfg()).unwrap();
+    assert!(markers(dir.path()).is_empty());
+    wal.append(&events(2)).unwrap();
+    wal.seal().unwrap();
+    let seq = wal.sealed_segments()[0].seq;
+    assert!(!wal.mark_shipping(&[seq]).unwrap());
+    assert_eq!(markers(dir.path()).len(), 1);
+    wal.remove_segment(seq).unwrap();
+    assert!(markers(dir.path()).is_empty());
+    assert!(wal.mark_shipping(&[seq]).is_err(), "only sealed segments are marked");
 }
 
 #[tokio::test]

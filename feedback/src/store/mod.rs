@@ -201,6 +201,26 @@ impl Store {
         .await
     }
 
+    /// [`Store::insert_rows`] of rows held by reference (the shipper keeps
+    /// attempts next to their inference).
+    pub async fn insert_refs<T>(&self, table: &str, rows: &[&T]) -> Result<()>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        check_identifier(table)?;
+        timed("insert", async {
+            let mut insert = self.client.insert::<T>(table).await?;
+            for row in rows {
+                insert.write(*row).await?;
+            }
+            insert.end().await
+        })
+        .await
+    }
+
     /// Records that `inference_ids` were used in training dataset `dataset`;
     /// retention keeps those inferences forever.
     pub async fn record_training_usage(&self, dataset: &str, inference_ids: &[String]) -> Result<()> {

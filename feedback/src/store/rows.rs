@@ -174,6 +174,74 @@ impl InferenceRow {
     }
 }
 
+impl InferenceRow {
+    /// [`InferenceRow::from_event`] and [`AttemptRow::all_of`] of an event
+    /// taken by value: its strings move into the rows instead of being
+    /// copied (the shipper's path).
+    pub fn from_owned(e: InferenceEvent, bodies: BodiesPolicy) -> (InferenceRow, Vec<AttemptRow>) {
+        let date = date_of(e.ts_ms);
+        let attempts = e
+            .attempts
+            .into_iter()
+            .enumerate()
+            .map(|(seq, a)| AttemptRow {
+                inference_id: e.id.clone(),
+                seq: seq as u32,
+                ts_ms: e.ts_ms,
+                date,
+                tenant: e.tenant.clone(),
+                route: e.route.clone(),
+                variant: e.variant.clone(),
+                provider: a.provider,
+                model: a.model,
+                target_index: a.target_index,
+                try_index: a.try_index,
+                outcome: outcome_code(a.outcome),
+                status: a.status,
+                reason: a.reason,
+                started_ms: a.started_ms,
+                latency_ms: a.latency_ms,
+                ttft_ms: a.ttft_ms,
+                prompt_tokens: a.prompt_tokens,
+                completion_tokens: a.completion_tokens,
+                tokens_estimated: a.tokens_estimated,
+                cost_usd: a.cost_usd,
+            })
+            .collect::<Vec<_>>();
+        let row = Self {
+            id: e.id,
+            ts_ms: e.ts_ms,
+            date,
+            tenant: e.tenant,
+            endpoint: e.endpoint,
+            route: e.route,
+            variant: e.variant,
+            provider: e.provider,
+            model: e.model,
+            episode_id: e.episode_id,
+            user: e.user,
+            stream: e.stream,
+            status: e.status,
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.completion_tokens,
+            tokens_estimated: e.tokens_estimated,
+            ttft_ms: e.ttft_ms,
+            latency_ms: e.latency_ms,
+            overhead_ms: e.overhead_ms,
+            retries: e.retries,
+            fallback_depth: e.fallback_depth,
+            failovers: e.failovers,
+            failover_diverged: e.failover_diverged,
+            validation: validation_code(e.validation),
+            cost_usd: e.cost_usd,
+            attempt_count: attempts.len() as u32,
+            request_body: apply_bodies_owned(e.request_body, bodies),
+            response_body: apply_bodies_owned(e.response_body, bodies),
+        };
+        (row, attempts)
+    }
+}
+
 impl AttemptRow {
     pub fn from_event(parent: &InferenceEvent, seq: usize, a: &AttemptEvent) -> Self {
         Self {
@@ -245,6 +313,14 @@ pub fn apply_bodies(body: Option<&str>, policy: BodiesPolicy) -> String {
     }
 }
 
+/// [`apply_bodies`] of an owned body (no copy when stored as is).
+pub fn apply_bodies_owned(body: Option<String>, policy: BodiesPolicy) -> String {
+    match (body, policy) {
+        (Some(b), BodiesPolicy::Store) => b,
+        (body, policy) => apply_bodies(body.as_deref(), policy),
+    }
+}
+
 /// Keys whose string values describe structure, not content; kept by
 /// `redact`.
 pub const KEEP_KEYS: &[&str] =
@@ -301,6 +377,60 @@ mod tests {
         assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Store), "{}");
         assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Skip), "");
         assert_eq!(apply_bodies(None, BodiesPolicy::Store), "");
+    }
+
+    #[test]
+    fn owned_conversion_matches_borrowed() {
+        let a = AttemptEvent {
+            provider: "p".into(),
+            model: "m".into(),
+            target_index: 1,
+            try_index: 2,
+            outcome: AttemptOutcome::Timeout,
+            status: Some(504),
+            reason: Some("slow".into()),
+            started_ms: 5,
+            latency_ms: 1.5,
+            ttft_ms: Some(0.5),
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            tokens_estimated: true,
+            cost_usd: 0.25,
+        };
+        let e = InferenceEvent {
+            id: "id".into(),
+            ts_ms: 1_700_000_000_123,
+            tenant: "t".into(),
+            endpoint: "e".into(),
+            route: "r".into(),
+            variant: "v".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            episode_id: Some("ep".into()),
+            user: None,
+            stream: true,
+            status: 200,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            tokens_estimated: false,
+            ttft_ms: None,
+            latency_ms: 3.0,
+            overhead_ms: 0.1,
+            retries: 1,
+            fallback_depth: 0,
+            failovers: 1,
+            failover_diverged: true,
+            validation: Validation::Passed,
+            cost_usd: 0.5,
+            attempts: vec![a.clone(), AttemptEvent { outcome: AttemptOutcome::Ok, status: Some(200), ..a }],
+            request_body: Some(r#"{"messages":[{"role":"user","content":"x"}]}"#.into()),
+            response_body: None,
+        };
+        for bodies in [BodiesPolicy::Store, BodiesPolicy::Redact, BodiesPolicy::Skip] {
+            let (row, attempts) = InferenceRow::from_owned(e.clone(), bodies);
+            assert_eq!(row, InferenceRow::from_event(&e, bodies));
+            assert_eq!(attempts, AttemptRow::all_of(&e).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -19,6 +19,16 @@
 //! ([`frame::scan`]); the shipper ships the valid records and moves such a
 //! segment to `quarantine/` instead of deleting it.
 //!
+//! Shipping markers: before the shipper inserts the first row of a sealed
+//! segment it creates `{seq:020}.shipping` next to it and fsyncs the
+//! directory ([`Wal::mark_shipping`]); the marker is removed only after
+//! the segment file is gone ([`Wal::remove_segment`],
+//! [`Wal::quarantine_segment`]; [`Wal::open`] removes markers left without
+//! a segment). So a segment of which any row may already be in ClickHouse
+//! always has a marker, and a segment without one was never inserted from
+//! (see "Exactly once" in the crate docs). Markers are empty files and do
+//! not count towards the quota.
+//!
 //! Disk quota policy: the log (all segment files) never exceeds
 //! `max_bytes`. When an append would exceed it, **the new records are
 //! refused**: `append` returns [`WalError::Full`], the records are counted
@@ -46,6 +56,7 @@ use crate::event::Record;
 use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
 
 const SEGMENT_EXT: &str = "wal";
+const MARKER_EXT: &str = "shipping";
 const QUARANTINE_DIR: &str = "quarantine";
 const LOCK_FILE: &str = "LOCK";
 
@@ -186,6 +197,20 @@ fn segment_seq(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
+/// The shipping marker of segment `seq` in `dir` (module docs).
+pub fn marker_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{MARKER_EXT}"))
+}
+
+/// Removes a marker; a missing one is fine.
+fn remove_marker(dir: &Path, seq: u64) -> Result<()> {
+    let path = marker_path(dir, seq);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(WalError::Io { path, source: e }),
+        _ => Ok(()),
+    }
+}
+
 /// Segment files of a directory, oldest first.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
@@ -278,6 +303,17 @@ impl Wal {
                 }
                 Recovered::Removed => {}
                 Recovered::Quarantined => quarantined += 1,
+            }
+        }
+        // Markers whose segment is gone (shipped and deleted, or quarantined,
+        // before the marker's own removal): nothing left to replay.
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.extension().is_some_and(|e| e == MARKER_EXT) {
+                let seq = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+                if seq.is_none_or(|seq| !sealed.contains_key(&seq)) {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
             }
         }
         if !sealed.is_empty() {
@@ -470,13 +506,57 @@ impl Wal {
         self.lock().sealed.values().cloned().collect()
     }
 
-    /// Deletes a shipped segment.
+    /// Durably marks sealed segments `seqs` as "insert started" (module
+    /// docs). The shipper calls this before the first INSERT of their
+    /// rows. Returns `true` when a marker was already there: an earlier
+    /// attempt (this process or a previous one) may have inserted some of
+    /// those segments, so their records must be checked against ClickHouse
+    /// before they are inserted again.
+    pub fn mark_shipping(&self, seqs: &[u64]) -> Result<bool> {
+        {
+            let st = self.lock();
+            if let Some(&seq) = seqs.iter().find(|s| !st.sealed.contains_key(s)) {
+                return Err(WalError::NotSealed { seq });
+            }
+        }
+        // Outside the lock: the fsyncs must not stall appends. Only the
+        // shipper (one per log) touches markers.
+        let mut existed = false;
+        let mut created = false;
+        for &seq in seqs {
+            let path = marker_path(&self.shared.dir, seq);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => {
+                    f.sync_all().map_err(io_err(&path))?;
+                    created = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => existed = true,
+                Err(e) => return Err(WalError::Io { path, source: e }),
+            }
+        }
+        if created {
+            // Always synced, whatever the fsync policy: a segment that
+            // survives an OS crash must not lose its marker. One directory
+            // fsync per call.
+            sync_dir(&self.shared.dir)?;
+        }
+        Ok(existed)
+    }
+
+    /// Deletes a shipped segment, then its shipping marker.
     pub fn remove_segment(&self, seq: u64) -> Result<()> {
         let mut st = self.lock();
         let meta = st.sealed.get(&seq).ok_or(WalError::NotSealed { seq })?;
         fs::remove_file(&meta.path).map_err(io_err(&meta.path))?;
         let meta = st.sealed.remove(&seq).expect("present");
         st.bytes_on_disk -= meta.bytes;
+        drop(st);
+        // After the segment: a crash in between (or a failure here) leaves
+        // an orphan marker, which open() removes; it is harmless meanwhile
+        // (sequence numbers are not reused while the log is open).
+        if let Err(e) = remove_marker(&self.shared.dir, seq) {
+            tracing::warn!(seq, error = %e, "could not remove a shipped segment's marker");
+        }
         Ok(())
     }
 
@@ -489,6 +569,10 @@ impl Wal {
         let meta = st.sealed.remove(&seq).expect("present");
         st.bytes_on_disk -= meta.bytes;
         self.shared.quarantined.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        if let Err(e) = remove_marker(&self.shared.dir, seq) {
+            tracing::warn!(seq, error = %e, "could not remove a quarantined segment's marker");
+        }
         Ok(to)
     }
 

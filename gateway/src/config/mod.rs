@@ -337,6 +337,25 @@ pub struct ProviderConfig {
     /// How a stream cut mid-answer is continued on this provider.
     #[serde(default)]
     pub continuation: Continuation,
+    /// A pool of replicas (`IP:PORT`) serving this provider, e.g. engine
+    /// replicas. Requests go to the replica of their episode (consistent
+    /// hashing), `base_url` then gives only the scheme and path prefix.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Path of the replicas' health check (any 200 is healthy).
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// How often replicas are health-checked.
+    #[serde(default = "default_health_check_ms")]
+    pub health_check_ms: u64,
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+
+fn default_health_check_ms() -> u64 {
+    1_000
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -84,6 +84,17 @@ impl Config {
                     return Err(invalid(format!("providers.{name}.headers.{h}"), "not a valid HTTP header"));
                 }
             }
+            for (i, r) in p.replicas.iter().enumerate() {
+                if r.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(invalid(format!("providers.{name}.replicas[{i}]"), "must be IP:PORT"));
+                }
+            }
+            if !p.health_path.starts_with('/') || p.health_check_ms == 0 {
+                return Err(invalid(
+                    format!("providers.{name}.health_path"),
+                    "must start with / (and health_check_ms must be > 0)",
+                ));
+            }
             if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 {
                 return Err(invalid(format!("providers.{name}.price_*"), "prices must not be negative"));
             }

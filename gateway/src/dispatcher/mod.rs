@@ -245,7 +245,8 @@ pub async fn send(
 ) -> Result<http::Response<Incoming>, Failed> {
     let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON value serialises"));
     let provider = &record.target.provider;
-    let response = match provider.post(call.op.path(), bytes, timeout).await {
+    let affinity = call.episode_id.as_deref().or(call.user.as_deref()).unwrap_or(&call.id);
+    let response = match provider.post(call.op.path(), bytes, timeout, affinity.as_bytes()).await {
         Ok(r) => r,
         Err(UpstreamError::Timeout) => {
             return Err(Failed {

@@ -2,6 +2,7 @@
 //! own connection pool, prices and circuit breaker.
 
 mod circuit;
+mod pool;
 pub mod sse;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 pub use circuit::{CircuitBreaker, CircuitState, Permit};
+pub use pool::ReplicaPool;
 
 use crate::config::{CircuitBreakerConfig, Config, Continuation, ProviderConfig};
 use crate::metrics::Metrics;
@@ -33,6 +35,9 @@ pub enum UpstreamError {
 pub struct Provider {
     pub name: String,
     base_url: String,
+    /// With replicas: the scheme and path prefix of `base_url`.
+    replica_base: (String, String),
+    pool: Option<Arc<ReplicaPool>>,
     headers: HeaderMap,
     pub price_input_per_1m: f64,
     pub price_output_per_1m: f64,
@@ -72,9 +77,20 @@ impl Provider {
                 HeaderValue::from_str(v).expect("validated header value"),
             );
         }
+        let uri: http::Uri = cfg.base_url.parse().expect("validated base_url");
+        let replica_base = (
+            uri.scheme_str().unwrap_or("http").to_owned(),
+            uri.path().trim_end_matches('/').to_owned(),
+        );
+        let pool = (!cfg.replicas.is_empty()).then(|| {
+            ReplicaPool::new(&cfg.replicas, &cfg.health_path, Duration::from_millis(cfg.health_check_ms))
+                .expect("validated replicas")
+        });
         Self {
             name: name.to_owned(),
             base_url: cfg.base_url.trim_end_matches('/').to_owned(),
+            replica_base,
+            pool,
             headers,
             price_input_per_1m: cfg.price_input_per_1m,
             price_output_per_1m: cfg.price_output_per_1m,
@@ -84,10 +100,33 @@ impl Provider {
         }
     }
 
-    /// POSTs a JSON body to `{base_url}{path}` and returns once the response
-    /// headers arrived (or `timeout` passed).
-    pub async fn post(&self, path: &str, body: Bytes, timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
-        let mut request = Request::post(format!("{}{}", self.base_url, path))
+    /// POSTs a JSON body to `{base_url}{path}` (with replicas: on the
+    /// replica of `affinity`) and returns once the response headers arrived
+    /// (or `timeout` passed).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+        affinity: &[u8],
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (url, replica) = match &self.pool {
+            None => (format!("{}{}", self.base_url, path), None),
+            Some(pool) => {
+                let replica = pool.pick(affinity).ok_or_else(|| UpstreamError::Connect("no healthy replica".into()))?;
+                let (scheme, prefix) = &self.replica_base;
+                (format!("{scheme}://{replica}{prefix}{path}"), Some(replica))
+            }
+        };
+        let result = self.send(url, body, timeout).await;
+        if let (Err(UpstreamError::Connect(_)), Some(replica), Some(pool)) = (&result, replica, &self.pool) {
+            pool.bench(replica);
+        }
+        result
+    }
+
+    async fn send(&self, url: String, body: Bytes, timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = Request::post(url)
             .body(Full::new(body))
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         *request.headers_mut() = self.headers.clone();

@@ -8,6 +8,7 @@ mod errors;
 mod failover;
 mod feedback;
 mod openai_sdk;
+mod pool;
 mod redis;
 mod reliability;
 mod shutdown;

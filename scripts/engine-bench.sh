@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Decode/prefill speed of flywheel-engine (mistral.rs, F32 SmolLM2 dir) next to llama.cpp
+# (llama-cpp-python 0.3.36, same Q4_1 GGUF), 1 and 8 concurrent streams, 48-token answers.
+#
+#   scripts/engine-bench.sh                 # defaults below
+#   THREADS=2 MAX_SEQS=32 PREFIX_CACHE=16 REQS=3 scripts/engine-bench.sh
+#
+# Prints one JSON line per measurement. Engine flags come from ENGINE_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-/var/tmp/flywheel/target-engine}"
+source scripts/lib.sh
+LLAMA_VENV="${LLAMA_VENV:-$FLYWHEEL_CACHE/venv-llamacpp}"
+REQS="${REQS:-3}"
+MAX_TOKENS="${MAX_TOKENS:-48}"
+THREADS="${THREADS:-2}"
+HF="$FLYWHEEL_CACHE/models/smollm2/hf"
+GGUF="$FLYWHEEL_CACHE/models/smollm2/model.gguf"
+[ -f "$HF/config.json" ] || scripts/fetch-model.sh smollm2 >/dev/null
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release -p flywheel-engine --bins
+fi
+ENGINE="$CARGO_TARGET_DIR/release/flywheel-engine"
+
+if [ "${SKIP_MISTRALRS:-0}" != 1 ]; then
+  LOG=$(mktemp /tmp/engine-bench.XXXXXX.log)
+  log "starting flywheel-engine (RAYON_NUM_THREADS=$THREADS ${ENGINE_ARGS:-}); log $LOG"
+  RAYON_NUM_THREADS=$THREADS start_listening "$LOG" "$ENGINE" serve --model "$HF" --name base ${ENGINE_ARGS:-}
+  trap 'kill $STARTED_PID 2>/dev/null || true' EXIT
+  for prompt in short long; do
+    for c in 1 8; do
+      python3 "$ROOT/engine/bench/stream_bench.py" --url "http://$ADDR" --model base \
+        --concurrency "$c" --requests-per-stream "$REQS" --max-tokens "$MAX_TOKENS" --prompt "$prompt" \
+        --label "mistral.rs F32 RAYON_NUM_THREADS=$THREADS ${ENGINE_ARGS:-}"
+    done
+  done
+  kill "$STARTED_PID"; wait "$STARTED_PID" 2>/dev/null || true
+  trap - EXIT
+fi
+
+if [ "${SKIP_LLAMA:-0}" != 1 ]; then
+  if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+    log "installing llama-cpp-python 0.3.36 into $LLAMA_VENV (compiles llama.cpp: several minutes)"
+    python3 -m venv "$LLAMA_VENV"
+    "$LLAMA_VENV/bin/pip" install --quiet --disable-pip-version-check llama-cpp-python==0.3.36
+  fi
+  for prompt in short long; do
+    for c in 1 8; do
+      (cd "$ROOT/engine/bench" && "$LLAMA_VENV/bin/python" llama_bench.py --gguf "$GGUF" --threads "$THREADS" \
+        --concurrency "$c" --requests-per-stream "$REQS" --max-tokens "$MAX_TOKENS" --prompt "$prompt")
+    done
+  done
+fi

