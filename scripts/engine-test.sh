@@ -5,7 +5,7 @@
 #   scripts/engine-test.sh [cargo test args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-/var/tmp/flywheel/target-engine}"
+export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-${FLYWHEEL_CACHE:-/var/tmp/flywheel}/target-engine}"
 source scripts/lib.sh
 log "building flywheel-engine (release, target dir $CARGO_TARGET_DIR)"
 cargo build --release -p flywheel-engine --bins

@@ -245,9 +245,17 @@ pub async fn mock_stats(mock: &Proc) -> Value {
     client().get(mock.url("/mock/stats")).send().await.expect("stats").json().await.expect("stats JSON")
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port for a server that binds it later. It is taken
+/// below Linux's ephemeral range (32768+), where the kernel never hands out
+/// ports for outgoing connections or `bind(0)`, so nothing else grabs it in
+/// between; tests pick at random and check that it binds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = 20_000 + (std::process::id() * 131 + NEXT.fetch_add(1, Ordering::Relaxed) * 7919) % 12_000;
+    (0..12_000u32)
+        .map(|i| (20_000 + (start - 20_000 + i * 13) % 12_000) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 20000..32000")
 }
 
 /// Private ClickHouse and Redis servers for one test, on free ports, started

@@ -4,6 +4,7 @@
 mod ab_split;
 mod api;
 mod capture;
+mod engine;
 mod errors;
 mod failover;
 mod feedback;
