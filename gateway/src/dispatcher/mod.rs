@@ -113,6 +113,12 @@ impl Call {
         }
     }
 
+    /// `stream` and `stream_options.include_usage` of the request.
+    pub fn set_streaming(&mut self, stream: Option<bool>, options: Option<&crate::endpoints::body::StreamOptions>) {
+        self.stream = stream.unwrap_or(false);
+        self.include_usage = options.and_then(|o| o.include_usage).unwrap_or(false);
+    }
+
     pub fn variant_name(&self) -> &str {
         &self.route.variants[self.variant].name
     }
@@ -234,6 +240,19 @@ pub struct Failed {
     pub failure: Failure,
     /// The client's request is at fault: return this upstream answer.
     pub rejected: Option<(StatusCode, Bytes)>,
+}
+
+impl Failed {
+    /// Reports the failure to the provider's circuit breaker. A rejected
+    /// request or a 429 says nothing about the upstream's health.
+    pub fn settle(self, permit: crate::upstream::Permit<'_>, record: &AttemptRecord<'_>) -> Self {
+        if self.rejected.is_some() || record.status == Some(429) {
+            drop(permit);
+        } else {
+            permit.failure();
+        }
+        self
+    }
 }
 
 /// Sends one attempt and returns the response once it is a 200.

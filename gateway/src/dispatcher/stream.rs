@@ -151,14 +151,7 @@ pub async fn run(
         let mut estimate = 0u64;
 
         let failed = match send(&call, &mut record, &body, timeout).await {
-            Err(failed) => {
-                if failed.rejected.is_some() || record.status == Some(429) {
-                    drop(permit);
-                } else {
-                    permit.failure();
-                }
-                failed
-            }
+            Err(failed) => failed.settle(permit, &record),
             Ok(response) => {
                 let mut pump = Pump {
                     call: &call,

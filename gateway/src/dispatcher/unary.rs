@@ -88,15 +88,7 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
                     rejected: None,
                 }
             }
-            Err(failed) => {
-                // A 4xx says nothing about the upstream's health.
-                if failed.rejected.is_some() || record.status == Some(429) {
-                    drop(permit);
-                } else {
-                    permit.failure();
-                }
-                failed
-            }
+            Err(failed) => failed.settle(permit, &record),
         };
         record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, 0);
         if let Some((status, body)) = failed.rejected {

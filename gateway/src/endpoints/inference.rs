@@ -33,8 +33,7 @@ pub async fn chat_completions(
     let request: ChatRequest = view(&value)?;
     request.check()?;
     let mut call = new_call(&state, Operation::Chat, (tenant, start), &request.model, value, &headers)?;
-    call.stream = request.stream.unwrap_or(false);
-    call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1;
     call.validator = Validator::for_format(request.response_format.as_ref())?;
     respond(state, call).await
@@ -51,8 +50,7 @@ pub async fn completions(
     let request: CompletionRequest = view(&value)?;
     request.check()?;
     let mut call = new_call(&state, Operation::Completion, (tenant, start), &request.model, value, &headers)?;
-    call.stream = request.stream.unwrap_or(false);
-    call.include_usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
     respond(state, call).await
 }
