@@ -3,7 +3,7 @@
 # 8 concurrent streams (closed loop, 48-token answers), alternating direct /
 # gateway twice. Target: gateway ≥ 0.98 × direct.
 #
-#   scripts/engine-gateway-bench.sh        (CONCURRENCY=8 REQS=3 ROUNDS=2)
+#   scripts/engine-gateway-bench.sh        (CONCURRENCY=8 REQS=3 ROUNDS=2 ENGINE_THREADS=2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -16,7 +16,7 @@ build_release
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-RAYON_NUM_THREADS=2 start_listening "$OUT/engine.log" "$ENGINE" serve --model "$HF" --name base
+RAYON_NUM_THREADS=${ENGINE_THREADS:-2} start_listening "$OUT/engine.log" "$ENGINE" serve --model "$HF" --name base
 PIDS+=("$STARTED_PID"); ENGINE_ADDR=$ADDR
 cat >"$OUT/gateway.toml" <<TOML
 [auth]
