@@ -283,10 +283,20 @@ impl Wal {
         let lock_path = dir.join(LOCK_FILE);
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(WalError::Locked { path: dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(WalError::Io { path: lock_path, source: e }),
+        // A lock held for a moment is retried briefly: a process forked
+        // between another open and its exec (Command::spawn in the same
+        // program) holds a copy of the lock until it execs.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(WalError::Locked { path: dir }),
+                Err(fs::TryLockError::Error(e)) => return Err(WalError::Io { path: lock_path, source: e }),
+            }
         }
         let segments = list_segments(&dir)?;
         let newest = segments.last().map(|(seq, _)| *seq);

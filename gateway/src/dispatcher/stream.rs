@@ -55,7 +55,7 @@ struct Output {
 
 impl Output {
     fn sent_any(&self) -> bool {
-        !self.buffered && (self.first_byte.is_some())
+        !self.buffered && self.first_byte.is_some()
     }
 
     /// Sends or buffers one SSE event.

@@ -20,9 +20,9 @@ pub struct Owner {
 
 struct Inner {
     inferences: HashMap<u128, Owner>,
-    /// Tenant of each episode seen, with the number of indexed inferences
-    /// that reference it (removed at zero).
-    episodes: HashMap<Arc<str>, (Arc<str>, Arc<str>, Arc<str>, u32)>,
+    /// Owner of each episode (its first indexed inference), with the number
+    /// of indexed inferences that reference it (removed at zero).
+    episodes: HashMap<Arc<str>, (Owner, u32)>,
     order: VecDeque<u128>,
 }
 
@@ -47,11 +47,7 @@ impl RecentInferences {
         let Some(k) = key(id) else { return };
         let mut inner = self.inner.lock().expect("recent lock");
         if let Some(ep) = &owner.episode_id {
-            let e = inner
-                .episodes
-                .entry(ep.clone())
-                .or_insert_with(|| (owner.tenant.clone(), owner.route.clone(), owner.variant.clone(), 0));
-            e.3 += 1;
+            inner.episodes.entry(ep.clone()).or_insert_with(|| (owner.clone(), 0)).1 += 1;
         }
         if inner.inferences.insert(k, owner).is_none() {
             inner.order.push_back(k);
@@ -61,8 +57,8 @@ impl RecentInferences {
             if let Some(o) = inner.inferences.remove(&old) {
                 if let Some(ep) = o.episode_id {
                     let gone = inner.episodes.get_mut(&ep).map(|e| {
-                        e.3 -= 1;
-                        e.3 == 0
+                        e.1 -= 1;
+                        e.1 == 0
                     });
                     if gone == Some(true) {
                         inner.episodes.remove(&ep);
@@ -79,13 +75,7 @@ impl RecentInferences {
 
     /// Tenant, route and variant of an episode's first indexed inference.
     pub fn episode(&self, id: &str) -> Option<Owner> {
-        let inner = self.inner.lock().expect("recent lock");
-        inner.episodes.get_key_value(id).map(|(ep, (tenant, route, variant, _))| Owner {
-            tenant: tenant.clone(),
-            route: route.clone(),
-            variant: variant.clone(),
-            episode_id: Some(ep.clone()),
-        })
+        self.inner.lock().expect("recent lock").episodes.get(id).map(|(owner, _)| owner.clone())
     }
 }
 
