@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::BodiesPolicy;
-use crate::event::{AttemptEvent, AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation};
+use crate::event::{AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation};
 
 const MS_PER_DAY: u64 = 86_400_000;
 
@@ -140,44 +140,8 @@ pub const VALUE_COMMENT: i8 = 3;
 pub const VALUE_DEMONSTRATION: i8 = 4;
 
 impl InferenceRow {
-    pub fn from_event(e: &InferenceEvent, bodies: BodiesPolicy) -> Self {
-        Self {
-            id: e.id.clone(),
-            ts_ms: e.ts_ms,
-            date: date_of(e.ts_ms),
-            tenant: e.tenant.clone(),
-            endpoint: e.endpoint.clone(),
-            route: e.route.clone(),
-            variant: e.variant.clone(),
-            provider: e.provider.clone(),
-            model: e.model.clone(),
-            episode_id: e.episode_id.clone(),
-            user: e.user.clone(),
-            stream: e.stream,
-            status: e.status,
-            prompt_tokens: e.prompt_tokens,
-            completion_tokens: e.completion_tokens,
-            tokens_estimated: e.tokens_estimated,
-            ttft_ms: e.ttft_ms,
-            latency_ms: e.latency_ms,
-            overhead_ms: e.overhead_ms,
-            retries: e.retries,
-            fallback_depth: e.fallback_depth,
-            failovers: e.failovers,
-            failover_diverged: e.failover_diverged,
-            validation: validation_code(e.validation),
-            cost_usd: e.cost_usd,
-            attempt_count: e.attempts.len() as u32,
-            request_body: apply_bodies(e.request_body.as_deref(), bodies),
-            response_body: apply_bodies(e.response_body.as_deref(), bodies),
-        }
-    }
-}
-
-impl InferenceRow {
-    /// [`InferenceRow::from_event`] and [`AttemptRow::all_of`] of an event
-    /// taken by value: its strings move into the rows instead of being
-    /// copied (the shipper's path).
+    /// The inference row and the attempt rows of an event, taken by value:
+    /// its strings move into the rows instead of being copied.
     pub fn from_owned(e: InferenceEvent, bodies: BodiesPolicy) -> (InferenceRow, Vec<AttemptRow>) {
         let date = date_of(e.ts_ms);
         let attempts = e
@@ -239,39 +203,6 @@ impl InferenceRow {
             response_body: apply_bodies_owned(e.response_body, bodies),
         };
         (row, attempts)
-    }
-}
-
-impl AttemptRow {
-    pub fn from_event(parent: &InferenceEvent, seq: usize, a: &AttemptEvent) -> Self {
-        Self {
-            inference_id: parent.id.clone(),
-            seq: seq as u32,
-            ts_ms: parent.ts_ms,
-            date: date_of(parent.ts_ms),
-            tenant: parent.tenant.clone(),
-            route: parent.route.clone(),
-            variant: parent.variant.clone(),
-            provider: a.provider.clone(),
-            model: a.model.clone(),
-            target_index: a.target_index,
-            try_index: a.try_index,
-            outcome: outcome_code(a.outcome),
-            status: a.status,
-            reason: a.reason.clone(),
-            started_ms: a.started_ms,
-            latency_ms: a.latency_ms,
-            ttft_ms: a.ttft_ms,
-            prompt_tokens: a.prompt_tokens,
-            completion_tokens: a.completion_tokens,
-            tokens_estimated: a.tokens_estimated,
-            cost_usd: a.cost_usd,
-        }
-    }
-
-    /// The rows of all attempts of an inference.
-    pub fn all_of(e: &InferenceEvent) -> impl Iterator<Item = AttemptRow> + '_ {
-        e.attempts.iter().enumerate().map(move |(i, a)| AttemptRow::from_event(e, i, a))
     }
 }
 
@@ -359,6 +290,7 @@ pub fn redact(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::AttemptEvent;
 
     #[test]
     fn redact_keeps_structure_and_roles() {
@@ -380,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn owned_conversion_matches_borrowed() {
+    fn event_maps_to_rows() {
         let a = AttemptEvent {
             provider: "p".into(),
             model: "m".into(),
@@ -428,8 +360,22 @@ mod tests {
         };
         for bodies in [BodiesPolicy::Store, BodiesPolicy::Redact, BodiesPolicy::Skip] {
             let (row, attempts) = InferenceRow::from_owned(e.clone(), bodies);
-            assert_eq!(row, InferenceRow::from_event(&e, bodies));
-            assert_eq!(attempts, AttemptRow::all_of(&e).collect::<Vec<_>>());
+            assert_eq!((row.id.as_str(), row.ts_ms, row.date), ("id", e.ts_ms, date_of(e.ts_ms)));
+            assert_eq!((row.tenant.as_str(), row.route.as_str(), row.variant.as_str()), ("t", "r", "v"));
+            assert_eq!((row.episode_id.as_deref(), row.user.as_deref(), row.stream, row.status), (Some("ep"), None, true, 200));
+            assert_eq!((row.retries, row.failovers, row.failover_diverged, row.attempt_count), (1, 1, true, 2));
+            assert_eq!(row.validation, validation_code(Validation::Passed));
+            assert_eq!(row.request_body, apply_bodies(e.request_body.as_deref(), bodies));
+            assert_eq!(row.response_body, "");
+            assert_eq!(attempts.len(), 2);
+            for (seq, (r, a)) in attempts.iter().zip(&e.attempts).enumerate() {
+                assert_eq!((r.inference_id.as_str(), r.seq, r.ts_ms, r.date), ("id", seq as u32, e.ts_ms, row.date));
+                assert_eq!((r.tenant.as_str(), r.route.as_str(), r.variant.as_str()), ("t", "r", "v"));
+                assert_eq!((r.provider.as_str(), r.model.as_str(), r.target_index, r.try_index), ("p", "m", 1, 2));
+                assert_eq!((r.outcome, r.status, r.reason.as_deref()), (outcome_code(a.outcome), a.status, Some("slow")));
+                assert_eq!((r.started_ms, r.latency_ms, r.ttft_ms, r.cost_usd), (5, 1.5, Some(0.5), 0.25));
+                assert_eq!((r.prompt_tokens, r.completion_tokens, r.tokens_estimated), (3, 4, true));
+            }
         }
     }
 

@@ -29,8 +29,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-    let request: ChatRequest = view(&value)?;
+    let (value, request): (_, ChatRequest) = parse(&state, body).await?;
     request.check()?;
     let mut call = new_call(&state, Operation::Chat, (tenant, start), &request.model, value, &headers)?;
     call.set_streaming(request.stream, request.stream_options.as_ref());
@@ -46,8 +45,7 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-    let request: CompletionRequest = view(&value)?;
+    let (value, request): (_, CompletionRequest) = parse(&state, body).await?;
     request.check()?;
     let mut call = new_call(&state, Operation::Completion, (tenant, start), &request.model, value, &headers)?;
     call.set_streaming(request.stream, request.stream_options.as_ref());
@@ -62,13 +60,19 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-    let request: EmbeddingRequest = view(&value)?;
+    let (value, request): (_, EmbeddingRequest) = parse(&state, body).await?;
     if !(request.input.is_string() || request.input.as_array().is_some_and(|a| !a.is_empty())) {
         return Err(GatewayError::invalid("`input` must be a string or a non-empty array", Some("input")));
     }
     let call = new_call(&state, Operation::Embedding, (tenant, start), &request.model, value, &headers)?;
     respond(state, call).await
+}
+
+/// The body as JSON (forwarded as it came) and its checked typed view.
+async fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Body) -> Result<(Value, T), GatewayError> {
+    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let request = view(&value)?;
+    Ok((value, request))
 }
 
 fn new_call(
