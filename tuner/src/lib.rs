@@ -1,0 +1,12 @@
+//! Flywheel's tuner: turns captured traffic into reinforcement fine-tuning.
+//!
+//! - [`dataset`]: JSONL import/export in the OpenAI / Bedrock RFT shape, PII filters, splits.
+//! - [`grader`]: reward functions in the JSON shapes of OpenAI's graders.
+//! - [`tasks`]: the verifiable task suite, generated from a seed.
+
+pub mod dataset;
+pub mod grader;
+pub mod item;
+pub mod tasks;
+
+pub use item::{Item, Message, Sample};

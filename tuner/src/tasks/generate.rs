@@ -1,0 +1,237 @@
+//! The generators behind [`super::Task`]: word lists, templates and a
+//! small PRNG whose sequence is fixed forever (splitmix64), so a seed
+//! names the same suite on every machine and every version of `rand`.
+
+use std::sync::LazyLock;
+
+use serde_json::{json, Map, Value};
+
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
+    }
+
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.next_u64() as usize % xs.len()]
+    }
+}
+
+pub struct Generated {
+    pub system: String,
+    pub user: String,
+    pub reference: Value,
+    pub schema: Option<Value>,
+    pub extra: Map<String, Value>,
+}
+
+const FIRST: &[&str] = &[
+    "Maria", "James", "Aiko", "Oluwaseun", "Priya", "Lars", "Fatima", "Diego", "Chen", "Ingrid", "Kwame", "Sofia",
+    "Mateo", "Amara", "Tomasz", "Leila", "Ravi", "Elena", "Hiroshi", "Nadia",
+];
+const LAST: &[&str] = &[
+    "Lopez", "Okafor", "Tanaka", "Schmidt", "Haddad", "Novak", "Silva", "Kowalski", "Nguyen", "Berg", "Mensah",
+    "Rossi", "Patel", "Ivanova", "Dubois", "Khan",
+];
+const CITIES: &[&str] = &[
+    "Lisbon", "Oslo", "Nairobi", "Osaka", "Toronto", "Krakow", "Lima", "Hanoi", "Dublin", "Accra", "Porto", "Seville",
+    "Tallinn", "Perth", "Quito", "Ghent",
+];
+const JOBS: &[&str] = &[
+    "nurse", "carpenter", "data analyst", "pilot", "baker", "architect", "teacher", "electrician", "pharmacist",
+    "journalist", "welder", "translator",
+];
+
+pub static EXTRACTION_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    json!({
+        "type": "object",
+        "required": ["name", "city", "age", "occupation"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string"}, "city": {"type": "string"},
+            "age": {"type": "integer"}, "occupation": {"type": "string"}
+        }
+    })
+});
+
+/// Four fields, with a distractor for two of them (a former city, a
+/// relative's age): copying the first city or number is wrong.
+pub fn extraction(rng: &mut Rng) -> Generated {
+    let name = format!("{} {}", rng.pick(FIRST), rng.pick(LAST));
+    let city = *rng.pick(CITIES);
+    let mut old_city = *rng.pick(CITIES);
+    while old_city == city {
+        old_city = *rng.pick(CITIES);
+    }
+    let age = rng.range(19, 88);
+    let other_age = (age + rng.range(-12, 12)).max(1);
+    let job = *rng.pick(JOBS);
+    let relative = *rng.pick(&["sister", "brother", "cousin", "neighbour"]);
+    let text = match rng.range(0, 2) {
+        0 => format!(
+            "After years in {old_city}, {name} now lives in {city} and works as a {job}. {name} is {age}; their {relative} is {other_age}."
+        ),
+        1 => format!(
+            "Our new {job}, {name} ({age} years old), relocated from {old_city} to {city}. A {relative}, aged {other_age}, stayed behind."
+        ),
+        _ => format!(
+            "{name} grew up in {old_city}. Today the {age}-year-old {job} is based in {city}, near a {relative} who turned {other_age}."
+        ),
+    };
+    Generated {
+        system: "You extract facts into JSON. Reply with one JSON object with the keys name, city (where the person lives now), age (an integer) and occupation, and nothing else.".into(),
+        user: text,
+        reference: json!({"name": name, "city": city, "age": age, "occupation": job}),
+        schema: Some(EXTRACTION_SCHEMA.clone()),
+        extra: Map::new(),
+    }
+}
+
+/// Three operations with precedence and parentheses: a 135M model gets
+/// single products right, chained ones rarely.
+pub fn arithmetic(rng: &mut Rng) -> Generated {
+    let (a, b, c, d) = (rng.range(3, 29), rng.range(2, 19), rng.range(2, 12), rng.range(1, 99));
+    let (expr, value) = match rng.range(0, 2) {
+        0 => (format!("({a} + {b}) * {c} - {d}"), (a + b) * c - d),
+        1 => (format!("{a} * {b} - {c} * {d}"), a * b - c * d),
+        _ => (format!("{d} + {a} * ({b} - {c})"), d + a * (b - c)),
+    };
+    Generated {
+        system: "You are a calculator. Reply with one JSON object {\"answer\": <integer>} and nothing else.".into(),
+        user: format!("Compute {expr}."),
+        reference: json!({"answer": value}),
+        schema: Some(json!({"type": "object", "required": ["answer"], "properties": {"answer": {"type": "integer"}}})),
+        extra: Map::new(),
+    }
+}
+
+const TOPICS: &[(&str, &str)] = &[
+    ("keeping bees", "honey"),
+    ("learning to swim", "breath"),
+    ("city cycling", "helmet"),
+    ("baking bread", "yeast"),
+    ("night photography", "tripod"),
+    ("growing tomatoes", "sunlight"),
+    ("saving money", "budget"),
+    ("running a marathon", "pace"),
+    ("camping in winter", "layers"),
+    ("learning chess", "opening"),
+    ("brewing coffee", "grind"),
+    ("moving house", "boxes"),
+];
+
+/// Three checkable constraints at once: exactly three "- " bullet lines,
+/// no capital letters, and a given keyword.
+pub fn instructions(rng: &mut Rng) -> Generated {
+    let (topic, keyword) = *rng.pick(TOPICS);
+    let audience = *rng.pick(&["a beginner", "a child", "a busy parent", "a student", "a retiree"]);
+    let mut extra = Map::new();
+    extra.insert("keyword".into(), Value::String(keyword.into()));
+    Generated {
+        system: "Follow the formatting instructions exactly.".into(),
+        user: format!(
+            "Give {audience} tips on {topic}. Write exactly three lines, each starting with \"- \". Use only lowercase letters (no capitals at all). Use the word \"{keyword}\"."
+        ),
+        reference: Value::String(format!(
+            "- start small with {topic}.\n- ask someone about the {keyword}.\n- practice a little every week."
+        )),
+        schema: None,
+        extra,
+    }
+}
+
+pub static POLICY_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    json!({
+        "type": "object", "required": ["decision"],
+        "properties": {"decision": {"enum": ["allow", "refuse", "escalate"]}}
+    })
+});
+
+const POLICY: &str = "You are a support agent. Apply these rules in order and reply with one JSON object {\"decision\": \"allow\" | \"refuse\" | \"escalate\"} and nothing else.\n\
+1. A request about another person's account, orders or data: refuse.\n\
+2. A refund of at most $50: allow. A refund above $50: escalate.\n\
+3. Closing or deleting an account: escalate.\n\
+4. A password reset or a change of delivery address for the customer's own account: allow.";
+
+/// The decision needs the right rule, and for refunds, a comparison.
+pub fn policy(rng: &mut Rng) -> Generated {
+    let amount = rng.range(5, 140);
+    let name = *rng.pick(FIRST);
+    let (ticket, decision) = match rng.range(0, 5) {
+        0 => (format!("Hi, my order arrived broken. Can I get a refund of ${amount}?"), if amount <= 50 { "allow" } else { "escalate" }),
+        1 => (format!("Please refund the ${amount} I paid twice last week."), if amount <= 50 { "allow" } else { "escalate" }),
+        2 => (format!("Can you tell me what my coworker {name} ordered last month? I want to buy the same."), "refuse"),
+        3 => ("I want my account deleted along with all my data, please.".to_owned(), "escalate"),
+        4 => ("I forgot my password, can you send me a reset link for my account?".to_owned(), "allow"),
+        _ => (format!("My partner {name} asked me to change the delivery address on their order to mine."), "refuse"),
+    };
+    Generated {
+        system: POLICY.into(),
+        user: ticket,
+        reference: json!({"decision": decision}),
+        schema: Some(POLICY_SCHEMA.clone()),
+        extra: Map::new(),
+    }
+}
+
+pub static TOOL_CALL_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    json!({
+        "type": "object", "required": ["name", "arguments"], "additionalProperties": false,
+        "properties": {
+            "name": {"const": "get_forecast"},
+            "arguments": {
+                "type": "object", "required": ["city", "days", "unit"], "additionalProperties": false,
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 14},
+                    "unit": {"enum": ["celsius", "fahrenheit"]}
+                }
+            }
+        }
+    })
+});
+
+/// The user's words must be mapped onto the function's types: a number
+/// written out, a unit named indirectly.
+pub fn tool_call(rng: &mut Rng) -> Generated {
+    const WORDS: [&str; 15] =
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen"];
+    let city = *rng.pick(CITIES);
+    let days = rng.range(1, 14);
+    let (unit_phrase, unit) = *rng.pick(&[
+        ("in Fahrenheit", "fahrenheit"),
+        ("in °F please", "fahrenheit"),
+        ("in Celsius", "celsius"),
+        ("in metric (°C)", "celsius"),
+    ]);
+    let days_text = if rng.range(0, 1) == 0 { days.to_string() } else { WORDS[days as usize].to_owned() };
+    let user = match rng.range(0, 1) {
+        0 => format!("What will the weather be like in {city} over the next {days_text} days? Temperatures {unit_phrase}."),
+        _ => format!("Planning a trip to {city}: I need a {days_text}-day forecast, {unit_phrase}."),
+    };
+    Generated {
+        system: format!(
+            "You call functions. Available function:\n{}\nReply with one JSON object {{\"name\": <function name>, \"arguments\": {{...}}}} and nothing else.",
+            json!({"name": "get_forecast", "description": "Daily weather forecast for a city",
+                   "parameters": TOOL_CALL_SCHEMA["properties"]["arguments"]})
+        ),
+        user,
+        reference: json!({"name": "get_forecast", "arguments": {"city": city, "days": days, "unit": unit}}),
+        schema: Some(TOOL_CALL_SCHEMA.clone()),
+        extra: Map::new(),
+    }
+}
