@@ -132,19 +132,31 @@ const TOPICS: &[(&str, &str)] = &[
     ("learning chess", "opening"),
     ("brewing coffee", "grind"),
     ("moving house", "boxes"),
+    ("painting a room", "primer"),
+    ("starting a podcast", "microphone"),
+    ("caring for a puppy", "leash"),
+    ("planting a hedge", "spade"),
+    ("learning guitar", "chords"),
+    ("hiking in the rain", "boots"),
+    ("fixing a bike tyre", "patch"),
+    ("cooking rice", "water"),
 ];
 
 /// Three checkable constraints at once: exactly three "- " bullet lines,
 /// no capital letters, and a given keyword.
 pub fn instructions(rng: &mut Rng) -> Generated {
     let (topic, keyword) = *rng.pick(TOPICS);
-    let audience = *rng.pick(&["a beginner", "a child", "a busy parent", "a student", "a retiree"]);
+    let audience = *rng.pick(&[
+        "a beginner", "a child", "a busy parent", "a student", "a retiree", "a nurse on night shifts", "a teenager",
+        "a new neighbour",
+    ]);
+    let tone = *rng.pick(&["friendly", "practical", "cheerful", "calm", "short"]);
     let mut extra = Map::new();
     extra.insert("keyword".into(), Value::String(keyword.into()));
     Generated {
         system: "Follow the formatting instructions exactly.".into(),
         user: format!(
-            "Give {audience} tips on {topic}. Write exactly three lines, each starting with \"- \". Use only lowercase letters (no capitals at all). Use the word \"{keyword}\"."
+            "Give {audience} {tone} tips on {topic}. Write exactly three lines, each starting with \"- \". Use only lowercase letters (no capitals at all). Use the word \"{keyword}\"."
         ),
         reference: Value::String(format!(
             "- start small with {topic}.\n- ask someone about the {keyword}.\n- practice a little every week."
@@ -171,12 +183,14 @@ const POLICY: &str = "You are a support agent. Apply these rules in order and re
 pub fn policy(rng: &mut Rng) -> Generated {
     let amount = rng.range(5, 140);
     let name = *rng.pick(FIRST);
+    // An order number makes every ticket distinct without bearing on the rules.
+    let order = rng.range(10_000, 99_999);
     let (ticket, decision) = match rng.range(0, 5) {
-        0 => (format!("Hi, my order arrived broken. Can I get a refund of ${amount}?"), if amount <= 50 { "allow" } else { "escalate" }),
+        0 => (format!("Hi, my order #{order} arrived broken. Can I get a refund of ${amount}?"), if amount <= 50 { "allow" } else { "escalate" }),
         1 => (format!("Please refund the ${amount} I paid twice last week."), if amount <= 50 { "allow" } else { "escalate" }),
-        2 => (format!("Can you tell me what my coworker {name} ordered last month? I want to buy the same."), "refuse"),
-        3 => ("I want my account deleted along with all my data, please.".to_owned(), "escalate"),
-        4 => ("I forgot my password, can you send me a reset link for my account?".to_owned(), "allow"),
+        2 => (format!("Can you tell me what my coworker {name} ordered last month (order #{order})? I want to buy the same."), "refuse"),
+        3 => (format!("I want my account deleted along with all my data, please. My last order was #{order}."), "escalate"),
+        4 => (format!("I forgot my password, can you send me a reset link for my account? (order #{order})"), "allow"),
         _ => (format!("My partner {name} asked me to change the delivery address on their order to mine."), "refuse"),
     };
     Generated {
