@@ -3,13 +3,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flywheel_tuner::dataset::{self, jsonl, pii};
-use flywheel_tuner::grader::Grader;
+use flywheel_tuner::grader::{Grader, GraderOptions};
 use flywheel_tuner::tasks::Task;
 use flywheel_tuner::{Item, Sample};
 use serde_json::Value;
@@ -19,6 +22,59 @@ use serde_json::Value;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where graders that reach outside the process go: the `score_model`
+/// judge, the `python` interpreter and its limits, `endpoint` timeouts.
+#[derive(clap::Args)]
+struct GraderArgs {
+    /// OpenAI-compatible API that `score_model` graders call (the Flywheel gateway by default).
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+    judge_url: String,
+    /// Bearer key for the judge.
+    #[arg(long, env = "FLYWHEEL_API_KEY", hide_env_values = true)]
+    judge_api_key: Option<String>,
+    /// Seconds before a judge request is abandoned (a grading error).
+    #[arg(long, default_value_t = 120.0)]
+    judge_timeout_secs: f64,
+    /// Directory for the `score_model` reply cache (`score_model.cache.jsonl`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Interpreter for `python` graders.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Wall-clock limit per sample for `python` graders.
+    #[arg(long, default_value_t = 10.0)]
+    python_timeout_secs: f64,
+    /// Address-space limit of a `python` grader worker, in MiB.
+    #[arg(long, default_value_t = 512)]
+    python_memory_mib: u64,
+    /// Seconds before an `endpoint` request is abandoned.
+    #[arg(long, default_value_t = 60.0)]
+    endpoint_timeout_secs: f64,
+}
+
+impl GraderArgs {
+    fn options(&self) -> Result<GraderOptions> {
+        let secs = |name: &str, s: f64| {
+            if s.is_finite() && s > 0.0 {
+                Ok(Duration::from_secs_f64(s))
+            } else {
+                bail!("--{name} must be a positive number of seconds")
+            }
+        };
+        Ok(GraderOptions {
+            judge_base_url: self.judge_url.clone(),
+            judge_api_key: self.judge_api_key.clone().filter(|k| !k.is_empty()),
+            judge_timeout: secs("judge-timeout-secs", self.judge_timeout_secs)?,
+            cache_dir: self.cache_dir.clone(),
+            python: self.python.clone(),
+            python_timeout: secs("python-timeout-secs", self.python_timeout_secs)?,
+            python_memory_bytes: self.python_memory_mib << 20,
+            endpoint_timeout: secs("endpoint-timeout-secs", self.endpoint_timeout_secs)?,
+            ..GraderOptions::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -73,6 +129,22 @@ enum Command {
         /// Grade each item's own `reference_answer` (checks a grader against its data).
         #[arg(long, conflicts_with = "samples")]
         references: bool,
+        #[command(flatten)]
+        options: GraderArgs,
+    },
+    /// Serves a grader as an HTTP reward function speaking the Bedrock RFT
+    /// reward-Lambda contract (`POST /` or `/reward` with a JSON array of
+    /// `{"id", "messages": [..., assistant answer], "reference_answer", ...}`,
+    /// answered with `{"id", "aggregate_reward_score", "metrics_list"}`s).
+    ServeReward {
+        /// The grader config (JSON file).
+        #[arg(long)]
+        grader: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        options: GraderArgs,
     },
 }
 
@@ -98,7 +170,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if read.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Clean { input, out, mask, patterns } => clean(&input, &out, mask, &patterns),
-        Command::Grade { grader, dataset, samples, references } => grade(&grader, &dataset, samples.as_deref(), references),
+        Command::Grade { grader, dataset, samples, references, options } => {
+            grade(&grader, &dataset, samples.as_deref(), references, &options.options()?)
+        }
+        Command::ServeReward { grader, listen, options } => serve_reward(&grader, listen, &options.options()?),
     }
 }
 
@@ -174,10 +249,32 @@ fn clean(input: &Path, out: &Path, mask: bool, patterns: &[String]) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool) -> Result<ExitCode> {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(grader).with_context(|| format!("reading {}", grader.display()))?)
-        .with_context(|| format!("{} is not JSON", grader.display()))?;
-    let grader = Grader::from_config(&config).map_err(|e| anyhow::anyhow!("invalid grader config: {e}"))?;
+fn load_grader(path: &Path, options: &GraderOptions) -> Result<Grader> {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    Grader::from_config_with(&config, options).map_err(|e| anyhow::anyhow!("invalid grader config: {e}"))
+}
+
+fn serve_reward(grader: &Path, listen: SocketAddr, options: &GraderOptions) -> Result<ExitCode> {
+    let grader = Arc::new(load_grader(grader, options)?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!("serving grader `{}` ({}) on http://{addr}/ (POST / or /reward)", grader.name(), grader.kind());
+        if let Some(layers) = grader.python_sandbox() {
+            eprintln!("python sandbox: {layers}");
+        }
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        flywheel_tuner::grader::serve::serve(listener, grader, shutdown).await.context("serving")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool, options: &GraderOptions) -> Result<ExitCode> {
+    let grader = load_grader(grader, options)?;
     let items = read_dataset(dataset)?;
     let pairs: Vec<(Sample, &Item)> = if references {
         items
@@ -210,8 +307,12 @@ fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool
         pairs
     };
     let (mut sum, mut graded, mut passed, mut errors) = (0.0, 0usize, 0usize, 0usize);
-    for (sample, item) in &pairs {
-        match grader.grade(sample, item) {
+    // One batch: an `endpoint` grader makes one request, a `python` one
+    // starts one worker, a `score_model` one asks the judge concurrently.
+    let owned: Vec<(Sample, Item)> = pairs.iter().map(|(s, i)| (s.clone(), (*i).clone())).collect();
+    let results = grader.grade_batch(&owned);
+    for ((_, item), result) in pairs.iter().zip(results) {
+        match result {
             Ok(g) => {
                 println!("{}\t{:.3}\t{}\t{}", item.id(), g.score, if g.passed { "pass" } else { "fail" }, g.reason);
                 sum += g.score;

@@ -334,6 +334,18 @@ pub struct ProviderConfig {
     /// USD per 1M completion tokens.
     #[serde(default)]
     pub price_output_per_1m: f64,
+    /// USD per second of an attempt's upstream time (connect to last byte),
+    /// for self-hosted engines priced by compute: e.g. a $0.10/hour CPU
+    /// replica serving one request at a time is 0.10 / 3600. Added to the
+    /// token prices.
+    #[serde(default)]
+    pub price_per_second: f64,
+    /// Send the client's `response_format` to this provider. `false`: the
+    /// gateway still validates the answer against it (and retries or falls
+    /// back on failure), but the provider answers unconstrained, as a
+    /// provider without structured outputs would.
+    #[serde(default = "default_true")]
+    pub forward_response_format: bool,
     /// How a stream cut mid-answer is continued on this provider.
     #[serde(default)]
     pub continuation: Continuation,
@@ -348,6 +360,10 @@ pub struct ProviderConfig {
     /// How often replicas are health-checked.
     #[serde(default = "default_health_check_ms")]
     pub health_check_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_health_path() -> String {

@@ -95,7 +95,7 @@ impl Config {
                     "must start with / (and health_check_ms must be > 0)",
                 ));
             }
-            if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 {
+            if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0 {
                 return Err(invalid(format!("providers.{name}.price_*"), "prices must not be negative"));
             }
         }

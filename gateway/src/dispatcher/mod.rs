@@ -136,6 +136,11 @@ impl Call {
     fn upstream_body(&self, target: &Target, continue_from: Option<&str>) -> Value {
         let mut body = self.body.clone();
         body["model"] = Value::String(target.model.clone());
+        if !target.provider.forward_response_format {
+            if let Some(obj) = body.as_object_mut() {
+                obj.remove("response_format");
+            }
+        }
         if self.stream {
             body["stream_options"] = serde_json::json!({"include_usage": true});
         }
@@ -228,7 +233,7 @@ impl<'a> AttemptRecord<'a> {
             prompt_tokens: prompt,
             completion_tokens: completion,
             tokens_estimated: estimated,
-            cost_usd: provider.cost(prompt, completion),
+            cost_usd: provider.cost(prompt, completion, elapsed),
         });
     }
 }
@@ -355,10 +360,30 @@ impl Outcome {
     }
 }
 
+/// What a request cost over all its attempts, as the client is told in the
+/// `x-flywheel-*` response headers (an offline eval reads them to price a
+/// fallback chain without querying ClickHouse).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub attempts: u32,
+    /// Index in the variant's fallback chain of the target that answered.
+    pub fallback_depth: u32,
+    /// Billed tokens: the sum over attempts, failed ones included.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Totals {
+    pub fn retries(&self) -> u32 {
+        self.attempts.saturating_sub(1)
+    }
+}
+
 /// Builds and records the event of a finished request. Callers record it
 /// before the client gets the end of the answer, so that an answered request
 /// always has its event in the log.
-pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) {
+pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
     let Outcome { status, answered_by, tokens, ttft, response } = outcome;
     let latency = call.start.elapsed();
     if let Some(key) = &call.token_key {
@@ -428,10 +453,18 @@ pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) {
     } else {
         Vec::new()
     };
+    let totals = Totals {
+        attempts: event.attempts.len() as u32,
+        fallback_depth: event.fallback_depth,
+        prompt_tokens: event.attempts.iter().map(|a| a.prompt_tokens).sum(),
+        completion_tokens: event.attempts.iter().map(|a| a.completion_tokens).sum(),
+        cost_usd: event.cost_usd,
+    };
     state.sink.record(Record::Inference(event));
     for feedback in implied {
         state.sink.record(Record::Feedback(feedback));
     }
+    totals
 }
 
 /// `usage.{prompt_tokens, completion_tokens}` of an answer, if present.

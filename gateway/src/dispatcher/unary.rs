@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{
     backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger, Outcome, Plan,
+    Totals,
 };
 use crate::error::GatewayError;
 use crate::metering::{tokens, AttemptOutcome};
@@ -22,7 +23,8 @@ pub struct Answer {
     pub model: String,
 }
 
-pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> {
+/// The answer or the error, and in both cases what the attempts cost.
+pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>, Totals) {
     let retry = &call.route.retry;
     let targets = call.targets();
     let mut plan = Plan::new(retry, targets.len());
@@ -71,8 +73,8 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
                         let response = state.capture_bodies().then(|| answer.to_string());
                         let answer = Answer { body: answer, provider: a.provider.clone(), model: a.model.clone() };
                         let outcome = Outcome { status: StatusCode::OK, answered_by: Some(answered), tokens, ttft: None, response };
-                        finish(state, call, ledger, outcome);
-                        return Ok(answer);
+                        let totals = finish(state, call, ledger, outcome);
+                        return (Ok(answer), totals);
                     }
                     Err(reason) => {
                         Failed { outcome: AttemptOutcome::ValidationFailed, reason, failure: Failure::Validation, rejected: None }
@@ -93,8 +95,8 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
         record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, 0);
         if let Some((status, body)) = failed.rejected {
             if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                finish(state, call, ledger, Outcome::failed(status, None));
-                return Err(GatewayError::UpstreamRejected { status, body });
+                let totals = finish(state, call, ledger, Outcome::failed(status, None));
+                return (Err(GatewayError::UpstreamRejected { status, body }), totals);
             }
         }
         if let Some(wait) = plan.next(failed.failure) {
@@ -102,8 +104,8 @@ pub async fn run(state: &AppState, call: &Call) -> Result<Answer, GatewayError> 
         }
     }
     let error = exhausted_error(call, &ledger);
-    finish(state, call, ledger, Outcome::failed(error.status(), None));
-    Err(error)
+    let totals = finish(state, call, ledger, Outcome::failed(error.status(), None));
+    (Err(error), totals)
 }
 
 /// Every choice with text content must pass the requested validation.

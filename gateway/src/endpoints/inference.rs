@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
-use crate::dispatcher::{run_stream, run_unary, Call, Operation, Validator};
+use crate::dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator};
 use crate::error::GatewayError;
 use crate::middleware::{RequestStart, Tenant};
 use crate::AppState;
@@ -102,6 +102,23 @@ fn flywheel_headers(headers: &mut HeaderMap, id: &str, variant: &str, provider: 
     }
 }
 
+/// What the request cost over all its attempts (unary answers and errors;
+/// a stream's headers leave before its attempts are done).
+fn totals_headers(headers: &mut HeaderMap, totals: &Totals) {
+    for (name, value) in [
+        ("x-flywheel-attempts", totals.attempts.to_string()),
+        ("x-flywheel-retries", totals.retries().to_string()),
+        ("x-flywheel-fallback-depth", totals.fallback_depth.to_string()),
+        ("x-flywheel-prompt-tokens", totals.prompt_tokens.to_string()),
+        ("x-flywheel-completion-tokens", totals.completion_tokens.to_string()),
+        ("x-flywheel-cost-usd", format!("{:.9}", totals.cost_usd)),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
 fn error_response(error: GatewayError, id: &str) -> Response {
     let mut response = error.into_response();
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -120,10 +137,15 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
         let result = run_unary(&state, &call).await;
         (call, result)
     });
-    let (call, result) = task.await.map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
+    let (call, (result, totals)) =
+        task.await.map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
     let mut answer = match result {
         Ok(answer) => answer,
-        Err(e) => return Ok(error_response(e, &call.id)),
+        Err(e) => {
+            let mut response = error_response(e, &call.id);
+            totals_headers(response.headers_mut(), &totals);
+            return Ok(response);
+        }
     };
     if let Some(obj) = answer.body.as_object_mut() {
         if call.op != Operation::Embedding {
@@ -133,6 +155,7 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
     }
     let mut response = Json(answer.body).into_response();
     flywheel_headers(response.headers_mut(), &call.id, call.variant_name(), &answer.provider, &answer.model);
+    totals_headers(response.headers_mut(), &totals);
     Ok(response)
 }
 

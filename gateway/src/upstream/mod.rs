@@ -41,6 +41,9 @@ pub struct Provider {
     headers: HeaderMap,
     pub price_input_per_1m: f64,
     pub price_output_per_1m: f64,
+    pub price_per_second: f64,
+    /// Whether `response_format` is sent upstream (the gateway validates it either way).
+    pub forward_response_format: bool,
     pub continuation: Continuation,
     pub breaker: CircuitBreaker,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -94,6 +97,8 @@ impl Provider {
             headers,
             price_input_per_1m: cfg.price_input_per_1m,
             price_output_per_1m: cfg.price_output_per_1m,
+            price_per_second: cfg.price_per_second,
+            forward_response_format: cfg.forward_response_format,
             continuation: cfg.continuation,
             breaker: CircuitBreaker::new(name, cb, metrics),
             client,
@@ -137,8 +142,11 @@ impl Provider {
         }
     }
 
-    pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
+    /// USD for one attempt: its tokens at the per-token prices plus its
+    /// upstream time at the per-second price (self-hosted engines).
+    pub fn cost(&self, prompt: u64, completion: u64, elapsed: Duration) -> f64 {
         crate::metering::cost_usd(prompt, completion, self.price_input_per_1m, self.price_output_per_1m)
+            + elapsed.as_secs_f64() * self.price_per_second
     }
 }
 

@@ -49,6 +49,59 @@ async fn invalid_json_is_retried_then_falls_back() {
     assert_eq!(mock_stats(&mock).await["scenarios"]["sloppy"]["requests"], 2);
 }
 
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers().get(name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+}
+
+/// The response headers carry what the whole chain cost: attempts, the
+/// fallback depth, tokens billed by every attempt (failed ones included)
+/// and the USD cost with the per-second price of a self-hosted provider.
+/// With `forward_response_format = false` the sloppy provider never sees
+/// the schema, yet the gateway still validates its answers.
+#[tokio::test]
+async fn totals_headers_and_unforwarded_response_format() {
+    let mock = start_mock(&[]);
+    let cfg = config(&mock)
+        .replace("[providers.careful]\n", "[providers.careful]\nprice_per_second = 50.0\n")
+        .replace("[providers.sloppy]\n", "[providers.sloppy]\nforward_response_format = false\n");
+    let gw = start_gateway(&cfg);
+    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-flywheel-attempts"), "3");
+    assert_eq!(header(&r, "x-flywheel-retries"), "2");
+    assert_eq!(header(&r, "x-flywheel-fallback-depth"), "1");
+    let id = header(&r, "x-flywheel-request-id").to_owned();
+    let prompt: u64 = header(&r, "x-flywheel-prompt-tokens").parse().unwrap();
+    let completion: u64 = header(&r, "x-flywheel-completion-tokens").parse().unwrap();
+    let cost: f64 = header(&r, "x-flywheel-cost-usd").parse().unwrap();
+    let e = event_for(&gw, &id);
+    let attempts = e["attempts"].as_array().unwrap();
+    let sum = |k: &str| attempts.iter().map(|a| a[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(prompt, sum("prompt_tokens"));
+    assert_eq!(completion, sum("completion_tokens"));
+    assert!(prompt > e["prompt_tokens"].as_u64().unwrap(), "failed attempts are billed too");
+    assert!((cost - e["cost_usd"].as_f64().unwrap()).abs() < 1e-8, "{cost} vs {e}");
+    let last = &attempts[2];
+    let tokens_only = (last["prompt_tokens"].as_f64().unwrap() * 1.0 + last["completion_tokens"].as_f64().unwrap() * 2.0) / 1e6;
+    let compute = last["latency_ms"].as_f64().unwrap() / 1000.0 * 50.0;
+    assert!((last["cost_usd"].as_f64().unwrap() - tokens_only - compute).abs() < 1e-6, "{last}");
+    let stats = mock_stats(&mock).await;
+    let sent = |scenario: &str| stats["scenarios"][scenario]["last_body"].clone();
+    assert!(sent("sloppy").get("response_format").is_none(), "{}", sent("sloppy"));
+    assert!(sent("careful").get("response_format").is_some());
+
+    // An exhausted chain reports its totals on the error too.
+    let cfg = format!(
+        "{}\n[[routes]]\nname = \"extract\"\n[[routes.variants]]\nname = \"v\"\ntargets = [{{ provider = \"wrong\", model = \"m\" }}]\n",
+        mock_provider("wrong", &mock, &[("x-mock-text", "not json")])
+    );
+    let gw = start_gateway(&cfg);
+    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(header(&r, "x-flywheel-attempts"), "2");
+    assert!(header(&r, "x-flywheel-cost-usd").parse::<f64>().unwrap() > 0.0);
+}
+
 #[tokio::test]
 async fn schema_mismatch_is_a_validation_failure() {
     let mock = start_mock(&[]);

@@ -14,9 +14,23 @@ pub(crate) struct Cfg<'a> {
 
 impl<'a> Cfg<'a> {
     pub fn new(value: &'a Value, path: &str, allowed: &[&str]) -> Result<Self, GraderError> {
+        Self::object(value, path, allowed, "a grader config must be a JSON object")
+    }
+
+    /// An optional nested object (`sampling_params`), read as strictly.
+    pub fn opt_nested(&self, key: &str, allowed: &[&str]) -> Result<Option<Cfg<'a>>, GraderError> {
+        self.opt(key).map(|v| Self::object(v, &self.path(key), allowed, "must be a JSON object")).transpose()
+    }
+
+    /// Any object below this one, at `path`, read as strictly.
+    pub fn at(value: &'a Value, path: &str, allowed: &[&str]) -> Result<Cfg<'a>, GraderError> {
+        Self::object(value, path, allowed, "must be a JSON object")
+    }
+
+    fn object(value: &'a Value, path: &str, allowed: &[&str], not_object: &str) -> Result<Self, GraderError> {
         let obj = value.as_object().ok_or_else(|| GraderError::Config {
             path: path.to_owned(),
-            message: "a grader config must be a JSON object".into(),
+            message: not_object.into(),
         })?;
         let cfg = Cfg { obj, path: path.to_owned() };
         if let Some(key) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -51,6 +65,15 @@ impl<'a> Cfg<'a> {
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, GraderError> {
         self.opt(key).map(|v| v.as_f64().ok_or_else(|| self.err(key, "must be a number"))).transpose()
+    }
+
+    /// A non-negative integer.
+    pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, GraderError> {
+        self.opt(key).map(|v| v.as_u64().ok_or_else(|| self.err(key, "must be a non-negative integer"))).transpose()
+    }
+
+    pub fn req_array(&self, key: &str) -> Result<&'a Vec<Value>, GraderError> {
+        self.req(key)?.as_array().ok_or_else(|| self.err(key, "must be an array"))
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, GraderError> {

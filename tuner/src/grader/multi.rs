@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::config::Cfg;
 use super::expr::Expr;
-use super::{Grader, GraderError};
+use super::{Grader, GraderError, GraderOptions, Scored};
 
 pub(crate) const FIELDS: &[&str] = &["graders", "calculate_output"];
 
@@ -17,14 +17,14 @@ pub(crate) struct Multi {
 }
 
 impl Multi {
-    pub fn from_cfg(cfg: &Cfg) -> Result<Self, GraderError> {
+    pub fn from_cfg(cfg: &Cfg, options: &GraderOptions) -> Result<Self, GraderError> {
         let map = cfg.req("graders")?.as_object().ok_or_else(|| cfg.err("graders", "must be an object of name -> grader config"))?;
         if map.is_empty() {
             return Err(cfg.err("graders", "must hold at least one grader"));
         }
         let graders = map
             .iter()
-            .map(|(key, sub)| Ok((key.clone(), Grader::from_config_at(sub, &cfg.path(&format!("graders.{key}")))?)))
+            .map(|(key, sub)| Ok((key.clone(), Grader::from_config_at(sub, &cfg.path(&format!("graders.{key}")), options)?)))
             .collect::<Result<Vec<_>, GraderError>>()?;
         let names: Vec<&str> = graders.iter().map(|(k, _)| k.as_str()).collect();
         // Parsed now so that a typo in a sub-grader name fails before training starts.
@@ -32,11 +32,32 @@ impl Multi {
         Ok(Self { graders, expr })
     }
 
-    pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
+    pub fn score(&self, ctx: &Value) -> Scored {
+        let grades: Vec<_> = self.graders.iter().map(|(_, g)| g.grade_ctx(ctx)).collect();
+        self.combine(grades)
+    }
+
+    /// Each sub-grader grades the whole batch (so an `endpoint` or `python`
+    /// sub-grader batches too), then the scores are combined per sample.
+    pub fn score_batch(&self, ctxs: &[Value]) -> Vec<Scored> {
+        let mut per_grader: Vec<std::vec::IntoIter<_>> =
+            self.graders.iter().map(|(_, g)| g.grade_batch_ctx(ctxs).into_iter()).collect();
+        (0..ctxs.len())
+            .map(|_| {
+                let grades = per_grader
+                    .iter_mut()
+                    .map(|it| it.next().unwrap_or_else(|| Err(GraderError::Grading { grader: "?".into(), message: "no result".into() })))
+                    .collect();
+                self.combine(grades)
+            })
+            .collect()
+    }
+
+    fn combine(&self, grades: Vec<Result<super::Grade, GraderError>>) -> Scored {
         let mut scores = HashMap::new();
         let mut parts = Vec::new();
-        for (key, grader) in &self.graders {
-            let grade = grader.grade_ctx(ctx).map_err(|e| format!("sub-grader `{key}` failed: {e}"))?;
+        for ((key, _), grade) in self.graders.iter().zip(grades) {
+            let grade = grade.map_err(|e| format!("sub-grader `{key}` failed: {e}"))?;
             parts.push(format!("{key}={:.4}", grade.score));
             scores.insert(key.clone(), grade.score);
         }
@@ -103,6 +124,16 @@ mod tests {
         let e = g.grade(&Sample::from_text("41"), &item()).unwrap_err();
         assert!(matches!(&e, GraderError::Grading { grader, .. } if grader == "m"));
         assert!(e.to_string().contains("division by zero"), "{e}");
+    }
+
+    #[test]
+    fn batch_matches_one_by_one() {
+        let g = Grader::from_config(&config("0.5 * exact + 0.5 * has_digit")).unwrap();
+        let pairs: Vec<(Sample, Item)> = ["42", "41", "none"].iter().map(|t| (Sample::from_text(*t), item())).collect();
+        let batch = g.grade_batch(&pairs);
+        let single: Vec<_> = pairs.iter().map(|(s, i)| g.grade(s, i)).collect();
+        assert_eq!(batch, single);
+        assert_eq!(batch.iter().map(|r| r.as_ref().unwrap().score).collect::<Vec<_>>(), vec![1.0, 0.5, 0.0]);
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Helpers for tests and examples: tiny random-weight models in HF layout and the
+//! location of the real test model.
+//!
+//! A tiny model (2 layers, hidden 32) runs the full code path in milliseconds; the
+//! real model is only needed for end-to-end checks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::config::{Arch, ModelConfig};
+use crate::rng::Rng;
+
+/// Env var naming the real test model directory.
+pub const MODEL_DIR_ENV: &str = "FLYWHEEL_MODEL_DIR";
+/// Default real test model directory (SmolLM2-135M-Instruct, HF layout, F32).
+pub const DEFAULT_MODEL_DIR: &str = "/var/tmp/flywheel/models/smollm2/hf";
+
+/// The real model directory; panics with a clear message when it is missing.
+pub fn real_model_dir() -> PathBuf {
+    let dir = PathBuf::from(std::env::var(MODEL_DIR_ENV).unwrap_or_else(|_| DEFAULT_MODEL_DIR.to_string()));
+    assert!(
+        dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists(),
+        "real model missing: {} has no model.safetensors/tokenizer.json (set {MODEL_DIR_ENV} to an HF \
+         model dir, e.g. SmolLM2-135M-Instruct; CI fetches it)",
+        dir.display()
+    );
+    dir
+}
+
+/// A tiny Llama (or Qwen2 with q/k/v biases) config with GQA (4 heads, 2 KV heads).
+pub fn tiny_config(arch: Arch, vocab_size: usize) -> ModelConfig {
+    ModelConfig {
+        arch,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        vocab_size,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 512,
+        tie_word_embeddings: true,
+        attention_bias: arch == Arch::Qwen2,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+/// Random HF-named weights for `cfg` (normal-ish, std ~`scale`), norms around 1.
+pub fn random_weights(cfg: &ModelConfig, seed: u64, scale: f32) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut rng = Rng::new(seed);
+    let dev = Device::Cpu;
+    let mut t = HashMap::new();
+    // Sum of 3 uniforms: cheap, roughly normal; std of U(-a,a) is a/sqrt(3).
+    let randn = |shape: &[usize], std: f32, rng: &mut Rng| -> candle_core::Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let a = std; // std of sum of 3 U(-a, a) is a.
+        let v: Vec<f32> = (0..n).map(|_| (0..3).map(|_| a * (2.0 * rng.next_f32() - 1.0)).sum()).collect();
+        Tensor::from_vec(v, shape, &dev)
+    };
+    let h = cfg.hidden_size;
+    t.insert("model.embed_tokens.weight".into(), randn(&[cfg.vocab_size, h], 1.0, &mut rng)?);
+    for i in 0..cfg.num_hidden_layers {
+        for name in crate::lora::ALL_TARGETS {
+            let (out, inp) = cfg.proj_shape(name).unwrap();
+            let group = crate::lora::module_group(name);
+            let std = scale / (inp as f32).sqrt();
+            t.insert(format!("model.layers.{i}.{group}.{name}.weight"), randn(&[out, inp], std, &mut rng)?);
+            if cfg.attention_bias && matches!(name, "q_proj" | "k_proj" | "v_proj") {
+                t.insert(format!("model.layers.{i}.{group}.{name}.bias"), randn(&[out], 0.1, &mut rng)?);
+            }
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            t.insert(format!("model.layers.{i}.{n}.weight"), (randn(&[h], 0.1, &mut rng)? + 1.0)?);
+        }
+    }
+    t.insert("model.norm.weight".into(), (randn(&[h], 0.1, &mut rng)? + 1.0)?);
+    if !cfg.tie_word_embeddings {
+        t.insert("lm_head.weight".into(), randn(&[cfg.vocab_size, h], 1.0 / (h as f32).sqrt(), &mut rng)?);
+    }
+    Ok(t)
+}
+
+/// Writes a tiny random model as an HF directory (`config.json`, `model.safetensors`),
+/// copying tokenizer/generation files from `tokenizer_from` when given.
+pub fn write_tiny_model(dir: &Path, cfg: &ModelConfig, seed: u64, tokenizer_from: Option<&Path>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?)?;
+    let w = random_weights(cfg, seed, 1.0)?;
+    candle_core::safetensors::save(&w, dir.join("model.safetensors"))?;
+    if let Some(src) = tokenizer_from {
+        for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), dir.join(f))?;
+            }
+        }
+    }
+    Ok(())
+}

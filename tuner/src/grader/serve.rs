@@ -1,0 +1,261 @@
+//! `flywheel-tuner serve-reward`: any grader behind the Bedrock RFT
+//! reward-Lambda contract over HTTP (what the `endpoint` grader speaks), so
+//! a Flywheel grader can be the reward function of a Bedrock job or of
+//! another trainer.
+//!
+//! `POST /` or `POST /reward` with a JSON array of
+//! `{"id", "messages": [..., {"role": "assistant", "content": answer}], "reference_answer"?, ...}`.
+//! The last message, which must be the assistant's, is the sample (its text
+//! and `tool_calls`); the other messages, `reference_answer` and every other
+//! field (`id` included) make the item. The reply is a JSON array, in order:
+//!
+//! ```json
+//! [{"id": "a", "aggregate_reward_score": 1.0,
+//!   "metrics_list": [{"name": "<grader name>", "value": 1.0, "type": "Reward"},
+//!                    {"name": "passed", "value": 1, "type": "Metric"}]}]
+//! ```
+//!
+//! A sample the grader can't grade gets score 0, the metric
+//! `{"name": "error", "value": 1, "type": "Metric"}` and an `"error"`
+//! string (which the `endpoint` grader turns back into a grading error). A
+//! malformed body is HTTP 400 with `{"error": "entry 2 (id \"x\"): ..."}`.
+//! `GET /health` answers `ok`. Grading runs on the blocking pool, one
+//! [`Grader::grade_batch`] per request.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+use super::Grader;
+use crate::item::{Item, Message, Sample};
+
+/// Largest request body accepted (RFT batches can be big).
+pub const BODY_LIMIT: usize = 64 << 20;
+
+/// The reward server's routes.
+pub fn router(grader: Arc<Grader>) -> Router {
+    Router::new()
+        .route("/", post(reward))
+        .route("/reward", post(reward))
+        .route("/health", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(grader)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    grader: Arc<Grader>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(grader)).with_graceful_shutdown(shutdown).await
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": message }))).into_response()
+}
+
+async fn reward(State(grader): State<Arc<Grader>>, body: Bytes) -> Response {
+    let entries = match parse_request(&body) {
+        Ok(e) => e,
+        Err(message) => return bad_request(message),
+    };
+    let (ids, pairs): (Vec<String>, Vec<(Sample, Item)>) = entries.into_iter().map(|(id, s, i)| (id, (s, i))).unzip();
+    let g = grader.clone();
+    let results = match tokio::task::spawn_blocking(move || g.grade_batch(&pairs)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "error": format!("grading failed: {e}") }))).into_response();
+        }
+    };
+    let out: Vec<Value> = ids
+        .into_iter()
+        .zip(results)
+        .map(|(id, r)| match r {
+            Ok(g) => json!({
+                "id": id,
+                "aggregate_reward_score": g.score,
+                "metrics_list": [
+                    {"name": grader.name(), "value": g.score, "type": "Reward"},
+                    {"name": "passed", "value": u8::from(g.passed), "type": "Metric"},
+                ],
+            }),
+            Err(e) => json!({
+                "id": id,
+                "aggregate_reward_score": 0.0,
+                "metrics_list": [{"name": "error", "value": 1, "type": "Metric"}],
+                "error": e.to_string(),
+            }),
+        })
+        .collect();
+    axum::Json(Value::Array(out)).into_response()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The request's `(id, sample, item)`s, or what is wrong with it.
+pub fn parse_request(body: &[u8]) -> Result<Vec<(String, Sample, Item)>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let Value::Array(list) = value else {
+        return Err(format!("the body must be a JSON array of samples, got {}", type_name(&value)));
+    };
+    list.into_iter().enumerate().map(|(i, entry)| parse_entry(i, entry)).collect()
+}
+
+fn parse_entry(i: usize, entry: Value) -> Result<(String, Sample, Item), String> {
+    let Value::Object(mut obj) = entry else {
+        return Err(format!("entry {i}: must be an object, got {}", type_name(&entry)));
+    };
+    let id = match obj.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ Value::Number(_)) => v.to_string(),
+        Some(v) => return Err(format!("entry {i}: \"id\" must be a string or a number, got {}", type_name(v))),
+        None => return Err(format!("entry {i}: missing \"id\"")),
+    };
+    let at = format!("entry {i} (id {id:?})");
+    let messages = match obj.remove("messages") {
+        Some(Value::Array(m)) => m,
+        Some(v) => return Err(format!("{at}: \"messages\" must be an array, got {}", type_name(&v))),
+        None => return Err(format!("{at}: missing \"messages\"")),
+    };
+    let mut messages = messages
+        .into_iter()
+        .enumerate()
+        .map(|(j, m)| serde_json::from_value::<Message>(m).map_err(|e| format!("{at}: messages[{j}]: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answer = match messages.pop() {
+        Some(m) if m.role == "assistant" => m,
+        Some(m) => {
+            return Err(format!("{at}: the last message must be the assistant's answer to grade, got role {:?}", m.role));
+        }
+        None => return Err(format!("{at}: \"messages\" is empty; the last message must be the assistant's answer")),
+    };
+    let mut sample = Sample::from_text(answer.text());
+    if let Some(Value::Array(calls)) = answer.extra.get("tool_calls") {
+        sample.output_tools = calls.clone();
+    }
+    let reference_answer = obj.remove("reference_answer");
+    let extra: Map<String, Value> = obj;
+    Ok((id, sample, Item { messages, reference_answer, extra }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::router;
+    use crate::grader::testutil::Server;
+    use crate::grader::{Grader, GraderError};
+    use crate::item::{Item, Message, Sample};
+
+    fn reward_server() -> Server {
+        let g = Grader::from_config(&json!({
+            "type": "string_check", "name": "exact", "operation": "eq",
+            "input": "{{sample.output_text}}", "reference": "{{item.reference_answer.value}}"
+        }))
+        .unwrap();
+        Server::start(router(Arc::new(g)))
+    }
+
+    fn item(id: &str, value: Value) -> Item {
+        let mut item = Item::new(vec![Message::new("user", "2+2?")], Some(json!({"value": value})));
+        item.extra.insert("id".into(), json!(id));
+        item
+    }
+
+    #[test]
+    fn endpoint_grader_round_trips_through_serve_reward() {
+        let server = reward_server();
+        for path in ["/", "/reward"] {
+            let g = Grader::from_config(&json!({"type": "endpoint", "name": "remote", "url": server.url(path)})).unwrap();
+            let pairs = vec![
+                (Sample::from_text("4"), item("pass", json!("4"))),
+                (Sample::from_text("5"), item("fail", json!("4"))),
+                // The remote grader can't render its reference: an error, not a 0.
+                (Sample::from_text("4"), Item::new(vec![Message::new("user", "q")], Some(json!("4")))),
+            ];
+            let r = g.grade_batch(&pairs);
+            let pass = r[0].as_ref().unwrap();
+            assert_eq!((pass.score, pass.passed), (1.0, true));
+            assert_eq!(pass.reason, "exact=1.0, passed=1");
+            let fail = r[1].as_ref().unwrap();
+            assert_eq!((fail.score, fail.passed), (0.0, false));
+            assert_eq!(fail.reason, "exact=0.0, passed=0");
+            let e = r[2].as_ref().unwrap_err();
+            assert!(matches!(e, GraderError::Grading { .. }), "{e}");
+            assert!(e.to_string().contains("reference_answer.value"), "{e}");
+        }
+    }
+
+    fn post(server: &Server, body: &str) -> (u16, Value) {
+        let resp = reqwest::blocking::Client::new()
+            .post(server.url("/"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap())
+    }
+
+    #[test]
+    fn reply_shape() {
+        let server = reward_server();
+        let (status, body) = post(
+            &server,
+            r#"[{"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "text", "text": "4"}]}], "reference_answer": {"value": "4"}},
+                {"id": 7, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "4"}]}]"#,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            body[0],
+            json!({"id": "x", "aggregate_reward_score": 1.0, "metrics_list": [
+                {"name": "exact", "value": 1.0, "type": "Reward"}, {"name": "passed", "value": 1, "type": "Metric"}]})
+        );
+        assert_eq!(body[1]["id"], "7");
+        assert_eq!(body[1]["aggregate_reward_score"], 0.0);
+        assert_eq!(body[1]["metrics_list"], json!([{"name": "error", "value": 1, "type": "Metric"}]));
+        assert!(body[1]["error"].as_str().unwrap().contains("item.reference_answer"), "{body}");
+        assert_eq!(post(&server, "[]"), (200, json!([])));
+    }
+
+    #[test]
+    fn malformed_bodies_are_400_naming_the_problem() {
+        let server = reward_server();
+        for (body, expected) in [
+            ("not json", "the body is not JSON"),
+            (r#"{"id": "a"}"#, "must be a JSON array of samples, got an object"),
+            ("[3]", "entry 0: must be an object"),
+            (r#"[{"messages": []}]"#, "entry 0: missing \"id\""),
+            (r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]}, {"id": "b"}]"#, "entry 1 (id \"b\"): missing \"messages\""),
+            (r#"[{"id": "a", "messages": "hi"}]"#, "\"messages\" must be an array"),
+            (r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}]}]"#, "the last message must be the assistant's answer"),
+            (r#"[{"id": "a", "messages": []}]"#, "\"messages\" is empty"),
+            (r#"[{"id": "a", "messages": [{"content": "q"}]}]"#, "messages[0]"),
+            (r#"[{"id": true, "messages": []}]"#, "\"id\" must be a string or a number"),
+        ] {
+            let (status, reply) = post(&server, body);
+            assert_eq!(status, 400, "{body}");
+            let msg = reply["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(expected), "{body}: {msg}");
+        }
+    }
+}
