@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use flywheel_feedback::store::rows::{AttemptRow, FeedbackRow, InferenceRow, TrainingUsageRow};
+use flywheel_feedback::store::rows::{
+    AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+};
 use flywheel_feedback::store::{Migration, MIGRATIONS};
 
 async fn round_trip<T>(store: &flywheel_feedback::Store, table: &str, row: T)
@@ -111,6 +113,58 @@ async fn schema_round_trip_every_table() {
         &store,
         "training_usage",
         TrainingUsageRow { inference_id: "i-1".into(), dataset: "ds-2026-11".into(), ts_ms: 1_700_000_000_555 },
+    )
+    .await;
+    round_trip(
+        &store,
+        "eval_results",
+        EvalResultRow {
+            run_id: "run-1".into(),
+            ts_ms: 1_700_000_000_777,
+            dataset: "arithmetic.heldout.jsonl".into(),
+            grader: "arithmetic".into(),
+            config: "chain".into(),
+            model: "tasks".into(),
+            requests: 40,
+            request_errors: 2,
+            grader_errors: 1,
+            mean_score: 0.375,
+            mean_score_low: 0.25,
+            mean_score_high: 0.5,
+            pass_rate: 0.3,
+            pass_rate_low: 0.18,
+            pass_rate_high: 0.45,
+            tokens_per_request: 123.5,
+            retries_per_request: 0.75,
+            fallbacks_per_request: 0.25,
+            latency_p50_ms: 812.0,
+            latency_p95_ms: 2400.5,
+            cost_per_request_usd: 0.000_012_5,
+            quality_per_dollar: 30_000.0,
+            report_json: "{\"configs\":[]}".into(),
+        },
+    )
+    .await;
+    round_trip(
+        &store,
+        "training_steps",
+        TrainingStepRow {
+            run_id: "run-2".into(),
+            step: 17,
+            ts_ms: 1_700_000_000_888,
+            loss: -0.125,
+            reward_mean: 0.5,
+            reward_std: 0.25,
+            pass_rate: 0.375,
+            kl: 0.0625,
+            entropy: 1.5,
+            grad_norm: 0.875,
+            learning_rate: 1e-4,
+            response_len_mean: 21.5,
+            step_secs: 9.25,
+            tokens_per_sec: 18.5,
+            heldout_reward: Some(0.4375),
+        },
     )
     .await;
 

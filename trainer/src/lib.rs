@@ -14,13 +14,20 @@
 //! - [`testing`]: tiny random models for tests and the real-model location.
 
 pub mod config;
+pub mod export;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod rng;
+pub mod sample;
 pub mod testing;
+pub mod train;
 
 pub use config::{Arch, ModelConfig};
 pub use lora::{ForwardCtx, LoraConfig};
 pub use model::CausalLm;
 pub use rng::Rng;
+pub use sample::{ChatMessage, ChatTokenizer, SamplingConfig};
+pub use train::{PromptItem, StepMetrics, Trainer, TrainerConfig};

@@ -165,9 +165,14 @@ impl LoraLinear {
             }
             _ => x.clone(),
         };
-        let h = xin.broadcast_matmul(&l.a.as_tensor().t()?)?;
-        let d = h.broadcast_matmul(&l.b.as_tensor().t()?)?;
-        y + (d * l.scale)?
+        // 2-D matmuls against the transposed (strided) factors: a 3-D `broadcast_matmul`
+        // would materialise A^T and B^T once per batch row on every call.
+        let in_dim = *x.dims().last().unwrap();
+        let x2 = xin.reshape(((), in_dim))?;
+        let h = x2.matmul(&l.a.as_tensor().t()?)?;
+        let d = h.matmul(&l.b.as_tensor().t()?)?;
+        let shape = y.shape().clone();
+        y + (d * l.scale)?.reshape(shape)?
     }
 
     /// `W + scale * B A` (the weight a merged model stores).

@@ -248,6 +248,16 @@ impl CausalLm {
                 (k, v)
             }
         };
+        let o = self.attend(&q, &k, &v, mask)?;
+        l.o_proj.forward(&o, ctx)
+    }
+
+    /// Scaled dot-product attention. `q` [B, nh, T, D] (roped), `k`/`v` [B, nkv, S, D],
+    /// `mask` additive [B, 1, 1, T, S]. Returns [B, T, nh*D].
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (b, _, t, _) = q.dims4()?;
         let s = k.dim(2)?;
         let n_rep = nh / nkv;
         // GQA: query head h uses kv head h / n_rep, so heads are kv-major.
@@ -255,8 +265,84 @@ impl CausalLm {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.reshape((b, nkv, n_rep, t, s))?.broadcast_add(mask)?;
         let p = softmax_last_dim(&scores)?.reshape((b, nkv, n_rep * t, s))?;
-        let o = p.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        l.o_proj.forward(&o, ctx)
+        p.matmul(&v.contiguous()?)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))
+    }
+
+    /// Training forward for G continuations of one shared prompt, running the prompt
+    /// once instead of G times (the projections see `P + G*S` tokens, not `G*(P+S)`).
+    ///
+    /// `prompt`: P tokens; `suffix`: G rows of S tokens (right-padded; `suffix_valid`
+    /// marks real ones) that follow the prompt. Returns the final-normed hidden state of
+    /// the last prompt position [1, H] and of every suffix position [G, S, H].
+    /// Gradients flow through the prompt's keys/values from every row (the broadcast's
+    /// backward sums them), so this equals G separate forwards.
+    pub fn forward_shared_prefix(
+        &self,
+        prompt: &[u32],
+        suffix: &[Vec<u32>],
+        suffix_valid: &[Vec<u8>],
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, Tensor)> {
+        let c = &self.cfg;
+        let dev = &self.device;
+        let (nh, nkv, hd, hsz) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let p = prompt.len();
+        let g = suffix.len();
+        let s = suffix.first().map(|r| r.len()).unwrap_or(0);
+        if p == 0 || suffix.iter().any(|r| r.len() != s) || suffix_valid.len() != g {
+            candle_core::bail!("forward_shared_prefix: empty prompt or ragged suffix rows");
+        }
+        let ns = g * s;
+        let mut ids: Vec<u32> = prompt.to_vec();
+        for r in suffix {
+            ids.extend_from_slice(r);
+        }
+        let n = ids.len();
+        // Flat token matrix [N, H]: every projection runs once over all tokens.
+        let mut x = self.embed_tokens.index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+        let pos_p = Tensor::from_vec((0..p as u32).collect::<Vec<_>>(), (1, p), dev)?;
+        let (cos_p, sin_p) = self.rope.gather(&pos_p)?;
+        let pos_s = Tensor::from_vec((p as u32..(p + s) as u32).collect::<Vec<_>>(), (1, s), dev)?;
+        let (cos_s, sin_s) = self.rope.gather(&pos_s)?;
+        let mask_p = Tensor::from_vec(causal_mask(&[vec![1u8; p]], 0, p)?, (1, 1, 1, p, p), dev)?;
+        // Suffix queries see the whole prompt plus earlier real suffix tokens.
+        let rows: Vec<Vec<u8>> = suffix_valid.iter().map(|v| [vec![1u8; p], v.clone()].concat()).collect();
+        let mask_s = Tensor::from_vec(causal_mask(&rows, p, s)?, (g, 1, 1, s, p + s), dev)?;
+        let eps = c.rms_norm_eps;
+        for l in &self.layers {
+            let h = rms_norm(&x, &l.input_layernorm, eps)?;
+            let q = l.q_proj.forward(&h, ctx)?;
+            let k = l.k_proj.forward(&h, ctx)?;
+            let v = l.v_proj.forward(&h, ctx)?;
+            let split = |t: &Tensor, heads: usize| -> Result<(Tensor, Tensor)> {
+                let tp = t.narrow(0, 0, p)?.reshape((1, p, heads, hd))?.transpose(1, 2)?;
+                let ts = t.narrow(0, p, ns)?.reshape((g, s, heads, hd))?.transpose(1, 2)?;
+                Ok((tp, ts))
+            };
+            let (qp, qs) = split(&q, nh)?;
+            let (kp, ks) = split(&k, nkv)?;
+            let (vp, vs) = split(&v, nkv)?;
+            let (qp, kp) = (apply_rope(&qp, &cos_p, &sin_p)?, apply_rope(&kp, &cos_p, &sin_p)?);
+            let op = self.attend(&qp, &kp, &vp, &mask_p)?.reshape((p, nh * hd))?;
+            let o = if s > 0 {
+                let (qs, ks) = (apply_rope(&qs, &cos_s, &sin_s)?, apply_rope(&ks, &cos_s, &sin_s)?);
+                // Contiguous inputs: candle's `cat` on a non-zero dim otherwise returns a
+                // transposed view whose layout its matmul backward rejects.
+                let kall = Tensor::cat(&[&kp.broadcast_as((g, nkv, p, hd))?.contiguous()?, &ks.contiguous()?], 2)?;
+                let vall = Tensor::cat(&[&vp.broadcast_as((g, nkv, p, hd))?.contiguous()?, &vs.contiguous()?], 2)?;
+                let os = self.attend(&qs, &kall, &vall, &mask_s)?.reshape((ns, nh * hd))?;
+                Tensor::cat(&[&op, &os], 0)?
+            } else {
+                op
+            };
+            x = (x + l.o_proj.forward(&o, ctx)?)?;
+            let h = rms_norm(&x, &l.post_attention_layernorm, eps)?;
+            x = (x + self.mlp(l, &h, ctx)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        let last = x.narrow(0, p - 1, 1)?;
+        let sx = x.narrow(0, p, ns)?.reshape((g, s, hsz))?;
+        Ok((last, sx))
     }
 
     fn mlp(&self, l: &Layer, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
@@ -352,7 +438,7 @@ pub(crate) mod tests {
     /// the adapters actually change the output (B = 0 would make them no-ops).
     pub(crate) fn tiny(arch: Arch, lora: Option<&LoraConfig>, seed: u64) -> CausalLm {
         let cfg = tiny_config(arch, 97);
-        let w = random_weights(&cfg, seed, 1.0).unwrap();
+        let w = random_weights(&cfg, seed, 1.0, 1.0).unwrap();
         let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
         let m = CausalLm::from_varbuilder(cfg, vb, lora, &mut Rng::new(seed + 1)).unwrap();
         let mut rng = Rng::new(seed + 2);
@@ -451,5 +537,45 @@ pub(crate) mod tests {
         // Base weights are frozen: no gradient recorded for them.
         assert!(grads.get(&m.layers[0].q_proj.weight).is_none());
         assert!(grads.get(&m.lm_head).is_none());
+    }
+
+    /// The shared-prompt training forward equals the padded batch forward, in values
+    /// and in LoRA gradients.
+    #[test]
+    fn shared_prefix_matches_padded_batch() {
+        let m = tiny(Arch::Qwen2, Some(&LoraConfig { rank: 4, ..Default::default() }), 13);
+        let prompt = ids(5, 8);
+        let suffix = [ids(4, 9), ids(2, 10), ids(4, 11)];
+        let s = 4;
+        let padded: Vec<Vec<u32>> = suffix.iter().map(|r| { let mut r = r.clone(); r.resize(s, 0); r }).collect();
+        let valid: Vec<Vec<u8>> = suffix.iter().map(|r| { let mut v = vec![1u8; r.len()]; v.resize(s, 0); v }).collect();
+        let ctx = ForwardCtx::eval();
+        let (last, sx) = m.forward_shared_prefix(&prompt, &padded, &valid, &ctx).unwrap();
+        let rows: Vec<Vec<Option<u32>>> = suffix
+            .iter()
+            .map(|r| { let mut x: Vec<Option<u32>> = prompt.iter().chain(r).map(|&t| Some(t)).collect(); x.resize(prompt.len() + s, None); x })
+            .collect();
+        let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
+        let (b, t) = batch.ids.dims2().unwrap();
+        let mask = Tensor::from_vec(causal_mask(&batch.valid, 0, t).unwrap(), (b, 1, t, t), &Device::Cpu).unwrap();
+        let full = m.forward_hidden(&batch.ids, &batch.positions, &mask, None, &ctx).unwrap();
+        for (i, r) in suffix.iter().enumerate() {
+            let want = full.get(i).unwrap().narrow(0, prompt.len(), r.len()).unwrap();
+            let got = sx.get(i).unwrap().narrow(0, 0, r.len()).unwrap();
+            assert!(max_diff(&want, &got) < 1e-4, "row {i}");
+            let wl = full.get(i).unwrap().get(prompt.len() - 1).unwrap();
+            assert!(max_diff(&wl, &last.squeeze(0).unwrap()) < 1e-4);
+        }
+        // Gradients of a loss over real suffix positions agree.
+        let wsel = Tensor::from_vec(valid.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(), (3, s, 1), &Device::Cpu).unwrap();
+        let g1 = (sx.broadcast_mul(&wsel).unwrap().sqr().unwrap().sum_all().unwrap() + last.sum_all().unwrap()).unwrap().backward().unwrap();
+        let fs = full.narrow(1, prompt.len(), s).unwrap();
+        let fl = full.get(0).unwrap().get(prompt.len() - 1).unwrap();
+        let g2 = (fs.broadcast_mul(&wsel).unwrap().sqr().unwrap().sum_all().unwrap() + fl.sum_all().unwrap()).unwrap().backward().unwrap();
+        for (name, v) in m.lora_vars() {
+            let (a, b) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+            assert!(max_diff(a, b) / scale < 1e-3, "{name}: {} (scale {scale})", max_diff(a, b));
+        }
     }
 }

@@ -97,6 +97,9 @@ impl RopeTables {
     }
 }
 
+/// Row count up to which [`FrozenMatmul`] computes `(W x^T)^T` instead of `x W^T`.
+const SMALL_M: usize = 64;
+
 /// `x @ W^T` for a frozen weight `W` [out, in]; gradient flows to `x` only.
 struct FrozenMatmul {
     w: Tensor,
@@ -123,9 +126,24 @@ impl CustomOp1 for FrozenMatmul {
             Storage::Cpu(c) => c,
             _ => candle_core::bail!("frozen-matmul: weight not on cpu"),
         };
-        let x_l = Layout::new((m, k).into(), vec![k, 1], layout.start_offset());
-        let wt_l = wl.transpose(0, 1)?;
-        let res = storage.matmul(ws, (1, m, out, k), &x_l, &wt_l)?;
+        let res = if m <= SMALL_M {
+            // Few rows (decoding): `(W x^T)^T` packs the small operand and is ~2x
+            // faster in gemm than `x W^T` for m = 8 (measured), then a cheap transpose.
+            let xt_l = Layout::new((k, m).into(), vec![1, k], layout.start_offset());
+            let yt = ws.matmul(storage, (1, out, m, k), wl, &xt_l)?;
+            let yt = yt.as_slice::<f32>()?;
+            let mut y = vec![0f32; m * out];
+            for (o, col) in yt.chunks_exact(m).enumerate() {
+                for (r, &v) in col.iter().enumerate() {
+                    y[r * out + o] = v;
+                }
+            }
+            CpuStorage::F32(y)
+        } else {
+            let x_l = Layout::new((m, k).into(), vec![k, 1], layout.start_offset());
+            let wt_l = wl.transpose(0, 1)?;
+            storage.matmul(ws, (1, m, out, k), &x_l, &wt_l)?
+        };
         let mut shape = dims.to_vec();
         *shape.last_mut().unwrap() = out;
         Ok((res, shape.into()))
@@ -258,6 +276,13 @@ mod tests {
         let gb = (b * &sel).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         assert!(max_diff(ga, gb) < 1e-5);
+        // Both gemm orientations (small and large row counts) agree with matmul.
+        for m in [1usize, 63, 64, 65, 130] {
+            let x = Tensor::randn(0f32, 1.0, (m, 5), &dev).unwrap();
+            let a = frozen_linear(&x, &w, None).unwrap();
+            let b = x.matmul(&w.t().unwrap()).unwrap();
+            assert!(max_diff(&a, &b) < 1e-5, "m={m}");
+        }
         // Narrowed (offset) input works too.
         let xn = x.as_tensor().narrow(1, 1, 2).unwrap();
         let a = frozen_linear(&xn, &w, None).unwrap();

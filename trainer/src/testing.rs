@@ -50,8 +50,10 @@ pub fn tiny_config(arch: Arch, vocab_size: usize) -> ModelConfig {
     }
 }
 
-/// Random HF-named weights for `cfg` (normal-ish, std ~`scale`), norms around 1.
-pub fn random_weights(cfg: &ModelConfig, seed: u64, scale: f32) -> candle_core::Result<HashMap<String, Tensor>> {
+/// Random HF-named weights for `cfg`: projections with std `scale/sqrt(in)`, embeddings
+/// with std `embed_std` (this sets how peaked the initial next-token distribution is),
+/// norms around 1.
+pub fn random_weights(cfg: &ModelConfig, seed: u64, scale: f32, embed_std: f32) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = Rng::new(seed);
     let dev = Device::Cpu;
     let mut t = HashMap::new();
@@ -63,7 +65,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, scale: f32) -> candle_core::
         Tensor::from_vec(v, shape, &dev)
     };
     let h = cfg.hidden_size;
-    t.insert("model.embed_tokens.weight".into(), randn(&[cfg.vocab_size, h], 1.0, &mut rng)?);
+    t.insert("model.embed_tokens.weight".into(), randn(&[cfg.vocab_size, h], embed_std, &mut rng)?);
     for i in 0..cfg.num_hidden_layers {
         for name in crate::lora::ALL_TARGETS {
             let (out, inp) = cfg.proj_shape(name).unwrap();
@@ -87,10 +89,10 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, scale: f32) -> candle_core::
 
 /// Writes a tiny random model as an HF directory (`config.json`, `model.safetensors`),
 /// copying tokenizer/generation files from `tokenizer_from` when given.
-pub fn write_tiny_model(dir: &Path, cfg: &ModelConfig, seed: u64, tokenizer_from: Option<&Path>) -> anyhow::Result<()> {
+pub fn write_tiny_model(dir: &Path, cfg: &ModelConfig, seed: u64, embed_std: f32, tokenizer_from: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_hf_json())?)?;
-    let w = random_weights(cfg, seed, 1.0)?;
+    let w = random_weights(cfg, seed, 1.0, embed_std)?;
     candle_core::safetensors::save(&w, dir.join("model.safetensors"))?;
     if let Some(src) = tokenizer_from {
         for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {

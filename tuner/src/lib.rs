@@ -3,8 +3,10 @@
 //! - [`dataset`]: JSONL import/export in the OpenAI / Bedrock RFT shape, PII filters, splits.
 //! - [`grader`]: reward functions in the JSON shapes of OpenAI's graders.
 //! - [`tasks`]: the verifiable task suite, generated from a seed.
+//! - [`eval`]: offline evaluation of gateway configurations: quality, cost, quality per dollar.
 
 pub mod dataset;
+pub mod eval;
 pub mod grader;
 pub mod item;
 pub mod tasks;

@@ -146,6 +146,129 @@ enum Command {
         #[command(flatten)]
         options: GraderArgs,
     },
+    /// Builds an RFT dataset from captured traffic in ClickHouse: the chat
+    /// inferences of a route (and variant) in a time window, joined to
+    /// their feedback, filtered (errors, provider outages, failed tool
+    /// calls, optionally validation failures, PII), deduplicated by prompt
+    /// and split into `train.jsonl` / `heldout.jsonl`. Prints every
+    /// filter's count (also in `counts.json`) and records the kept
+    /// inferences as used by the dataset, so retention keeps them.
+    Dataset {
+        #[arg(long)]
+        route: String,
+        /// Only this variant (default: all).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Window start, ms since the epoch (default: 0).
+        #[arg(long, default_value_t = 0)]
+        from_ms: u64,
+        /// Window end (exclusive), ms since the epoch (default: now).
+        #[arg(long)]
+        to_ms: Option<u64>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset name in `training_usage` (default: `<route>-<now ms>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Mask PII instead of dropping the row.
+        #[arg(long)]
+        mask: bool,
+        /// Extra PII detector, `NAME=REGEX` (repeatable).
+        #[arg(long = "pattern")]
+        patterns: Vec<String>,
+        /// Drop requests whose answers failed `response_format` validation
+        /// (kept by default: those prompts are what RFT should fix).
+        #[arg(long)]
+        drop_validation_failures: bool,
+        /// Seed of the train / held-out split.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.2)]
+        heldout_fraction: f64,
+        /// Most rows read (newest first).
+        #[arg(long, default_value_t = 100_000)]
+        limit: u64,
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+    },
+    /// Runs a dataset through gateway configurations (`--config NAME=MODEL`,
+    /// e.g. `base=tasks-base`, `chain=tasks-chain`) and reports for each:
+    /// mean score and pass rate with 95% intervals, tokens, retries and
+    /// fallbacks per request, p50/p95 latency, cost per request and quality
+    /// per dollar. Writes `report.md` and `report.json` to `--out` and, with
+    /// `--store`, one `eval_results` row per configuration to ClickHouse.
+    Eval {
+        /// The dataset (JSONL).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// The grader config (JSON).
+        #[arg(long)]
+        grader: PathBuf,
+        /// Configurations, `NAME=MODEL` (repeatable, in report order).
+        #[arg(long = "config", required = true)]
+        configs: Vec<flywheel_tuner::eval::Config>,
+        /// The gateway's OpenAI base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+        gateway: String,
+        /// Gateway API key.
+        #[arg(long, env = "FLYWHEEL_GATEWAY_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        /// Do not send the items' `response_format` (no gateway validation).
+        #[arg(long)]
+        no_response_format: bool,
+        /// A configuration (by NAME) asked without `response_format`: its
+        /// raw answers are graded, with no gateway validation (repeatable).
+        #[arg(long = "raw")]
+        raw: Vec<String>,
+        /// Requests in flight per configuration.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seconds before one request is abandoned (it scores 0).
+        #[arg(long, default_value_t = 300.0)]
+        request_timeout_secs: f64,
+        /// Only the first N items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output directory for report.md and report.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also store the results in ClickHouse (`eval_results`).
+        #[arg(long)]
+        store: bool,
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(flatten)]
+        options: GraderArgs,
+    },
+}
+
+/// The ClickHouse of the capture (same variables as `flywheel-feedback`).
+#[derive(clap::Args)]
+struct ClickHouseArgs {
+    #[arg(long = "clickhouse-url", env = "FLYWHEEL_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    url: String,
+    #[arg(long = "clickhouse-database", env = "FLYWHEEL_CLICKHOUSE_DATABASE", default_value = "flywheel")]
+    database: String,
+    #[arg(long = "clickhouse-user", env = "FLYWHEEL_CLICKHOUSE_USER")]
+    user: Option<String>,
+    #[arg(long = "clickhouse-password", env = "FLYWHEEL_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl ClickHouseArgs {
+    fn store(&self) -> Result<flywheel_feedback::Store> {
+        Ok(flywheel_feedback::Store::try_new(&flywheel_feedback::StoreConfig {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+        })?)
+    }
 }
 
 fn main() -> ExitCode {
@@ -174,7 +297,152 @@ fn run(cli: Cli) -> Result<ExitCode> {
             grade(&grader, &dataset, samples.as_deref(), references, &options.options()?)
         }
         Command::ServeReward { grader, listen, options } => serve_reward(&grader, listen, &options.options()?),
+        Command::Dataset {
+            route,
+            variant,
+            from_ms,
+            to_ms,
+            out,
+            name,
+            mask,
+            patterns,
+            drop_validation_failures,
+            seed,
+            heldout_fraction,
+            limit,
+            clickhouse,
+        } => {
+            if !(0.0..1.0).contains(&heldout_fraction) {
+                bail!("--heldout-fraction must be in [0, 1)");
+            }
+            let now = now_ms();
+            let query = dataset::captured::Query {
+                route: route.clone(),
+                variant,
+                from_ms,
+                to_ms: to_ms.unwrap_or(now + 1),
+                keep_validation_failures: !drop_validation_failures,
+                pii: if mask { pii::PiiAction::Mask } else { pii::PiiAction::Drop },
+                seed,
+                heldout_fraction,
+                limit,
+            };
+            let name = name.unwrap_or_else(|| format!("{route}-{now}"));
+            build_dataset(&query, &pii::PiiFilter::new(&parse_patterns(&patterns)?)?, &out, &name, &clickhouse.store()?)
+        }
+        Command::Eval {
+            dataset,
+            grader,
+            configs,
+            gateway,
+            api_key,
+            temperature,
+            max_tokens,
+            no_response_format,
+            raw,
+            concurrency,
+            request_timeout_secs,
+            limit,
+            out,
+            store,
+            clickhouse,
+            options,
+        } => {
+            let mut configs = configs;
+            for name in &raw {
+                let c = configs.iter_mut().find(|c| &c.name == name).with_context(|| format!("--raw {name}: no such --config"))?;
+                c.raw = true;
+            }
+            let mut items = read_dataset(&dataset)?;
+            if let Some(n) = limit {
+                items.truncate(n);
+            }
+            if items.is_empty() {
+                bail!("{}: no items", dataset.display());
+            }
+            let grader = Arc::new(load_grader(&grader, &options.options()?)?);
+            let params = flywheel_tuner::eval::client::RequestParams {
+                temperature,
+                max_tokens,
+                response_format: !no_response_format,
+                timeout: Duration::try_from_secs_f64(request_timeout_secs).context("--request-timeout-secs")?,
+            };
+            let gateway = flywheel_tuner::eval::client::Gateway::new(&gateway, api_key);
+            let store = store.then(|| clickhouse.store()).transpose()?;
+            eval(&gateway, grader, &items, &configs, &params, concurrency, &dataset, &out, store.as_ref())
+        }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn parse_patterns(patterns: &[String]) -> Result<Vec<(String, String)>> {
+    patterns
+        .iter()
+        .map(|p| p.split_once('=').map(|(n, r)| (n.to_owned(), r.to_owned())).context("--pattern takes NAME=REGEX"))
+        .collect()
+}
+
+fn build_dataset(
+    query: &dataset::captured::Query,
+    filter: &pii::PiiFilter,
+    out: &Path,
+    name: &str,
+    store: &flywheel_feedback::Store,
+) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let built = dataset::captured::build(store, query, filter)
+            .await
+            .with_context(|| format!("reading captured traffic from ClickHouse ({})", store.database()))?;
+        std::fs::create_dir_all(out)?;
+        write_jsonl(&out.join("train.jsonl"), &built.train)?;
+        write_jsonl(&out.join("heldout.jsonl"), &built.heldout)?;
+        std::fs::write(out.join("counts.json"), serde_json::to_string_pretty(&built.counts)?)?;
+        for line in built.counts.lines() {
+            println!("{line}");
+        }
+        let ids: Vec<String> =
+            built.train.iter().chain(&built.heldout).filter_map(|i| i.get_str("inference_id")).map(str::to_owned).collect();
+        store.record_training_usage(name, &ids).await.context("recording training usage")?;
+        println!("dataset {name}: {} inferences recorded in training_usage", ids.len());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    gateway: &flywheel_tuner::eval::client::Gateway,
+    grader: Arc<Grader>,
+    items: &[Item],
+    configs: &[flywheel_tuner::eval::Config],
+    params: &flywheel_tuner::eval::client::RequestParams,
+    concurrency: usize,
+    dataset: &Path,
+    out: &Path,
+    store: Option<&flywheel_feedback::Store>,
+) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let progress = |config: &str, done: usize, total: usize| {
+            if done == total || done % 10 == 0 {
+                eprintln!("{config}: {done}/{total}");
+            }
+        };
+        let name = dataset.file_name().map_or_else(|| dataset.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let report = flywheel_tuner::eval::run(gateway, grader, items, configs, params, concurrency, &name, &progress).await;
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("report.md"), report.to_markdown())?;
+        std::fs::write(out.join("report.json"), report.to_json())?;
+        print!("{}", report.to_markdown());
+        if let Some(store) = store {
+            store.insert_rows("eval_results", &report.rows()).await.context("storing eval_results")?;
+            println!("stored run {} in {}.eval_results", report.run_id, store.database());
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn read_jsonl(path: &Path) -> Result<jsonl::Read> {
@@ -218,11 +486,7 @@ fn generate_tasks(out: &Path, seed: u64, n: usize, names: &[String]) -> Result<E
 }
 
 fn clean(input: &Path, out: &Path, mask: bool, patterns: &[String]) -> Result<ExitCode> {
-    let extra = patterns
-        .iter()
-        .map(|p| p.split_once('=').map(|(n, r)| (n.to_owned(), r.to_owned())).context("--pattern takes NAME=REGEX"))
-        .collect::<Result<Vec<_>>>()?;
-    let filter = pii::PiiFilter::new(&extra)?;
+    let filter = pii::PiiFilter::new(&parse_patterns(patterns)?)?;
     let mut items = read_dataset(input)?;
     let total = items.len();
     let action = if mask { pii::PiiAction::Mask } else { pii::PiiAction::Drop };
@@ -266,6 +530,23 @@ fn serve_reward(grader: &Path, listen: SocketAddr, options: &GraderOptions) -> R
             eprintln!("python sandbox: {layers}");
         }
         let shutdown = async {
+            #[cfg(unix)]
+            {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let term = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term => {}
+                }
+            }
+            #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         };
         flywheel_tuner::grader::serve::serve(listener, grader, shutdown).await.context("serving")
@@ -328,4 +609,45 @@ fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool
     let mean = if graded > 0 { sum / graded as f64 } else { f64::NAN };
     println!("grader {}: {graded} graded, mean {mean:.3}, pass rate {}/{graded}, {errors} errors (not counted in the mean)", grader.name(), passed);
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grade_takes_the_grader_options() {
+        let cli = Cli::try_parse_from([
+            "flywheel-tuner", "grade", "--grader", "g.json", "--dataset", "d.jsonl", "--references",
+            "--judge-url", "http://judge:9/v1", "--judge-api-key", "k", "--cache-dir", "/tmp/c",
+            "--python", "/usr/bin/python3.11", "--python-timeout-secs", "2.5", "--python-memory-mib", "256",
+        ])
+        .unwrap();
+        let Command::Grade { options, references, .. } = cli.command else { panic!("not grade") };
+        assert!(references);
+        let o = options.options().unwrap();
+        assert_eq!(o.judge_base_url, "http://judge:9/v1");
+        assert_eq!(o.judge_api_key.as_deref(), Some("k"));
+        assert_eq!(o.cache_dir, Some(PathBuf::from("/tmp/c")));
+        assert_eq!(o.python, PathBuf::from("/usr/bin/python3.11"));
+        assert_eq!(o.python_timeout, Duration::from_millis(2500));
+        assert_eq!(o.python_memory_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn defaults_match_grader_options() {
+        let cli = Cli::try_parse_from(["flywheel-tuner", "serve-reward", "--grader", "g.json", "--listen", "127.0.0.1:0"]).unwrap();
+        let Command::ServeReward { options, listen, .. } = cli.command else { panic!("not serve-reward") };
+        assert_eq!(listen.port(), 0);
+        let (o, d) = (options.options().unwrap(), GraderOptions::default());
+        assert_eq!(o.judge_base_url, d.judge_base_url);
+        assert_eq!(o.judge_timeout, d.judge_timeout);
+        assert_eq!(o.python, d.python);
+        assert_eq!(o.python_timeout, d.python_timeout);
+        assert_eq!(o.python_memory_bytes, d.python_memory_bytes);
+        assert_eq!(o.endpoint_timeout, d.endpoint_timeout);
+        let cli = Cli::try_parse_from(["flywheel-tuner", "serve-reward", "--grader", "g", "--python-timeout-secs", "0"]).unwrap();
+        let Command::ServeReward { options, .. } = cli.command else { panic!() };
+        assert!(options.options().is_err());
+    }
 }

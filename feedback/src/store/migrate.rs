@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../migrations/0001_events.sql") },
     Migration { version: 2, name: "rollups", sql: include_str!("../../migrations/0002_rollups.sql") },
     Migration { version: 3, name: "retained", sql: include_str!("../../migrations/0003_retained.sql") },
+    Migration { version: 4, name: "tuner", sql: include_str!("../../migrations/0004_tuner.sql") },
 ];
 
 /// The statements of a migration file, `{db}` substituted.

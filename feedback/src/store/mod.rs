@@ -20,7 +20,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
 pub use migrate::{Migration, MIGRATIONS};
-pub use rows::{AttemptRow, FeedbackRow, InferenceRow, TrainingUsageRow};
+pub use rows::{AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow};
 
 /// Ids per `id IN (...)` query: keeps the statement well under 18.16's
 /// `max_query_size` (256 KiB) with 36-character UUIDs.
@@ -104,7 +104,7 @@ pub(crate) async fn timed<T>(
 
 /// `(?, ?, ...)` with `n` placeholders, for `IN` lists bound value by value
 /// (18.16 rejects an array literal on the right of `IN`).
-pub(crate) fn placeholders(n: usize) -> String {
+pub fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(2 + n * 3);
     s.push('(');
     for i in 0..n {

@@ -112,6 +112,54 @@ pub struct TrainingUsageRow {
     pub ts_ms: u64,
 }
 
+/// One evaluated configuration of an offline eval run (`eval_results`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct EvalResultRow {
+    pub run_id: String,
+    pub ts_ms: u64,
+    pub dataset: String,
+    pub grader: String,
+    pub config: String,
+    pub model: String,
+    pub requests: u64,
+    pub request_errors: u64,
+    pub grader_errors: u64,
+    pub mean_score: f64,
+    pub mean_score_low: f64,
+    pub mean_score_high: f64,
+    pub pass_rate: f64,
+    pub pass_rate_low: f64,
+    pub pass_rate_high: f64,
+    pub tokens_per_request: f64,
+    pub retries_per_request: f64,
+    pub fallbacks_per_request: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub cost_per_request_usd: f64,
+    pub quality_per_dollar: f64,
+    pub report_json: String,
+}
+
+/// One optimizer step of a training run (`training_steps`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct TrainingStepRow {
+    pub run_id: String,
+    pub step: u32,
+    pub ts_ms: u64,
+    pub loss: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub pass_rate: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    pub response_len_mean: f64,
+    pub step_secs: f64,
+    pub tokens_per_sec: f64,
+    pub heldout_reward: Option<f64>,
+}
+
 pub fn validation_code(v: Validation) -> i8 {
     match v {
         Validation::NotRequested => 1,

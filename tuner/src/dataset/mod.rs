@@ -2,6 +2,7 @@
 //! ([`pii`]), dedupe by normalized prompt and a deterministic train /
 //! held-out split.
 
+pub mod captured;
 pub mod jsonl;
 pub mod pii;
 

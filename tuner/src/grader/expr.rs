@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Func {
+pub(crate) enum Func {
     Min,
     Max,
     Abs,

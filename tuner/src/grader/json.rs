@@ -12,7 +12,7 @@ use super::config::Cfg;
 use super::template::Template;
 use super::GraderError;
 
-pub(crate) const FIELDS: &[&str] = &["input", "schema", "reference", "fields"];
+pub(crate) const FIELDS: &[&str] = &["input", "schema", "reference", "fields", "extract"];
 
 const DEFAULT_INPUT: &str = "{{sample.output_text}}";
 const DEFAULT_REFERENCE: &str = "{{item.reference_answer}}";
@@ -34,12 +34,29 @@ pub(crate) struct JsonGrader {
     /// reference_answer is graded on validity alone.
     reference_required: bool,
     fields: Vec<Field>,
+    validity_only: bool,
+    /// Grade the first JSON object found in the text (inside a code fence
+    /// or after some chatter) instead of requiring the whole text to be
+    /// JSON. For content rewards that should not collapse to 0 on format
+    /// alone; pair with a strict `json` grader to reward the format too.
+    extract: bool,
+}
+
+/// The first `{...}` in `text` that parses as a JSON object.
+fn first_object(text: &str) -> Option<Value> {
+    text.match_indices('{').find_map(|(i, _)| {
+        let mut values = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        values.next()?.ok().filter(Value::is_object)
+    })
 }
 
 impl JsonGrader {
     pub fn from_cfg(cfg: &Cfg) -> Result<Self, GraderError> {
         let input = cfg.template("input", cfg.opt_str("input")?.unwrap_or(DEFAULT_INPUT))?;
-        let explicit_reference = cfg.opt_str("reference")?;
+        // `"reference": null`: validity (and the schema) only, even when the
+        // item has a reference_answer: a format reward.
+        let validity_only = matches!(cfg.opt("reference"), Some(Value::Null));
+        let explicit_reference = if validity_only { None } else { cfg.opt_str("reference")? };
         let reference = cfg.template("reference", explicit_reference.unwrap_or(DEFAULT_REFERENCE))?;
         let schema = cfg
             .opt("schema")
@@ -62,20 +79,35 @@ impl JsonGrader {
             }
         }
         let reference_required = explicit_reference.is_some() || !fields.is_empty();
-        Ok(Self { input, schema, reference, reference_required, fields })
+        let extract = match cfg.opt("extract") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(cfg.err("extract", "must be true or false")),
+        };
+        if validity_only && !fields.is_empty() {
+            return Err(cfg.err("reference", "null (validity only) cannot go with `fields`"));
+        }
+        Ok(Self { input, schema, reference, reference_required, fields, validity_only, extract })
     }
 
     pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
         let text = self.input.render(ctx).map_err(|e| format!("input: {e}"))?;
         let value: Value = match serde_json::from_str(text.trim()) {
             Ok(v) => v,
-            Err(e) => return Ok((0.0, format!("input is not valid JSON: {e}"))),
+            Err(e) => match self.extract.then(|| first_object(&text)).flatten() {
+                Some(v) => v,
+                None if self.extract => return Ok((0.0, "input holds no JSON object".into())),
+                None => return Ok((0.0, format!("input is not valid JSON: {e}"))),
+            },
         };
         if let Some(schema) = &self.schema {
             let errors: Vec<String> = schema.iter_errors(&value).take(MAX_SCHEMA_ERRORS).map(|e| format!("at `{}`: {e}", e.instance_path())).collect();
             if !errors.is_empty() {
                 return Ok((0.0, format!("input does not match the schema: {}", errors.join("; "))));
             }
+        }
+        if self.validity_only {
+            return Ok((1.0, if self.schema.is_some() { "valid JSON matching the schema" } else { "valid JSON" }.into()));
         }
         let reference = match self.reference.render_value(ctx) {
             Ok(v) => Some(parse_if_json(v)),
@@ -180,6 +212,35 @@ mod tests {
         let g = grade(config, r#"{"geo": {"lat": 48.85}}"#, reference).unwrap();
         assert_eq!((g.score, g.passed), (0.25, false));
         assert!(g.reason.contains("city (missing in input)"), "{}", g.reason);
+    }
+
+    #[test]
+    fn null_reference_grades_validity_only() {
+        let config = json!({"type": "json", "name": "j", "reference": null,
+                            "schema": {"type": "object", "required": ["a"]}});
+        let reference = Some(json!({"a": 1}));
+        assert_eq!(grade(config.clone(), r#"{"a": 2}"#, reference.clone()).unwrap().score, 1.0);
+        assert_eq!(grade(config.clone(), r#"{"b": 2}"#, reference.clone()).unwrap().score, 0.0);
+        assert_eq!(grade(config, "{\"a\": 2", reference).unwrap().score, 0.0);
+        let e = Grader::from_config(&json!({"type": "json", "name": "j", "reference": null, "fields": {"a": 1}})).unwrap_err();
+        assert!(e.to_string().contains("$.reference"), "{e}");
+    }
+
+    #[test]
+    fn extract_finds_the_first_object_in_chatter() {
+        let config = json!({"type": "json", "name": "j", "extract": true, "fields": {"a": 1}});
+        let reference = Some(json!({"a": 1}));
+        let g = grade(config.clone(), "Sure! ```json\n{\"a\": 1}\n``` and {\"a\": 2}", reference.clone()).unwrap();
+        assert_eq!(g.score, 1.0, "{}", g.reason);
+        // A brace that opens no object is skipped.
+        assert_eq!(grade(config.clone(), "set {x} then {\"a\": 1}", reference.clone()).unwrap().score, 1.0);
+        let g = grade(config.clone(), "no json here", reference.clone()).unwrap();
+        assert_eq!(g.score, 0.0);
+        assert!(g.reason.contains("no JSON object"), "{}", g.reason);
+        // Strict (the default) still rejects the fenced answer.
+        let strict = json!({"type": "json", "name": "j", "fields": {"a": 1}});
+        assert_eq!(grade(strict, "```json\n{\"a\": 1}\n```", reference).unwrap().score, 0.0);
+        assert!(Grader::from_config(&json!({"type": "json", "name": "j", "extract": "yes"})).is_err());
     }
 
     #[test]

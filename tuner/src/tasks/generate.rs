@@ -101,20 +101,25 @@ pub fn extraction(rng: &mut Rng) -> Generated {
     }
 }
 
-/// Three operations with precedence and parentheses: a 135M model gets
-/// single products right, chained ones rarely.
+pub static ARITHMETIC_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    json!({"type": "object", "required": ["answer"], "additionalProperties": false,
+           "properties": {"answer": {"type": "integer"}}})
+});
+
+/// Two operations with precedence: a 135M model gets a single sum or
+/// product of small numbers right now and then, chained ones rarely.
 pub fn arithmetic(rng: &mut Rng) -> Generated {
-    let (a, b, c, d) = (rng.range(3, 29), rng.range(2, 19), rng.range(2, 12), rng.range(1, 99));
+    let (a, b, c) = (rng.range(2, 19), rng.range(2, 9), rng.range(1, 30));
     let (expr, value) = match rng.range(0, 2) {
-        0 => (format!("({a} + {b}) * {c} - {d}"), (a + b) * c - d),
-        1 => (format!("{a} * {b} - {c} * {d}"), a * b - c * d),
-        _ => (format!("{d} + {a} * ({b} - {c})"), d + a * (b - c)),
+        0 => (format!("{a} * {b} + {c}"), a * b + c),
+        1 => (format!("{c} + {a} * {b}"), c + a * b),
+        _ => (format!("{a} * {b} - {c}"), a * b - c),
     };
     Generated {
         system: "You are a calculator. Reply with one JSON object {\"answer\": <integer>} and nothing else.".into(),
         user: format!("Compute {expr}."),
         reference: json!({"answer": value}),
-        schema: Some(json!({"type": "object", "required": ["answer"], "properties": {"answer": {"type": "integer"}}})),
+        schema: Some(ARITHMETIC_SCHEMA.clone()),
         extra: Map::new(),
     }
 }

@@ -1,0 +1,385 @@
+//! An RFT dataset from captured traffic: the chat inferences of a route
+//! (optionally one variant) in a time window, read from ClickHouse, joined
+//! to their feedback, filtered (every filter's count is reported), PII
+//! dropped or masked, deduplicated by prompt and split train / held-out.
+//!
+//! Each kept inference becomes an [`Item`]: the request's messages as the
+//! prompt; `id` = `inference_id`; the request's `response_format`, `tools`
+//! and `tool_choice` kept (graders and the eval send them again); the
+//! logged answer as `logged_output`; feedback as `feedback: {metric: value}`
+//! (inference-level feedback, then episode-level for metrics the inference
+//! lacks; the latest value wins); and a demonstration, when there is one,
+//! as the `reference_answer`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use flywheel_feedback::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::pii::{Hits, PiiAction, PiiFilter};
+use super::{dedupe, split_of, Split};
+use crate::item::{Item, Message};
+
+/// What to select and how to filter it.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub route: String,
+    pub variant: Option<String>,
+    /// Inclusive start, exclusive end, in ms since the epoch.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Keep requests whose answers failed `response_format` validation on
+    /// every attempt: their prompts are where the model needs training most.
+    pub keep_validation_failures: bool,
+    pub pii: PiiAction,
+    pub seed: u64,
+    pub heldout_fraction: f64,
+    /// At most this many rows are read (newest first).
+    pub limit: u64,
+}
+
+/// Why rows were left out, and how many of each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub selected: usize,
+    /// Non-2xx answers that were not validation failures: the client's own
+    /// errors (4xx) and anything else the gateway could not serve.
+    pub dropped_errors: usize,
+    /// 5xx after every attempt failed on upstream errors (no answer to learn from).
+    pub dropped_provider_outages: usize,
+    pub dropped_validation_failures: usize,
+    /// Answers whose tool call names no function or has arguments that are not JSON.
+    pub dropped_failed_tool_calls: usize,
+    /// Bodies not captured (`capture.bodies = "skip"`/`"redact"`) or unreadable.
+    pub dropped_no_body: usize,
+    pub dropped_pii: usize,
+    pub masked_pii: usize,
+    pub pii_hits: Hits,
+    pub dropped_duplicates: usize,
+    pub train: usize,
+    pub heldout: usize,
+}
+
+pub struct Built {
+    pub train: Vec<Item>,
+    pub heldout: Vec<Item>,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct Row {
+    pub id: String,
+    pub ts_ms: u64,
+    pub variant: String,
+    pub episode_id: Option<String>,
+    pub status: u16,
+    /// Enum8: 1 not requested, 2 passed, 3 failed (migration 0001).
+    pub validation: i8,
+    pub request_body: String,
+    pub response_body: String,
+    /// Whether any attempt failed on the upstream (connect error, timeout,
+    /// 5xx, open circuit): tells an outage from a validation failure.
+    pub upstream_failures: u64,
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+struct FeedbackRow {
+    inference_id: Option<String>,
+    episode_id: Option<String>,
+    metric: String,
+    /// Enum8: 1 boolean, 2 float, 3 comment, 4 demonstration.
+    value_kind: i8,
+    value_float: f64,
+    value_text: String,
+}
+
+const VALIDATION_FAILED: i8 = 3;
+
+/// Reads the rows of `q` from the live and retained tables (deduplicated
+/// by id: a row can be in both while retention copies it).
+pub async fn fetch_rows(store: &Store, q: &Query) -> Result<Vec<Row>, clickhouse::error::Error> {
+    let db = store.database();
+    let select = |table: &str, attempts: &str| {
+        format!(
+            "SELECT i.id AS id, i.ts_ms AS ts_ms, i.variant AS variant, i.episode_id AS episode_id, i.status AS status, \
+             toInt8(i.validation) AS validation, i.request_body AS request_body, i.response_body AS response_body, \
+             a.upstream_failures AS upstream_failures \
+             FROM {db}.{table} AS i FINAL \
+             ANY LEFT JOIN (SELECT inference_id AS id, \
+                 toUInt64(countIf(outcome IN ('error_status', 'connect_error', 'timeout', 'circuit_open', 'bad_response', 'mid_stream_failover'))) AS upstream_failures \
+                 FROM {db}.{attempts} GROUP BY inference_id) AS a USING id \
+             WHERE i.route = ? AND (? = '' OR i.variant = ?) AND i.ts_ms >= ? AND i.ts_ms < ? AND i.endpoint = 'chat'"
+        )
+    };
+    let sql = format!(
+        "SELECT * FROM ({} UNION ALL {}) ORDER BY ts_ms DESC, id LIMIT 1 BY id LIMIT ?",
+        select("inferences", "attempts"),
+        select("inferences_retained", "attempts_retained")
+    );
+    let variant = q.variant.clone().unwrap_or_default();
+    let mut query = store.client().query(&sql);
+    for _ in 0..2 {
+        query = query.bind(&q.route).bind(&variant).bind(&variant).bind(q.from_ms).bind(q.to_ms);
+    }
+    query.bind(q.limit).fetch_all::<Row>().await
+}
+
+/// `{inference_id: {metric: value}}` for `rows`, inference-level feedback
+/// first, then episode-level for metrics not already set.
+async fn fetch_feedback(store: &Store, rows: &[Row]) -> Result<HashMap<String, Map<String, Value>>, clickhouse::error::Error> {
+    let db = store.database();
+    let mut by_inference: HashMap<String, Map<String, Value>> = HashMap::new();
+    let mut by_episode: HashMap<String, Map<String, Value>> = HashMap::new();
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let episodes: Vec<&str> = {
+        let mut e: Vec<&str> = rows.iter().filter_map(|r| r.episode_id.as_deref()).collect();
+        e.sort_unstable();
+        e.dedup();
+        e
+    };
+    for (column, keys) in [("inference_id", &ids), ("episode_id", &episodes)] {
+        for chunk in keys.chunks(1000) {
+            let sql = format!(
+                "SELECT inference_id, episode_id, metric, toInt8(value_kind) AS value_kind, value_float, value_text \
+                 FROM (SELECT * FROM {db}.feedback FINAL UNION ALL SELECT * FROM {db}.feedback_retained FINAL) \
+                 WHERE {column} IN {} ORDER BY ts_ms, id",
+                flywheel_feedback::store::placeholders(chunk.len())
+            );
+            let mut query = store.client().query(&sql);
+            for k in chunk {
+                query = query.bind(*k);
+            }
+            for f in query.fetch_all::<FeedbackRow>().await? {
+                let value = match f.value_kind {
+                    1 => json!(f.value_float != 0.0),
+                    2 => json!(f.value_float),
+                    4 => serde_json::from_str(&f.value_text).unwrap_or(Value::String(f.value_text)),
+                    _ => Value::String(f.value_text),
+                };
+                let target = match (column, f.inference_id, f.episode_id) {
+                    ("inference_id", Some(id), _) => by_inference.entry(id),
+                    (_, _, Some(ep)) => by_episode.entry(ep),
+                    _ => continue,
+                };
+                target.or_default().insert(f.metric, value);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for r in rows {
+        let mut merged = by_inference.remove(&r.id).unwrap_or_default();
+        if let Some(ep) = r.episode_id.as_ref().and_then(|e| by_episode.get(e)) {
+            for (k, v) in ep {
+                merged.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        if !merged.is_empty() {
+            out.insert(r.id.clone(), merged);
+        }
+    }
+    Ok(out)
+}
+
+/// Why a row is left out, before PII and dedupe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    Error,
+    ProviderOutage,
+    ValidationFailure,
+    FailedToolCall,
+    NoBody,
+}
+
+/// The item of one row, or why it is dropped. Pure, so every filter is
+/// tested without a database.
+pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> {
+    let validation_failed = row.validation == VALIDATION_FAILED;
+    if row.status != 200 {
+        if validation_failed && row.upstream_failures == 0 {
+            if !keep_validation_failures {
+                return Err(Drop::ValidationFailure);
+            }
+        } else if row.status >= 500 {
+            return Err(Drop::ProviderOutage);
+        } else {
+            return Err(Drop::Error);
+        }
+    }
+    let request: Value = serde_json::from_str(&row.request_body).map_err(|_| Drop::NoBody)?;
+    let messages: Vec<Message> = request
+        .get("messages")
+        .cloned()
+        .and_then(|m| serde_json::from_value(m).ok())
+        .filter(|m: &Vec<Message>| !m.is_empty())
+        .ok_or(Drop::NoBody)?;
+    let mut extra = Map::new();
+    extra.insert("id".into(), Value::String(row.id.clone()));
+    extra.insert("inference_id".into(), Value::String(row.id.clone()));
+    extra.insert("variant".into(), Value::String(row.variant.clone()));
+    for key in ["response_format", "tools", "tool_choice"] {
+        if let Some(v) = request.get(key) {
+            extra.insert(key.into(), v.clone());
+        }
+    }
+    if row.status == 200 {
+        let answer: Value = serde_json::from_str(&row.response_body).map_err(|_| Drop::NoBody)?;
+        let message = answer.pointer("/choices/0/message").ok_or(Drop::NoBody)?;
+        if let Some(Value::Array(calls)) = message.get("tool_calls") {
+            let broken = calls.iter().any(|c| {
+                let name_ok = c.pointer("/function/name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+                let args_ok = c
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| serde_json::from_str::<Value>(a).is_ok_and(|v| v.is_object()));
+                !(name_ok && args_ok)
+            });
+            if broken {
+                return Err(Drop::FailedToolCall);
+            }
+        }
+        extra.insert("logged_output".into(), message.get("content").cloned().unwrap_or(Value::Null));
+        if let Some(calls) = message.get("tool_calls") {
+            extra.insert("logged_tool_calls".into(), calls.clone());
+        }
+    }
+    Ok(Item { messages, reference_answer: None, extra })
+}
+
+/// Builds the dataset of `q`: select, join feedback, filter, PII, dedupe,
+/// split. Does not record training usage (the caller does once the
+/// dataset is written).
+pub async fn build(store: &Store, q: &Query, pii: &PiiFilter) -> Result<Built, clickhouse::error::Error> {
+    let rows = fetch_rows(store, q).await?;
+    let mut feedback = fetch_feedback(store, &rows).await?;
+    let mut counts = Counts { selected: rows.len(), ..Counts::default() };
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut item = match to_item(row, q.keep_validation_failures) {
+            Ok(item) => item,
+            Err(drop) => {
+                *match drop {
+                    Drop::Error => &mut counts.dropped_errors,
+                    Drop::ProviderOutage => &mut counts.dropped_provider_outages,
+                    Drop::ValidationFailure => &mut counts.dropped_validation_failures,
+                    Drop::FailedToolCall => &mut counts.dropped_failed_tool_calls,
+                    Drop::NoBody => &mut counts.dropped_no_body,
+                } += 1;
+                continue;
+            }
+        };
+        if let Some(fb) = feedback.remove(&row.id) {
+            // A demonstration is what the answer should have been.
+            if let Some(demo) = fb.iter().find_map(|(_, v)| demonstration_text(v)) {
+                item.reference_answer = Some(Value::String(demo));
+            }
+            item.extra.insert("feedback".into(), Value::Object(fb));
+        }
+        let hits = pii.apply(&mut item, q.pii);
+        if !hits.is_empty() {
+            for (k, n) in hits {
+                *counts.pii_hits.entry(k).or_default() += n;
+            }
+            match q.pii {
+                PiiAction::Drop => {
+                    counts.dropped_pii += 1;
+                    continue;
+                }
+                PiiAction::Mask => counts.masked_pii += 1,
+            }
+        }
+        items.push(item);
+    }
+    // Oldest first, so dedupe keeps the first time a prompt was seen and
+    // the files read in time order.
+    items.reverse();
+    counts.dropped_duplicates = dedupe(&mut items);
+    let (train, heldout): (Vec<Item>, Vec<Item>) =
+        items.into_iter().partition(|i| split_of(i, q.seed, q.heldout_fraction) == Split::Train);
+    counts.train = train.len();
+    counts.heldout = heldout.len();
+    Ok(Built { train, heldout, counts })
+}
+
+/// The text of a demonstration feedback value (`{"role": "assistant",
+/// "content": "..."}` or a plain string).
+fn demonstration_text(v: &Value) -> Option<String> {
+    v.get("role")?;
+    v.get("content").and_then(Value::as_str).map(str::to_owned)
+}
+
+impl Counts {
+    /// The filter report, one line per count, for the console.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!("selected                  {}", self.selected)];
+        for (name, n) in [
+            ("dropped: errors", self.dropped_errors),
+            ("dropped: provider outages", self.dropped_provider_outages),
+            ("dropped: validation fails", self.dropped_validation_failures),
+            ("dropped: failed tool calls", self.dropped_failed_tool_calls),
+            ("dropped: no captured body", self.dropped_no_body),
+            ("dropped: PII", self.dropped_pii),
+            ("masked: PII", self.masked_pii),
+            ("dropped: duplicates", self.dropped_duplicates),
+            ("train", self.train),
+            ("heldout", self.heldout),
+        ] {
+            out.push(format!("{name:<26}{n}"));
+        }
+        let hits: BTreeMap<_, _> = self.pii_hits.iter().collect();
+        if !hits.is_empty() {
+            out.push(format!("PII hits by detector      {hits:?}"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: u16, validation: i8, upstream_failures: u64, response: Value) -> Row {
+        Row {
+            id: "i1".into(),
+            ts_ms: 1,
+            variant: "base".into(),
+            episode_id: None,
+            status,
+            validation,
+            request_body: json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                 "response_format": {"type": "json_object"}})
+            .to_string(),
+            response_body: response.to_string(),
+            upstream_failures,
+        }
+    }
+
+    fn answer(message: Value) -> Value {
+        json!({"choices": [{"message": message}]})
+    }
+
+    #[test]
+    fn each_filter_has_its_reason() {
+        let ok = answer(json!({"role": "assistant", "content": "{}"}));
+        let item = to_item(&row(200, 2, 0, ok.clone()), false).unwrap();
+        assert_eq!(item.get_str("inference_id"), Some("i1"));
+        assert_eq!(item.extra["response_format"], json!({"type": "json_object"}));
+        assert_eq!(item.extra["logged_output"], json!("{}"));
+        assert_eq!(to_item(&row(429, 1, 0, Value::Null), false).unwrap_err(), Drop::Error);
+        assert_eq!(to_item(&row(502, 1, 3, Value::Null), false).unwrap_err(), Drop::ProviderOutage);
+        assert_eq!(to_item(&row(502, 3, 0, Value::Null), false).unwrap_err(), Drop::ValidationFailure);
+        // A validation failure mixed with upstream failures is an outage.
+        assert_eq!(to_item(&row(502, 3, 1, Value::Null), true).unwrap_err(), Drop::ProviderOutage);
+        let kept = to_item(&row(502, 3, 0, Value::Null), true).unwrap();
+        assert!(kept.extra.get("logged_output").is_none());
+        let bad_call = answer(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "{\"a\": "}}]}));
+        assert_eq!(to_item(&row(200, 1, 0, bad_call), false).unwrap_err(), Drop::FailedToolCall);
+        let good_call = answer(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]}));
+        assert!(to_item(&row(200, 1, 0, good_call), false).unwrap().extra.contains_key("logged_tool_calls"));
+        let mut redacted = row(200, 1, 0, ok);
+        redacted.request_body = String::new();
+        assert_eq!(to_item(&redacted, false).unwrap_err(), Drop::NoBody);
+    }
+}

@@ -1,0 +1,152 @@
+//! Runs a dataset through one gateway configuration: each item's prompt
+//! as an OpenAI chat request, its cost read from the gateway's
+//! `x-flywheel-*` headers, its answer graded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::{Observation, Outcome, Totals};
+use crate::grader::Grader;
+use crate::item::{Item, Sample};
+
+/// Sampling parameters sent with every request of an eval.
+#[derive(Debug, Clone)]
+pub struct RequestParams {
+    pub temperature: f64,
+    pub max_tokens: u32,
+    /// Send the item's `response_format` (the gateway validates it and,
+    /// with validation retries, retries and falls back on it).
+    pub response_format: bool,
+    pub timeout: Duration,
+}
+
+impl Default for RequestParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, max_tokens: 256, response_format: true, timeout: Duration::from_secs(300) }
+    }
+}
+
+/// An OpenAI-compatible endpoint: the Flywheel gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(base_url: &str, api_key: Option<String>) -> Self {
+        Self { http: reqwest::Client::new(), base_url: base_url.trim_end_matches('/').to_owned(), api_key }
+    }
+
+    /// The chat request for an item: its prompt (a trailing assistant
+    /// answer, if any, is the reference, not part of the prompt) and tools.
+    pub fn request_body(item: &Item, model: &str, params: &RequestParams) -> Value {
+        let mut body = json!({
+            "model": model,
+            "messages": item.prompt(),
+            "temperature": params.temperature,
+            "max_tokens": params.max_tokens,
+        });
+        for key in ["tools", "tool_choice"] {
+            if let Some(v) = item.extra.get(key) {
+                body[key] = v.clone();
+            }
+        }
+        if params.response_format {
+            if let Some(v) = item.extra.get("response_format") {
+                body["response_format"] = v.clone();
+            }
+        }
+        body
+    }
+
+    /// Asks one item; never fails: errors become [`Outcome::RequestError`].
+    pub async fn ask(&self, item: &Item, model: &str, params: &RequestParams) -> (f64, Option<Totals>, Result<Sample, String>) {
+        let mut request = self.http.post(format!("{}/chat/completions", self.base_url)).timeout(params.timeout);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let started = Instant::now();
+        let result = request.json(&Self::request_body(item, model, params)).send().await;
+        let (totals, answer) = match result {
+            Err(e) => (None, Err(format!("request failed: {e}"))),
+            Ok(response) => {
+                let totals = totals_of(response.headers());
+                let status = response.status();
+                let body = response.bytes().await;
+                let answer = match body {
+                    Err(e) => Err(format!("reading the answer: {e}")),
+                    Ok(bytes) if !status.is_success() => {
+                        Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&bytes[..bytes.len().min(300)])))
+                    }
+                    Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+                        .map(|v| Sample::from_chat_answer(&v))
+                        .map_err(|e| format!("answer is not JSON: {e}")),
+                };
+                (totals, answer)
+            }
+        };
+        (started.elapsed().as_secs_f64() * 1000.0, totals, answer)
+    }
+}
+
+/// The gateway's totals over all attempts of a request; `None` when the
+/// headers are missing (not a Flywheel gateway, or an old one).
+pub fn totals_of(headers: &HeaderMap) -> Option<Totals> {
+    fn get<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
+        h.get(name)?.to_str().ok()?.parse().ok()
+    }
+    Some(Totals {
+        attempts: get(headers, "x-flywheel-attempts")?,
+        fallback_depth: get(headers, "x-flywheel-fallback-depth")?,
+        prompt_tokens: get(headers, "x-flywheel-prompt-tokens")?,
+        completion_tokens: get(headers, "x-flywheel-completion-tokens")?,
+        cost_usd: get(headers, "x-flywheel-cost-usd")?,
+    })
+}
+
+/// Runs every item through `model` with at most `concurrency` requests in
+/// flight, grading each answer off the async threads. `progress` is called
+/// after each item with the number done. Observations come back in item
+/// order.
+pub async fn run_config(
+    gateway: &Gateway,
+    grader: Arc<Grader>,
+    items: &[Item],
+    model: &str,
+    params: &RequestParams,
+    concurrency: usize,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<Observation> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tasks = items.iter().map(|item| {
+        let permits = permits.clone();
+        let grader = grader.clone();
+        let done = &done;
+        async move {
+            let _permit = permits.acquire().await.expect("semaphore is never closed");
+            let (latency_ms, totals, answer) = gateway.ask(item, model, params).await;
+            let outcome = match answer {
+                Err(e) => Outcome::RequestError(e),
+                Ok(sample) => {
+                    let item = item.clone();
+                    let graded = tokio::task::spawn_blocking(move || grader.grade(&sample, &item)).await;
+                    match graded {
+                        Ok(Ok(grade)) => Outcome::Graded(grade),
+                        Ok(Err(e)) => Outcome::GraderError(e.to_string()),
+                        Err(e) => Outcome::GraderError(format!("grader panicked: {e}")),
+                    }
+                }
+            };
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            Observation { item_id: item.id(), latency_ms, totals, outcome }
+        }
+    });
+    futures_util::future::join_all(tasks).await
+}
