@@ -438,6 +438,8 @@ fn eval(
         std::fs::write(out.join("report.json"), report.to_json())?;
         print!("{}", report.to_markdown());
         if let Some(store) = store {
+            // Idempotent; creates eval_results on a database the capture never migrated.
+            store.migrate().await.context("migrating ClickHouse")?;
             store.insert_rows("eval_results", &report.rows()).await.context("storing eval_results")?;
             println!("stored run {} in {}.eval_results", report.run_id, store.database());
         }

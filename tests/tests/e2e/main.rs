@@ -13,4 +13,5 @@ mod pool;
 mod redis;
 mod reliability;
 mod shutdown;
+mod tuner;
 mod validation;
