@@ -2,9 +2,10 @@
 //! existing OpenAI RFT grader config works unchanged.
 //!
 //! Supported `type`s: OpenAI's `string_check`, `text_similarity`, `multi`,
-//! `python`, `score_model` and `endpoint`, plus two extensions: `regex` and
-//! `json`. OpenAI's `label_model` is recognised but rejected as not
-//! implemented yet.
+//! `python`, `score_model` and `endpoint`, plus three extensions: `regex`,
+//! `json` and `feedback` (a reward from users' feedback on a logged output,
+//! see [`feedback`]). OpenAI's `label_model` is recognised but rejected as
+//! not implemented yet.
 //!
 //! - `python` runs the config's `source` (`def grade(sample, item) -> float`)
 //!   in a sandboxed `python3` worker (stdlib only); see [`python`] for the
@@ -34,6 +35,7 @@ mod expr;
 mod http;
 mod json;
 mod multi;
+mod feedback;
 mod pattern;
 pub mod python;
 pub mod score_model;
@@ -55,7 +57,7 @@ use config::Cfg;
 
 /// The grader types this crate implements.
 pub const SUPPORTED_TYPES: &[&str] =
-    &["string_check", "text_similarity", "regex", "json", "multi", "python", "score_model", "endpoint"];
+    &["string_check", "text_similarity", "regex", "json", "multi", "python", "score_model", "endpoint", "feedback"];
 /// OpenAI grader types that are recognised but not implemented here.
 pub const NOT_IMPLEMENTED_TYPES: &[&str] = &["label_model"];
 
@@ -145,6 +147,7 @@ enum Kind {
     Python(python::PythonGrader),
     ScoreModel(Box<score_model::ScoreModel>),
     Endpoint(endpoint::Endpoint),
+    Feedback(feedback::FeedbackGrader),
 }
 
 impl fmt::Debug for Grader {
@@ -197,6 +200,7 @@ impl Grader {
             "python" => ("python", python::FIELDS),
             "score_model" => ("score_model", score_model::FIELDS),
             "endpoint" => ("endpoint", endpoint::FIELDS),
+            "feedback" => ("feedback", feedback::FIELDS),
             other => return Err(GraderError::UnknownType { path: format!("{path}.type"), kind: other.to_owned() }),
         };
         let mut allowed = vec!["type", "name", "pass_threshold"];
@@ -212,6 +216,7 @@ impl Grader {
             "python" => Kind::Python(python::PythonGrader::from_cfg(&cfg, options)?),
             "score_model" => Kind::ScoreModel(Box::new(score_model::ScoreModel::from_cfg(&cfg, options)?)),
             "endpoint" => Kind::Endpoint(endpoint::Endpoint::from_cfg(&cfg, options)?),
+            "feedback" => Kind::Feedback(feedback::FeedbackGrader::from_cfg(&cfg)?),
             _ => Kind::Multi(multi::Multi::from_cfg(&cfg, options)?),
         };
         Ok(Grader { name, kind_name, pass_threshold, kind })
@@ -264,6 +269,7 @@ impl Grader {
             Kind::Multi(g) => g.score(ctx),
             Kind::Python(g) => g.score(ctx),
             Kind::ScoreModel(g) => g.score(ctx),
+            Kind::Feedback(g) => g.score(ctx),
             Kind::Endpoint(g) => g.score_batch(std::slice::from_ref(ctx)).pop().unwrap_or_else(|| Err("no result".into())),
         };
         self.finish(scored)
