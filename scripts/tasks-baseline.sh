@@ -19,8 +19,12 @@ SEED="${SEED:-1}"
 OUT="${OUT:-$FLYWHEEL_CACHE/bench/tasks-baseline}"
 ENGINE="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
 [ -x "$ENGINE" ] || { echo "no engine at $ENGINE: run scripts/engine-test.sh (it builds it)" >&2; exit 1; }
-SMALL=$(scripts/fetch-model.sh smollm2 | tail -1)
-BIG=$(scripts/fetch-model.sh qwen2.5-coder-0.5b | tail -1)
+model_dir() {  # the fetched model's HF directory (fetches it the first time)
+  local dir="$FLYWHEEL_CACHE/models/$1/hf"
+  if [ -f "$dir/config.json" ]; then echo "$dir"; else scripts/fetch-model.sh "$1" | tail -1; fi
+}
+SMALL=$(model_dir smollm2)
+BIG=$(model_dir qwen2.5-coder-0.5b)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then build_release -p flywheel-gateway -p flywheel-tuner --bins; fi
 mkdir -p "$OUT"
 
