@@ -19,18 +19,39 @@ fn main() -> anyhow::Result<()> {
         None => real_model_dir(),
     };
     let cfg = TrainerConfig {
-        lora: LoraConfig { rank: 16, alpha: 32.0, dropout: 0.0, ..Default::default() },
-        sampling: SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 32 },
+        lora: LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            ..Default::default()
+        },
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 32,
+        },
         num_generations: 8,
-        optim: AdamWConfig { lr: 1e-5, ..Default::default() },
+        optim: AdamWConfig {
+            lr: 1e-5,
+            ..Default::default()
+        },
         micro_batch_size: 8,
         seed: 0,
         ..Default::default()
     };
     let t_load = std::time::Instant::now();
     let mut trainer = Trainer::new(&dir, cfg)?;
-    println!("loaded {} in {:.2}s; threads: {}", dir.display(), t_load.elapsed().as_secs_f64(), candle_core::utils::get_num_threads());
-    let prompts = [PromptItem::user("bench", "Write a short sentence about the sea.")];
+    println!(
+        "loaded {} in {:.2}s; threads: {}",
+        dir.display(),
+        t_load.elapsed().as_secs_f64(),
+        candle_core::utils::get_num_threads()
+    );
+    let prompts = [PromptItem::user(
+        "bench",
+        "Write a short sentence about the sea.",
+    )];
     // A continuous reward so every group has variance and the full backward always runs.
     let reward = |_: &PromptItem, text: &str| -> anyhow::Result<f64> {
         let n = text.chars().count().max(1);
@@ -45,6 +66,9 @@ fn main() -> anyhow::Result<()> {
             m.step, m.step_secs, m.generate_secs, m.train_secs, m.tokens_per_sec, m.response_len_mean, m.trained_sequences, m.reward_mean, m.loss, m.grad_norm, m.entropy
         );
     }
-    println!("mean: {:.2} s/step over {steps} steps (TRL reference: 12.2-13.1 s/step)", total / steps as f64);
+    println!(
+        "mean: {:.2} s/step over {steps} steps (TRL reference: 12.2-13.1 s/step)",
+        total / steps as f64
+    );
     Ok(())
 }

@@ -81,10 +81,14 @@ struct RawConfig {
 
 fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -116,27 +120,35 @@ impl ModelConfig {
         };
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
-                return Err(ConfigError::Invalid(format!("hidden_act {act:?} (only silu)")));
+                return Err(ConfigError::Invalid(format!(
+                    "hidden_act {act:?} (only silu)"
+                )));
             }
         }
         if raw.mlp_bias == Some(true) {
-            return Err(ConfigError::Invalid("mlp_bias = true is not supported".into()));
+            return Err(ConfigError::Invalid(
+                "mlp_bias = true is not supported".into(),
+            ));
         }
         if let Some(rs) = &raw.rope_scaling {
             if !rs.is_null() {
-                return Err(ConfigError::Invalid(format!("rope_scaling {rs} is not supported")));
+                return Err(ConfigError::Invalid(format!(
+                    "rope_scaling {rs} is not supported"
+                )));
             }
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(ConfigError::Invalid(format!(
                 "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
             )));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim % 2 != 0 {
-            return Err(ConfigError::Invalid(format!("head_dim {head_dim} must be even for RoPE")));
+        if !head_dim.is_multiple_of(2) {
+            return Err(ConfigError::Invalid(format!(
+                "head_dim {head_dim} must be even for RoPE"
+            )));
         }
         Ok(Self {
             arch,

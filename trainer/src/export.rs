@@ -33,8 +33,14 @@ fn pt_metadata() -> Option<HashMap<String, String>> {
 }
 
 /// `adapter_config.json` content for the model's LoRA config.
-pub fn adapter_config_json(model: &CausalLm, base_model: &str) -> anyhow::Result<serde_json::Value> {
-    let l = model.lora_cfg.as_ref().context("model has no LoRA adapters")?;
+pub fn adapter_config_json(
+    model: &CausalLm,
+    base_model: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let l = model
+        .lora_cfg
+        .as_ref()
+        .context("model has no LoRA adapters")?;
     Ok(serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -63,10 +69,20 @@ pub fn adapter_config_json(model: &CausalLm, base_model: &str) -> anyhow::Result
 pub fn export_adapter(model: &CausalLm, dir: &Path, base_model: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let cfg = adapter_config_json(model, base_model)?;
-    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
-    let tensors: Vec<(String, Tensor)> =
-        model.lora_vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
-    safetensors::serialize_to_file(tensors, pt_metadata(), &dir.join("adapter_model.safetensors"))?;
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg)?,
+    )?;
+    let tensors: Vec<(String, Tensor)> = model
+        .lora_vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    safetensors::serialize_to_file(
+        tensors,
+        pt_metadata(),
+        &dir.join("adapter_model.safetensors"),
+    )?;
     Ok(())
 }
 
@@ -110,7 +126,10 @@ pub fn merged_weights(model: &CausalLm) -> anyhow::Result<HashMap<String, Tensor
         for name in crate::lora::ALL_TARGETS {
             let p = layer.proj(name).unwrap();
             if p.lora.is_some() {
-                out.insert(format!("model.layers.{i}.{}.{name}.weight", module_group(name)), p.merged_weight()?);
+                out.insert(
+                    format!("model.layers.{i}.{}.{name}.weight", module_group(name)),
+                    p.merged_weight()?,
+                );
             }
         }
     }
@@ -125,7 +144,8 @@ pub fn export_merged(model: &CausalLm, base_dir: &Path, out_dir: &Path) -> anyho
     for f in COPIED_FILES {
         let src = base_dir.join(f);
         if src.exists() {
-            std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::copy(&src, out_dir.join(f))
+                .with_context(|| format!("copying {}", src.display()))?;
         }
     }
     let mut files: Vec<_> = std::fs::read_dir(base_dir)?
@@ -147,7 +167,11 @@ pub fn export_merged(model: &CausalLm, base_dir: &Path, out_dir: &Path) -> anyho
             None => out.push((name, OutTensor::Base(view))),
         }
     }
-    anyhow::ensure!(merged.is_empty(), "base model lacks merged tensors: {:?}", merged.keys().collect::<Vec<_>>());
+    anyhow::ensure!(
+        merged.is_empty(),
+        "base model lacks merged tensors: {:?}",
+        merged.keys().collect::<Vec<_>>()
+    );
     safetensors::serialize_to_file(out, pt_metadata(), &out_dir.join("model.safetensors"))?;
     Ok(())
 }
@@ -169,12 +193,25 @@ mod tests {
         let mut cfg = tiny_config(Arch::Qwen2, 101);
         cfg.tie_word_embeddings = false;
         write_tiny_model(d.path(), &cfg, 3, 1.0, None).unwrap();
-        let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.05, targets: targets.iter().map(|s| s.to_string()).collect() };
+        let lora = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        };
         let m = CausalLm::load(d.path(), Some(&lora), &mut Rng::new(1), &Device::Cpu).unwrap();
         let mut rng = Rng::new(9);
         for (name, v) in m.lora_vars() {
             if name.contains("lora_B") {
-                v.set(&Tensor::from_vec(rng.uniform_vec(v.elem_count(), -0.2, 0.2), v.shape(), &Device::Cpu).unwrap()).unwrap();
+                v.set(
+                    &Tensor::from_vec(
+                        rng.uniform_vec(v.elem_count(), -0.2, 0.2),
+                        v.shape(),
+                        &Device::Cpu,
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
             }
         }
         (d, m, lora)
@@ -187,32 +224,64 @@ mod tests {
         export_adapter(&m, out.path(), "HuggingFaceTB/SmolLM2-135M-Instruct").unwrap();
         let bytes = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let c = &m.cfg;
         assert_eq!(st.names().len(), c.num_hidden_layers * 7 * 2);
         for i in 0..c.num_hidden_layers {
-            for (group, name) in [("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"), ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj")] {
+            for (group, name) in [
+                ("self_attn", "q_proj"),
+                ("self_attn", "k_proj"),
+                ("self_attn", "v_proj"),
+                ("self_attn", "o_proj"),
+                ("mlp", "gate_proj"),
+                ("mlp", "up_proj"),
+                ("mlp", "down_proj"),
+            ] {
                 let (o, inp) = c.proj_shape(name).unwrap();
-                let a = st.tensor(&format!("base_model.model.model.layers.{i}.{group}.{name}.lora_A.weight")).unwrap();
-                let b = st.tensor(&format!("base_model.model.model.layers.{i}.{group}.{name}.lora_B.weight")).unwrap();
+                let a = st
+                    .tensor(&format!(
+                        "base_model.model.model.layers.{i}.{group}.{name}.lora_A.weight"
+                    ))
+                    .unwrap();
+                let b = st
+                    .tensor(&format!(
+                        "base_model.model.model.layers.{i}.{group}.{name}.lora_B.weight"
+                    ))
+                    .unwrap();
                 assert_eq!(a.shape(), &[lora.rank, inp], "{name} A");
                 assert_eq!(b.shape(), &[o, lora.rank], "{name} B");
                 assert_eq!(a.dtype(), Dtype::F32);
             }
         }
-        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(cfg["peft_type"], "LORA");
         assert_eq!(cfg["task_type"], "CAUSAL_LM");
         assert_eq!(cfg["r"], 4);
         assert_eq!(cfg["lora_alpha"], 8.0);
         assert_eq!(cfg["bias"], "none");
         assert_eq!(cfg["fan_in_fan_out"], false);
-        assert_eq!(cfg["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+        assert_eq!(
+            cfg["base_model_name_or_path"],
+            "HuggingFaceTB/SmolLM2-135M-Instruct"
+        );
         assert_eq!(cfg["target_modules"].as_array().unwrap().len(), 7);
         // The values round-trip.
         let (name, v) = &m.lora_vars()[0];
-        let back = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        let back = candle_core::safetensors::load(
+            out.path().join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(max_diff(&back[name], v.as_tensor()), 0.0);
     }
 
@@ -223,7 +292,9 @@ mod tests {
         export_merged(&m, d.path(), out.path()).unwrap();
         assert!(out.path().join("config.json").exists());
         let merged = CausalLm::load(out.path(), None, &mut Rng::new(0), &Device::Cpu).unwrap();
-        let rows = vec![(0..9u32).map(|i| Some((i * 7 + 3) % 101)).collect::<Vec<_>>()];
+        let rows = vec![(0..9u32)
+            .map(|i| Some((i * 7 + 3) % 101))
+            .collect::<Vec<_>>()];
         let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
         let want = m.forward_batch(&batch, &ForwardCtx::eval()).unwrap();
         let got = merged.forward_batch(&batch, &ForwardCtx::eval()).unwrap();
@@ -231,12 +302,24 @@ mod tests {
         let base = m.forward_batch(&batch, &ForwardCtx::base()).unwrap();
         assert!(max_diff(&base, &got) > 1e-3, "merge must change the model");
         // Untouched tensors are byte-identical; adapted ones changed.
-        let a = candle_core::safetensors::load(d.path().join("model.safetensors"), &Device::Cpu).unwrap();
-        let b = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        let a = candle_core::safetensors::load(d.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+        let b = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
         assert_eq!(a.len(), b.len());
-        for k in ["model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.k_proj.weight", "model.layers.1.self_attn.q_proj.bias"] {
+        for k in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.1.self_attn.q_proj.bias",
+        ] {
             assert_eq!(max_diff(&a[k], &b[k]), 0.0, "{k}");
         }
-        assert!(max_diff(&a["model.layers.1.mlp.up_proj.weight"], &b["model.layers.1.mlp.up_proj.weight"]) > 0.0);
+        assert!(
+            max_diff(
+                &a["model.layers.1.mlp.up_proj.weight"],
+                &b["model.layers.1.mlp.up_proj.weight"]
+            ) > 0.0
+        );
     }
 }

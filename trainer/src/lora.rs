@@ -19,8 +19,15 @@ use crate::ops::frozen_linear;
 use crate::rng::Rng;
 
 /// The projections LoRA may target, with the HF sub-module that holds them.
-pub const ALL_TARGETS: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALL_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// `self_attn` or `mlp`: the HF parent module of a projection.
 pub fn module_group(target: &str) -> &'static str {
@@ -66,9 +73,15 @@ impl LoraConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.rank > 0, "LoRA rank must be > 0");
-        anyhow::ensure!((0.0..1.0).contains(&self.dropout), "LoRA dropout must be in [0, 1)");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "LoRA dropout must be in [0, 1)"
+        );
         for t in &self.targets {
-            anyhow::ensure!(ALL_TARGETS.contains(&t.as_str()), "unknown LoRA target {t:?}");
+            anyhow::ensure!(
+                ALL_TARGETS.contains(&t.as_str()),
+                "unknown LoRA target {t:?}"
+            );
         }
         Ok(())
     }
@@ -89,15 +102,24 @@ pub struct ForwardCtx {
 impl ForwardCtx {
     /// Inference with adapters on, no dropout.
     pub fn eval() -> Self {
-        Self { lora: true, dropout_rng: None }
+        Self {
+            lora: true,
+            dropout_rng: None,
+        }
     }
     /// Frozen base model (adapters off).
     pub fn base() -> Self {
-        Self { lora: false, dropout_rng: None }
+        Self {
+            lora: false,
+            dropout_rng: None,
+        }
     }
     /// Training forward: adapters on, dropout drawn from `rng`.
     pub fn train(rng: Rng) -> Self {
-        Self { lora: true, dropout_rng: Some(RefCell::new(rng)) }
+        Self {
+            lora: true,
+            dropout_rng: Some(RefCell::new(rng)),
+        }
     }
 }
 
@@ -137,12 +159,21 @@ impl LoraLinear {
                 let (out, inp) = weight.dims2()?;
                 let bound = 1.0 / (inp as f32).sqrt();
                 let dev = weight.device();
-                let a = Var::from_vec(rng.uniform_vec(cfg.rank * inp, -bound, bound), (cfg.rank, inp), dev)?;
+                let a = Var::from_vec(
+                    rng.uniform_vec(cfg.rank * inp, -bound, bound),
+                    (cfg.rank, inp),
+                    dev,
+                )?;
                 let b = Var::zeros((out, cfg.rank), DType::F32, dev)?;
                 let mut data = varmap.data().lock().unwrap();
                 data.insert(name_a, a.clone());
                 data.insert(name_b, b.clone());
-                Some(LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout })
+                Some(LoraAdapter {
+                    a,
+                    b,
+                    scale: cfg.scale(),
+                    dropout: cfg.dropout,
+                })
             }
         };
         Ok(Self { weight, bias, lora })
@@ -159,7 +190,13 @@ impl LoraLinear {
                 let keep = 1.0 - l.dropout;
                 let mut rng = rng.borrow_mut();
                 let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.next_f32() < keep { 1.0 / keep } else { 0.0 })
+                    .map(|_| {
+                        if rng.next_f32() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
             }
@@ -179,8 +216,9 @@ impl LoraLinear {
     pub fn merged_weight(&self) -> Result<Tensor> {
         match &self.lora {
             None => Ok(self.weight.clone()),
-            Some(l) => self.weight.add(&(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?),
+            Some(l) => self
+                .weight
+                .add(&(l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?),
         }
     }
 }
-

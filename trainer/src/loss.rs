@@ -47,7 +47,13 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self { loss_type: LossType::Dapo, scale_rewards: ScaleRewards::Group, epsilon_low: 0.2, epsilon_high: 0.2, beta: 0.0 }
+        Self {
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+        }
     }
 }
 
@@ -57,7 +63,10 @@ pub const ADV_EPS: f64 = 1e-4;
 /// Group-normalised advantages; `rewards` are grouped consecutively in groups of `group_size`.
 /// Std is the unbiased sample std, as `torch.std` in TRL.
 pub fn advantages(rewards: &[f64], group_size: usize, scale: ScaleRewards) -> Vec<f64> {
-    assert!(group_size > 0 && rewards.len() % group_size == 0, "rewards not a multiple of group size");
+    assert!(
+        group_size > 0 && rewards.len().is_multiple_of(group_size),
+        "rewards not a multiple of group size"
+    );
     let std = |xs: &[f64]| {
         let n = xs.len() as f64;
         if xs.len() < 2 {
@@ -122,12 +131,19 @@ pub struct LossOutput {
 }
 
 /// Per-token reduction weights for `cfg.loss_type`.
-pub fn token_weights(lengths: &[usize], c: usize, loss_type: LossType, norm: &LossNorm) -> Vec<f32> {
+pub fn token_weights(
+    lengths: &[usize],
+    c: usize,
+    loss_type: LossType,
+    norm: &LossNorm,
+) -> Vec<f32> {
     let mut w = vec![0f32; lengths.len() * c];
     for (b, &len) in lengths.iter().enumerate() {
         let per = match loss_type {
             LossType::Grpo => 1.0 / (len.max(1) as f64 * norm.num_sequences.max(1) as f64),
-            LossType::DrGrpo => 1.0 / (norm.num_sequences.max(1) * norm.max_completion_length.max(1)) as f64,
+            LossType::DrGrpo => {
+                1.0 / (norm.num_sequences.max(1) * norm.max_completion_length.max(1)) as f64
+            }
             LossType::Dapo => 1.0 / norm.num_tokens.max(1) as f64,
         };
         for t in 0..len.min(c) {
@@ -180,18 +196,33 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &LossConfig, norm: &LossNorm) -> Result<
     let mut per_token = (ratio.mul(&adv_unclipped)? + clipped_const)?.neg()?;
     let mut kl_sum = 0.0;
     if cfg.beta != 0.0 {
-        let rl = inp.ref_logp.ok_or_else(|| candle_core::Error::Msg("beta > 0 needs ref_logp".into()))?;
+        let rl = inp
+            .ref_logp
+            .ok_or_else(|| candle_core::Error::Msg("beta > 0 needs ref_logp".into()))?;
         let d = (rl - inp.logp)?;
         let kl = ((d.exp()? - &d)? - 1.0)?;
         let kv = kl.to_vec2::<f32>()?;
         for i in 0..b {
-            kl_sum += kv[i][..inp.lengths[i].min(c)].iter().map(|&x| x as f64).sum::<f64>();
+            kl_sum += kv[i][..inp.lengths[i].min(c)]
+                .iter()
+                .map(|&x| x as f64)
+                .sum::<f64>();
         }
         per_token = (per_token + (kl * cfg.beta)?)?;
     }
-    let w = Tensor::from_vec(token_weights(inp.lengths, c, cfg.loss_type, norm), (b, c), dev)?;
+    let w = Tensor::from_vec(
+        token_weights(inp.lengths, c, cfg.loss_type, norm),
+        (b, c),
+        dev,
+    )?;
     let loss = per_token.mul(&w)?.sum_all()?;
-    Ok(LossOutput { loss, tokens, kl_sum, clipped_low, clipped_high })
+    Ok(LossOutput {
+        loss,
+        tokens,
+        kl_sum,
+        clipped_low,
+        clipped_high,
+    })
 }
 
 #[cfg(test)]
@@ -201,7 +232,11 @@ mod tests {
 
     #[test]
     fn advantages_group_normalised() {
-        let a = advantages(&[1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0, 2.0], 4, ScaleRewards::Group);
+        let a = advantages(
+            &[1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0, 2.0],
+            4,
+            ScaleRewards::Group,
+        );
         let s = (1.0f64 / 3.0).sqrt(); // unbiased std of [1,0,1,0]
         assert!((a[0] - 0.5 / (s + ADV_EPS)).abs() < 1e-9);
         assert!((a[1] + 0.5 / (s + ADV_EPS)).abs() < 1e-9);
@@ -210,20 +245,46 @@ mod tests {
         assert_eq!(d, vec![0.5, -0.5, 0.5, -0.5]);
     }
 
-    fn run(loss_type: LossType, lp: &[[f32; 3]; 2], old: Option<&[[f32; 3]; 2]>, beta: f64) -> (f32, Vec<Vec<f32>>, LossOutput) {
+    fn run(
+        loss_type: LossType,
+        lp: &[[f32; 3]; 2],
+        old: Option<&[[f32; 3]; 2]>,
+        beta: f64,
+    ) -> (f32, Vec<Vec<f32>>, LossOutput) {
         let dev = Device::Cpu;
         let v = Var::from_tensor(&Tensor::new(lp, &dev).unwrap()).unwrap();
         let old_t = old.map(|o| Tensor::new(o, &dev).unwrap());
         let reft = Tensor::new(&[[-1.0f32, -1.0, -1.0], [-1.0, -1.0, -1.0]], &dev).unwrap();
-        let cfg = LossConfig { loss_type, beta, ..Default::default() };
-        let norm = LossNorm { num_sequences: 2, num_tokens: 5, max_completion_length: 4 };
+        let cfg = LossConfig {
+            loss_type,
+            beta,
+            ..Default::default()
+        };
+        let norm = LossNorm {
+            num_sequences: 2,
+            num_tokens: 5,
+            max_completion_length: 4,
+        };
         let out = grpo_loss(
-            &LossInputs { logp: v.as_tensor(), old_logp: old_t.as_ref(), ref_logp: Some(&reft), advantages: &[1.0, -2.0], lengths: &[3, 2] },
+            &LossInputs {
+                logp: v.as_tensor(),
+                old_logp: old_t.as_ref(),
+                ref_logp: Some(&reft),
+                advantages: &[1.0, -2.0],
+                lengths: &[3, 2],
+            },
             &cfg,
             &norm,
         )
         .unwrap();
-        let g = out.loss.backward().unwrap().get(v.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let g = out
+            .loss
+            .backward()
+            .unwrap()
+            .get(v.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         (out.loss.to_scalar::<f32>().unwrap(), g, out)
     }
 
@@ -232,7 +293,10 @@ mod tests {
         let lp = [[-1.0f32, -2.0, -0.5], [-0.3, -0.7, -9.0]];
         // Ratio 1 everywhere: loss = -sum(A * w); d loss / d logp = -A * w.
         let (l, g, out) = run(LossType::Grpo, &lp, None, 0.0);
-        assert!((l - (-(1.0 * 3.0 / 3.0 - 2.0 * 2.0 / 2.0) / 2.0)).abs() < 1e-6, "{l}");
+        assert!(
+            (l - (-(1.0 * 3.0 / 3.0 - 2.0 * 2.0 / 2.0) / 2.0)).abs() < 1e-6,
+            "{l}"
+        );
         assert!((g[0][0] + 1.0 / 6.0).abs() < 1e-6 && (g[1][0] - 2.0 / 4.0).abs() < 1e-6);
         assert_eq!(g[1][2], 0.0, "padding has no gradient");
         assert_eq!(out.tokens, 5);

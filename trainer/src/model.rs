@@ -14,7 +14,9 @@ use candle_nn::{VarBuilder, VarMap};
 
 use crate::config::ModelConfig;
 use crate::lora::{peft_name, ForwardCtx, LoraConfig, LoraLinear};
-use crate::ops::{apply_rope, causal_mask, frozen_linear, rms_norm, silu, softmax_last_dim, RopeTables};
+use crate::ops::{
+    apply_rope, causal_mask, frozen_linear, rms_norm, silu, softmax_last_dim, RopeTables,
+};
 use crate::rng::Rng;
 
 /// One decoder block.
@@ -151,7 +153,12 @@ pub struct CausalLm {
 
 impl CausalLm {
     /// Loads `config.json` + `model.safetensors` (mmap) from an HF model directory.
-    pub fn load(dir: impl AsRef<Path>, lora: Option<&LoraConfig>, rng: &mut Rng, dev: &Device) -> anyhow::Result<Self> {
+    pub fn load(
+        dir: impl AsRef<Path>,
+        lora: Option<&LoraConfig>,
+        rng: &mut Rng,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
         let dir = dir.as_ref();
         let cfg = ModelConfig::from_file(dir.join("config.json"))?;
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -167,7 +174,12 @@ impl CausalLm {
     }
 
     /// Builds the model from HF-named tensors in `vb`; LoRA vars (if any) are created with `rng`.
-    pub fn from_varbuilder(cfg: ModelConfig, vb: VarBuilder, lora: Option<&LoraConfig>, rng: &mut Rng) -> anyhow::Result<Self> {
+    pub fn from_varbuilder(
+        cfg: ModelConfig,
+        vb: VarBuilder,
+        lora: Option<&LoraConfig>,
+        rng: &mut Rng,
+    ) -> anyhow::Result<Self> {
         if let Some(l) = lora {
             l.validate()?;
         }
@@ -181,7 +193,11 @@ impl CausalLm {
             let mut mk = |group: &str, name: &str, bias: bool| -> anyhow::Result<LoraLinear> {
                 let (out, inp) = cfg.proj_shape(name).unwrap();
                 let w = vb.get((out, inp), &format!("{lp}.{group}.{name}.weight"))?;
-                let b = if bias { Some(vb.get(out, &format!("{lp}.{group}.{name}.bias"))?) } else { None };
+                let b = if bias {
+                    Some(vb.get(out, &format!("{lp}.{group}.{name}.bias"))?)
+                } else {
+                    None
+                };
                 let adapter = lora
                     .filter(|l| l.targets(name))
                     .map(|l| (l, peft_name(i, name, 'A'), peft_name(i, name, 'B')));
@@ -197,7 +213,8 @@ impl CausalLm {
                 up_proj: mk("mlp", "up_proj", false)?,
                 down_proj: mk("mlp", "down_proj", false)?,
                 input_layernorm: vb.get(h, &format!("{lp}.input_layernorm.weight"))?,
-                post_attention_layernorm: vb.get(h, &format!("{lp}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: vb
+                    .get(h, &format!("{lp}.post_attention_layernorm.weight"))?,
             });
         }
         let norm = vb.get(h, "model.norm.weight")?;
@@ -206,8 +223,23 @@ impl CausalLm {
         } else {
             vb.get((v, h), "lm_head.weight")?
         };
-        let rope = RopeTables::new(cfg.head_dim, cfg.max_position_embeddings.min(32768), cfg.rope_theta, &dev)?;
-        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, rope, lora_cfg: lora.cloned(), varmap, device: dev })
+        let rope = RopeTables::new(
+            cfg.head_dim,
+            cfg.max_position_embeddings.min(32768),
+            cfg.rope_theta,
+            &dev,
+        )?;
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            lora_cfg: lora.cloned(),
+            varmap,
+            device: dev,
+        })
     }
 
     /// The LoRA variables sorted by name (a stable order for the optimizer and checkpoints).
@@ -218,6 +250,7 @@ impl CausalLm {
         v
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         l: &Layer,
@@ -231,9 +264,21 @@ impl CausalLm {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let q = l.q_proj.forward(x, ctx)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-        let k = l.k_proj.forward(x, ctx)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let v = l.v_proj.forward(x, ctx)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = l
+            .q_proj
+            .forward(x, ctx)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = l
+            .k_proj
+            .forward(x, ctx)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = l
+            .v_proj
+            .forward(x, ctx)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
         let q = apply_rope(&q, cos, sin)?;
         let k = apply_rope(&k, cos, sin)?;
         let v = v.contiguous()?;
@@ -265,7 +310,10 @@ impl CausalLm {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.reshape((b, nkv, n_rep, t, s))?.broadcast_add(mask)?;
         let p = softmax_last_dim(&scores)?.reshape((b, nkv, n_rep * t, s))?;
-        p.matmul(&v.contiguous()?)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))
+        p.matmul(&v.contiguous()?)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))
     }
 
     /// Training forward for G continuations of one shared prompt, running the prompt
@@ -285,7 +333,12 @@ impl CausalLm {
     ) -> Result<(Tensor, Tensor)> {
         let c = &self.cfg;
         let dev = &self.device;
-        let (nh, nkv, hd, hsz) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let (nh, nkv, hd, hsz) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.hidden_size,
+        );
         let p = prompt.len();
         let g = suffix.len();
         let s = suffix.first().map(|r| r.len()).unwrap_or(0);
@@ -299,14 +352,19 @@ impl CausalLm {
         }
         let n = ids.len();
         // Flat token matrix [N, H]: every projection runs once over all tokens.
-        let mut x = self.embed_tokens.index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&Tensor::from_vec(ids, n, dev)?, 0)?;
         let pos_p = Tensor::from_vec((0..p as u32).collect::<Vec<_>>(), (1, p), dev)?;
         let (cos_p, sin_p) = self.rope.gather(&pos_p)?;
         let pos_s = Tensor::from_vec((p as u32..(p + s) as u32).collect::<Vec<_>>(), (1, s), dev)?;
         let (cos_s, sin_s) = self.rope.gather(&pos_s)?;
         let mask_p = Tensor::from_vec(causal_mask(&[vec![1u8; p]], 0, p)?, (1, 1, 1, p, p), dev)?;
         // Suffix queries see the whole prompt plus earlier real suffix tokens.
-        let rows: Vec<Vec<u8>> = suffix_valid.iter().map(|v| [vec![1u8; p], v.clone()].concat()).collect();
+        let rows: Vec<Vec<u8>> = suffix_valid
+            .iter()
+            .map(|v| [vec![1u8; p], v.clone()].concat())
+            .collect();
         let mask_s = Tensor::from_vec(causal_mask(&rows, p, s)?, (g, 1, 1, s, p + s), dev)?;
         let eps = c.rms_norm_eps;
         for l in &self.layers {
@@ -315,22 +373,48 @@ impl CausalLm {
             let k = l.k_proj.forward(&h, ctx)?;
             let v = l.v_proj.forward(&h, ctx)?;
             let split = |t: &Tensor, heads: usize| -> Result<(Tensor, Tensor)> {
-                let tp = t.narrow(0, 0, p)?.reshape((1, p, heads, hd))?.transpose(1, 2)?;
-                let ts = t.narrow(0, p, ns)?.reshape((g, s, heads, hd))?.transpose(1, 2)?;
+                let tp = t
+                    .narrow(0, 0, p)?
+                    .reshape((1, p, heads, hd))?
+                    .transpose(1, 2)?;
+                let ts = t
+                    .narrow(0, p, ns)?
+                    .reshape((g, s, heads, hd))?
+                    .transpose(1, 2)?;
                 Ok((tp, ts))
             };
             let (qp, qs) = split(&q, nh)?;
             let (kp, ks) = split(&k, nkv)?;
             let (vp, vs) = split(&v, nkv)?;
-            let (qp, kp) = (apply_rope(&qp, &cos_p, &sin_p)?, apply_rope(&kp, &cos_p, &sin_p)?);
+            let (qp, kp) = (
+                apply_rope(&qp, &cos_p, &sin_p)?,
+                apply_rope(&kp, &cos_p, &sin_p)?,
+            );
             let op = self.attend(&qp, &kp, &vp, &mask_p)?.reshape((p, nh * hd))?;
             let o = if s > 0 {
-                let (qs, ks) = (apply_rope(&qs, &cos_s, &sin_s)?, apply_rope(&ks, &cos_s, &sin_s)?);
+                let (qs, ks) = (
+                    apply_rope(&qs, &cos_s, &sin_s)?,
+                    apply_rope(&ks, &cos_s, &sin_s)?,
+                );
                 // Contiguous inputs: candle's `cat` on a non-zero dim otherwise returns a
                 // transposed view whose layout its matmul backward rejects.
-                let kall = Tensor::cat(&[&kp.broadcast_as((g, nkv, p, hd))?.contiguous()?, &ks.contiguous()?], 2)?;
-                let vall = Tensor::cat(&[&vp.broadcast_as((g, nkv, p, hd))?.contiguous()?, &vs.contiguous()?], 2)?;
-                let os = self.attend(&qs, &kall, &vall, &mask_s)?.reshape((ns, nh * hd))?;
+                let kall = Tensor::cat(
+                    &[
+                        &kp.broadcast_as((g, nkv, p, hd))?.contiguous()?,
+                        &ks.contiguous()?,
+                    ],
+                    2,
+                )?;
+                let vall = Tensor::cat(
+                    &[
+                        &vp.broadcast_as((g, nkv, p, hd))?.contiguous()?,
+                        &vs.contiguous()?,
+                    ],
+                    2,
+                )?;
+                let os = self
+                    .attend(&qs, &kall, &vall, &mask_s)?
+                    .reshape((ns, nh * hd))?;
                 Tensor::cat(&[&op, &os], 0)?
             } else {
                 op
@@ -365,7 +449,10 @@ impl CausalLm {
         let (cos, sin) = self.rope.gather(positions)?;
         let s = mask.dim(D::Minus1)?;
         let mask = mask.reshape((b, 1, 1, t, s))?;
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
         if let Some(c) = cache.as_deref_mut() {
             if c.kv.len() != self.layers.len() {
                 c.kv = vec![None; self.layers.len()];
@@ -400,21 +487,42 @@ impl CausalLm {
 
     /// Incremental step for unpadded rows that all sit at `cache.len`: feeds `ids` [B, t]
     /// and returns the logits of the last fed position, [B, V].
-    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, ctx: &ForwardCtx) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let past = cache.len;
-        let pos: Vec<u32> = (0..b).flat_map(|_| (past..past + t).map(|p| p as u32)).collect();
+        let pos: Vec<u32> = (0..b)
+            .flat_map(|_| (past..past + t).map(|p| p as u32))
+            .collect();
         let positions = Tensor::from_vec(pos, (b, t), &self.device)?;
         let valid = vec![vec![1u8; past + t]; b];
-        let mask = Tensor::from_vec(causal_mask(&valid, past, t)?, (b, 1, t, past + t), &self.device)?;
+        let mask = Tensor::from_vec(
+            causal_mask(&valid, past, t)?,
+            (b, 1, t, past + t),
+            &self.device,
+        )?;
         let h = self.forward_hidden(ids, &positions, &mask, Some(cache), ctx)?;
         self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
 
     /// Greedy decoding of one prompt (for tests and smoke checks).
-    pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32], ctx: &ForwardCtx) -> Result<Vec<u32>> {
+    pub fn greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        ctx: &ForwardCtx,
+    ) -> Result<Vec<u32>> {
         let mut cache = KvCache::default();
-        let mut logits = self.forward_cached(&Tensor::new(prompt, &self.device)?.unsqueeze(0)?, &mut cache, ctx)?;
+        let mut logits = self.forward_cached(
+            &Tensor::new(prompt, &self.device)?.unsqueeze(0)?,
+            &mut cache,
+            ctx,
+        )?;
         let mut out = Vec::new();
         for _ in 0..max_new {
             let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
@@ -422,7 +530,8 @@ impl CausalLm {
                 break;
             }
             out.push(next);
-            logits = self.forward_cached(&Tensor::new(&[[next]], &self.device)?, &mut cache, ctx)?;
+            logits =
+                self.forward_cached(&Tensor::new(&[[next]], &self.device)?, &mut cache, ctx)?;
         }
         Ok(out)
     }
@@ -445,7 +554,8 @@ pub(crate) mod tests {
         for (name, var) in m.lora_vars() {
             if name.contains("lora_B") {
                 let n = var.elem_count();
-                let t = Tensor::from_vec(rng.uniform_vec(n, -0.1, 0.1), var.shape(), &Device::Cpu).unwrap();
+                let t = Tensor::from_vec(rng.uniform_vec(n, -0.1, 0.1), var.shape(), &Device::Cpu)
+                    .unwrap();
                 var.set(&t).unwrap();
             }
         }
@@ -453,7 +563,16 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     fn ids(n: usize, seed: u64) -> Vec<u32> {
@@ -464,17 +583,43 @@ pub(crate) mod tests {
     #[test]
     fn kv_cache_matches_full_forward() {
         for arch in [Arch::Llama, Arch::Qwen2] {
-            let m = tiny(arch, Some(&LoraConfig { rank: 4, ..Default::default() }), 3);
+            let m = tiny(
+                arch,
+                Some(&LoraConfig {
+                    rank: 4,
+                    ..Default::default()
+                }),
+                3,
+            );
             let toks = ids(11, 5);
             let rows = vec![toks.iter().map(|&t| Some(t)).collect::<Vec<_>>()];
             let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
-            let full = m.forward_batch(&batch, &ForwardCtx::eval()).unwrap().squeeze(0).unwrap();
+            let full = m
+                .forward_batch(&batch, &ForwardCtx::eval())
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
             let mut cache = KvCache::default();
             let prefill = 4;
-            let l = m.forward_cached(&Tensor::new(&toks[..prefill], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache, &ForwardCtx::eval()).unwrap();
+            let l = m
+                .forward_cached(
+                    &Tensor::new(&toks[..prefill], &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    &mut cache,
+                    &ForwardCtx::eval(),
+                )
+                .unwrap();
             let mut worst = max_diff(&l.squeeze(0).unwrap(), &full.get(prefill - 1).unwrap());
             for (i, &t) in toks.iter().enumerate().skip(prefill) {
-                let l = m.forward_cached(&Tensor::new(&[[t]], &Device::Cpu).unwrap(), &mut cache, &ForwardCtx::eval()).unwrap();
+                let l = m
+                    .forward_cached(
+                        &Tensor::new(&[[t]], &Device::Cpu).unwrap(),
+                        &mut cache,
+                        &ForwardCtx::eval(),
+                    )
+                    .unwrap();
                 worst = worst.max(max_diff(&l.squeeze(0).unwrap(), &full.get(i).unwrap()));
             }
             assert!(worst < 1e-4, "{arch:?}: kv-cache logits differ by {worst}");
@@ -483,7 +628,14 @@ pub(crate) mod tests {
 
     #[test]
     fn padding_does_not_change_logits() {
-        let m = tiny(Arch::Llama, Some(&LoraConfig { rank: 4, ..Default::default() }), 4);
+        let m = tiny(
+            Arch::Llama,
+            Some(&LoraConfig {
+                rank: 4,
+                ..Default::default()
+            }),
+            4,
+        );
         let a = ids(6, 1);
         let b = ids(9, 2);
         // Row 0 is left-padded by 2 and right-padded by 1; row 1 is full.
@@ -494,8 +646,14 @@ pub(crate) mod tests {
         let batch = PaddedBatch::from_rows(&[r0, r1], 0, &Device::Cpu).unwrap();
         let both = m.forward_batch(&batch, &ForwardCtx::eval()).unwrap();
         for (row, toks, off) in [(0usize, &a, 2usize), (1, &b, 0)] {
-            let single = PaddedBatch::from_rows(&[toks.iter().map(|&t| Some(t)).collect()], 0, &Device::Cpu).unwrap();
-            let s = m.forward_batch(&single, &ForwardCtx::eval()).unwrap().squeeze(0).unwrap();
+            let single =
+                PaddedBatch::from_rows(&[toks.iter().map(|&t| Some(t)).collect()], 0, &Device::Cpu)
+                    .unwrap();
+            let s = m
+                .forward_batch(&single, &ForwardCtx::eval())
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
             let p = both.get(row).unwrap().narrow(0, off, toks.len()).unwrap();
             assert!(max_diff(&s, &p) < 1e-4, "row {row}: {}", max_diff(&s, &p));
         }
@@ -503,14 +661,20 @@ pub(crate) mod tests {
 
     #[test]
     fn lora_off_equals_base_exactly() {
-        let lora = LoraConfig { rank: 4, ..Default::default() };
+        let lora = LoraConfig {
+            rank: 4,
+            ..Default::default()
+        };
         let with = tiny(Arch::Qwen2, Some(&lora), 9);
         let base = tiny(Arch::Qwen2, None, 9);
         let rows = vec![ids(7, 3).into_iter().map(Some).collect::<Vec<_>>()];
         let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
         let off = with.forward_batch(&batch, &ForwardCtx::base()).unwrap();
         let b = base.forward_batch(&batch, &ForwardCtx::eval()).unwrap();
-        assert_eq!(off.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            off.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         let on = with.forward_batch(&batch, &ForwardCtx::eval()).unwrap();
         assert!(max_diff(&on, &b) > 1e-3, "LoRA on must change the logits");
     }
@@ -519,19 +683,36 @@ pub(crate) mod tests {
     fn every_lora_param_gets_gradient() {
         // B is random here (see `tiny`): with PEFT's B = 0 init, dL/dA = (dL/dh) B scale = 0,
         // so A would legitimately get a zero gradient on the first step.
-        let lora = LoraConfig { rank: 4, dropout: 0.1, ..Default::default() };
+        let lora = LoraConfig {
+            rank: 4,
+            dropout: 0.1,
+            ..Default::default()
+        };
         let m = tiny(Arch::Llama, Some(&lora), 11);
-        let rows = vec![ids(8, 4).into_iter().map(Some).collect::<Vec<_>>(), ids(8, 5).into_iter().map(Some).collect()];
+        let rows = vec![
+            ids(8, 4).into_iter().map(Some).collect::<Vec<_>>(),
+            ids(8, 5).into_iter().map(Some).collect(),
+        ];
         let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
-        let logits = m.forward_batch(&batch, &ForwardCtx::train(Rng::new(1))).unwrap();
+        let logits = m
+            .forward_batch(&batch, &ForwardCtx::train(Rng::new(1)))
+            .unwrap();
         let lp = crate::ops::log_softmax_last_dim(&logits).unwrap();
         let loss = lp.narrow(2, 5, 1).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let vars = m.lora_vars();
         assert_eq!(vars.len(), 2 * 7 * 2);
         for (name, v) in vars {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
-            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0 && n.is_finite(), "{name}: gradient norm {n}");
         }
         // Base weights are frozen: no gradient recorded for them.
@@ -543,39 +724,120 @@ pub(crate) mod tests {
     /// and in LoRA gradients.
     #[test]
     fn shared_prefix_matches_padded_batch() {
-        let m = tiny(Arch::Qwen2, Some(&LoraConfig { rank: 4, ..Default::default() }), 13);
+        let m = tiny(
+            Arch::Qwen2,
+            Some(&LoraConfig {
+                rank: 4,
+                ..Default::default()
+            }),
+            13,
+        );
         let prompt = ids(5, 8);
         let suffix = [ids(4, 9), ids(2, 10), ids(4, 11)];
         let s = 4;
-        let padded: Vec<Vec<u32>> = suffix.iter().map(|r| { let mut r = r.clone(); r.resize(s, 0); r }).collect();
-        let valid: Vec<Vec<u8>> = suffix.iter().map(|r| { let mut v = vec![1u8; r.len()]; v.resize(s, 0); v }).collect();
+        let padded: Vec<Vec<u32>> = suffix
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.resize(s, 0);
+                r
+            })
+            .collect();
+        let valid: Vec<Vec<u8>> = suffix
+            .iter()
+            .map(|r| {
+                let mut v = vec![1u8; r.len()];
+                v.resize(s, 0);
+                v
+            })
+            .collect();
         let ctx = ForwardCtx::eval();
-        let (last, sx) = m.forward_shared_prefix(&prompt, &padded, &valid, &ctx).unwrap();
+        let (last, sx) = m
+            .forward_shared_prefix(&prompt, &padded, &valid, &ctx)
+            .unwrap();
         let rows: Vec<Vec<Option<u32>>> = suffix
             .iter()
-            .map(|r| { let mut x: Vec<Option<u32>> = prompt.iter().chain(r).map(|&t| Some(t)).collect(); x.resize(prompt.len() + s, None); x })
+            .map(|r| {
+                let mut x: Vec<Option<u32>> = prompt.iter().chain(r).map(|&t| Some(t)).collect();
+                x.resize(prompt.len() + s, None);
+                x
+            })
             .collect();
         let batch = PaddedBatch::from_rows(&rows, 0, &Device::Cpu).unwrap();
         let (b, t) = batch.ids.dims2().unwrap();
-        let mask = Tensor::from_vec(causal_mask(&batch.valid, 0, t).unwrap(), (b, 1, t, t), &Device::Cpu).unwrap();
-        let full = m.forward_hidden(&batch.ids, &batch.positions, &mask, None, &ctx).unwrap();
+        let mask = Tensor::from_vec(
+            causal_mask(&batch.valid, 0, t).unwrap(),
+            (b, 1, t, t),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let full = m
+            .forward_hidden(&batch.ids, &batch.positions, &mask, None, &ctx)
+            .unwrap();
         for (i, r) in suffix.iter().enumerate() {
-            let want = full.get(i).unwrap().narrow(0, prompt.len(), r.len()).unwrap();
+            let want = full
+                .get(i)
+                .unwrap()
+                .narrow(0, prompt.len(), r.len())
+                .unwrap();
             let got = sx.get(i).unwrap().narrow(0, 0, r.len()).unwrap();
             assert!(max_diff(&want, &got) < 1e-4, "row {i}");
             let wl = full.get(i).unwrap().get(prompt.len() - 1).unwrap();
             assert!(max_diff(&wl, &last.squeeze(0).unwrap()) < 1e-4);
         }
         // Gradients of a loss over real suffix positions agree.
-        let wsel = Tensor::from_vec(valid.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(), (3, s, 1), &Device::Cpu).unwrap();
-        let g1 = (sx.broadcast_mul(&wsel).unwrap().sqr().unwrap().sum_all().unwrap() + last.sum_all().unwrap()).unwrap().backward().unwrap();
+        let wsel = Tensor::from_vec(
+            valid
+                .iter()
+                .flatten()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+            (3, s, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let g1 = (sx
+            .broadcast_mul(&wsel)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + last.sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
         let fs = full.narrow(1, prompt.len(), s).unwrap();
         let fl = full.get(0).unwrap().get(prompt.len() - 1).unwrap();
-        let g2 = (fs.broadcast_mul(&wsel).unwrap().sqr().unwrap().sum_all().unwrap() + fl.sum_all().unwrap()).unwrap().backward().unwrap();
+        let g2 = (fs
+            .broadcast_mul(&wsel)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + fl.sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
         for (name, v) in m.lora_vars() {
-            let (a, b) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
-            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
-            assert!(max_diff(a, b) / scale < 1e-3, "{name}: {} (scale {scale})", max_diff(a, b));
+            let (a, b) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            assert!(
+                max_diff(a, b) / scale < 1e-3,
+                "{name}: {} (scale {scale})",
+                max_diff(a, b)
+            );
         }
     }
 }

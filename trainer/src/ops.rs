@@ -63,7 +63,12 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    pub fn new(head_dim: usize, max_pos: usize, theta: f64, dev: &candle_core::Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_pos: usize,
+        theta: f64,
+        dev: &candle_core::Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv: Vec<f64> = (0..half)
             .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
@@ -71,8 +76,7 @@ impl RopeTables {
         let mut cos = Vec::with_capacity(max_pos * head_dim);
         let mut sin = Vec::with_capacity(max_pos * head_dim);
         for p in 0..max_pos {
-            for rep in 0..2 {
-                let _ = rep;
+            for _half in 0..2 {
                 for f in &inv {
                     let a = p as f64 * f;
                     cos.push(a.cos() as f32);
@@ -163,7 +167,8 @@ impl CustomOp1 for FrozenMatmul {
 /// `x`: [..., in]; `w`: [out, in] (contiguous). Falls back to plain matmul off-CPU.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = if x.device().is_cpu() && w.dtype() == DType::F32 && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
+        x.contiguous()?
+            .apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
     } else {
         x.broadcast_matmul(&w.t()?)?
     };
@@ -182,11 +187,18 @@ pub fn causal_mask(key_valid: &[Vec<u8>], past: usize, t: usize) -> Result<Vec<f
     let mut m = Vec::with_capacity(key_valid.len() * t * s);
     for row in key_valid {
         if row.len() != s {
-            candle_core::bail!("causal_mask: key row has {} entries, expected {s}", row.len());
+            candle_core::bail!(
+                "causal_mask: key row has {} entries, expected {s}",
+                row.len()
+            );
         }
         for q in 0..t {
             for (k, &valid) in row.iter().enumerate() {
-                m.push(if k <= past + q && valid != 0 { 0.0 } else { -1e9 });
+                m.push(if k <= past + q && valid != 0 {
+                    0.0
+                } else {
+                    -1e9
+                });
             }
         }
     }
@@ -199,7 +211,16 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -227,12 +248,33 @@ mod tests {
         let (b, h, t, d) = (2, 3, 5, 16);
         let x = Tensor::randn(0f32, 1.0, (b, h, t, d), &Device::Cpu).unwrap();
         let tables = RopeTables::new(d, 32, 10000.0, &Device::Cpu).unwrap();
-        let pos = Tensor::from_vec((0..(b * t) as u32).map(|i| i % t as u32).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
+        let pos = Tensor::from_vec(
+            (0..(b * t) as u32)
+                .map(|i| i % t as u32)
+                .collect::<Vec<_>>(),
+            (b, t),
+            &Device::Cpu,
+        )
+        .unwrap();
         let (cos, sin) = tables.gather(&pos).unwrap();
         let a = apply_rope(&x, &cos, &sin).unwrap();
         // The fused kernel takes [T, D/2] tables.
-        let c = tables.cos.narrow(0, 0, t).unwrap().narrow(1, 0, d / 2).unwrap().contiguous().unwrap();
-        let s = tables.sin.narrow(0, 0, t).unwrap().narrow(1, 0, d / 2).unwrap().contiguous().unwrap();
+        let c = tables
+            .cos
+            .narrow(0, 0, t)
+            .unwrap()
+            .narrow(1, 0, d / 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let s = tables
+            .sin
+            .narrow(0, 0, t)
+            .unwrap()
+            .narrow(1, 0, d / 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let fused = candle_nn::rotary_emb::rope(&x, &c, &s).unwrap();
         assert!(max_diff(&a, &fused) < 1e-5, "{}", max_diff(&a, &fused));
     }
@@ -253,7 +295,13 @@ mod tests {
             let loss = (y * &wsel).unwrap().sum_all().unwrap();
             let g = loss.backward().unwrap();
             let gx = g.get(x.as_tensor()).expect(name);
-            let n = gx.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let n = gx
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0, "{name} has zero gradient");
         }
         // Sanity: the fused softmax gives none (documents why this module exists).
@@ -269,12 +317,20 @@ mod tests {
         let bias = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap()).unwrap();
         let a = frozen_linear(x.as_tensor(), &w, Some(&bias)).unwrap();
-        let b = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+        let b = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
         assert!(max_diff(&a, &b) < 1e-5);
         let sel = Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap();
         let ga = (a * &sel).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (b * &sel).unwrap().sum_all().unwrap().backward().unwrap();
-        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
         assert!(max_diff(ga, gb) < 1e-5);
         // Both gemm orientations (small and large row counts) agree with matmul.
         for m in [1usize, 63, 64, 65, 130] {

@@ -20,7 +20,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -36,9 +42,21 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
-        let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, vars, m, v, step: 0 })
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -61,7 +79,11 @@ impl AdamW {
             let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
             let upd = (m.div(&denom)? * (lr / bc1))?;
             let p = var.as_tensor();
-            let p = if c.weight_decay != 0.0 { (p * (1.0 - lr * c.weight_decay))? } else { p.clone() };
+            let p = if c.weight_decay != 0.0 {
+                (p * (1.0 - lr * c.weight_decay))?
+            } else {
+                p.clone()
+            };
             var.set(&(p - upd)?)?;
             self.m[i] = m;
             self.v[i] = v;
@@ -80,13 +102,20 @@ impl AdamW {
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`] and the step count.
-    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: usize) -> anyhow::Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &HashMap<String, Tensor>,
+        step: usize,
+    ) -> anyhow::Result<()> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
                 let t = state
                     .get(&format!("{prefix}.{name}"))
                     .ok_or_else(|| anyhow::anyhow!("optimizer state has no {prefix}.{name}"))?;
-                anyhow::ensure!(t.shape() == var.shape(), "optimizer state {prefix}.{name} has wrong shape");
+                anyhow::ensure!(
+                    t.shape() == var.shape(),
+                    "optimizer state {prefix}.{name} has wrong shape"
+                );
                 *slot = t.to_device(var.device())?;
             }
         }
@@ -134,7 +163,12 @@ pub struct LrSchedule {
 
 impl Default for LrSchedule {
     fn default() -> Self {
-        Self { kind: ScheduleKind::Constant, warmup_steps: 0, total_steps: 0, min_lr_ratio: 0.0 }
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            total_steps: 0,
+            min_lr_ratio: 0.0,
+        }
     }
 }
 
@@ -149,7 +183,9 @@ impl LrSchedule {
         match self.kind {
             ScheduleKind::Constant => 1.0,
             ScheduleKind::Linear => m + (1.0 - m) * (1.0 - progress),
-            ScheduleKind::Cosine => m + (1.0 - m) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            ScheduleKind::Cosine => {
+                m + (1.0 - m) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
         }
     }
 }
@@ -164,7 +200,15 @@ mod tests {
         // torch.optim.AdamW(lr=0.1, weight_decay=0.01) on p=[1,-2] with grads [0.5,-1] then [0.1,0.2]
         // gives p = [0.79821..., -1.79642...] (closed form below).
         let v = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("p".into(), v.clone())], AdamWConfig { lr: 0.1, weight_decay: 0.01, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            vec![("p".into(), v.clone())],
+            AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let g1 = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
         let g2 = Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap();
         opt.apply(&[Some(g1.clone())], 0.1).unwrap();
@@ -183,7 +227,10 @@ mod tests {
         }
         let got = v.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - want[i]).abs() < 1e-5, "{got:?} vs {want:?}");
+            assert!(
+                (got[i] as f64 - want[i]).abs() < 1e-5,
+                "{got:?} vs {want:?}"
+            );
         }
         // State round trip.
         let st = opt.state_tensors();
@@ -194,18 +241,31 @@ mod tests {
 
     #[test]
     fn clipping_and_schedules() {
-        let mut g = vec![Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()), None];
+        let mut g = vec![
+            Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()),
+            None,
+        ];
         let n = clip_grad_norm(&mut g, 1.0).unwrap();
         assert!((n - 5.0).abs() < 1e-6);
         let v = g[0].as_ref().unwrap().to_vec1::<f32>().unwrap();
         assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
-        let s = LrSchedule { kind: ScheduleKind::Cosine, warmup_steps: 2, total_steps: 12, min_lr_ratio: 0.0 };
+        let s = LrSchedule {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 2,
+            total_steps: 12,
+            min_lr_ratio: 0.0,
+        };
         assert_eq!(s.factor(0), 0.0);
         assert_eq!(s.factor(1), 0.5);
         assert!((s.factor(2) - 1.0).abs() < 1e-12);
         assert!((s.factor(7) - 0.5).abs() < 1e-12);
         assert!(s.factor(12).abs() < 1e-12);
-        let l = LrSchedule { kind: ScheduleKind::Linear, warmup_steps: 0, total_steps: 10, min_lr_ratio: 0.0 };
+        let l = LrSchedule {
+            kind: ScheduleKind::Linear,
+            warmup_steps: 0,
+            total_steps: 10,
+            min_lr_ratio: 0.0,
+        };
         assert!((l.factor(5) - 0.5).abs() < 1e-12);
         assert_eq!(LrSchedule::default().factor(100), 1.0);
     }

@@ -25,7 +25,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn user(content: &str) -> Self {
         Self::new("user", content)
@@ -58,7 +61,11 @@ pub fn default_system_from_template(template: &str) -> Option<String> {
             let after = &rest[i + marker.len()..];
             if let Some(j) = after.find("<|im_end|>") {
                 let body = &after[..j];
-                if !body.is_empty() && !body.contains('\'') && !body.contains('"') && !body.contains("{{") {
+                if !body.is_empty()
+                    && !body.contains('\'')
+                    && !body.contains('"')
+                    && !body.contains("{{")
+                {
                     return Some(body.replace("\\n", "\n"));
                 }
             }
@@ -75,7 +82,11 @@ impl ChatTokenizer {
         let dir = dir.as_ref();
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("loading {}: {e}", dir.join("tokenizer.json").display()))?;
-        let id = |s: &str| tokenizer.token_to_id(s).with_context(|| format!("tokenizer has no {s} token"));
+        let id = |s: &str| {
+            tokenizer
+                .token_to_id(s)
+                .with_context(|| format!("tokenizer has no {s} token"))
+        };
         let im_start_id = id("<|im_start|>")?;
         let im_end_id = id("<|im_end|>")?;
         let mut stop_ids = vec![im_end_id];
@@ -87,10 +98,21 @@ impl ChatTokenizer {
         let default_system = std::fs::read_to_string(dir.join("tokenizer_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            })
             .and_then(|t| default_system_from_template(&t));
         let pad_id = cfg.eos_token_ids.first().copied().unwrap_or(im_end_id);
-        Ok(Self { tokenizer, im_start_id, im_end_id, stop_ids, pad_id, default_system })
+        Ok(Self {
+            tokenizer,
+            im_start_id,
+            im_end_id,
+            stop_ids,
+            pad_id,
+            default_system,
+        })
     }
 
     /// ChatML text with the generation prompt (`<|im_start|>assistant\n`) appended.
@@ -102,7 +124,10 @@ impl ChatTokenizer {
             }
         }
         for m in messages {
-            s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+            s.push_str(&format!(
+                "<|im_start|>{}\n{}<|im_end|>\n",
+                m.role, m.content
+            ));
         }
         s.push_str("<|im_start|>assistant\n");
         s
@@ -110,7 +135,10 @@ impl ChatTokenizer {
 
     /// Token ids of `text` (special tokens in the text are recognised; none are added).
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenize: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -121,7 +149,9 @@ impl ChatTokenizer {
 
     /// Text of `ids` without special tokens.
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| anyhow!("detokenize: {e}"))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow!("detokenize: {e}"))
     }
 }
 
@@ -139,7 +169,12 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256 }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+        }
     }
 }
 
@@ -159,7 +194,11 @@ pub struct Rollout {
 
 /// Picks a token from one row of logits; returns (token, log-prob under softmax(logits / T)).
 pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> (u32, f32) {
-    let t = if cfg.temperature > 0.0 { cfg.temperature } else { 1.0 };
+    let t = if cfg.temperature > 0.0 {
+        cfg.temperature
+    } else {
+        1.0
+    };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
     let sum: f32 = probs.iter().sum();
@@ -195,10 +234,16 @@ pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> (u32
     let cand = loop {
         let mut part = idx.clone();
         if k0 < v {
-            part.select_nth_unstable_by(k0 - 1, |&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+            part.select_nth_unstable_by(k0 - 1, |&a, &b| {
+                probs[b as usize].total_cmp(&probs[a as usize])
+            });
             part.truncate(k0);
         }
-        part.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+        part.sort_by(|&a, &b| {
+            probs[b as usize]
+                .total_cmp(&probs[a as usize])
+                .then(a.cmp(&b))
+        });
         let mass: f32 = part.iter().map(|&i| probs[i as usize]).sum();
         if mass >= cfg.top_p || k0 >= limit_k {
             break part;
@@ -226,6 +271,14 @@ pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> (u32
     (i, logp(i as usize))
 }
 
+/// Raw sampled completion (see [`Rollout`] for the fields).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sampled {
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub stopped: bool,
+}
+
 /// Samples `g` completions of one prompt as a batch with a shared-prefix KV cache.
 pub fn sample_group(
     model: &CausalLm,
@@ -234,7 +287,7 @@ pub fn sample_group(
     stop_ids: &[u32],
     cfg: &SamplingConfig,
     rng: &mut Rng,
-) -> anyhow::Result<Vec<(Vec<u32>, Vec<f32>, bool)>> {
+) -> anyhow::Result<Vec<Sampled>> {
     anyhow::ensure!(!prompt_ids.is_empty(), "empty prompt");
     anyhow::ensure!(
         prompt_ids.len() + cfg.max_new_tokens <= model.rope.cos.dim(0)?,
@@ -244,12 +297,16 @@ pub fn sample_group(
     );
     let ctx = ForwardCtx::eval();
     let dev = &model.device;
-    let mut out: Vec<(Vec<u32>, Vec<f32>, bool)> = vec![(vec![], vec![], false); g];
+    let mut out: Vec<Sampled> = vec![Sampled::default(); g];
     if cfg.max_new_tokens == 0 || g == 0 {
         return Ok(out);
     }
     let mut cache1 = KvCache::default();
-    let first = model.forward_cached(&Tensor::new(prompt_ids, dev)?.unsqueeze(0)?, &mut cache1, &ctx)?;
+    let first = model.forward_cached(
+        &Tensor::new(prompt_ids, dev)?.unsqueeze(0)?,
+        &mut cache1,
+        &ctx,
+    )?;
     let first = first.squeeze(0)?.to_vec1::<f32>()?;
     let mut cache = cache1.expand(g)?;
     drop(cache1);
@@ -261,10 +318,10 @@ pub fn sample_group(
         for (j, &r) in active.iter().enumerate() {
             let logits = if rows.len() == 1 { &rows[0] } else { &rows[j] };
             let (tok, lp) = sample_token(logits, cfg, rng);
-            out[r].0.push(tok);
-            out[r].1.push(lp);
+            out[r].ids.push(tok);
+            out[r].logprobs.push(lp);
             if stop_ids.contains(&tok) {
-                out[r].2 = true;
+                out[r].stopped = true;
             } else {
                 keep.push(j as u32);
                 next.push(tok);
@@ -279,7 +336,9 @@ pub fn sample_group(
         }
         let n = next.len();
         let ids = Tensor::from_vec(next, (n, 1), dev)?;
-        rows = model.forward_cached(&ids, &mut cache, &ctx)?.to_vec2::<f32>()?;
+        rows = model
+            .forward_cached(&ids, &mut cache, &ctx)?
+            .to_vec2::<f32>()?;
     }
     Ok(out)
 }
@@ -295,8 +354,13 @@ pub fn rollouts(
 ) -> anyhow::Result<Vec<Rollout>> {
     sample_group(model, prompt_ids, g, &tok.stop_ids, cfg, rng)?
         .into_iter()
-        .map(|(ids, lps, stopped)| {
-            Ok(Rollout { text: tok.decode(&ids)?, completion_ids: ids, logprobs: lps, stopped })
+        .map(|s| {
+            Ok(Rollout {
+                text: tok.decode(&s.ids)?,
+                completion_ids: s.ids,
+                logprobs: s.logprobs,
+                stopped: s.stopped,
+            })
         })
         .collect()
 }
@@ -326,27 +390,68 @@ mod tests {
     fn top_p_and_top_k_restrict_support() {
         let logits = vec![5.0, 4.0, 0.0, -1.0, -2.0, 3.0];
         let mut rng = Rng::new(1);
-        let cfg = SamplingConfig { temperature: 1.0, top_p: 0.5, top_k: 0, max_new_tokens: 1 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.5,
+            top_k: 0,
+            max_new_tokens: 1,
+        };
         for _ in 0..200 {
-            assert_eq!(sample_token(&logits, &cfg, &mut rng).0, 0, "p(token0)=0.66 > top_p");
+            assert_eq!(
+                sample_token(&logits, &cfg, &mut rng).0,
+                0,
+                "p(token0)=0.66 > top_p"
+            );
         }
-        let cfg = SamplingConfig { temperature: 1.0, top_p: 1.0, top_k: 2, max_new_tokens: 1 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 2,
+            max_new_tokens: 1,
+        };
         let mut seen = [0; 6];
         for _ in 0..2000 {
             seen[sample_token(&logits, &cfg, &mut rng).0 as usize] += 1;
         }
-        assert!(seen[0] > 0 && seen[1] > 0 && seen[2..].iter().all(|&c| c == 0), "{seen:?}");
+        assert!(
+            seen[0] > 0 && seen[1] > 0 && seen[2..].iter().all(|&c| c == 0),
+            "{seen:?}"
+        );
         // Log-prob is of the untruncated distribution.
-        let (t, lp) = sample_token(&logits, &SamplingConfig { temperature: 0.0, ..cfg.clone() }, &mut rng);
-        let lse = logits.iter().map(|l: &f32| (l - 5.0).exp()).sum::<f32>().ln() + 5.0;
+        let (t, lp) = sample_token(
+            &logits,
+            &SamplingConfig {
+                temperature: 0.0,
+                ..cfg.clone()
+            },
+            &mut rng,
+        );
+        let lse = logits
+            .iter()
+            .map(|l: &f32| (l - 5.0).exp())
+            .sum::<f32>()
+            .ln()
+            + 5.0;
         assert_eq!(t, 0);
         assert!((lp - (5.0 - lse)).abs() < 1e-5);
     }
 
     #[test]
     fn group_sampling_is_seeded_and_logprobs_match_forward() {
-        let m = tiny(Arch::Llama, Some(&LoraConfig { rank: 4, ..Default::default() }), 21);
-        let cfg = SamplingConfig { temperature: 0.9, top_p: 1.0, top_k: 0, max_new_tokens: 12 };
+        let m = tiny(
+            Arch::Llama,
+            Some(&LoraConfig {
+                rank: 4,
+                ..Default::default()
+            }),
+            21,
+        );
+        let cfg = SamplingConfig {
+            temperature: 0.9,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 12,
+        };
         let prompt = [3u32, 8, 13, 21];
         let stop = [2u32, 5, 7];
         let a = sample_group(&m, &prompt, 6, &stop, &cfg, &mut Rng::new(4)).unwrap();
@@ -355,15 +460,34 @@ mod tests {
         let c = sample_group(&m, &prompt, 6, &stop, &cfg, &mut Rng::new(5)).unwrap();
         assert_ne!(a, c);
         // Recompute each completion's log-probs with a full forward (logits / T).
-        for (ids, lps, stopped) in &a {
+        for Sampled {
+            ids,
+            logprobs: lps,
+            stopped,
+        } in &a
+        {
             assert_eq!(ids.len(), lps.len());
             assert!(*stopped == stop.contains(ids.last().unwrap()));
             let seq: Vec<u32> = prompt.iter().chain(ids.iter()).copied().collect();
-            let batch = crate::model::PaddedBatch::from_rows(&[seq.iter().map(|&t| Some(t)).collect()], 0, &m.device).unwrap();
+            let batch = crate::model::PaddedBatch::from_rows(
+                &[seq.iter().map(|&t| Some(t)).collect()],
+                0,
+                &m.device,
+            )
+            .unwrap();
             let logits = (m.forward_batch(&batch, &ForwardCtx::eval()).unwrap() / 0.9).unwrap();
-            let lsm = crate::ops::log_softmax_last_dim(&logits).unwrap().squeeze(0).unwrap();
+            let lsm = crate::ops::log_softmax_last_dim(&logits)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
             for (i, (&t, &lp)) in ids.iter().zip(lps).enumerate() {
-                let want = lsm.get(prompt.len() - 1 + i).unwrap().get(t as usize).unwrap().to_scalar::<f32>().unwrap();
+                let want = lsm
+                    .get(prompt.len() - 1 + i)
+                    .unwrap()
+                    .get(t as usize)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!((want - lp).abs() < 1e-4, "token {i}: {want} vs {lp}");
             }
         }
@@ -375,9 +499,13 @@ mod tests {
         let dir = crate::testing::real_model_dir();
         let m = CausalLm::load(&dir, None, &mut Rng::new(0), &candle_core::Device::Cpu).unwrap();
         let tok = ChatTokenizer::from_model_dir(&dir, &m.cfg).unwrap();
-        let ids = tok.encode_chat(&[ChatMessage::user("What is the capital of France?")]).unwrap();
+        let ids = tok
+            .encode_chat(&[ChatMessage::user("What is the capital of France?")])
+            .unwrap();
         assert_eq!(ids[0], tok.im_start_id);
-        let out = m.greedy(&ids, 24, &tok.stop_ids, &ForwardCtx::eval()).unwrap();
+        let out = m
+            .greedy(&ids, 24, &tok.stop_ids, &ForwardCtx::eval())
+            .unwrap();
         let text = tok.decode(&out).unwrap();
         assert!(text.contains("Paris"), "greedy continuation: {text:?}");
     }

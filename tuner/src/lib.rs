@@ -3,12 +3,14 @@
 //! - [`dataset`]: JSONL import/export in the OpenAI / Bedrock RFT shape, PII filters, splits.
 //! - [`grader`]: reward functions in the JSON shapes of OpenAI's graders.
 //! - [`tasks`]: the verifiable task suite, generated from a seed.
+//! - [`rft`]: the RFT training loop (`flywheel-tuner train`) on [`flywheel_trainer`].
 //! - [`eval`]: offline evaluation of gateway configurations: quality, cost, quality per dollar.
 
 pub mod dataset;
 pub mod eval;
 pub mod grader;
 pub mod item;
+pub mod rft;
 pub mod tasks;
 
 pub use item::{Item, Message, Sample};

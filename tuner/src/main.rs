@@ -192,6 +192,12 @@ enum Command {
         #[command(flatten)]
         clickhouse: ClickHouseArgs,
     },
+    /// Reinforcement fine-tuning: GRPO with LoRA on a local model directory,
+    /// rewards from a grader, held-out reward tracked (the best is exported
+    /// as a PEFT adapter and as a merged model directory the engine can
+    /// deploy), checkpoints every step, metrics to the console, to
+    /// `metrics.jsonl` and with `--store` to ClickHouse.
+    Train(Box<TrainArgs>),
     /// Runs a dataset through gateway configurations (`--config NAME=MODEL`,
     /// e.g. `base=tasks-base`, `chain=tasks-chain`) and reports for each:
     /// mean score and pass rate with 95% intervals, tokens, retries and
@@ -245,6 +251,104 @@ enum Command {
         #[command(flatten)]
         options: GraderArgs,
     },
+}
+
+/// `flywheel-tuner train` flags (the GRPO LoRA trainer's knobs).
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// HF-style model directory to train (e.g. the engine's SmolLM2 dir).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training prompts (JSONL).
+    #[arg(long)]
+    train: PathBuf,
+    /// Held-out prompts (JSONL), scored greedily every --eval-every steps.
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// The reward: a grader config (JSON).
+    #[arg(long)]
+    grader: PathBuf,
+    /// Run directory: checkpoint/, best/adapter (PEFT), best/merged (HF dir
+    /// the engine deploys), metrics.jsonl, summary.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from `<out>/checkpoint` (same data and flags).
+    #[arg(long)]
+    resume: bool,
+    /// Optimizer steps in all.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    prompts_per_step: usize,
+    /// Completions per prompt (G).
+    #[arg(long, default_value_t = 8)]
+    generations: usize,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// constant, linear or cosine (HF semantics), after --warmup-steps.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// grpo, dr_grpo or dapo (how the token losses are normalised).
+    #[arg(long, default_value = "dapo")]
+    loss: String,
+    /// group, batch or none (advantage std scaling; none = Dr. GRPO).
+    #[arg(long, default_value = "group")]
+    scale_rewards: String,
+    #[arg(long, default_value_t = 0.2)]
+    epsilon: f64,
+    /// Upper clip (DAPO: 0.28).
+    #[arg(long, default_value_t = 0.2)]
+    epsilon_high: f64,
+    /// KL coefficient against the base (LoRA off); 0 skips the reference pass.
+    #[arg(long, default_value_t = 0.0)]
+    beta: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Sequences per forward/backward pass (gradients accumulate over them).
+    #[arg(long, default_value_t = 8)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 10)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 20)]
+    eval_items: usize,
+    #[arg(long, default_value_t = 96)]
+    eval_max_tokens: usize,
+    /// Held-out evaluations without improvement before stopping (0: never).
+    #[arg(long, default_value_t = 0)]
+    patience: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write every step to ClickHouse (`training_steps`).
+    #[arg(long)]
+    store: bool,
+    /// Run id in `training_steps` (default: the --out directory name).
+    #[arg(long)]
+    run_id: Option<String>,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    options: GraderArgs,
+}
+
+/// A snake_case enum of the trainer's config from a flag value.
+fn enum_flag<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
+    serde_json::from_value(Value::String(value.to_owned())).map_err(|_| anyhow::anyhow!("--{flag}: unknown value {value:?}"))
 }
 
 /// The ClickHouse of the capture (same variables as `flywheel-feedback`).
@@ -330,6 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let name = name.unwrap_or_else(|| format!("{route}-{now}"));
             build_dataset(&query, &pii::PiiFilter::new(&parse_patterns(&patterns)?)?, &out, &name, &clickhouse.store()?)
         }
+        Command::Train(args) => train(*args),
         Command::Eval {
             dataset,
             grader,
@@ -372,6 +477,113 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eval(&gateway, grader, &items, &configs, &params, concurrency, &dataset, &out, store.as_ref())
         }
     }
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    use flywheel_trainer::{LoraConfig, SamplingConfig, Trainer, TrainerConfig};
+    let train_items = read_dataset(&a.train)?;
+    let heldout = a.heldout.as_deref().map(read_dataset).transpose()?.unwrap_or_default();
+    let grader = Arc::new(load_grader(&a.grader, &a.options.options()?)?);
+    let ckpt = a.out.join("checkpoint");
+    let mut trainer = if a.resume {
+        Trainer::resume(&ckpt).with_context(|| format!("resuming from {}", ckpt.display()))?
+    } else {
+        if !a.model.join("config.json").is_file() {
+            bail!("--model {}: not a model directory (no config.json)", a.model.display());
+        }
+        let mut cfg = TrainerConfig::default();
+        cfg.lora = LoraConfig { rank: a.rank, alpha: a.alpha, dropout: a.dropout, ..LoraConfig::default() };
+        cfg.loss.loss_type = enum_flag("loss", &a.loss)?;
+        cfg.loss.scale_rewards = enum_flag("scale-rewards", &a.scale_rewards)?;
+        cfg.loss.epsilon_low = a.epsilon;
+        cfg.loss.epsilon_high = a.epsilon_high;
+        cfg.loss.beta = a.beta;
+        cfg.sampling = SamplingConfig { temperature: a.temperature, top_p: a.top_p, top_k: 0, max_new_tokens: a.max_new_tokens };
+        cfg.num_generations = a.generations;
+        cfg.optim.lr = a.lr;
+        cfg.optim.weight_decay = a.weight_decay;
+        cfg.schedule.kind = enum_flag("schedule", &a.schedule)?;
+        cfg.schedule.warmup_steps = a.warmup_steps;
+        cfg.schedule.total_steps = a.steps;
+        cfg.max_grad_norm = a.max_grad_norm;
+        cfg.micro_batch_size = a.micro_batch;
+        cfg.pass_threshold = grader.pass_threshold();
+        cfg.seed = a.seed;
+        Trainer::new(&a.model, cfg)?
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let run_id = a.run_id.clone().unwrap_or_else(|| a.out.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()));
+    let store = a.store.then(|| a.clickhouse.store()).transpose()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if let Some(store) = &store {
+        runtime.block_on(store.migrate()).context("migrating ClickHouse")?;
+    }
+    let loop_cfg = flywheel_tuner::rft::LoopConfig {
+        steps: a.steps,
+        prompts_per_step: a.prompts_per_step,
+        eval_every: a.eval_every,
+        eval_items: a.eval_items,
+        eval_max_tokens: a.eval_max_tokens,
+        patience: a.patience,
+        seed: a.seed,
+        out: a.out.clone(),
+    };
+    let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(a.out.join("metrics.jsonl"))?;
+    let mut store_error = None;
+    let mut on_step = |r: &flywheel_tuner::rft::StepRecord| {
+        use std::io::Write;
+        let m = &r.metrics;
+        let bar_len = 24;
+        let filled = (r.step * bar_len / a.steps.max(1)).min(bar_len);
+        eprintln!(
+            "[{}{}] step {:>4}/{}  reward {:.3}±{:.3}  pass {:.2}  kl {:.4}  entropy {:.2}  |g| {:.3}  len {:.1}  {:.1}s  {:.1} tok/s{}",
+            "#".repeat(filled),
+            ".".repeat(bar_len - filled),
+            r.step,
+            a.steps,
+            m.reward_mean,
+            m.reward_std,
+            m.pass_rate,
+            m.kl,
+            m.entropy,
+            m.grad_norm,
+            m.response_len_mean,
+            m.step_secs,
+            m.tokens_per_sec,
+            r.heldout_reward.map_or(String::new(), |h| format!("  held-out {h:.3}")),
+        );
+        let _ = writeln!(metrics_file, "{}", serde_json::to_string(r).unwrap_or_default());
+        if let Some(store) = &store {
+            let row = flywheel_feedback::store::rows::TrainingStepRow {
+                run_id: run_id.clone(),
+                step: r.step as u32,
+                ts_ms: now_ms(),
+                loss: m.loss,
+                reward_mean: m.reward_mean,
+                reward_std: m.reward_std,
+                pass_rate: m.pass_rate,
+                kl: m.kl,
+                entropy: m.entropy,
+                grad_norm: m.grad_norm,
+                learning_rate: m.lr,
+                response_len_mean: m.response_len_mean,
+                step_secs: m.step_secs,
+                tokens_per_sec: m.tokens_per_sec,
+                heldout_reward: r.heldout_reward,
+            };
+            if let Err(e) = runtime.block_on(store.insert_rows("training_steps", &[row])) {
+                // Training goes on; the metrics are in metrics.jsonl too.
+                store_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    };
+    let summary = flywheel_tuner::rft::run(&mut trainer, grader, &train_items, &heldout, &loop_cfg, &mut on_step)?;
+    std::fs::write(a.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(e) = store_error {
+        eprintln!("warning: some steps were not stored in ClickHouse ({e}); metrics.jsonl has them all");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn now_ms() -> u64 {

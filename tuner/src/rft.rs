@@ -1,0 +1,192 @@
+//! `flywheel-tuner train`: the RFT loop around [`flywheel_trainer::Trainer`].
+//! Prompts come from a training JSONL (cycled in a seeded order), rewards
+//! from the task's grader, and every `eval_every` steps the held-out split
+//! is answered greedily and graded: the best held-out reward so far is
+//! what gets exported, and training stops early when it has not improved
+//! for `patience` evaluations.
+//!
+//! A grader error stops training: a reward that cannot be computed must not
+//! be trained on as if it were a 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use flywheel_trainer::{ChatMessage, PromptItem, StepMetrics, Trainer, TrainerConfig};
+use serde::Serialize;
+
+use crate::grader::Grader;
+use crate::item::{Item, Sample};
+
+/// How the loop runs (the trainer's own knobs are in [`TrainerConfig`]).
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    pub steps: usize,
+    pub prompts_per_step: usize,
+    /// Evaluate the held-out split every N steps (0: only at the start and end).
+    pub eval_every: usize,
+    /// Held-out items scored per evaluation (the first N).
+    pub eval_items: usize,
+    pub eval_max_tokens: usize,
+    /// Evaluations without improvement before stopping (0: never stop early).
+    pub patience: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+}
+
+/// One line of `metrics.jsonl` and one `training_steps` row.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    #[serde(flatten)]
+    pub metrics: StepSummary,
+    pub heldout_reward: Option<f64>,
+}
+
+/// [`StepMetrics`] without the per-completion samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSummary {
+    pub loss: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub pass_rate: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub response_len_mean: f64,
+    pub step_secs: f64,
+    pub tokens_per_sec: f64,
+}
+
+impl From<&StepMetrics> for StepSummary {
+    fn from(m: &StepMetrics) -> Self {
+        Self {
+            loss: m.loss,
+            reward_mean: m.reward_mean,
+            reward_std: m.reward_std,
+            pass_rate: m.pass_rate,
+            kl: m.kl,
+            entropy: m.entropy,
+            grad_norm: m.grad_norm,
+            lr: m.lr,
+            response_len_mean: m.response_len_mean,
+            step_secs: m.step_secs,
+            tokens_per_sec: m.tokens_per_sec,
+        }
+    }
+}
+
+/// What a run did, written to `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub stopped_early: bool,
+    pub heldout_before: f64,
+    pub heldout_best: f64,
+    pub best_step: usize,
+    pub wall_secs: f64,
+    pub mean_step_secs: f64,
+    pub mean_tokens_per_sec: f64,
+}
+
+pub fn prompt_of(item: &Item, index: usize) -> PromptItem {
+    PromptItem {
+        id: format!("{index}"),
+        messages: item.prompt().iter().map(|m| ChatMessage::new(&m.role, &m.text())).collect(),
+        meta: serde_json::Value::Null,
+    }
+}
+
+/// Mean grader score of greedy answers to `items` (grader errors abort).
+pub fn heldout_reward(trainer: &mut Trainer, grader: &Grader, items: &[Item], max_tokens: usize) -> Result<f64> {
+    let mut total = 0.0;
+    for (i, item) in items.iter().enumerate() {
+        let text = trainer.complete(&prompt_of(item, i).messages, max_tokens)?;
+        let grade = grader.grade(&Sample::from_text(text), item).with_context(|| format!("grading held-out item {}", item.id()))?;
+        total += grade.score;
+    }
+    Ok(total / items.len().max(1) as f64)
+}
+
+/// Runs the loop; `on_step` sees every record (console, ClickHouse).
+pub fn run(
+    trainer: &mut Trainer,
+    grader: Arc<Grader>,
+    train: &[Item],
+    heldout: &[Item],
+    cfg: &LoopConfig,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<Summary> {
+    if train.is_empty() {
+        bail!("no training items");
+    }
+    let started = std::time::Instant::now();
+    let heldout = &heldout[..heldout.len().min(cfg.eval_items)];
+    // A seeded order, cycled: every prompt is seen once before any twice.
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = crate::tasks::Rng::new(cfg.seed);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.next_u64() as usize % (i + 1));
+    }
+    let mut cursor = trainer.step_count() * cfg.prompts_per_step;
+    let best_dir = cfg.out.join("best");
+    let before = if heldout.is_empty() { f64::NAN } else { heldout_reward(trainer, &grader, heldout, cfg.eval_max_tokens)? };
+    let (mut best, mut best_step, mut since_best) = (before, trainer.step_count(), 0);
+    export(trainer, &best_dir)?;
+    let (mut step_secs, mut tps, mut done) = (0.0, 0.0, 0);
+    let mut stopped_early = false;
+    while trainer.step_count() < cfg.steps {
+        let batch: Vec<usize> = (0..cfg.prompts_per_step).map(|k| order[(cursor + k) % order.len()]).collect();
+        cursor += cfg.prompts_per_step;
+        let prompts: Vec<PromptItem> = batch.iter().map(|&i| prompt_of(&train[i], i)).collect();
+        let g = grader.clone();
+        let metrics = trainer.step(&prompts, move |p, text| {
+            let item = &train[p.id.parse::<usize>().expect("index id")];
+            Ok(g.grade(&Sample::from_text(text), item).with_context(|| format!("grading train item {}", item.id()))?.score)
+        })?;
+        done += 1;
+        step_secs += metrics.step_secs;
+        tps += metrics.tokens_per_sec;
+        let step = trainer.step_count();
+        let last = step >= cfg.steps;
+        let evaluate = !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
+        let heldout_reward = if evaluate { Some(heldout_reward(trainer, &grader, heldout, cfg.eval_max_tokens)?) } else { None };
+        trainer.save_checkpoint(cfg.out.join("checkpoint"))?;
+        on_step(&StepRecord { step, metrics: StepSummary::from(&metrics), heldout_reward });
+        if let Some(r) = heldout_reward {
+            if r > best {
+                (best, best_step, since_best) = (r, step, 0);
+                export(trainer, &best_dir)?;
+            } else {
+                since_best += 1;
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    stopped_early = true;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Summary {
+        steps: trainer.step_count(),
+        stopped_early,
+        heldout_before: before,
+        heldout_best: best,
+        best_step,
+        wall_secs: started.elapsed().as_secs_f64(),
+        mean_step_secs: step_secs / done.max(1) as f64,
+        mean_tokens_per_sec: tps / done.max(1) as f64,
+    })
+}
+
+/// The PEFT adapter and the merged model directory of the current weights.
+fn export(trainer: &Trainer, dir: &Path) -> Result<()> {
+    trainer.export_adapter(dir.join("adapter"))?;
+    trainer.export_merged(dir.join("merged"))?;
+    Ok(())
+}
+
+/// The default trainer settings of `flywheel-tuner train`, before flags.
+pub fn default_trainer_config() -> TrainerConfig {
+    TrainerConfig::default()
+}
