@@ -13,5 +13,6 @@ mod pool;
 mod redis;
 mod reliability;
 mod shutdown;
+mod trainer;
 mod tuner;
 mod validation;
