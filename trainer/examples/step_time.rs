@@ -58,9 +58,11 @@ fn main() -> anyhow::Result<()> {
         Ok(text.chars().filter(|c| *c == 'e').count() as f64 / n as f64)
     };
     let mut total = 0.0;
+    let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
         let m = trainer.step(&prompts, reward)?;
         total += m.step_secs;
+        times.push(m.step_secs);
         println!(
             "step {}: {:.2} s (generate {:.2} s, train {:.2} s), {:.1} completion tokens/s, len {:.1}, trained {}, reward {:.3}, loss {:.4}, grad_norm {:.4}, entropy {:.3}",
             m.step, m.step_secs, m.generate_secs, m.train_secs, m.tokens_per_sec, m.response_len_mean, m.trained_sequences, m.reward_mean, m.loss, m.grad_norm, m.entropy
@@ -69,6 +71,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "mean: {:.2} s/step over {steps} steps (TRL reference: 12.2-13.1 s/step)",
         total / steps as f64
+    );
+    // The same JSON line as trainer/bench/trl_step_time.py, for scripts/trainer-vs-trl.sh.
+    let rest = if times.len() > 1 { &times[1..] } else { &times[..] };
+    println!(
+        "{}",
+        serde_json::json!({"impl": "flywheel", "steps": times, "first_s": times.first(),
+                           "mean_s_after_first": rest.iter().sum::<f64>() / rest.len().max(1) as f64})
     );
     Ok(())
 }

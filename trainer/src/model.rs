@@ -562,18 +562,7 @@ pub(crate) mod tests {
         m
     }
 
-    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    pub(crate) use crate::testing::max_diff;
 
     fn ids(n: usize, seed: u64) -> Vec<u32> {
         let mut r = Rng::new(seed);

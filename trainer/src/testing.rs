@@ -18,6 +18,16 @@ pub const MODEL_DIR_ENV: &str = "FLYWHEEL_MODEL_DIR";
 pub const DEFAULT_MODEL_DIR: &str = "/var/tmp/flywheel/models/smollm2/hf";
 
 /// The real model directory; panics with a clear message when it is missing.
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape and dtype")
+}
+
 pub fn real_model_dir() -> PathBuf {
     let dir = PathBuf::from(
         std::env::var(MODEL_DIR_ENV).unwrap_or_else(|_| DEFAULT_MODEL_DIR.to_string()),

@@ -554,23 +554,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         );
         let _ = writeln!(metrics_file, "{}", serde_json::to_string(r).unwrap_or_default());
         if let Some(store) = &store {
-            let row = flywheel_feedback::store::rows::TrainingStepRow {
-                run_id: run_id.clone(),
-                step: r.step as u32,
-                ts_ms: now_ms(),
-                loss: m.loss,
-                reward_mean: m.reward_mean,
-                reward_std: m.reward_std,
-                pass_rate: m.pass_rate,
-                kl: m.kl,
-                entropy: m.entropy,
-                grad_norm: m.grad_norm,
-                learning_rate: m.lr,
-                response_len_mean: m.response_len_mean,
-                step_secs: m.step_secs,
-                tokens_per_sec: m.tokens_per_sec,
-                heldout_reward: r.heldout_reward,
-            };
+            let row = r.row(&run_id, now_ms());
             if let Err(e) = runtime.block_on(store.insert_rows("training_steps", &[row])) {
                 // Training goes on; the metrics are in metrics.jsonl too.
                 store_error.get_or_insert_with(|| e.to_string());

@@ -43,6 +43,30 @@ pub struct StepRecord {
     pub heldout_reward: Option<f64>,
 }
 
+impl StepRecord {
+    /// The step's `training_steps` row.
+    pub fn row(&self, run_id: &str, ts_ms: u64) -> flywheel_feedback::store::rows::TrainingStepRow {
+        let m = &self.metrics;
+        flywheel_feedback::store::rows::TrainingStepRow {
+            run_id: run_id.to_owned(),
+            step: self.step as u32,
+            ts_ms,
+            loss: m.loss,
+            reward_mean: m.reward_mean,
+            reward_std: m.reward_std,
+            pass_rate: m.pass_rate,
+            kl: m.kl,
+            entropy: m.entropy,
+            grad_norm: m.grad_norm,
+            learning_rate: m.lr,
+            response_len_mean: m.response_len_mean,
+            step_secs: m.step_secs,
+            tokens_per_sec: m.tokens_per_sec,
+            heldout_reward: self.heldout_reward,
+        }
+    }
+}
+
 /// [`StepMetrics`] without the per-completion samples.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepSummary {
@@ -189,4 +213,73 @@ fn export(trainer: &Trainer, dir: &Path) -> Result<()> {
 /// The default trainer settings of `flywheel-tuner train`, before flags.
 pub fn default_trainer_config() -> TrainerConfig {
     TrainerConfig::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::Message;
+    use flywheel_trainer::testing::{real_model_dir, tiny_config, write_tiny_model};
+    use flywheel_trainer::Arch;
+    use serde_json::json;
+
+    fn items(n: usize) -> Vec<Item> {
+        (0..n).map(|i| Item::new(vec![Message::new("user", format!("say something {i}"))], None)).collect()
+    }
+
+    fn tiny_trainer(dir: &Path) -> Trainer {
+        // SmolLM2's tokenizer on a tiny random model of the same vocabulary.
+        write_tiny_model(&dir.join("model"), &tiny_config(Arch::Llama, 49152), 3, 1.0, Some(&real_model_dir())).unwrap();
+        let mut cfg = TrainerConfig::default();
+        cfg.num_generations = 4;
+        cfg.sampling.max_new_tokens = 6;
+        cfg.optim.lr = 1e-2;
+        Trainer::new(dir.join("model"), cfg).unwrap()
+    }
+
+    fn loop_cfg(out: &Path, steps: usize) -> LoopConfig {
+        LoopConfig { steps, prompts_per_step: 2, eval_every: 1, eval_items: 2, eval_max_tokens: 6, patience: 0, seed: 1, out: out.to_owned() }
+    }
+
+    /// Two steps write two records with held-out rewards, export the best
+    /// adapter and merged model, and a resumed trainer goes on from step 2.
+    #[test]
+    fn loop_records_exports_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let grader = Arc::new(Grader::from_config(&json!({"type": "regex", "name": "e", "input": "{{sample.output_text}}", "pattern": "e"})).unwrap());
+        let mut trainer = tiny_trainer(dir.path());
+        let mut records = Vec::new();
+        let summary = run(&mut trainer, grader.clone(), &items(5), &items(3), &loop_cfg(&out, 2), &mut |r| records.push(r.clone())).unwrap();
+        assert_eq!(records.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(records.iter().all(|r| r.heldout_reward.is_some_and(|h| (0.0..=1.0).contains(&h))));
+        assert_eq!(summary.steps, 2);
+        assert!(summary.heldout_best >= summary.heldout_before);
+        assert!(out.join("best/adapter/adapter_config.json").is_file());
+        assert!(out.join("best/merged/model.safetensors").is_file());
+        let row = records[1].row("run-x", 7);
+        assert_eq!((row.step, row.ts_ms, row.heldout_reward), (2, 7, records[1].heldout_reward));
+
+        let mut resumed = Trainer::resume(out.join("checkpoint")).unwrap();
+        assert_eq!(resumed.step_count(), 2);
+        let mut more = Vec::new();
+        run(&mut resumed, grader, &items(5), &items(3), &loop_cfg(&out, 3), &mut |r| more.push(r.step)).unwrap();
+        assert_eq!(more, vec![3]);
+    }
+
+    /// A reward that cannot be computed stops training instead of being
+    /// trained on as a 0.
+    #[test]
+    fn grader_errors_stop_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let grader = Arc::new(
+            Grader::from_config(&json!({"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
+                                        "reference": "{{item.missing}}", "operation": "eq"}))
+            .unwrap(),
+        );
+        let mut trainer = tiny_trainer(dir.path());
+        let e = run(&mut trainer, grader, &items(2), &[], &loop_cfg(&dir.path().join("run"), 1), &mut |_| {}).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+        assert_eq!(trainer.step_count(), 0);
+    }
 }

