@@ -113,10 +113,12 @@ pub async fn fetch_rows(store: &Store, q: &Query) -> Result<Vec<Row>, clickhouse
         )
     };
     let sql = format!(
-        "SELECT * FROM ({} UNION ALL {}) ORDER BY ts_ms DESC, id LIMIT 1 BY id LIMIT ?",
+        "SELECT * FROM ({} UNION ALL {}) ORDER BY ts_ms DESC, id DESC LIMIT 1 BY id LIMIT ?",
         select("inferences", "attempts"),
         select("inferences_retained", "attempts_retained")
     );
+    // Newest first; within one millisecond by id, which is a UUIDv7 and so
+    // in arrival order: reversed later, the first copy of a prompt comes first.
     let variant = q.variant.clone().unwrap_or_default();
     let mut query = store.client().query(&sql);
     for _ in 0..2 {
