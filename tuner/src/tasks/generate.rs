@@ -55,6 +55,14 @@ const JOBS: &[&str] = &[
     "nurse", "carpenter", "data analyst", "pilot", "baker", "architect", "teacher", "electrician", "pharmacist",
     "journalist", "welder", "translator",
 ];
+/// What each of [`JOBS`] does, in the same order: extraction texts describe
+/// the work and the answer must name the job.
+const JOB_CLUES: &[&str] = &[
+    "cares for patients on a hospital ward", "builds furniture and roofs from wood", "turns spreadsheets into reports",
+    "flies passenger jets", "makes bread before dawn", "designs buildings", "teaches at a primary school",
+    "wires houses", "dispenses medicine at a pharmacy", "writes for a newspaper", "joins steel beams",
+    "turns novels into other languages",
+];
 
 pub static EXTRACTION_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     json!({
@@ -68,10 +76,13 @@ pub static EXTRACTION_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     })
 });
 
-/// Four fields, with a distractor for two of them (a former city, a
-/// relative's age): copying the first city or number is wrong.
+/// Four fields, with distractors (a former and a future city, a relative's
+/// age), the name to be written "Last, First", and the age given as a birth
+/// year (the reference year is stated): copying the first city, number or
+/// name is wrong.
 pub fn extraction(rng: &mut Rng) -> Generated {
-    let name = format!("{} {}", rng.pick(FIRST), rng.pick(LAST));
+    let (first, last) = (*rng.pick(FIRST), *rng.pick(LAST));
+    let name = format!("{first} {last}");
     let city = *rng.pick(CITIES);
     let mut old_city = *rng.pick(CITIES);
     while old_city == city {
@@ -79,27 +90,39 @@ pub fn extraction(rng: &mut Rng) -> Generated {
     }
     let age = rng.range(19, 88);
     let other_age = (age + rng.range(-12, 12)).max(1);
-    let job = *rng.pick(JOBS);
+    let job_index = rng.range(0, JOBS.len() as i64 - 1) as usize;
+    let (job, clue) = (JOBS[job_index], JOB_CLUES[job_index]);
     let relative = *rng.pick(&["sister", "brother", "cousin", "neighbour"]);
+    let born = REFERENCE_YEAR - age;
+    let mut next_city = *rng.pick(CITIES);
+    while next_city == city || next_city == old_city {
+        next_city = *rng.pick(CITIES);
+    }
     let text = match rng.range(0, 2) {
         0 => format!(
-            "After years in {old_city}, {name} now lives in {city} and works as a {job}. {name} is {age}; their {relative} is {other_age}."
+            "After years in {old_city}, {name} (born in {born}) now lives in {city} and {clue}; a move to {next_city} is planned for next year. Their {relative} is {other_age}."
         ),
         1 => format!(
-            "Our new {job}, {name} ({age} years old), relocated from {old_city} to {city}. A {relative}, aged {other_age}, stayed behind."
+            "{name}, born {born}, relocated from {old_city} to {city} and {clue}. A {relative}, aged {other_age}, stayed behind."
         ),
         _ => format!(
-            "{name} grew up in {old_city}. Today the {age}-year-old {job} is based in {city}, near a {relative} who turned {other_age}."
+            "{name} grew up in {old_city}. Born in {born}, {first} {clue} and is based in {city}, near a {relative} who turned {other_age}, and dreams of {next_city}."
         ),
     };
     Generated {
-        system: "You extract facts into JSON. Reply with one JSON object with the keys name, city (where the person lives now), age (an integer) and occupation, and nothing else.".into(),
+        system: format!(
+            "You extract facts into JSON. Reply with one JSON object with the keys name (written \"Last, First\"), city (where the person lives now), age (an integer, in {REFERENCE_YEAR}) and occupation (one of: {}), and nothing else.",
+            JOBS.join(", ")
+        ),
         user: text,
-        reference: json!({"name": name, "city": city, "age": age, "occupation": job}),
+        reference: json!({"name": format!("{last}, {first}"), "city": city, "age": age, "occupation": job}),
         schema: Some(EXTRACTION_SCHEMA.clone()),
         extra: Map::new(),
     }
 }
+
+/// The year ages are computed in, stated in the prompt.
+const REFERENCE_YEAR: i64 = 2026;
 
 pub static ARITHMETIC_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     json!({"type": "object", "required": ["answer"], "additionalProperties": false,
@@ -213,19 +236,21 @@ pub static TOOL_CALL_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
         "properties": {
             "name": {"const": "get_forecast"},
             "arguments": {
-                "type": "object", "required": ["city", "days", "unit"], "additionalProperties": false,
+                "type": "object", "required": ["city", "days", "unit", "hourly"], "additionalProperties": false,
                 "properties": {
                     "city": {"type": "string"},
                     "days": {"type": "integer", "minimum": 1, "maximum": 14},
-                    "unit": {"enum": ["celsius", "fahrenheit"]}
+                    "unit": {"enum": ["celsius", "fahrenheit"]},
+                    "hourly": {"type": "boolean"}
                 }
             }
         }
     })
 });
 
-/// The user's words must be mapped onto the function's types: a number
-/// written out, a unit named indirectly.
+/// The user's words must be mapped onto the function's types: a number of
+/// days written out or named as a period (a week, a fortnight, a weekend),
+/// a unit named indirectly, hourly or daily from a phrase.
 pub fn tool_call(rng: &mut Rng) -> Generated {
     const WORDS: [&str; 15] =
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen"];
@@ -237,19 +262,28 @@ pub fn tool_call(rng: &mut Rng) -> Generated {
         ("in Celsius", "celsius"),
         ("in metric (°C)", "celsius"),
     ]);
-    let days_text = if rng.range(0, 1) == 0 { days.to_string() } else { WORDS[days as usize].to_owned() };
+    // The number of days is written as digits, as a word or as a period.
+    let (days, days_text) = match rng.range(0, 2) {
+        0 => (days, format!("a {days}-day")),
+        1 => (days, format!("a {}-day", WORDS[days as usize])),
+        _ => {
+            let (d, text) = *rng.pick(&[(7, "a week's"), (14, "a fortnight's"), (2, "a weekend's")]);
+            (d, text.to_owned())
+        }
+    };
+    let (hourly_text, hourly) = *rng.pick(&[("hour by hour", true), ("with hourly detail", true), ("as a daily summary", false), ("one line per day", false)]);
     let user = match rng.range(0, 1) {
-        0 => format!("What will the weather be like in {city} over the next {days_text} days? Temperatures {unit_phrase}."),
-        _ => format!("Planning a trip to {city}: I need a {days_text}-day forecast, {unit_phrase}."),
+        0 => format!("What will the weather be like in {city}? I need {days_text} forecast {hourly_text}. Temperatures {unit_phrase}."),
+        _ => format!("Planning a trip to {city}: {days_text} forecast {hourly_text}, {unit_phrase}."),
     };
     Generated {
         system: format!(
             "You call functions. Available function:\n{}\nReply with one JSON object {{\"name\": <function name>, \"arguments\": {{...}}}} and nothing else.",
-            json!({"name": "get_forecast", "description": "Daily weather forecast for a city",
+            json!({"name": "get_forecast", "description": "Weather forecast for a city, per day or, with hourly, per hour",
                    "parameters": TOOL_CALL_SCHEMA["properties"]["arguments"]})
         ),
         user,
-        reference: json!({"name": "get_forecast", "arguments": {"city": city, "days": days, "unit": unit}}),
+        reference: json!({"name": "get_forecast", "arguments": {"city": city, "days": days, "unit": unit, "hourly": hourly}}),
         schema: Some(TOOL_CALL_SCHEMA.clone()),
         extra: Map::new(),
     }
