@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use flywheel_trainer::{ChatMessage, PromptItem, StepMetrics, Trainer, TrainerConfig};
+use flywheel_trainer::{ChatMessage, PromptItem, StepMetrics, Trainer};
 use serde::Serialize;
 
 use crate::grader::Grader;
 use crate::item::{Item, Sample};
 
-/// How the loop runs (the trainer's own knobs are in [`TrainerConfig`]).
+/// How the loop runs (the trainer's own knobs are in [`flywheel_trainer::TrainerConfig`]).
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
     pub steps: usize,
@@ -210,17 +210,12 @@ fn export(trainer: &Trainer, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The default trainer settings of `flywheel-tuner train`, before flags.
-pub fn default_trainer_config() -> TrainerConfig {
-    TrainerConfig::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::item::Message;
     use flywheel_trainer::testing::{real_model_dir, tiny_config, write_tiny_model};
-    use flywheel_trainer::Arch;
+    use flywheel_trainer::{Arch, TrainerConfig};
     use serde_json::json;
 
     fn items(n: usize) -> Vec<Item> {

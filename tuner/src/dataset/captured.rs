@@ -11,7 +11,7 @@
 //! lacks; the latest value wins); and a demonstration, when there is one,
 //! as the `reference_answer`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use flywheel_feedback::Store;
 use serde::{Deserialize, Serialize};
@@ -328,9 +328,8 @@ impl Counts {
         ] {
             out.push(format!("{name:<26}{n}"));
         }
-        let hits: BTreeMap<_, _> = self.pii_hits.iter().collect();
-        if !hits.is_empty() {
-            out.push(format!("PII hits by detector      {hits:?}"));
+        if !self.pii_hits.is_empty() {
+            out.push(format!("PII hits by detector      {:?}", self.pii_hits));
         }
         out
     }
