@@ -43,3 +43,37 @@ start_listening() {
   cat <&3 >>"$logfile" &
   exec 3<&-
 }
+
+# Processes started by start_task_bench (stopped by stop_started).
+STARTED=()
+stop_started() { for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done; }
+listening() { curl -sf "http://$1/health" >/dev/null 2>&1 || curl -sf "http://$1/v1/models" >/dev/null 2>&1; }
+
+# The task-suite bench of config/tasks-bench.toml: SmolLM2 (127.0.0.1:18101)
+# and Qwen2.5-Coder-0.5B (18102) engines and the gateway (18100). Ones
+# already listening are reused; models are fetched the first time.
+# Usage: start_task_bench LOGDIR
+start_task_bench() {
+  local logs=$1 engine="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
+  [ -x "$engine" ] || { echo "no engine at $engine: run scripts/engine-test.sh (it builds it)" >&2; return 1; }
+  mkdir -p "$logs"
+  if ! listening 127.0.0.1:18101; then
+    start_listening "$logs/engine-small.log" "$engine" serve --model "$(fetched_model smollm2)" --name base --listen 127.0.0.1:18101
+    STARTED+=("$STARTED_PID")
+  fi
+  if ! listening 127.0.0.1:18102; then
+    start_listening "$logs/engine-big.log" "$engine" serve --model "$(fetched_model qwen2.5-coder-0.5b)" --name qwen --listen 127.0.0.1:18102
+    STARTED+=("$STARTED_PID")
+  fi
+  if ! listening 127.0.0.1:18100; then
+    "$BIN/flywheel-gateway" -c config/tasks-bench.toml >"$logs/gateway.log" 2>&1 &
+    STARTED+=("$!")
+    for _ in $(seq 50); do listening 127.0.0.1:18100 && break; sleep 0.2; done
+  fi
+}
+
+# The fetched model's HF directory (fetches it the first time).
+fetched_model() {
+  local dir="$FLYWHEEL_CACHE/models/$1/hf"
+  if [ -f "$dir/config.json" ]; then echo "$dir"; else scripts/fetch-model.sh "$1" | tail -1; fi
+}

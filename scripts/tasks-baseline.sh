@@ -10,7 +10,6 @@
 # ones already listening there are reused. Reports go to $OUT/<task>/report.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 source scripts/lib.sh
 LIMIT="${LIMIT:-20}"
 # One request at a time: mistral.rs 0.8.1 decodes concurrent requests in a
@@ -21,30 +20,10 @@ CONCURRENCY="${CONCURRENCY:-1}"
 MAX_TOKENS="${MAX_TOKENS:-128}"
 SEED="${SEED:-1}"
 OUT="${OUT:-$FLYWHEEL_CACHE/bench/tasks-baseline}"
-ENGINE="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
-[ -x "$ENGINE" ] || { echo "no engine at $ENGINE: run scripts/engine-test.sh (it builds it)" >&2; exit 1; }
-model_dir() {  # the fetched model's HF directory (fetches it the first time)
-  local dir="$FLYWHEEL_CACHE/models/$1/hf"
-  if [ -f "$dir/config.json" ]; then echo "$dir"; else scripts/fetch-model.sh "$1" | tail -1; fi
-}
-SMALL=$(model_dir smollm2)
-BIG=$(model_dir qwen2.5-coder-0.5b)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then build_release -p flywheel-gateway -p flywheel-tuner --bins; fi
 mkdir -p "$OUT"
-
-up() { curl -sf "http://$1/health" >/dev/null 2>&1 || curl -sf "http://$1/v1/models" >/dev/null 2>&1; }
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-if ! up 127.0.0.1:18101; then
-  start_listening "$OUT/engine-small.log" "$ENGINE" serve --model "$SMALL" --name base --listen 127.0.0.1:18101; PIDS+=("$STARTED_PID")
-fi
-if ! up 127.0.0.1:18102; then
-  start_listening "$OUT/engine-big.log" "$ENGINE" serve --model "$BIG" --name qwen --listen 127.0.0.1:18102; PIDS+=("$STARTED_PID")
-fi
-if ! up 127.0.0.1:18100; then
-  "$BIN/flywheel-gateway" -c config/tasks-bench.toml >"$OUT/gateway.log" 2>&1 & PIDS+=("$!")
-  for _ in $(seq 50); do up 127.0.0.1:18100 && break; sleep 0.2; done
-fi
+trap 'stop_started' EXIT
+start_task_bench "$OUT"
 
 "$BIN/flywheel-tuner" tasks --out "$OUT/tasks" --seed "$SEED" --n 200
 for task in extraction arithmetic instructions policy tool_call; do

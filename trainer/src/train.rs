@@ -19,7 +19,7 @@ use crate::model::CausalLm;
 use crate::ops::log_softmax_last_dim;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
-use crate::sample::{rollouts, ChatMessage, ChatTokenizer, SamplingConfig};
+use crate::sample::{rollouts, ChatMessage, ChatTokenizer, Rollout, SamplingConfig};
 
 /// A training prompt; `meta` carries whatever the reward function needs (answers, tests...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct PromptItem {
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub meta: serde_json::Value,
+    /// A reference answer, trained on when no sampled completion passes
+    /// and [`TrainerConfig::guide_failed_groups`] is on.
+    #[serde(default)]
+    pub guide: Option<String>,
 }
 
 impl PromptItem {
@@ -36,6 +40,7 @@ impl PromptItem {
             id: id.into(),
             messages: vec![ChatMessage::user(content)],
             meta: serde_json::Value::Null,
+            guide: None,
         }
     }
 }
@@ -58,6 +63,15 @@ pub struct TrainerConfig {
     pub seed: u64,
     /// Written to `adapter_config.json`; defaults to the model directory.
     pub base_model_name: Option<String>,
+    /// Mixed-policy guidance (as in LUFFY): when no completion of a group
+    /// passes and the prompt has a [`PromptItem::guide`], the guide takes
+    /// the place of the group's last completion. On-policy GRPO can only
+    /// reinforce answers the model already samples; a small model that
+    /// never writes the right class (SmolLM2 wrote "refuse" once in 160
+    /// samples of the policy task, where 38% of the answers are "refuse")
+    /// gets no signal towards it without one.
+    #[serde(default)]
+    pub guide_failed_groups: bool,
 }
 
 impl Default for TrainerConfig {
@@ -82,6 +96,7 @@ impl Default for TrainerConfig {
             pass_threshold: 1.0,
             seed: 0,
             base_model_name: None,
+            guide_failed_groups: false,
         }
     }
 }
@@ -121,6 +136,9 @@ pub struct StepMetrics {
     pub clip_frac: f64,
     /// Sequences that went through forward/backward (non-zero advantage or beta > 0).
     pub trained_sequences: usize,
+    /// Groups whose last completion was replaced by the prompt's guide.
+    #[serde(default)]
+    pub guided: usize,
     pub step_secs: f64,
     pub generate_secs: f64,
     pub train_secs: f64,
@@ -270,6 +288,40 @@ impl Trainer {
         Ok((logp, ent_sum))
     }
 
+    /// Puts each failed group's guide in place of its last completion (see
+    /// [`TrainerConfig::guide_failed_groups`]); returns how many groups were
+    /// guided. A guide longer than `max_new_tokens` is not used: the policy
+    /// could never write it within the budget.
+    fn guide_failed_groups<F>(
+        &self,
+        prompts: &[PromptItem],
+        samples: &mut [Rollout],
+        rewards: &mut [f64],
+        reward_fn: &F,
+    ) -> anyhow::Result<usize>
+    where
+        F: Fn(&PromptItem, &str) -> anyhow::Result<f64>,
+    {
+        let g = self.cfg.num_generations;
+        let mut guided = 0;
+        for (k, p) in prompts.iter().enumerate() {
+            let Some(guide) = &p.guide else { continue };
+            if rewards[k * g..(k + 1) * g].iter().any(|&r| r >= self.cfg.pass_threshold) {
+                continue;
+            }
+            let mut ids = self.tokenizer.encode(guide)?;
+            ids.push(self.tokenizer.im_end_id);
+            if ids.len() > self.cfg.sampling.max_new_tokens {
+                continue;
+            }
+            let last = (k + 1) * g - 1;
+            rewards[last] = reward_fn(p, guide).with_context(|| format!("reward for the guide of prompt {}", p.id))?;
+            samples[last] = Rollout { completion_ids: ids, text: guide.clone(), logprobs: Vec::new(), stopped: true };
+            guided += 1;
+        }
+        Ok(guided)
+    }
+
     /// One GRPO step over `prompts` (G completions each), scored by `reward_fn`.
     pub fn step<F>(&mut self, prompts: &[PromptItem], reward_fn: F) -> anyhow::Result<StepMetrics>
     where
@@ -306,6 +358,11 @@ impl Trainer {
                 reward_fn(p, &s.text).with_context(|| format!("reward for prompt {}", p.id))?,
             );
         }
+        let guided = if self.cfg.guide_failed_groups {
+            self.guide_failed_groups(prompts, &mut samples, &mut rewards, &reward_fn)?
+        } else {
+            0
+        };
         let adv = advantages(&rewards, g, self.cfg.loss.scale_rewards);
 
         // 3. Loss and gradients, accumulated over micro-batches.
@@ -411,6 +468,7 @@ impl Trainer {
             lr,
             clip_frac: per_tok(clipped as f64),
             trained_sequences: train_idx.len(),
+            guided,
             step_secs,
             generate_secs,
             train_secs,
@@ -574,6 +632,48 @@ mod tests {
         let first: f64 = curve[..3].iter().sum::<f64>() / 3.0;
         let last: f64 = curve[curve.len() - 3..].iter().sum::<f64>() / 3.0;
         assert!(last > first + 0.05, "reward did not rise: {curve:?}");
+    }
+
+    fn exactly_yes(_: &PromptItem, text: &str) -> anyhow::Result<f64> {
+        Ok(if text == "yes" { 1.0 } else { 0.0 })
+    }
+
+    /// A group in which nothing passes trains on the prompt's guide: the
+    /// guide takes the last completion's place with its own reward and a
+    /// positive advantage, and a few steps make it far more likely. With
+    /// guidance off the same step never sees it.
+    #[test]
+    fn failed_groups_train_on_the_guide() {
+        let d = tiny_dir(3, 0.65);
+        let mut cfg = tiny_trainer_cfg(1e-2, 0.0);
+        cfg.guide_failed_groups = true;
+        let mut t = Trainer::new(d.path(), cfg).unwrap();
+        let mut p = PromptItem::user("p", "Answer.");
+        p.guide = Some("yes".into());
+        let prompt = t.tokenizer.encode_chat(&p.messages).unwrap();
+        let mut guide = t.tokenizer.encode("yes").unwrap();
+        guide.push(t.tokenizer.im_end_id);
+        let logp = |t: &Trainer| -> f32 {
+            let (lp, _) = t.completion_logps(&prompt, &[&guide], &ForwardCtx::eval(), false).unwrap();
+            lp.sum_all().unwrap().to_scalar().unwrap()
+        };
+        let before = logp(&t);
+        let m = t.step(std::slice::from_ref(&p), exactly_yes).unwrap();
+        assert_eq!(m.guided, 1);
+        let last = m.samples.last().unwrap();
+        assert_eq!((last.text.as_str(), last.reward), ("yes", 1.0));
+        assert!(last.advantage > 0.0, "{last:?}");
+        assert!(m.samples[..m.samples.len() - 1].iter().all(|s| s.reward == 0.0));
+        for _ in 0..2 {
+            t.step(std::slice::from_ref(&p), exactly_yes).unwrap();
+        }
+        let after = logp(&t);
+        assert!(after > before + 1.0, "log p(guide) {before} -> {after}");
+
+        let mut off = Trainer::new(d.path(), tiny_trainer_cfg(1e-2, 0.0)).unwrap();
+        let m = off.step(std::slice::from_ref(&p), exactly_yes).unwrap();
+        assert_eq!(m.guided, 0);
+        assert!(m.samples.iter().all(|s| s.text != "yes"));
     }
 
     #[test]

@@ -320,6 +320,11 @@ struct TrainArgs {
     beta: f64,
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
+    /// When no completion of a group passes, train on the item's reference
+    /// answer in place of one completion (mixed-policy GRPO): for answers
+    /// the model never samples on its own. Needs reference answers.
+    #[arg(long)]
+    guide: bool,
     /// Sequences per forward/backward pass (gradients accumulate over them).
     #[arg(long, default_value_t = 8)]
     micro_batch: usize,
@@ -483,6 +488,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     use flywheel_trainer::{LoraConfig, SamplingConfig, Trainer, TrainerConfig};
     let train_items = read_dataset(&a.train)?;
     let heldout = a.heldout.as_deref().map(read_dataset).transpose()?.unwrap_or_default();
+    if a.guide && train_items.iter().all(|i| i.reference_answer.is_none()) {
+        bail!("--guide: no item of {} has a reference_answer to guide with", a.train.display());
+    }
     let grader = Arc::new(load_grader(&a.grader, &a.options.options()?)?);
     let ckpt = a.out.join("checkpoint");
     let mut trainer = if a.resume {
@@ -506,6 +514,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         cfg.schedule.warmup_steps = a.warmup_steps;
         cfg.schedule.total_steps = a.steps;
         cfg.max_grad_norm = a.max_grad_norm;
+        cfg.guide_failed_groups = a.guide;
         cfg.micro_batch_size = a.micro_batch;
         cfg.pass_threshold = grader.pass_threshold();
         cfg.seed = a.seed;

@@ -7,6 +7,12 @@
 //!
 //! A grader error stops training: a reward that cannot be computed must not
 //! be trained on as if it were a 0.
+//!
+//! What the model wrote is kept next to the numbers, because a reward curve
+//! alone does not say whether the policy learned the task or collapsed onto
+//! one answer: `samples.jsonl` holds every training completion with its
+//! reward and advantage, `heldout.jsonl` every greedy held-out answer with
+//! its score.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,23 +120,59 @@ pub struct Summary {
     pub mean_tokens_per_sec: f64,
 }
 
+/// The trainer's prompt for an item; its reference answer, as text (a JSON
+/// reference compactly serialised), is the guide `--guide` trains on.
 pub fn prompt_of(item: &Item, index: usize) -> PromptItem {
     PromptItem {
         id: format!("{index}"),
         messages: item.prompt().iter().map(|m| ChatMessage::new(&m.role, &m.text())).collect(),
         meta: serde_json::Value::Null,
+        guide: item.reference_answer.as_ref().map(|r| match r {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
     }
 }
 
-/// Mean grader score of greedy answers to `items` (grader errors abort).
-pub fn heldout_reward(trainer: &mut Trainer, grader: &Grader, items: &[Item], max_tokens: usize) -> Result<f64> {
-    let mut total = 0.0;
+/// One greedy held-out answer, a line of `heldout.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldoutAnswer {
+    pub step: usize,
+    pub item: String,
+    pub score: f64,
+    pub text: String,
+}
+
+/// Mean grader score of greedy answers to `items` (grader errors abort),
+/// and the answers.
+pub fn heldout_reward(
+    trainer: &mut Trainer,
+    grader: &Grader,
+    items: &[Item],
+    max_tokens: usize,
+) -> Result<(f64, Vec<HeldoutAnswer>)> {
+    let mut answers = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let text = trainer.complete(&prompt_of(item, i).messages, max_tokens)?;
-        let grade = grader.grade(&Sample::from_text(text), item).with_context(|| format!("grading held-out item {}", item.id()))?;
-        total += grade.score;
+        let grade =
+            grader.grade(&Sample::from_text(text.clone()), item).with_context(|| format!("grading held-out item {}", item.id()))?;
+        answers.push(HeldoutAnswer { step: trainer.step_count(), item: item.id(), score: grade.score, text });
     }
-    Ok(total / items.len().max(1) as f64)
+    let mean = answers.iter().map(|a| a.score).sum::<f64>() / items.len().max(1) as f64;
+    Ok((mean, answers))
+}
+
+/// Appends `rows` as JSON lines to `path`.
+fn append_jsonl<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?,
+    );
+    for row in rows {
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs the loop; `on_step` sees every record (console, ClickHouse).
@@ -155,7 +197,14 @@ pub fn run(
     }
     let mut cursor = trainer.step_count() * cfg.prompts_per_step;
     let best_dir = cfg.out.join("best");
-    let before = if heldout.is_empty() { f64::NAN } else { heldout_reward(trainer, &grader, heldout, cfg.eval_max_tokens)? };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let (samples_log, heldout_log) = (cfg.out.join("samples.jsonl"), cfg.out.join("heldout.jsonl"));
+    let evaluate = |trainer: &mut Trainer| -> Result<f64> {
+        let (mean, answers) = heldout_reward(trainer, &grader, heldout, cfg.eval_max_tokens)?;
+        append_jsonl(&heldout_log, answers)?;
+        Ok(mean)
+    };
+    let before = if heldout.is_empty() { f64::NAN } else { evaluate(trainer)? };
     let (mut best, mut best_step, mut since_best) = (before, trainer.step_count(), 0);
     export(trainer, &best_dir)?;
     let (mut step_secs, mut tps, mut done) = (0.0, 0.0, 0);
@@ -169,13 +218,14 @@ pub fn run(
             let item = &train[p.id.parse::<usize>().expect("index id")];
             Ok(g.grade(&Sample::from_text(text), item).with_context(|| format!("grading train item {}", item.id()))?.score)
         })?;
+        append_jsonl(&samples_log, metrics.samples.iter().map(|s| serde_json::json!({"step": metrics.step, "sample": s})))?;
         done += 1;
         step_secs += metrics.step_secs;
         tps += metrics.tokens_per_sec;
         let step = trainer.step_count();
         let last = step >= cfg.steps;
-        let evaluate = !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
-        let heldout_reward = if evaluate { Some(heldout_reward(trainer, &grader, heldout, cfg.eval_max_tokens)?) } else { None };
+        let due = !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
+        let heldout_reward = if due { Some(evaluate(trainer)?) } else { None };
         trainer.save_checkpoint(cfg.out.join("checkpoint"))?;
         on_step(&StepRecord { step, metrics: StepSummary::from(&metrics), heldout_reward });
         if let Some(r) = heldout_reward {
@@ -252,6 +302,18 @@ mod tests {
         assert!(summary.heldout_best >= summary.heldout_before);
         assert!(out.join("best/adapter/adapter_config.json").is_file());
         assert!(out.join("best/merged/model.safetensors").is_file());
+        // Every completion (2 steps x 2 prompts x 4) and every greedy
+        // held-out answer (before, after step 1, after step 2; 2 items each).
+        let lines = |name: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(out.join(name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        };
+        let samples = lines("samples.jsonl");
+        assert_eq!(samples.len(), 16);
+        assert!(samples.iter().all(|s| s["sample"]["text"].is_string() && s["sample"]["reward"].is_number()), "{samples:?}");
+        let answers = lines("heldout.jsonl");
+        assert_eq!(answers.iter().map(|a| a["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
+        let mean = |step: u64| answers.iter().filter(|a| a["step"] == step).map(|a| a["score"].as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert_eq!(Some(mean(2)), records[1].heldout_reward);
         let row = records[1].row("run-x", 7);
         assert_eq!((row.step, row.ts_ms, row.heldout_reward), (2, 7, records[1].heldout_reward));
 

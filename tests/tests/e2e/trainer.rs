@@ -76,7 +76,7 @@ async fn trained_and_merged_checkpoint_deploys_and_answers() {
     // Rewards that differ within the group, so the step has a gradient and
     // the merged weights differ from the base.
     let metrics = trainer
-        .step(&[PromptItem { id: "p".into(), messages: question(), meta: Value::Null }], |_, text| Ok(text.len() as f64))
+        .step(&[PromptItem { id: "p".into(), messages: question(), meta: Value::Null, guide: None }], |_, text| Ok(text.len() as f64))
         .unwrap();
     assert!(metrics.grad_norm > 0.0, "{metrics:?}");
     let out = scratch_dir("merged");

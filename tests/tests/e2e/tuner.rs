@@ -193,3 +193,48 @@ async fn eval_through_the_gateway_by_hand() {
         .await;
     assert_eq!(stored, "chain\t3\t0.6667\t2\ngood\t3\t0.6667\t0");
 }
+
+/// `train --store` on the real SmolLM2: two GRPO steps on the policy task
+/// write one `training_steps` row per step to ClickHouse, the same numbers
+/// as `metrics.jsonl`, and export the best adapter and merged model.
+#[tokio::test]
+async fn train_stores_every_step_in_clickhouse() {
+    let services = Services::new();
+    services.start_clickhouse();
+    let dir = scratch_dir("tuner-train");
+    let suite = dir.join("tasks");
+    let (ok, text) = tuner(&["tasks", "--out", suite.to_str().unwrap(), "--n", "20", "--task", "policy"]);
+    assert!(ok, "{text}");
+    let run = dir.join("run");
+    let model = model_dir();
+    let path = |name: &str| suite.join(name).to_str().unwrap().to_owned();
+    let (ok, text) = tuner(&[
+        "train", "--model", model.to_str().unwrap(), "--train", &path("policy.train.jsonl"),
+        "--heldout", &path("policy.heldout.jsonl"), "--grader", &path("policy.grader.json"),
+        "--out", run.to_str().unwrap(), "--steps", "2", "--generations", "2", "--max-new-tokens", "6",
+        "--eval-every", "1", "--eval-items", "1", "--eval-max-tokens", "6", "--seed", "1",
+        "--store", "--run-id", "e2e-run", "--clickhouse-url", &services.clickhouse_url(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("not stored"), "{text}");
+    let logged = read_jsonl(&run.join("metrics.jsonl"));
+    assert_eq!(logged.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    let stored = services
+        .query("SELECT step, reward_mean, grad_norm, tokens_per_sec, heldout_reward FROM flywheel.training_steps WHERE run_id = 'e2e-run' ORDER BY step FORMAT JSONEachRow")
+        .await;
+    let stored: Vec<Value> = stored.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for (row, log) in stored.iter().zip(&logged) {
+        assert_eq!(row["step"], log["step"]);
+        for field in ["reward_mean", "grad_norm", "tokens_per_sec", "heldout_reward"] {
+            let (a, b) = (row[field].as_f64(), log[field].as_f64());
+            assert!(a.is_some() && b.is_some(), "{field}: {row} vs {log}");
+            assert!((a.unwrap() - b.unwrap()).abs() <= 1e-6 * b.unwrap().abs().max(1.0), "{field}: {row} vs {log}");
+        }
+    }
+    assert!(stored.iter().all(|r| r["tokens_per_sec"].as_f64().is_some_and(|x| x > 0.0)), "{stored:?}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2, "{summary}");
+    assert!(run.join("best/adapter/adapter_model.safetensors").is_file());
+    assert!(run.join("best/merged/config.json").is_file());
+}
