@@ -3,6 +3,8 @@
 export FLYWHEEL_CACHE="${FLYWHEEL_CACHE:-/var/tmp/flywheel}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLYWHEEL_CACHE/target}"
 export FLYWHEEL_VENV="${FLYWHEEL_VENV:-$FLYWHEEL_CACHE/venv}"
+# The engine binary the benchmark scripts start (scripts/engine-test.sh builds it).
+ENGINE="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
 BIN="$CARGO_TARGET_DIR/release"
 mkdir -p "$FLYWHEEL_CACHE"
 
@@ -54,15 +56,15 @@ listening() { curl -sf "http://$1/health" >/dev/null 2>&1 || curl -sf "http://$1
 # already listening are reused; models are fetched the first time.
 # Usage: start_task_bench LOGDIR
 start_task_bench() {
-  local logs=$1 engine="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
-  [ -x "$engine" ] || { echo "no engine at $engine: run scripts/engine-test.sh (it builds it)" >&2; return 1; }
+  local logs=$1
+  [ -x "$ENGINE" ] || { echo "no engine at $ENGINE: run scripts/engine-test.sh (it builds it)" >&2; return 1; }
   mkdir -p "$logs"
   if ! listening 127.0.0.1:18101; then
-    start_listening "$logs/engine-small.log" "$engine" serve --model "$(fetched_model smollm2)" --name base --listen 127.0.0.1:18101
+    start_listening "$logs/engine-small.log" "$ENGINE" serve --model "$(fetched_model smollm2)" --name base --listen 127.0.0.1:18101
     STARTED+=("$STARTED_PID")
   fi
   if ! listening 127.0.0.1:18102; then
-    start_listening "$logs/engine-big.log" "$engine" serve --model "$(fetched_model qwen2.5-coder-0.5b)" --name qwen --listen 127.0.0.1:18102
+    start_listening "$logs/engine-big.log" "$ENGINE" serve --model "$(fetched_model qwen2.5-coder-0.5b)" --name qwen --listen 127.0.0.1:18102
     STARTED+=("$STARTED_PID")
   fi
   if ! listening 127.0.0.1:18100; then

@@ -26,7 +26,6 @@ STEPS="${STEPS:-30}"; PROMPTS="${PROMPTS:-1}"; GENERATIONS="${GENERATIONS:-8}"; 
 TRAIN_TOKENS="${TRAIN_TOKENS:-64}"; EVAL_EVERY="${EVAL_EVERY:-10}"; SELECT_ITEMS="${SELECT_ITEMS:-20}"
 LIMIT="${LIMIT:-20}"; MAX_TOKENS="${MAX_TOKENS:-96}"
 OUT="${OUT:-$FLYWHEEL_CACHE/bench/tasks-baseline}"
-ENGINE="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
 SUITE="$OUT/tasks"
 [ -f "$SUITE/$TASK.grader.json" ] || "$BIN/flywheel-tuner" tasks --out "$SUITE" --seed 1 --n 200
 RUN="$OUT/rft-$TASK"

@@ -36,6 +36,15 @@ impl Message {
     }
 }
 
+/// A reference answer as the text a model would write: a string as it is,
+/// any other JSON compactly serialised.
+pub fn answer_text(reference: &Value) -> String {
+    match reference {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// One dataset row: `{"messages": [...], "reference_answer": ..., ...}`.
 /// Fields other than the two known ones (`id`, `task`, `response_format`,
 /// `tools`, `inference_id`, whatever a user's graders read as `item.x`)

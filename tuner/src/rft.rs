@@ -127,10 +127,7 @@ pub fn prompt_of(item: &Item, index: usize) -> PromptItem {
         id: format!("{index}"),
         messages: item.prompt().iter().map(|m| ChatMessage::new(&m.role, &m.text())).collect(),
         meta: serde_json::Value::Null,
-        guide: item.reference_answer.as_ref().map(|r| match r {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }),
+        guide: item.reference_answer.as_ref().map(crate::item::answer_text),
     }
 }
 

@@ -131,10 +131,7 @@ impl Task {
         // a prior turn: it pins the answer format without giving away any
         // item's answer, and it is what lifts a 135M model off a zero score.
         let example = self.draw(&mut Rng::new(0x5EED_0F_EA_A9));
-        let example_answer = match &example.reference {
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
+        let example_answer = crate::item::answer_text(&example.reference);
         (0..n)
             .map(|i| {
                 let g = self.draw(&mut rng);
@@ -204,10 +201,7 @@ mod tests {
             let grader = Grader::from_config(&task.grader()).unwrap_or_else(|e| panic!("{}: {e}", task.name()));
             for item in task.generate(11, 30) {
                 let reference = item.reference_answer.clone().unwrap();
-                let text = match &reference {
-                    Value::String(s) => s.clone(),
-                    v => v.to_string(),
-                };
+                let text = crate::item::answer_text(&reference);
                 let good = grader.grade(&Sample::from_text(text.clone()), &item).unwrap();
                 assert_eq!(good.score, 1.0, "{}: {text} → {}", task.name(), good.reason);
                 assert!(good.passed);
