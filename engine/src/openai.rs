@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use either::Either;
+use flywheel_api::openai::{ResponseFormat, Stop, StreamOptions};
 use indexmap::IndexMap;
 use mistralrs::{Constraint, MessageContent, SamplingParams, StopTokens, Tool, ToolChoice};
 use serde::Deserialize;
@@ -12,37 +13,6 @@ use crate::error::ApiError;
 
 /// Largest `n` accepted (non-streaming only).
 pub const MAX_N: usize = 16;
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum StopSpec {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct JsonSchemaSpec {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub schema: Option<Value>,
-    #[serde(default)]
-    pub strict: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ResponseFormat {
-    Text,
-    JsonObject,
-    JsonSchema { json_schema: JsonSchemaSpec },
-}
 
 #[derive(Debug, Deserialize)]
 pub struct ChatMessage {
@@ -68,7 +38,7 @@ pub struct Sampling {
     pub min_p: Option<f64>,
     pub max_tokens: Option<usize>,
     pub max_completion_tokens: Option<usize>,
-    pub stop: Option<StopSpec>,
+    pub stop: Option<Stop>,
     /// Accepted for compatibility; mistral.rs 0.8.1 has one sampler RNG per engine, so a
     /// per-request seed is not honoured (greedy decoding is deterministic regardless).
     pub seed: Option<u64>,
@@ -159,9 +129,9 @@ impl Sampling {
         p.max_len = Some(max);
         p.stop_toks = match &self.stop {
             None => None,
-            Some(StopSpec::One(s)) if s.is_empty() => None,
-            Some(StopSpec::One(s)) => Some(StopTokens::Seqs(vec![s.clone()])),
-            Some(StopSpec::Many(v)) => {
+            Some(Stop::One(s)) if s.is_empty() => None,
+            Some(Stop::One(s)) => Some(StopTokens::Seqs(vec![s.clone()])),
+            Some(Stop::Many(v)) => {
                 if v.len() > 4 {
                     return Err(ApiError::bad_param("stop", "at most 4 stop sequences are allowed"));
                 }

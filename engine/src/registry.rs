@@ -29,6 +29,8 @@ use crate::error::ApiError;
 pub struct EngineOptions {
     pub dtype: ModelDType,
     /// Most sequences one version runs at once (mistral.rs `max_num_seqs`).
+    /// 1 by default: batched sequences contaminate each other in mistral.rs
+    /// 0.8.1 on the CPU (see the `--max-seqs` help).
     pub max_seqs: usize,
     /// Sequences kept in mistral.rs's prefix cache; 0 disables it.
     pub prefix_cache_n: usize,
@@ -40,7 +42,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             dtype: ModelDType::F32,
-            max_seqs: 32,
+            max_seqs: 1,
             prefix_cache_n: 16,
             force_cpu: false,
         }

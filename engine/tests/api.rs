@@ -65,6 +65,50 @@ async fn chat_stream_ends_with_usage_then_done() {
     assert_eq!(text, content(&v));
 }
 
+/// Concurrent requests get the answers they get alone. mistral.rs 0.8.1 on the
+/// CPU mixes the content of sequences decoded in one batch (with
+/// `--max-seqs 32`, a haiku's answer contained another request's JSON), so the
+/// engine decodes one sequence at a time by default; this test keeps it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_answers() {
+    let http = engine().client();
+    let ask = |content: &str, format: Value| {
+        let mut body = json!({
+            "model": "base",
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": 32,
+        });
+        if !format.is_null() {
+            body["response_format"] = format;
+        }
+        body
+    };
+    let bodies = [
+        ask("Extract the name and age as JSON: 'Alice is 31 years old.'", json!({"type": "json_object"})),
+        france(json!({})),
+        ask("Write a haiku about the sea.", Value::Null),
+        ask("Give me a JSON object describing a cat.", json!({"type": "json_object"})),
+    ];
+    let mut alone = Vec::new();
+    for b in &bodies {
+        let (status, v) = http.post("/v1/chat/completions", b).await;
+        assert_eq!(status, 200, "{v}");
+        alone.push(content(&v));
+    }
+    for round in 0..2 {
+        let together = futures_util::future::join_all(bodies.iter().map(|b| {
+            let http = http.clone();
+            async move { http.post("/v1/chat/completions", b).await }
+        }))
+        .await;
+        for (i, (status, v)) in together.iter().enumerate() {
+            assert_eq!(*status, 200, "{v}");
+            assert_eq!(content(v), alone[i], "round {round}, request {i}: concurrent answer differs from the one alone");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_schema_output_validates() {
     let http = engine().client();

@@ -116,7 +116,7 @@ impl Call {
     /// `stream` and `stream_options.include_usage` of the request.
     pub fn set_streaming(&mut self, stream: Option<bool>, options: Option<&crate::endpoints::body::StreamOptions>) {
         self.stream = stream.unwrap_or(false);
-        self.include_usage = options.and_then(|o| o.include_usage).unwrap_or(false);
+        self.include_usage = options.is_some_and(|o| o.include_usage);
     }
 
     pub fn variant_name(&self) -> &str {
@@ -361,24 +361,8 @@ impl Outcome {
 }
 
 /// What a request cost over all its attempts, as the client is told in the
-/// `x-flywheel-*` response headers (an offline eval reads them to price a
-/// fallback chain without querying ClickHouse).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Totals {
-    pub attempts: u32,
-    /// Index in the variant's fallback chain of the target that answered.
-    pub fallback_depth: u32,
-    /// Billed tokens: the sum over attempts, failed ones included.
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-}
-
-impl Totals {
-    pub fn retries(&self) -> u32 {
-        self.attempts.saturating_sub(1)
-    }
-}
+/// `x-flywheel-*` response headers.
+pub use flywheel_api::headers::Totals;
 
 /// Builds and records the event of a finished request. Callers record it
 /// before the client gets the end of the answer, so that an answered request

@@ -49,43 +49,13 @@ pub fn view<T: DeserializeOwned>(body: &Value) -> Result<T, GatewayError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-#[allow(dead_code)] // Only the shape is checked; the body is forwarded as it came.
-pub enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
+pub use flywheel_api::openai::{JsonSchemaSpec, ResponseFormat, Stop, StreamOptions};
 
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ResponseFormat {
-    Text,
-    JsonObject,
-    JsonSchema { json_schema: JsonSchemaSpec },
-}
-
-#[derive(Debug, Deserialize)]
-pub struct JsonSchemaSpec {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub schema: Option<Value>,
-    #[serde(default)]
-    pub strict: Option<bool>,
 }
 
 /// The fields of a chat request that the gateway reads or checks. Everything

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use flywheel_api::headers as fw;
 
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
 use crate::dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator};
@@ -19,8 +20,8 @@ use crate::AppState;
 
 /// Header that pins a conversation (episode) to one variant and names it in
 /// the events.
-pub const EPISODE_HEADER: &str = "x-flywheel-episode-id";
-const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-flywheel-request-id");
+pub const EPISODE_HEADER: &str = fw::EPISODE_ID;
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(fw::REQUEST_ID);
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -92,9 +93,9 @@ fn new_call(
 fn flywheel_headers(headers: &mut HeaderMap, id: &str, variant: &str, provider: &str, model: &str) {
     for (name, value) in [
         (REQUEST_ID_HEADER, id),
-        (HeaderName::from_static("x-flywheel-variant"), variant),
-        (HeaderName::from_static("x-flywheel-provider"), provider),
-        (HeaderName::from_static("x-flywheel-model"), model),
+        (HeaderName::from_static(fw::VARIANT), variant),
+        (HeaderName::from_static(fw::PROVIDER), provider),
+        (HeaderName::from_static(fw::MODEL), model),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
@@ -105,14 +106,7 @@ fn flywheel_headers(headers: &mut HeaderMap, id: &str, variant: &str, provider: 
 /// What the request cost over all its attempts (unary answers and errors;
 /// a stream's headers leave before its attempts are done).
 fn totals_headers(headers: &mut HeaderMap, totals: &Totals) {
-    for (name, value) in [
-        ("x-flywheel-attempts", totals.attempts.to_string()),
-        ("x-flywheel-retries", totals.retries().to_string()),
-        ("x-flywheel-fallback-depth", totals.fallback_depth.to_string()),
-        ("x-flywheel-prompt-tokens", totals.prompt_tokens.to_string()),
-        ("x-flywheel-completion-tokens", totals.completion_tokens.to_string()),
-        ("x-flywheel-cost-usd", format!("{:.9}", totals.cost_usd)),
-    ] {
+    for (name, value) in totals.to_headers() {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }

@@ -98,16 +98,7 @@ impl Gateway {
 /// The gateway's totals over all attempts of a request; `None` when the
 /// headers are missing (not a Flywheel gateway, or an old one).
 pub fn totals_of(headers: &HeaderMap) -> Option<Totals> {
-    fn get<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
-        h.get(name)?.to_str().ok()?.parse().ok()
-    }
-    Some(Totals {
-        attempts: get(headers, "x-flywheel-attempts")?,
-        fallback_depth: get(headers, "x-flywheel-fallback-depth")?,
-        prompt_tokens: get(headers, "x-flywheel-prompt-tokens")?,
-        completion_tokens: get(headers, "x-flywheel-completion-tokens")?,
-        cost_usd: get(headers, "x-flywheel-cost-usd")?,
-    })
+    Totals::from_headers(|name| headers.get(name)?.to_str().ok())
 }
 
 /// Runs every item through `model` with at most `concurrency` requests in

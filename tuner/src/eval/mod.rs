@@ -23,14 +23,7 @@ use crate::grader::Grade;
 use stats::Estimate;
 
 /// What the gateway reported about one request (its `x-flywheel-*` headers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Totals {
-    pub attempts: u32,
-    pub fallback_depth: u32,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cost_usd: f64,
-}
+pub use flywheel_api::headers::Totals;
 
 /// One item run through one configuration.
 #[derive(Debug, Clone)]
