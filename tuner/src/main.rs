@@ -545,7 +545,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         let bar_len = 24;
         let filled = (r.step * bar_len / a.steps.max(1)).min(bar_len);
         eprintln!(
-            "[{}{}] step {:>4}/{}  reward {:.3}±{:.3}  pass {:.2}  kl {:.4}  entropy {:.2}  |g| {:.3}  len {:.1}  {:.1}s  {:.1} tok/s{}",
+            "[{}{}] step {:>4}/{}  reward {:.3}±{:.3}  pass {:.2}  kl {:.4}  entropy {:.2}  |g| {:.3}  len {:.1}  {:.1}s  {:.1} tok/s{}{}",
             "#".repeat(filled),
             ".".repeat(bar_len - filled),
             r.step,
@@ -559,6 +559,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             m.response_len_mean,
             m.step_secs,
             m.tokens_per_sec,
+            if m.guided > 0 { format!("  guided {}", m.guided) } else { String::new() },
             r.heldout_reward.map_or(String::new(), |h| format!("  held-out {h:.3}")),
         );
         let _ = writeln!(metrics_file, "{}", serde_json::to_string(r).unwrap_or_default());

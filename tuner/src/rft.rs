@@ -87,6 +87,8 @@ pub struct StepSummary {
     pub response_len_mean: f64,
     pub step_secs: f64,
     pub tokens_per_sec: f64,
+    /// Groups trained on their prompt's guide (`--guide`; 0 without it).
+    pub guided: usize,
 }
 
 impl From<&StepMetrics> for StepSummary {
@@ -103,6 +105,7 @@ impl From<&StepMetrics> for StepSummary {
             response_len_mean: m.response_len_mean,
             step_secs: m.step_secs,
             tokens_per_sec: m.tokens_per_sec,
+            guided: m.guided,
         }
     }
 }
@@ -311,6 +314,8 @@ mod tests {
         assert_eq!(answers.iter().map(|a| a["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
         let mean = |step: u64| answers.iter().filter(|a| a["step"] == step).map(|a| a["score"].as_f64().unwrap()).sum::<f64>() / 2.0;
         assert_eq!(Some(mean(2)), records[1].heldout_reward);
+        // A metrics.jsonl line says how many groups trained on a guide (none here: no --guide).
+        assert_eq!(serde_json::to_value(&records[0]).unwrap()["guided"], 0);
         let row = records[1].row("run-x", 7);
         assert_eq!((row.step, row.ts_ms, row.heldout_reward), (2, 7, records[1].heldout_reward));
 
