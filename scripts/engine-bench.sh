@@ -3,7 +3,7 @@
 # (llama-cpp-python 0.3.36, same Q4_1 GGUF), 1 and 8 concurrent streams, 48-token answers.
 #
 #   scripts/engine-bench.sh                 # defaults below
-#   THREADS=2 REQS=3 ENGINE_ARGS="--max-seqs 8" scripts/engine-bench.sh   # batched (see BENCHMARKS §3)
+#   THREADS=2 REQS=3 ENGINE_ARGS="--max-seqs 32" scripts/engine-bench.sh   # batched (see BENCHMARKS §3)
 #
 # Prints one JSON line per measurement. Engine flags come from ENGINE_ARGS.
 set -euo pipefail

@@ -18,9 +18,6 @@ use crate::error::GatewayError;
 use crate::middleware::{RequestStart, Tenant};
 use crate::AppState;
 
-/// Header that pins a conversation (episode) to one variant and names it in
-/// the events.
-pub const EPISODE_HEADER: &str = fw::EPISODE_ID;
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(fw::REQUEST_ID);
 
 pub async fn chat_completions(
@@ -85,7 +82,7 @@ fn new_call(
     headers: &HeaderMap,
 ) -> Result<Call, GatewayError> {
     let route = state.router.get(model).ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
-    let episode = headers.get(EPISODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let episode = headers.get(fw::EPISODE_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     Ok(Call::new(op, tenant, route, body, episode, start.0))
 }
 
