@@ -42,8 +42,9 @@ pub enum ResponseFormat {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn reads_the_openai_shapes() {

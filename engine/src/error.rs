@@ -1,7 +1,9 @@
 //! OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
 use serde_json::json;
 
 /// An error returned to an HTTP client.
@@ -52,7 +54,9 @@ impl ApiError {
     }
 
     pub fn model_not_found(name: &str) -> Self {
-        let mut e = Self::not_found(format!("The model `{name}` does not exist or is not loaded"));
+        let mut e = Self::not_found(format!(
+            "The model `{name}` does not exist or is not loaded"
+        ));
         e.code = Some("model_not_found");
         e.param = Some("model");
         e

@@ -1,18 +1,26 @@
 //! `flywheel-engine serve --model DIR`: see the crate documentation.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::Arc;
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flywheel_engine::registry::{Deployment, EngineOptions, Registry};
-use flywheel_engine::server::{parse_sha256_hex, router, AppState};
+use flywheel_engine::{
+    registry::{Deployment, EngineOptions, Registry},
+    server::{parse_sha256_hex, router, AppState},
+};
 use mistralrs::ModelDType;
 
 #[derive(Parser)]
-#[command(name = "flywheel-engine", version, about = "Flywheel inference engine (mistral.rs behind an OpenAI-compatible API)")]
+#[command(
+    name = "flywheel-engine",
+    version,
+    about = "Flywheel inference engine (mistral.rs behind an OpenAI-compatible API)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,7 +54,11 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// sha256 (hex) of the admin bearer token. Without it the /admin routes do not exist.
-    #[arg(long, env = "FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256",
+        hide_env_values = true
+    )]
     admin_token_sha256: Option<String>,
     /// Weight dtype (F32 was the fastest on CPU here).
     #[arg(long, value_enum, default_value = "f32")]

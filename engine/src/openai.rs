@@ -102,15 +102,25 @@ pub struct CompletionRequest {
 impl Sampling {
     /// OpenAI semantics: temperature defaults to 1; 0 means greedy (argmax with top_k = 1,
     /// not mistral.rs's `set_deterministic_sampler`).
-    pub fn to_params(&self, default_max_tokens: usize, stream: bool) -> Result<SamplingParams, ApiError> {
+    pub fn to_params(
+        &self,
+        default_max_tokens: usize,
+        stream: bool,
+    ) -> Result<SamplingParams, ApiError> {
         let mut p = SamplingParams::neutral();
         let t = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&t) || t.is_nan() {
-            return Err(ApiError::bad_param("temperature", format!("temperature must be between 0 and 2, got {t}")));
+            return Err(ApiError::bad_param(
+                "temperature",
+                format!("temperature must be between 0 and 2, got {t}"),
+            ));
         }
         if let Some(tp) = self.top_p {
             if !(tp > 0.0 && tp <= 1.0) {
-                return Err(ApiError::bad_param("top_p", format!("top_p must be in (0, 1], got {tp}")));
+                return Err(ApiError::bad_param(
+                    "top_p",
+                    format!("top_p must be in (0, 1], got {tp}"),
+                ));
             }
         }
         if t < 1e-5 {
@@ -122,9 +132,15 @@ impl Sampling {
             p.top_p = self.top_p.filter(|&tp| tp < 1.0);
             p.min_p = self.min_p.filter(|&m| m > 0.0);
         }
-        let max = self.max_completion_tokens.or(self.max_tokens).unwrap_or(default_max_tokens);
+        let max = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .unwrap_or(default_max_tokens);
         if max == 0 {
-            return Err(ApiError::bad_param("max_tokens", "max_tokens must be at least 1"));
+            return Err(ApiError::bad_param(
+                "max_tokens",
+                "max_tokens must be at least 1",
+            ));
         }
         p.max_len = Some(max);
         p.stop_toks = match &self.stop {
@@ -133,7 +149,10 @@ impl Sampling {
             Some(Stop::One(s)) => Some(StopTokens::Seqs(vec![s.clone()])),
             Some(Stop::Many(v)) => {
                 if v.len() > 4 {
-                    return Err(ApiError::bad_param("stop", "at most 4 stop sequences are allowed"));
+                    return Err(ApiError::bad_param(
+                        "stop",
+                        "at most 4 stop sequences are allowed",
+                    ));
                 }
                 let v: Vec<String> = v.iter().filter(|s| !s.is_empty()).cloned().collect();
                 (!v.is_empty()).then_some(StopTokens::Seqs(v))
@@ -141,10 +160,16 @@ impl Sampling {
         };
         let n = self.n.unwrap_or(1);
         if n == 0 || n > MAX_N {
-            return Err(ApiError::bad_param("n", format!("n must be between 1 and {MAX_N}")));
+            return Err(ApiError::bad_param(
+                "n",
+                format!("n must be between 1 and {MAX_N}"),
+            ));
         }
         if n > 1 && stream {
-            return Err(ApiError::bad_param("n", "n > 1 is not supported with stream=true"));
+            return Err(ApiError::bad_param(
+                "n",
+                "n > 1 is not supported with stream=true",
+            ));
         }
         p.n_choices = n;
         p.frequency_penalty = self.frequency_penalty.filter(|&x| x != 0.0);
@@ -154,7 +179,10 @@ impl Sampling {
             let mut m = HashMap::new();
             for (k, v) in bias {
                 let id: u32 = k.parse().map_err(|_| {
-                    ApiError::bad_param("logit_bias", format!("logit_bias key `{k}` is not a token id"))
+                    ApiError::bad_param(
+                        "logit_bias",
+                        format!("logit_bias key `{k}` is not a token id"),
+                    )
                 })?;
                 m.insert(id, *v);
             }
@@ -170,7 +198,9 @@ impl Sampling {
 pub fn constraint(format: &Option<ResponseFormat>) -> Result<Constraint, ApiError> {
     Ok(match format {
         None | Some(ResponseFormat::Text) => Constraint::None,
-        Some(ResponseFormat::JsonObject) => Constraint::JsonSchema(serde_json::json!({"type": "object"})),
+        Some(ResponseFormat::JsonObject) => {
+            Constraint::JsonSchema(serde_json::json!({"type": "object"}))
+        }
         Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
             Some(s) if s.is_object() || s.is_boolean() => Constraint::JsonSchema(s.clone()),
             Some(_) => {
@@ -199,12 +229,12 @@ fn content_text(content: &Option<Value>) -> Result<String, ApiError> {
                             out.push_str(t);
                         }
                     }
-                    Some(other) => {
-                        return Err(ApiError::bad_param(
-                            "messages",
-                            format!("content parts of type `{other}` are not supported by this text model"),
-                        ))
-                    }
+                    Some(other) => return Err(ApiError::bad_param(
+                        "messages",
+                        format!(
+                            "content parts of type `{other}` are not supported by this text model"
+                        ),
+                    )),
                 }
             }
             Ok(out)
@@ -219,17 +249,27 @@ fn content_text(content: &Option<Value>) -> Result<String, ApiError> {
 /// OpenAI messages → mistral.rs messages (role/content plus tool fields for templates).
 pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<IndexMap<String, MessageContent>>, ApiError> {
     if msgs.is_empty() {
-        return Err(ApiError::bad_param("messages", "messages must not be empty"));
+        return Err(ApiError::bad_param(
+            "messages",
+            "messages must not be empty",
+        ));
     }
     let mut out = Vec::with_capacity(msgs.len());
     for m in msgs {
         match m.role.as_str() {
             "system" | "developer" | "user" | "assistant" | "tool" => {}
             other => {
-                return Err(ApiError::bad_param("messages", format!("unknown message role `{other}`")))
+                return Err(ApiError::bad_param(
+                    "messages",
+                    format!("unknown message role `{other}`"),
+                ))
             }
         }
-        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            m.role.as_str()
+        };
         let mut map: IndexMap<String, MessageContent> = IndexMap::new();
         map.insert("role".into(), Either::Left(role.to_string()));
         map.insert("content".into(), Either::Left(content_text(&m.content)?));
@@ -243,7 +283,11 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<IndexMap<String, MessageCont
             let calls = calls
                 .iter()
                 .filter_map(|c| c.as_object())
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<IndexMap<_, _>>())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<IndexMap<_, _>>()
+                })
                 .collect();
             map.insert("tool_calls".into(), Either::Right(calls));
         }
@@ -254,7 +298,9 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<IndexMap<String, MessageCont
 
 /// `tool_choice` → mistral.rs's. `required` is treated as `auto`.
 pub fn tool_choice(choice: &Option<Value>, tools: &[Tool]) -> Result<Option<ToolChoice>, ApiError> {
-    let Some(choice) = choice else { return Ok(None) };
+    let Some(choice) = choice else {
+        return Ok(None);
+    };
     match choice {
         Value::String(s) if s == "none" => Ok(Some(ToolChoice::None)),
         Value::String(s) if s == "auto" || s == "required" => Ok(Some(ToolChoice::Auto)),
@@ -263,13 +309,23 @@ pub fn tool_choice(choice: &Option<Value>, tools: &[Tool]) -> Result<Option<Tool
                 .get("function")
                 .and_then(|f| f.get("name"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_param("tool_choice", "tool_choice.function.name is required"))?;
+                .ok_or_else(|| {
+                    ApiError::bad_param("tool_choice", "tool_choice.function.name is required")
+                })?;
             let tool = tools
                 .iter()
                 .find(|t| t.function.name == name)
-                .ok_or_else(|| ApiError::bad_param("tool_choice", format!("tool_choice names `{name}`, which is not in tools")))?;
+                .ok_or_else(|| {
+                    ApiError::bad_param(
+                        "tool_choice",
+                        format!("tool_choice names `{name}`, which is not in tools"),
+                    )
+                })?;
             Ok(Some(ToolChoice::Tool(tool.clone())))
         }
-        other => Err(ApiError::bad_param("tool_choice", format!("unsupported tool_choice {other}"))),
+        other => Err(ApiError::bad_param(
+            "tool_choice",
+            format!("unsupported tool_choice {other}"),
+        )),
     }
 }

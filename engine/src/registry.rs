@@ -8,17 +8,21 @@
 //! requests get 404), waits until its leases reach zero, and only then calls
 //! `remove_model`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-use mistralrs::core::{
-    AddModelConfig, MistralRs, MistralRsBuilder, Pipeline, SchedulerConfig, TokenSource,
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
-use mistralrs::model_builder_trait::build_text_pipeline;
-use mistralrs::{ModelDType, TextModelBuilder};
+
+use mistralrs::{
+    core::{AddModelConfig, MistralRs, MistralRsBuilder, Pipeline, SchedulerConfig, TokenSource},
+    model_builder_trait::build_text_pipeline,
+    ModelDType, TextModelBuilder,
+};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -132,9 +136,8 @@ impl Deployment {
             DeploymentSource::Checkpoint { path } => {
                 flywheel_models::check_model_dir(path)
                     .map_err(|e| DeployError::InvalidModelDir(e.to_string()))?;
-                path.canonicalize().map_err(|e| {
-                    DeployError::InvalidModelDir(format!("{}: {e}", path.display()))
-                })
+                path.canonicalize()
+                    .map_err(|e| DeployError::InvalidModelDir(format!("{}: {e}", path.display())))
             }
         }
     }
@@ -153,13 +156,17 @@ impl Deployment {
 
     /// Validates, then loads the weights on a blocking thread (3-4 s for 135M F32), so that
     /// serving threads keep running.
-    async fn build_pipeline(&self, opts: &EngineOptions) -> Result<(PathBuf, PipelineParts), DeployError> {
+    async fn build_pipeline(
+        &self,
+        opts: &EngineOptions,
+    ) -> Result<(PathBuf, PipelineParts), DeployError> {
         let path = self.validate()?;
         let builder = Self::text_builder(&path, opts);
         let handle = tokio::runtime::Handle::current();
         let p = path.clone();
-        let joined = tokio::task::spawn_blocking(move || handle.block_on(build_text_pipeline(builder)))
-            .await;
+        let joined =
+            tokio::task::spawn_blocking(move || handle.block_on(build_text_pipeline(builder)))
+                .await;
         match joined {
             Ok(Ok(parts)) => Ok((path, parts)),
             Ok(Err(e)) => Err(DeployError::Load {

@@ -1,27 +1,32 @@
 //! The HTTP API: our own axum router in front of mistral.rs (mistral.rs's server router is
 //! not mounted: it exposes unauthenticated admin routes).
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::{convert::Infallible, sync::Arc};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
 use either::Either;
 use indexmap::IndexMap;
-use mistralrs::core::{MistralRs, RequestMessage, TokenizationRequest};
-use mistralrs::{Constraint, MessageContent, NormalRequest, Request, SamplingParams, Tool, ToolChoice};
+use mistralrs::{
+    core::{MistralRs, RequestMessage, TokenizationRequest},
+    Constraint, MessageContent, NormalRequest, Request, SamplingParams, Tool, ToolChoice,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::error::ApiError;
-use crate::openai::{self, ChatCompletionRequest, CompletionRequest, Prompt};
-use crate::registry::{Deployment, Lease, Registry};
+use crate::{
+    error::ApiError,
+    openai::{self, ChatCompletionRequest, CompletionRequest, Prompt},
+    registry::{Deployment, Lease, Registry},
+};
 
 /// Shared state of the server.
 pub struct AppState {
@@ -55,7 +60,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.admin_sha256.is_some() {
         r = r
             .route("/admin/models", get(admin_list).post(admin_deploy))
-            .route("/admin/models/{name}", get(admin_get).delete(admin_undeploy));
+            .route(
+                "/admin/models/{name}",
+                get(admin_get).delete(admin_undeploy),
+            );
     }
     r.fallback(fallback).with_state(state)
 }
@@ -65,7 +73,8 @@ async fn fallback() -> ApiError {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 fn respond(r: Result<Response, ApiError>) -> Response {
@@ -123,7 +132,11 @@ fn leading_ws(s: &str) -> &str {
 /// whitespace of its tokens' concatenated text.
 fn trimmed_prefix(logprobs: Option<&mistralrs::Logprobs>) -> String {
     let mut text = String::new();
-    for lp in logprobs.and_then(|l| l.content.as_ref()).into_iter().flatten() {
+    for lp in logprobs
+        .and_then(|l| l.content.as_ref())
+        .into_iter()
+        .flatten()
+    {
         text.push_str(&lp.token);
         if !text.trim_start().is_empty() {
             break;
@@ -145,7 +158,15 @@ async fn tokenize(
     let runner = runner.clone();
     let model = model.to_string();
     tokio::spawn(async move {
-        tokenize_on(&runner, &model, text, tools, add_generation_prompt, add_special_tokens).await
+        tokenize_on(
+            &runner,
+            &model,
+            text,
+            tools,
+            add_generation_prompt,
+            add_special_tokens,
+        )
+        .await
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))?
@@ -178,8 +199,12 @@ async fn tokenize_on(
         .map_err(|_| ApiError::unavailable(format!("the engine of `{model}` is not running")))?;
     match rx.recv().await {
         Some(Ok(ids)) => Ok(ids),
-        Some(Err(e)) => Err(ApiError::bad_request(format!("could not render/tokenize the prompt: {e:#}"))),
-        None => Err(ApiError::internal("the engine dropped a tokenization request")),
+        Some(Err(e)) => Err(ApiError::bad_request(format!(
+            "could not render/tokenize the prompt: {e:#}"
+        ))),
+        None => Err(ApiError::internal(
+            "the engine dropped a tokenization request",
+        )),
     }
 }
 
@@ -265,12 +290,23 @@ async fn chat_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, ApiError
             Some(Either::Left(s)) => s.clone(),
             _ => String::new(),
         };
-        let mut ids = tokenize(&runner, &model, Either::Left(msgs), tools.clone(), true, true).await?;
+        let mut ids = tokenize(
+            &runner,
+            &model,
+            Either::Left(msgs),
+            tools.clone(),
+            true,
+            true,
+        )
+        .await?;
         if !prefix.is_empty() {
             ids.extend(tokenize(&runner, &model, Either::Right(prefix), None, false, false).await?);
         }
         let n = ids.len();
-        (RequestMessage::CompletionTokens(ids), Mode::ChatFromTokens { prompt_tokens: n })
+        (
+            RequestMessage::CompletionTokens(ids),
+            Mode::ChatFromTokens { prompt_tokens: n },
+        )
     } else {
         (
             RequestMessage::Chat {
@@ -317,7 +353,10 @@ async fn completions_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, A
         Prompt::Text(s) => Either::Left(s),
         Prompt::Texts(mut v) if v.len() == 1 => Either::Left(v.remove(0)),
         Prompt::Texts(_) => {
-            return Err(ApiError::bad_param("prompt", "batched prompts are not supported; send one prompt per request"))
+            return Err(ApiError::bad_param(
+                "prompt",
+                "batched prompts are not supported; send one prompt per request",
+            ))
         }
         Prompt::Tokens(t) => Either::Right(t),
     };
@@ -326,7 +365,15 @@ async fn completions_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, A
     let runner = st.registry.runner().clone();
     let (message, prompt_tokens) = match prompt {
         Either::Left(text) => {
-            let ids = tokenize(&runner, &model, Either::Right(text.clone()), None, false, true).await?;
+            let ids = tokenize(
+                &runner,
+                &model,
+                Either::Right(text.clone()),
+                None,
+                false,
+                true,
+            )
+            .await?;
             let n = ids.len();
             if req.echo {
                 (
@@ -349,7 +396,10 @@ async fn completions_inner(st: Arc<AppState>, body: Bytes) -> Result<Response, A
     if prompt_tokens == 0 {
         return Err(ApiError::bad_param("prompt", "the prompt is empty"));
     }
-    let rx = submit(&runner, &model, message, sampling, constraint, None, None, true, req.stream).await?;
+    let rx = submit(
+        &runner, &model, message, sampling, constraint, None, None, true, req.stream,
+    )
+    .await?;
     let job = Job {
         lease,
         mode: Mode::Completion { prompt_tokens },
@@ -368,18 +418,21 @@ fn usage_json(prompt: usize, completion: usize) -> Value {
 
 /// Waits for the engine's first response (so that request errors get a proper status even
 /// when streaming), then answers with JSON or SSE.
-async fn finish(job: Job, mut rx: mpsc::Receiver<mistralrs::Response>) -> Result<Response, ApiError> {
+async fn finish(
+    job: Job,
+    mut rx: mpsc::Receiver<mistralrs::Response>,
+) -> Result<Response, ApiError> {
     use mistralrs::Response as R;
     let model = job.lease.version.name.clone();
     if !job.stream {
         loop {
-            let resp = rx
-                .recv()
-                .await
-                .ok_or_else(|| ApiError::internal("the engine closed the request without an answer"))?;
+            let resp = rx.recv().await.ok_or_else(|| {
+                ApiError::internal("the engine closed the request without an answer")
+            })?;
             match resp {
                 R::Done(done) => {
-                    let mut v = serde_json::to_value(&done).map_err(|e| ApiError::internal(e.to_string()))?;
+                    let mut v = serde_json::to_value(&done)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
                     v["id"] = json!(job.id);
                     v["model"] = json!(model);
                     v["object"] = json!("chat.completion");
@@ -394,7 +447,8 @@ async fn finish(job: Job, mut rx: mpsc::Receiver<mistralrs::Response>) -> Result
                             c.logprobs = None;
                         }
                     }
-                    let mut v = serde_json::to_value(&done).map_err(|e| ApiError::internal(e.to_string()))?;
+                    let mut v = serde_json::to_value(&done)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
                     v["id"] = json!(job.id);
                     v["model"] = json!(model);
                     if let Mode::ChatFromTokens { .. } = job.mode {
@@ -454,9 +508,10 @@ async fn finish(job: Job, mut rx: mpsc::Receiver<mistralrs::Response>) -> Result
 fn engine_error_or(resp: mistralrs::Response) -> Result<mistralrs::Response, ApiError> {
     use mistralrs::Response as R;
     match resp {
-        R::ValidationError(_) | R::InternalError(_) | R::ModelError(..) | R::CompletionModelError(..) => {
-            Err(engine_error(resp).expect("an error"))
-        }
+        R::ValidationError(_)
+        | R::InternalError(_)
+        | R::ModelError(..)
+        | R::CompletionModelError(..) => Err(engine_error(resp).expect("an error")),
         other => Ok(other),
     }
 }
@@ -497,7 +552,8 @@ async fn stream_task(
         match resp {
             R::Chunk(chunk) => {
                 created = chunk.created;
-                finished = !chunk.choices.is_empty() && chunk.choices.iter().all(|c| c.finish_reason.is_some());
+                finished = !chunk.choices.is_empty()
+                    && chunk.choices.iter().all(|c| c.finish_reason.is_some());
                 let mut v = serde_json::to_value(&chunk).unwrap_or(Value::Null);
                 v["id"] = json!(job.id);
                 v["model"] = json!(model);
@@ -515,7 +571,10 @@ async fn stream_task(
                 created = chunk.created;
                 for c in chunk.choices.iter_mut() {
                     // Only the first delta is trimmed by mistral.rs.
-                    if first_chunk && job.restore_leading_ws && !c.text.starts_with(char::is_whitespace) {
+                    if first_chunk
+                        && job.restore_leading_ws
+                        && !c.text.starts_with(char::is_whitespace)
+                    {
                         if let Some(lp) = &c.logprobs {
                             let tok = match &lp.bytes {
                                 Some(b) => String::from_utf8_lossy(b).into_owned(),
@@ -529,7 +588,8 @@ async fn stream_task(
                     }
                 }
                 first_chunk = false;
-                finished = !chunk.choices.is_empty() && chunk.choices.iter().all(|c| c.finish_reason.is_some());
+                finished = !chunk.choices.is_empty()
+                    && chunk.choices.iter().all(|c| c.finish_reason.is_some());
                 completion_tokens += chunk.choices.iter().filter(|c| !c.text.is_empty()).count();
                 let (object, choices): (&str, Vec<Value>) = match job.mode {
                     Mode::ChatFromTokens { .. } => (
@@ -573,7 +633,8 @@ async fn stream_task(
                 events.push(v);
                 if finished {
                     let prompt = match job.mode {
-                        Mode::ChatFromTokens { prompt_tokens } | Mode::Completion { prompt_tokens } => prompt_tokens,
+                        Mode::ChatFromTokens { prompt_tokens }
+                        | Mode::Completion { prompt_tokens } => prompt_tokens,
                         Mode::Chat => 0,
                     };
                     usage = Some(usage_json(prompt, completion_tokens));
@@ -623,12 +684,18 @@ fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
     let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     // Constant-time comparison.
-    let diff = got.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    let diff = got
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
         return Err(ApiError::unauthorized("invalid admin token"));
     }
@@ -639,11 +706,18 @@ async fn admin_list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     respond((|| -> Result<Response, ApiError> {
         check_admin(&st, &headers)?;
         let data: Vec<Value> = st.registry.list().iter().map(|v| v.info()).collect();
-        Ok(Json(json!({"object": "list", "data": data, "default": st.registry.default_name()})).into_response())
+        Ok(
+            Json(json!({"object": "list", "data": data, "default": st.registry.default_name()}))
+                .into_response(),
+        )
     })())
 }
 
-async fn admin_get(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+async fn admin_get(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
     respond((|| -> Result<Response, ApiError> {
         check_admin(&st, &headers)?;
         let v = st
@@ -662,12 +736,19 @@ struct DeployBody {
     path: std::path::PathBuf,
 }
 
-async fn admin_deploy(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn admin_deploy(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     respond(
         async {
             check_admin(&st, &headers)?;
             let b: DeployBody = parse_json(&body)?;
-            let v = st.registry.deploy(Deployment::checkpoint(b.name, b.path)).await?;
+            let v = st
+                .registry
+                .deploy(Deployment::checkpoint(b.name, b.path))
+                .await?;
             Ok::<Response, ApiError>((StatusCode::CREATED, Json(v.info())).into_response())
         }
         .await,
@@ -697,7 +778,10 @@ async fn admin_undeploy(
             let in_flight = version.inflight();
             if q.wait {
                 st.registry.finish_undeploy(version).await?;
-                Ok::<Response, ApiError>(Json(json!({"id": name, "deleted": true, "drained": in_flight})).into_response())
+                Ok::<Response, ApiError>(
+                    Json(json!({"id": name, "deleted": true, "drained": in_flight}))
+                        .into_response(),
+                )
             } else {
                 let st2 = st.clone();
                 tokio::spawn(async move {

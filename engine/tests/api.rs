@@ -56,8 +56,14 @@ async fn chat_stream_ends_with_usage_then_done() {
     assert_eq!(events.last().unwrap(), "[DONE]");
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["choices"], json!([]), "{usage}");
-    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
-    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
+    assert!(
+        usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
     let text = chat_stream_text(&events);
     assert!(text.contains("Paris"), "streamed: {text:?}");
     // The streamed text equals the non-streamed greedy answer.
@@ -85,10 +91,16 @@ async fn concurrent_requests_get_their_own_answers() {
         body
     };
     let bodies = [
-        ask("Extract the name and age as JSON: 'Alice is 31 years old.'", json!({"type": "json_object"})),
+        ask(
+            "Extract the name and age as JSON: 'Alice is 31 years old.'",
+            json!({"type": "json_object"}),
+        ),
         france(json!({})),
         ask("Write a haiku about the sea.", Value::Null),
-        ask("Give me a JSON object describing a cat.", json!({"type": "json_object"})),
+        ask(
+            "Give me a JSON object describing a cat.",
+            json!({"type": "json_object"}),
+        ),
     ];
     let mut alone = Vec::new();
     for b in &bodies {
@@ -104,7 +116,11 @@ async fn concurrent_requests_get_their_own_answers() {
         .await;
         for (i, (status, v)) in together.iter().enumerate() {
             assert_eq!(*status, 200, "{v}");
-            assert_eq!(content(v), alone[i], "round {round}, request {i}: concurrent answer differs from the one alone");
+            assert_eq!(
+                content(v),
+                alone[i],
+                "round {round}, request {i}: concurrent answer differs from the one alone"
+            );
         }
     }
 }
@@ -128,7 +144,8 @@ async fn json_schema_output_validates() {
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let text = content(&v);
-    let parsed: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    let parsed: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
     let validator = jsonschema::validator_for(&schema).unwrap();
     assert!(validator.is_valid(&parsed), "{parsed} does not validate");
 
@@ -144,7 +161,8 @@ async fn json_schema_output_validates() {
     assert_eq!(status, 200, "{v}");
     let text = content(&v);
     if v["choices"][0]["finish_reason"] == "stop" {
-        let parsed: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        let parsed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
         assert!(parsed.is_object());
     } else {
         assert!(text.trim_start().starts_with('{'), "{text:?}");
@@ -172,10 +190,16 @@ async fn assistant_prefix_continues() {
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let rest = content(&v);
-    assert!(!rest.starts_with(cut), "continuation repeated the prefix: {rest:?}");
+    assert!(
+        !rest.starts_with(cut),
+        "continuation repeated the prefix: {rest:?}"
+    );
     let joined = format!("{cut}{rest}");
     assert!(joined.contains("Paris"), "continued: {joined:?}");
-    assert!(full.starts_with(joined.trim_end()) || joined.starts_with(full.trim_end()), "full {full:?} vs resumed {joined:?}");
+    assert!(
+        full.starts_with(joined.trim_end()) || joined.starts_with(full.trim_end()),
+        "full {full:?} vs resumed {joined:?}"
+    );
 
     // Streaming continuation also works and ends with usage + [DONE].
     let mut sbody = body.clone();
@@ -187,7 +211,10 @@ async fn assistant_prefix_continues() {
     assert_eq!(events.last().unwrap(), "[DONE]");
     assert_eq!(chat_stream_text(&events), rest);
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 5, "{usage}");
+    assert!(
+        usage["usage"]["prompt_tokens"].as_u64().unwrap() > 5,
+        "{usage}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,25 +239,44 @@ async fn text_completions_and_models() {
 async fn request_errors_are_openai_style() {
     let http = engine().client();
     // Unknown model → 404.
-    let (status, v) = http.post("/v1/chat/completions", &france(json!({"model": "nope"}))).await;
+    let (status, v) = http
+        .post("/v1/chat/completions", &france(json!({"model": "nope"})))
+        .await;
     assert_eq!(status, 404, "{v}");
     assert_eq!(v["error"]["code"], "model_not_found");
     // Malformed body → 400.
-    let (status, v) = http.post("/v1/chat/completions", &json!({"model": "base"})).await;
+    let (status, v) = http
+        .post("/v1/chat/completions", &json!({"model": "base"}))
+        .await;
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("messages"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("messages"),
+        "{v}"
+    );
     // n > 1 with streaming → 400.
-    let (status, v) = http.post("/v1/chat/completions", &france(json!({"n": 2, "stream": true}))).await;
+    let (status, v) = http
+        .post(
+            "/v1/chat/completions",
+            &france(json!({"n": 2, "stream": true})),
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "n");
     // Bad temperature → 400.
-    let (status, _) = http.post("/v1/chat/completions", &france(json!({"temperature": 7}))).await;
+    let (status, _) = http
+        .post("/v1/chat/completions", &france(json!({"temperature": 7})))
+        .await;
     assert_eq!(status, 400);
     // No admin token configured → the admin routes do not exist.
     let (status, v) = http.get("/admin/models").await;
     assert_eq!(status, 404, "{v}");
     let (status, _) = http
-        .send(hyper::Method::POST, "/admin/models", Some(&json!({"name": "x", "path": "/tmp"})), Some(ADMIN_TOKEN))
+        .send(
+            hyper::Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "x", "path": "/tmp"})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -238,12 +284,19 @@ async fn request_errors_are_openai_style() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_options_are_accepted() {
     let http = engine().client();
-    let body = france(json!({"temperature": 0.7, "top_p": 0.9, "seed": 7, "stop": ["\n"], "max_completion_tokens": 12}));
+    let body = france(
+        json!({"temperature": 0.7, "top_p": 0.9, "seed": 7, "stop": ["\n"], "max_completion_tokens": 12}),
+    );
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     assert!(!content(&v).contains('\n'), "{v}");
     // n = 2 (non-streaming).
-    let (status, v) = http.post("/v1/chat/completions", &france(json!({"n": 2, "temperature": 0.8, "max_tokens": 8}))).await;
+    let (status, v) = http
+        .post(
+            "/v1/chat/completions",
+            &france(json!({"n": 2, "temperature": 0.8, "max_tokens": 8})),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"].as_array().unwrap().len(), 2, "{v}");
     // Tools are accepted.
@@ -264,6 +317,13 @@ fn serve_with_missing_model_dir_fails_clearly() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nope/does-not-exist") && stderr.contains("does not exist"), "stderr: {stderr}");
-    assert!(out.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("/nope/does-not-exist") && stderr.contains("does not exist"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -35,46 +35,92 @@ async fn deploy_answer_unload_while_streaming() {
     // Authentication.
     let (status, v) = http.send(Method::GET, "/admin/models", None, None).await;
     assert_eq!(status, 401, "{v}");
-    let (status, v) = http.send(Method::GET, "/admin/models", None, Some("wrong-token")).await;
+    let (status, v) = http
+        .send(Method::GET, "/admin/models", None, Some("wrong-token"))
+        .await;
     assert_eq!(status, 401, "{v}");
     assert_eq!(v["error"]["type"], "authentication_error");
     let (status, _) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "v2", "path": tmp})), Some("wrong-token"))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "v2", "path": tmp})),
+            Some("wrong-token"),
+        )
         .await;
     assert_eq!(status, 401);
-    let (status, v) = http.send(Method::GET, "/admin/models", None, Some(ADMIN_TOKEN)).await;
+    let (status, v) = http
+        .send(Method::GET, "/admin/models", None, Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
 
     // A bad path is refused with a 4xx naming it, and serving is untouched.
     let (status, v) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "bad", "path": "/nope/missing-model"})), Some(ADMIN_TOKEN))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "bad", "path": "/nope/missing-model"})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert!(status.is_client_error(), "{status} {v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("/nope/missing-model"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nope/missing-model"),
+        "{v}"
+    );
     let empty = std::env::temp_dir().join(format!("flywheel-engine-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let (status, v) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "bad", "path": empty})), Some(ADMIN_TOKEN))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "bad", "path": empty})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert!(status.is_client_error(), "{status} {v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("config.json"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.json"),
+        "{v}"
+    );
     let (status, v) = http.post("/v1/chat/completions", &chat("base", 8)).await;
     assert_eq!(status, 200, "{v}");
 
     // Deploy v2 at runtime and answer from it.
     let t0 = Instant::now();
     let (status, v) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "v2", "path": tmp})), Some(ADMIN_TOKEN))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "v2", "path": tmp})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(status, 201, "{v}");
     eprintln!("deployed v2 in {:.1}s", t0.elapsed().as_secs_f64());
     let (status, v) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "v2", "path": tmp})), Some(ADMIN_TOKEN))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "v2", "path": tmp})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(status, 409, "{v}");
     let (_, models) = http.get("/v1/models").await;
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["base", "v2"]);
     let (status, v) = http.post("/v1/chat/completions", &chat("v2", 24)).await;
     assert_eq!(status, 200, "{v}");
@@ -96,17 +142,29 @@ async fn deploy_answer_unload_while_streaming() {
         events
     });
     let h2 = http.clone();
-    let delete = tokio::spawn(async move { h2.send(Method::DELETE, "/admin/models/v2", None, Some(ADMIN_TOKEN)).await });
+    let delete = tokio::spawn(async move {
+        h2.send(Method::DELETE, "/admin/models/v2", None, Some(ADMIN_TOKEN))
+            .await
+    });
     // While draining: v2 no longer takes new requests.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, v) = http.post("/v1/chat/completions", &chat("v2", 4)).await;
     assert_eq!(status, 404, "{v}");
     let events = stream_task.await.unwrap();
     assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
-    assert!(events.iter().all(|e| !e.contains("\"error\"")), "{events:?}");
+    assert!(
+        events.iter().all(|e| !e.contains("\"error\"")),
+        "{events:?}"
+    );
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 20, "{usage}");
-    assert!(events.len() > 20, "the stream ended before the unload could overlap it");
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64().unwrap() > 20,
+        "{usage}"
+    );
+    assert!(
+        events.len() > 20,
+        "the stream ended before the unload could overlap it"
+    );
     let (status, v) = delete.await.unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["drained"], 1, "{v}");
@@ -117,17 +175,33 @@ async fn deploy_answer_unload_while_streaming() {
     let (status, v) = http.post("/v1/chat/completions", &chat("base", 24)).await;
     assert_eq!(status, 200, "{v}");
     assert!(content(&v).contains("Paris"));
-    let (_, v) = http.send(Method::GET, "/admin/models", None, Some(ADMIN_TOKEN)).await;
+    let (_, v) = http
+        .send(Method::GET, "/admin/models", None, Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
     // The last version cannot be unloaded; unknown versions are 404.
-    let (status, _) = http.send(Method::DELETE, "/admin/models/base", None, Some(ADMIN_TOKEN)).await;
+    let (status, _) = http
+        .send(
+            Method::DELETE,
+            "/admin/models/base",
+            None,
+            Some(ADMIN_TOKEN),
+        )
+        .await;
     assert_eq!(status, 409);
-    let (status, _) = http.send(Method::DELETE, "/admin/models/v2", None, Some(ADMIN_TOKEN)).await;
+    let (status, _) = http
+        .send(Method::DELETE, "/admin/models/v2", None, Some(ADMIN_TOKEN))
+        .await;
     assert_eq!(status, 404);
 
     // The same directory can come back under a new name.
     let (status, v) = http
-        .send(Method::POST, "/admin/models", Some(&json!({"name": "v3", "path": dir})), Some(ADMIN_TOKEN))
+        .send(
+            Method::POST,
+            "/admin/models",
+            Some(&json!({"name": "v3", "path": dir})),
+            Some(ADMIN_TOKEN),
+        )
         .await;
     assert_eq!(status, 201, "{v}");
     let (status, v) = http.post("/v1/chat/completions", &chat("v3", 8)).await;

@@ -5,10 +5,9 @@ mod common;
 
 use common::smollm2_dir;
 use either::Either;
-use mistralrs::core::TokenSource;
 use mistralrs::{
-    GgufModelBuilder, Model, ModelDType, RequestBuilder, SamplingParams, TextMessageRole, TextMessages,
-    TextModelBuilder,
+    core::TokenSource, GgufModelBuilder, Model, ModelDType, RequestBuilder, SamplingParams,
+    TextMessageRole, TextMessages, TextModelBuilder,
 };
 
 const CORPUS: &[&str] = &[
@@ -79,8 +78,16 @@ async fn rebuilt_tokenizer_and_greedy_match_gguf() {
             .await
             .expect("GGUF tokenize");
         let ours = tok.encode(*text, false).expect("encode").get_ids().to_vec();
-        assert_eq!(tok.decode(&ours, false).unwrap(), *text, "our ids do not decode back");
-        assert_eq!(tok.decode(&from_gguf, false).unwrap(), *text, "GGUF ids do not decode back");
+        assert_eq!(
+            tok.decode(&ours, false).unwrap(),
+            *text,
+            "our ids do not decode back"
+        );
+        assert_eq!(
+            tok.decode(&from_gguf, false).unwrap(),
+            *text,
+            "GGUF ids do not decode back"
+        );
         if from_gguf != ours {
             let line = format!("{text:?}\n  gguf: {from_gguf:?}\n  ours: {ours:?}");
             if newline_run(text) {
@@ -96,9 +103,16 @@ async fn rebuilt_tokenizer_and_greedy_match_gguf() {
         CORPUS.len(),
         known.join("\n")
     );
-    assert!(mismatches.is_empty(), "tokenizer mismatches:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "tokenizer mismatches:\n{}",
+        mismatches.join("\n")
+    );
     // HF SmolLM2 reference behaviour for a newline run.
-    assert_eq!(tok.encode("a\n\nb", false).unwrap().get_ids(), &[81, 198, 198, 82]);
+    assert_eq!(
+        tok.encode("a\n\nb", false).unwrap().get_ids(),
+        &[81, 198, 198, 82]
+    );
 
     let f32m = TextModelBuilder::new(hf.display().to_string())
         .with_token_source(TokenSource::None)
@@ -108,10 +122,19 @@ async fn rebuilt_tokenizer_and_greedy_match_gguf() {
         .expect("loading the HF directory");
     // mistral.rs's tokenizer for the HF dir is the same file: check once through it too.
     let via_engine = f32m
-        .tokenize(Either::Right(CORPUS[4].to_string()), None, false, false, None)
+        .tokenize(
+            Either::Right(CORPUS[4].to_string()),
+            None,
+            false,
+            false,
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(via_engine, tok.encode(CORPUS[4], false).unwrap().get_ids().to_vec());
+    assert_eq!(
+        via_engine,
+        tok.encode(CORPUS[4], false).unwrap().get_ids().to_vec()
+    );
 
     // Greedy. Found here: the Q4_1 GGUF, run with quantized kernels (activations quantized
     // too), does not reproduce the F32 dequantized weights' greedy text: on "What is the
@@ -127,8 +150,14 @@ async fn rebuilt_tokenizer_and_greedy_match_gguf() {
     ];
     for p in prompts {
         let msgs = TextMessages::new().add_message(TextMessageRole::User, p);
-        let ids_a = f32m.tokenize(Either::Left(msgs.clone()), None, true, true, None).await.unwrap();
-        let ids_b = gguf.tokenize(Either::Left(msgs), None, true, true, None).await.unwrap();
+        let ids_a = f32m
+            .tokenize(Either::Left(msgs.clone()), None, true, true, None)
+            .await
+            .unwrap();
+        let ids_b = gguf
+            .tokenize(Either::Left(msgs), None, true, true, None)
+            .await
+            .unwrap();
         assert_eq!(ids_a, ids_b, "rendered prompt ids differ for {p:?}");
 
         let la = first_logits(&f32m, p).await;
@@ -145,7 +174,10 @@ async fn rebuilt_tokenizer_and_greedy_match_gguf() {
              first-step logits cosine {cos:.4}; top5 f32 {ta:?} gguf {tb:?}"
         );
         assert!(cos > 0.95, "first-step logits disagree (cosine {cos})");
-        assert!(tb.contains(&ta[0]) && ta.contains(&tb[0]), "argmax not in the other's top 5");
+        assert!(
+            tb.contains(&ta[0]) && ta.contains(&tb[0]),
+            "argmax not in the other's top 5"
+        );
     }
 }
 

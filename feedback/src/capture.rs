@@ -1,16 +1,17 @@
 //! [`Capture`]: the write-ahead log and its shipper, started from a
 //! [`CaptureConfig`]. This is what the gateway holds.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use crate::config::CaptureConfig;
-use crate::event::Record;
-use crate::shipper::{Shipper, ShipperHandle, ShipperStats, ShutdownReport};
-use crate::store::{Store, StoreError};
-use crate::wal::{Wal, WalError, WalStats};
+use crate::{
+    config::CaptureConfig,
+    event::Record,
+    shipper::{Shipper, ShipperHandle, ShipperStats, ShutdownReport},
+    store::{Store, StoreError},
+    wal::{Wal, WalError, WalStats},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -41,7 +42,11 @@ impl Capture {
         let wal = Arc::new(Wal::open(&cfg.wal_dir, cfg.wal_config())?);
         let store = Store::try_new(&cfg.store_config())?;
         let shipper = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg.shipper_config());
-        Ok(Capture { wal, store, shipper })
+        Ok(Capture {
+            wal,
+            store,
+            shipper,
+        })
     }
 
     /// Appends records to the log (blocking file I/O: call it from a
@@ -61,7 +66,10 @@ impl Capture {
     }
 
     pub fn stats(&self) -> CaptureStats {
-        CaptureStats { wal: self.wal.stats(), shipper: self.shipper.stats() }
+        CaptureStats {
+            wal: self.wal.stats(),
+            shipper: self.shipper.stats(),
+        }
     }
 
     /// Look for work now (tests; after a burst).

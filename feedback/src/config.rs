@@ -2,14 +2,15 @@
 //! table of its TOML config; every field has a default, so `[capture]` may
 //! be empty.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shipper::ShipperConfig;
-use crate::store::{Store, StoreConfig};
-use crate::wal::WalConfig;
+use crate::{
+    shipper::ShipperConfig,
+    store::{Store, StoreConfig},
+    wal::WalConfig,
+};
 
 /// When the write-ahead log calls `fsync`.
 ///
@@ -111,7 +112,11 @@ impl Default for CaptureConfig {
 
 impl CaptureConfig {
     pub fn wal_config(&self) -> WalConfig {
-        WalConfig { segment_bytes: self.segment_bytes, fsync: self.fsync, max_bytes: self.max_bytes }
+        WalConfig {
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync,
+            max_bytes: self.max_bytes,
+        }
     }
 
     pub fn store_config(&self) -> StoreConfig {

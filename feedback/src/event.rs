@@ -141,11 +141,17 @@ pub struct FeedbackTarget {
 
 impl FeedbackTarget {
     pub fn inference(id: impl Into<String>) -> Self {
-        Self { inference_id: Some(id.into()), episode_id: None }
+        Self {
+            inference_id: Some(id.into()),
+            episode_id: None,
+        }
     }
 
     pub fn episode(id: impl Into<String>) -> Self {
-        Self { inference_id: None, episode_id: Some(id.into()) }
+        Self {
+            inference_id: None,
+            episode_id: Some(id.into()),
+        }
     }
 
     /// Exactly one of inference and episode is set.

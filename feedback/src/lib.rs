@@ -97,15 +97,20 @@ pub mod wal;
 pub use capture::{Capture, CaptureError, CaptureStats};
 pub use config::{BodiesPolicy, CaptureConfig, FsyncPolicy};
 pub use event::{
-    feedback_source, AttemptEvent, AttemptOutcome, AttemptSummary, FeedbackEvent, FeedbackTarget, FeedbackValue,
-    InferenceEvent, Record, Validation,
+    feedback_source, AttemptEvent, AttemptOutcome, AttemptSummary, FeedbackEvent, FeedbackTarget,
+    FeedbackValue, InferenceEvent, Record, Validation,
 };
-pub use queries::{InferenceOwner, MetricStats, MinutePoint, TimeWindow, VariantComparison, VariantSummary};
+pub use queries::{
+    InferenceOwner, MetricStats, MinutePoint, TimeWindow, VariantComparison, VariantSummary,
+};
 pub use shipper::{Shipper, ShipperConfig, ShipperHandle, ShipperStats, ShutdownReport};
 pub use store::{Store, StoreConfig, StoreError};
 pub use wal::{Wal, WalConfig, WalError, WalStats};
 
 /// Unix time now, milliseconds.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

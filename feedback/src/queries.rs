@@ -13,8 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::rows::date_of;
-use crate::store::{timed, Result, Store};
+use crate::store::{rows::date_of, timed, Result, Store};
 
 /// `[from_ms, to_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +30,10 @@ impl TimeWindow {
     /// The last `ms` milliseconds up to now.
     pub fn last(ms: u64) -> Self {
         let now = crate::now_ms();
-        Self { from_ms: now.saturating_sub(ms), to_ms: now }
+        Self {
+            from_ms: now.saturating_sub(ms),
+            to_ms: now,
+        }
     }
 
     fn first_day(&self) -> u16 {
@@ -225,7 +227,11 @@ impl VariantComparison {
 impl Store {
     /// (a) Per-variant request metrics of `route` over `window`, with
     /// feedback per metric. Sorted by variant.
-    pub async fn variant_summary(&self, route: &str, window: TimeWindow) -> Result<Vec<VariantSummary>> {
+    pub async fn variant_summary(
+        &self,
+        route: &str,
+        window: TimeWindow,
+    ) -> Result<Vec<VariantSummary>> {
         let sql = format!(
             "SELECT variant, count(), countIf(status >= 500), countIf(status >= 400 AND status < 500), \
                 countIf(validation = 'failed'), countIf(retries > 0), sum(toUInt64(retries)), \
@@ -266,7 +272,11 @@ impl Store {
                 prompt_tokens: r.prompt_tokens,
                 completion_tokens: r.completion_tokens,
                 cost_usd: r.cost_usd,
-                feedback: feedback.iter().filter(|m| m.variant == r.variant).cloned().collect(),
+                feedback: feedback
+                    .iter()
+                    .filter(|m| m.variant == r.variant)
+                    .cloned()
+                    .collect(),
                 requests: r.requests,
                 variant: r.variant,
             })
@@ -401,7 +411,10 @@ impl Store {
             );
             let owner = timed(
                 "inference owner",
-                self.client().query(&sql).bind(inference_id).fetch_optional::<InferenceOwner>(),
+                self.client()
+                    .query(&sql)
+                    .bind(inference_id)
+                    .fetch_optional::<InferenceOwner>(),
             )
             .await?;
             if owner.is_some() {
@@ -420,7 +433,14 @@ impl Store {
              WHERE episode_id = ? ORDER BY ts_ms DESC LIMIT 1",
             self.database()
         );
-        timed("episode owner", self.client().query(&sql).bind(episode_id).fetch_optional::<InferenceOwner>()).await
+        timed(
+            "episode owner",
+            self.client()
+                .query(&sql)
+                .bind(episode_id)
+                .fetch_optional::<InferenceOwner>(),
+        )
+        .await
     }
 
     /// (d) What a canary compares: `metric` on `baseline` and `candidate`
@@ -436,12 +456,16 @@ impl Store {
         let stats = self.metric_stats(route, Some(metric), window).await?;
         let summaries = self.variant_summary(route, window).await?;
         let pick = |variant: &str| {
-            stats.iter().find(|s| s.variant == variant).cloned().unwrap_or_else(|| MetricStats {
-                variant: variant.to_owned(),
-                metric: metric.to_owned(),
-                variance: f64::NAN,
-                ..MetricStats::default()
-            })
+            stats
+                .iter()
+                .find(|s| s.variant == variant)
+                .cloned()
+                .unwrap_or_else(|| MetricStats {
+                    variant: variant.to_owned(),
+                    metric: metric.to_owned(),
+                    variance: f64::NAN,
+                    ..MetricStats::default()
+                })
         };
         let summary = |variant: &str| summaries.iter().find(|s| s.variant == variant).cloned();
         Ok(VariantComparison {
@@ -458,7 +482,11 @@ impl Store {
         let db = self.database();
         let sql =
             format!("SELECT (SELECT uniqExact(id) FROM {db}.inferences), (SELECT uniqExact(id) FROM {db}.feedback)");
-        timed("event counts", self.client().query(&sql).fetch_one::<(u64, u64)>()).await
+        timed(
+            "event counts",
+            self.client().query(&sql).fetch_one::<(u64, u64)>(),
+        )
+        .await
     }
 }
 

@@ -58,7 +58,11 @@ fn month_last_day(yyyymm: u32) -> i64 {
 }
 
 /// Runs retention relative to now.
-pub async fn run_retention(store: &Store, older_than_days: u32, dry_run: bool) -> Result<RetentionReport> {
+pub async fn run_retention(
+    store: &Store,
+    older_than_days: u32,
+    dry_run: bool,
+) -> Result<RetentionReport> {
     run_retention_at(store, crate::now_ms(), older_than_days, dry_run).await
 }
 
@@ -84,7 +88,11 @@ pub async fn run_retention_at(
             .fetch_all::<String>(),
     )
     .await?;
-    let mut report = RetentionReport { dry_run, cutoff_day, partitions: Vec::new() };
+    let mut report = RetentionReport {
+        dry_run,
+        cutoff_day,
+        partitions: Vec::new(),
+    };
     for p in partitions {
         let Ok(month) = p.trim_matches('\'').parse::<u32>() else {
             tracing::warn!(partition = p, "unexpected partition id; skipped");
@@ -93,7 +101,9 @@ pub async fn run_retention_at(
         if month_last_day(month) >= cutoff_day as i64 {
             continue;
         }
-        report.partitions.push(retain_month(store, month, dry_run).await?);
+        report
+            .partitions
+            .push(retain_month(store, month, dry_run).await?);
     }
     Ok(report)
 }
@@ -111,17 +121,33 @@ async fn retain_month(store: &Store, month: u32, dry_run: bool) -> Result<Partit
     );
     let in_month = format!("toYYYYMM(date) = {month}");
     let count = |sql: String| async move {
-        timed("retention count", store.client().query(&sql).fetch_one::<(u64, u64)>()).await
+        timed(
+            "retention count",
+            store.client().query(&sql).fetch_one::<(u64, u64)>(),
+        )
+        .await
     };
-    let (inferences, inferences_kept) =
-        count(format!("SELECT count(), countIf({keep}) FROM {db}.inferences FINAL WHERE {in_month}")).await?;
+    let (inferences, inferences_kept) = count(format!(
+        "SELECT count(), countIf({keep}) FROM {db}.inferences FINAL WHERE {in_month}"
+    ))
+    .await?;
     let (attempts, attempts_kept) = count(format!(
         "SELECT count(), countIf(inference_id IN (SELECT id FROM {db}.inferences WHERE {in_month} AND {keep})) \
          FROM {db}.attempts FINAL WHERE {in_month}"
     ))
     .await?;
-    let (feedback, _) = count(format!("SELECT count(), toUInt64(0) FROM {db}.feedback FINAL WHERE {in_month}")).await?;
-    let plan = PartitionPlan { partition: month, inferences, inferences_kept, attempts, attempts_kept, feedback };
+    let (feedback, _) = count(format!(
+        "SELECT count(), toUInt64(0) FROM {db}.feedback FINAL WHERE {in_month}"
+    ))
+    .await?;
+    let plan = PartitionPlan {
+        partition: month,
+        inferences,
+        inferences_kept,
+        attempts,
+        attempts_kept,
+        feedback,
+    };
     if dry_run {
         return Ok(plan);
     }

@@ -12,19 +12,27 @@
 //! log's quota bounds the disk. Replaying a partly shipped segment is
 //! harmless: see "Exactly once" in the crate docs.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::{
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
 
-use crate::config::BodiesPolicy;
-use crate::event::Record;
-use crate::store::{AttemptRow, FeedbackRow, IdTable, InferenceRow, Store, StoreError};
-use crate::wal::{self, SegmentMeta, Wal, WalError, WalStats};
+use crate::{
+    config::BodiesPolicy,
+    event::Record,
+    store::{AttemptRow, FeedbackRow, IdTable, InferenceRow, Store, StoreError},
+    wal::{self, SegmentMeta, Wal, WalError, WalStats},
+};
 
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
@@ -140,8 +148,16 @@ impl BatchRows {
     pub fn dedup(&mut self) {
         let (keep_i, keep_f) = {
             let mut seen = HashSet::with_capacity(self.inferences.len() + self.feedback.len());
-            let keep_i: Vec<bool> = self.inferences.iter().map(|(r, _)| seen.insert(r.id.as_str())).collect();
-            let keep_f: Vec<bool> = self.feedback.iter().map(|r| seen.insert(r.id.as_str())).collect();
+            let keep_i: Vec<bool> = self
+                .inferences
+                .iter()
+                .map(|(r, _)| seen.insert(r.id.as_str()))
+                .collect();
+            let keep_f: Vec<bool> = self
+                .feedback
+                .iter()
+                .map(|r| seen.insert(r.id.as_str()))
+                .collect();
             (keep_i, keep_f)
         };
         let before = self.inferences.len() + self.feedback.len();
@@ -158,7 +174,11 @@ impl BatchRows {
 /// exist and drops those, then inserts attempts, inferences and feedback.
 /// Attempts go before their inferences, so an id present in `inferences`
 /// implies its attempts are stored too.
-pub async fn ship_batch(store: &Store, records: &[Record], bodies: BodiesPolicy) -> Result<BatchOutcome, StoreError> {
+pub async fn ship_batch(
+    store: &Store,
+    records: &[Record],
+    bodies: BodiesPolicy,
+) -> Result<BatchOutcome, StoreError> {
     ship_batch_with(store, records, bodies, ExistenceCheck::All).await
 }
 
@@ -183,7 +203,10 @@ pub async fn ship_rows(
     check: ExistenceCheck,
     max_rows: usize,
 ) -> Result<BatchOutcome, StoreError> {
-    let mut out = BatchOutcome { duplicates: rows.duplicates, ..BatchOutcome::default() };
+    let mut out = BatchOutcome {
+        duplicates: rows.duplicates,
+        ..BatchOutcome::default()
+    };
     if check == ExistenceCheck::All && !rows.inferences.is_empty() {
         let ids: Vec<&str> = rows.inferences.iter().map(|(r, _)| r.id.as_str()).collect();
         let existing = store.existing_ids(IdTable::Inferences, &ids).await?;
@@ -274,7 +297,13 @@ impl Shipper {
             wake: Arc::clone(&wake),
         };
         let task = tokio::spawn(task.run());
-        ShipperHandle { wal, counters, stop: stop_tx, wake, task: Some(task) }
+        ShipperHandle {
+            wal,
+            counters,
+            stop: stop_tx,
+            wake,
+            task: Some(task),
+        }
     }
 }
 
@@ -291,7 +320,11 @@ pub struct ShipperHandle {
 impl ShipperHandle {
     pub fn stats(&self) -> ShipperStats {
         let c = &self.counters;
-        let last_error = c.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last_error = c
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let last_success = c.last_success_ms.load(Ordering::Relaxed);
         ShipperStats {
             inferences_shipped: c.inferences.load(Ordering::Relaxed),
@@ -324,7 +357,10 @@ impl ShipperHandle {
             }
         }
         let wal = self.wal.stats();
-        ShutdownReport { drained: wal.records_pending == 0, wal }
+        ShutdownReport {
+            drained: wal.records_pending == 0,
+            wal,
+        }
     }
 }
 
@@ -356,10 +392,17 @@ impl Task {
                 return;
             }
             // When stopping, seal whatever is in the active segment.
-            let age = if deadline.is_some() { Duration::ZERO } else { self.cfg.max_segment_age };
+            let age = if deadline.is_some() {
+                Duration::ZERO
+            } else {
+                self.cfg.max_segment_age
+            };
             let wal = Arc::clone(&self.wal);
             let sealed = tokio::task::spawn_blocking(move || wal.seal_if_older(age)).await;
-            if let Err(e) = sealed.map_err(ShipError::from).and_then(|r| r.map_err(ShipError::from)) {
+            if let Err(e) = sealed
+                .map_err(ShipError::from)
+                .and_then(|r| r.map_err(ShipError::from))
+            {
                 self.failed(&e);
             }
             let segments = self.wal.sealed_segments();
@@ -403,7 +446,11 @@ impl Task {
         if first || n.is_multiple_of(10) {
             tracing::warn!(error = %e, failures = n, "shipping to ClickHouse failed; retrying with backoff");
         }
-        *self.counters.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((crate::now_ms(), e.to_string()));
+        *self
+            .counters
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((crate::now_ms(), e.to_string()));
     }
 
     /// Sleeps `d`, cut short by a nudge or a shutdown request (and never
@@ -426,9 +473,17 @@ impl Task {
     /// table per group. The next group is marked, read, decoded and turned
     /// into rows on blocking threads while the current one is inserted.
     async fn ship_segments(&self, segments: Vec<SegmentMeta>) -> Result<(), ShipError> {
-        let groups = group_segments(segments, self.cfg.batch_rows.max(1) as u64, self.cfg.batch_bytes);
+        let groups = group_segments(
+            segments,
+            self.cfg.batch_rows.max(1) as u64,
+            self.cfg.batch_bytes,
+        );
         let prepare = |group: &[SegmentMeta]| {
-            AbortOnDrop(tokio::spawn(prepare_group(Arc::clone(&self.wal), group.to_vec(), self.cfg.bodies)))
+            AbortOnDrop(tokio::spawn(prepare_group(
+                Arc::clone(&self.wal),
+                group.to_vec(),
+                self.cfg.bodies,
+            )))
         };
         let mut next = groups.first().map(|g| prepare(g));
         for (i, group) in groups.iter().enumerate() {
@@ -441,8 +496,17 @@ impl Task {
     }
 
     async fn ship_group(&self, group: &[SegmentMeta], prepared: Prepared) -> Result<(), ShipError> {
-        let Prepared { rows, damage, replay, took: prepare_time } = prepared;
-        let check = if replay { ExistenceCheck::All } else { ExistenceCheck::FeedbackOnly };
+        let Prepared {
+            rows,
+            damage,
+            replay,
+            took: prepare_time,
+        } = prepared;
+        let check = if replay {
+            ExistenceCheck::All
+        } else {
+            ExistenceCheck::FeedbackOnly
+        };
         let t = Instant::now();
         let total = ship_rows(&self.store, rows, check, self.cfg.batch_rows).await?;
         let insert_time = t.elapsed();
@@ -473,13 +537,22 @@ impl Task {
             Ok::<_, WalError>(())
         })
         .await??;
-        c.segments_shipped.fetch_add(group.len() as u64, Ordering::Relaxed);
+        c.segments_shipped
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         c.last_success_ms.store(crate::now_ms(), Ordering::Relaxed);
         let (first, last) = (group[0].seq, group[group.len() - 1].seq);
         if c.failing.swap(false, Ordering::Relaxed) {
             tracing::info!(first, last, "shipping to ClickHouse recovered");
         }
-        tracing::debug!(first, last, replay, ?total, ?prepare_time, ?insert_time, "WAL segments shipped");
+        tracing::debug!(
+            first,
+            last,
+            replay,
+            ?total,
+            ?prepare_time,
+            ?insert_time,
+            "WAL segments shipped"
+        );
         Ok(())
     }
 }
@@ -496,7 +569,11 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Consecutive runs of segments holding at most `max_rows` records and
 /// `max_bytes` bytes together (a larger segment forms a group alone).
-fn group_segments(segments: Vec<SegmentMeta>, max_rows: u64, max_bytes: u64) -> Vec<Vec<SegmentMeta>> {
+fn group_segments(
+    segments: Vec<SegmentMeta>,
+    max_rows: u64,
+    max_bytes: u64,
+) -> Vec<Vec<SegmentMeta>> {
     let mut groups: Vec<Vec<SegmentMeta>> = Vec::new();
     let (mut rows, mut bytes) = (0, 0);
     for seg in segments {
@@ -532,12 +609,19 @@ struct Prepared {
 /// up to one blocking thread per core. Marking before the previous group
 /// is done is conservative: at worst a retry checks a group it did not
 /// need to.
-async fn prepare_group(wal: Arc<Wal>, group: Vec<SegmentMeta>, bodies: BodiesPolicy) -> Result<Prepared, ShipError> {
+async fn prepare_group(
+    wal: Arc<Wal>,
+    group: Vec<SegmentMeta>,
+    bodies: BodiesPolicy,
+) -> Result<Prepared, ShipError> {
     let t = Instant::now();
     let seqs: Vec<u64> = group.iter().map(|s| s.seq).collect();
     let w = Arc::clone(&wal);
     let replay = tokio::task::spawn_blocking(move || w.mark_shipping(&seqs)).await??;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(group.len()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(group.len())
+        .max(1);
     let per_thread = group.len().div_ceil(threads);
     let tasks: Vec<_> = group
         .chunks(per_thread)
@@ -547,7 +631,9 @@ async fn prepare_group(wal: Arc<Wal>, group: Vec<SegmentMeta>, bodies: BodiesPol
                 let mut out = Vec::with_capacity(paths.len());
                 for path in paths {
                     let contents = wal::read_segment(&path)?;
-                    let damage = contents.is_damaged().then_some((contents.corrupt_bytes, contents.undecodable));
+                    let damage = contents
+                        .is_damaged()
+                        .then_some((contents.corrupt_bytes, contents.undecodable));
                     out.push((damage, BatchRows::from_records(contents.records, bodies)));
                 }
                 Ok::<_, WalError>(out)
@@ -563,5 +649,10 @@ async fn prepare_group(wal: Arc<Wal>, group: Vec<SegmentMeta>, bodies: BodiesPol
         }
     }
     rows.dedup();
-    Ok(Prepared { rows, damage, replay, took: t.elapsed() })
+    Ok(Prepared {
+        rows,
+        damage,
+        replay,
+        took: t.elapsed(),
+    })
 }

@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
-use flywheel_feedback::retention::run_retention_at;
-use flywheel_feedback::shipper::ship_batch;
-use flywheel_feedback::{BodiesPolicy, FeedbackTarget, FeedbackValue, Record};
+use flywheel_feedback::{
+    retention::run_retention_at, shipper::ship_batch, BodiesPolicy, FeedbackTarget, FeedbackValue,
+    Record,
+};
 
 /// 2023-01-15 and 2023-11-14 (UTC); "now" is 2023-11-20.
 const OLD: u64 = 1_673_740_800_000;
@@ -18,7 +19,12 @@ async fn retention_keeps_feedback_and_training_rows() {
     let mk = |ts: u64, ep: Option<&str>| {
         let mut e = inference(&uuid(), ts, "chat", "a");
         e.episode_id = ep.map(str::to_owned);
-        e.attempts.push(attempt(1, 0, flywheel_feedback::AttemptOutcome::Ok, Some(200)));
+        e.attempts.push(attempt(
+            1,
+            0,
+            flywheel_feedback::AttemptOutcome::Ok,
+            Some(200),
+        ));
         e
     };
     let with_feedback = mk(OLD, None);
@@ -34,25 +40,48 @@ async fn retention_keeps_feedback_and_training_rows() {
         "thumbs",
         FeedbackValue::Boolean(true),
     );
-    let fb_episode =
-        feedback(FeedbackTarget::episode("ep-x"), RECENT, "chat", "a", "solved", FeedbackValue::Float(1.0));
+    let fb_episode = feedback(
+        FeedbackTarget::episode("ep-x"),
+        RECENT,
+        "chat",
+        "a",
+        "solved",
+        FeedbackValue::Float(1.0),
+    );
     let recs: Vec<Record> = [&with_feedback, &in_training, &in_episode, &plain, &recent]
         .into_iter()
         .cloned()
         .map(Record::Inference)
-        .chain([Record::Feedback(fb_inference.clone()), Record::Feedback(fb_episode)])
+        .chain([
+            Record::Feedback(fb_inference.clone()),
+            Record::Feedback(fb_episode),
+        ])
         .collect();
-    ship_batch(&store, &recs, BodiesPolicy::Store).await.unwrap();
-    store.record_training_usage("ds-1", std::slice::from_ref(&in_training.id)).await.unwrap();
+    ship_batch(&store, &recs, BodiesPolicy::Store)
+        .await
+        .unwrap();
+    store
+        .record_training_usage("ds-1", std::slice::from_ref(&in_training.id))
+        .await
+        .unwrap();
 
     // Dry run: a plan, no change.
     let plan = run_retention_at(&store, NOW, 30, true).await.unwrap();
     assert_eq!(plan.partitions.len(), 1);
     let p = &plan.partitions[0];
-    assert_eq!((p.partition, p.inferences, p.inferences_kept), (202301, 4, 3));
+    assert_eq!(
+        (p.partition, p.inferences, p.inferences_kept),
+        (202301, 4, 3)
+    );
     assert_eq!((p.attempts, p.attempts_kept, p.feedback), (8, 6, 1));
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences").await, 5);
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences_retained").await, 0);
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences").await,
+        5
+    );
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences_retained").await,
+        0
+    );
 
     let done = run_retention_at(&store, NOW, 30, false).await.unwrap();
     assert_eq!(done.partitions, plan.partitions);
@@ -60,36 +89,82 @@ async fn retention_keeps_feedback_and_training_rows() {
         let store = store.clone();
         async move {
             let db = store.database().to_owned();
-            let mut v: Vec<String> =
-                store.client().query(&format!("SELECT id FROM {db}.{table}")).fetch_all().await.unwrap();
+            let mut v: Vec<String> = store
+                .client()
+                .query(&format!("SELECT id FROM {db}.{table}"))
+                .fetch_all()
+                .await
+                .unwrap();
             v.sort();
             v
         }
     };
-    let mut kept = vec![with_feedback.id.clone(), in_training.id.clone(), in_episode.id.clone()];
+    let mut kept = vec![
+        with_feedback.id.clone(),
+        in_training.id.clone(),
+        in_episode.id.clone(),
+    ];
     kept.sort();
     assert_eq!(ids("inferences").await, vec![recent.id.clone()]);
     assert_eq!(ids("inferences_retained").await, kept);
     assert_eq!(count(&store, "SELECT count() FROM {db}.attempts").await, 2);
-    assert_eq!(count(&store, "SELECT count() FROM {db}.attempts_retained").await, 6);
-    assert_eq!(ids("feedback_retained").await, vec![fb_inference.id.clone()]);
-    assert_eq!(count(&store, "SELECT count() FROM {db}.feedback").await, 1, "the recent feedback stays");
-    assert_eq!(count(&store, "SELECT count() FROM {db}.training_usage").await, 1);
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.attempts_retained").await,
+        6
+    );
+    assert_eq!(
+        ids("feedback_retained").await,
+        vec![fb_inference.id.clone()]
+    );
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.feedback").await,
+        1,
+        "the recent feedback stays"
+    );
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.training_usage").await,
+        1
+    );
     // Feedback authorization still finds a retained inference.
-    assert!(store.inference_owner(&with_feedback.id).await.unwrap().is_some());
+    assert!(store
+        .inference_owner(&with_feedback.id)
+        .await
+        .unwrap()
+        .is_some());
     assert!(store.inference_owner(&plain.id).await.unwrap().is_none());
 
     // Running again: nothing left to drop, nothing copied twice.
     let again = run_retention_at(&store, NOW, 30, false).await.unwrap();
     assert!(again.partitions.is_empty());
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences_retained").await, 3);
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences_retained").await,
+        3
+    );
 
     // The recent month goes only once it is old enough.
-    let later = run_retention_at(&store, NOW + 400 * 86_400_000, 30, false).await.unwrap();
-    assert_eq!(later.partitions.iter().map(|p| p.partition).collect::<Vec<_>>(), vec![202311]);
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences").await, 0);
+    let later = run_retention_at(&store, NOW + 400 * 86_400_000, 30, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        later
+            .partitions
+            .iter()
+            .map(|p| p.partition)
+            .collect::<Vec<_>>(),
+        vec![202311]
+    );
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences").await,
+        0
+    );
     // `recent` has no feedback: gone. `in_episode` was already retained.
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences_retained").await, 3);
-    assert_eq!(count(&store, "SELECT count() FROM {db}.feedback_retained").await, 2);
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences_retained").await,
+        3
+    );
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.feedback_retained").await,
+        2
+    );
     drop_db(&store).await;
 }

@@ -5,16 +5,26 @@
 mod common;
 
 use common::*;
-use flywheel_feedback::store::rows::{
-    AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+use flywheel_feedback::store::{
+    rows::{
+        AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+    },
+    Migration, MIGRATIONS,
 };
-use flywheel_feedback::store::{Migration, MIGRATIONS};
 
 async fn round_trip<T>(store: &flywheel_feedback::Store, table: &str, row: T)
 where
-    T: clickhouse::RowOwned + clickhouse::RowWrite + clickhouse::RowRead + PartialEq + std::fmt::Debug + Clone,
+    T: clickhouse::RowOwned
+        + clickhouse::RowWrite
+        + clickhouse::RowRead
+        + PartialEq
+        + std::fmt::Debug
+        + Clone,
 {
-    store.insert_rows(table, std::slice::from_ref(&row)).await.unwrap();
+    store
+        .insert_rows(table, std::slice::from_ref(&row))
+        .await
+        .unwrap();
     let sql = format!("SELECT ?fields FROM {}.{table}", store.database());
     let back: Vec<T> = store.client().query(&sql).fetch_all::<T>().await.unwrap();
     assert_eq!(back, vec![row], "{table}");
@@ -112,7 +122,11 @@ async fn schema_round_trip_every_table() {
     round_trip(
         &store,
         "training_usage",
-        TrainingUsageRow { inference_id: "i-1".into(), dataset: "ds-2026-11".into(), ts_ms: 1_700_000_000_555 },
+        TrainingUsageRow {
+            inference_id: "i-1".into(),
+            dataset: "ds-2026-11".into(),
+            ts_ms: 1_700_000_000_555,
+        },
     )
     .await;
     round_trip(
@@ -179,21 +193,34 @@ async fn schema_round_trip_every_table() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!((date.as_str(), validation.as_str(), ttft.as_str()), ("2023-11-14", "failed", "12.25"));
+    assert_eq!(
+        (date.as_str(), validation.as_str(), ttft.as_str()),
+        ("2023-11-14", "failed", "12.25")
+    );
     let (outcome, status): (String, String) = store
         .client()
-        .query(&format!("SELECT toString(outcome), toString(assumeNotNull(status)) FROM {db}.attempts"))
+        .query(&format!(
+            "SELECT toString(outcome), toString(assumeNotNull(status)) FROM {db}.attempts"
+        ))
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!((outcome.as_str(), status.as_str()), ("client_closed", "599"));
+    assert_eq!(
+        (outcome.as_str(), status.as_str()),
+        ("client_closed", "599")
+    );
     let (kind, tags): (String, String) = store
         .client()
-        .query(&format!("SELECT toString(value_kind), toString(tag_keys) FROM {db}.feedback"))
+        .query(&format!(
+            "SELECT toString(value_kind), toString(tag_keys) FROM {db}.feedback"
+        ))
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!((kind.as_str(), tags.as_str()), ("demonstration", "['k1','k2']"));
+    assert_eq!(
+        (kind.as_str(), tags.as_str()),
+        ("demonstration", "['k1','k2']")
+    );
 
     // Nones as NULLs.
     let mut row = inference_row();
@@ -201,10 +228,15 @@ async fn schema_round_trip_every_table() {
     row.episode_id = None;
     row.user = None;
     row.ttft_ms = None;
-    store.insert_rows("inferences", &[row.clone()]).await.unwrap();
+    store
+        .insert_rows("inferences", &[row.clone()])
+        .await
+        .unwrap();
     let back: InferenceRow = store
         .client()
-        .query(&format!("SELECT ?fields FROM {db}.inferences WHERE id = 'none-row'"))
+        .query(&format!(
+            "SELECT ?fields FROM {db}.inferences WHERE id = 'none-row'"
+        ))
         .fetch_one()
         .await
         .unwrap();
@@ -214,8 +246,10 @@ async fn schema_round_trip_every_table() {
 
 #[tokio::test]
 async fn every_enum_value_maps_to_its_name() {
-    use flywheel_feedback::store::rows::{outcome_code, validation_code};
-    use flywheel_feedback::{AttemptOutcome as O, Validation as V};
+    use flywheel_feedback::{
+        store::rows::{outcome_code, validation_code},
+        AttemptOutcome as O, Validation as V,
+    };
     let store = migrated_store("enums").await;
     let outcomes = [
         (O::Ok, "ok"),
@@ -231,12 +265,19 @@ async fn every_enum_value_maps_to_its_name() {
     let rows: Vec<AttemptRow> = outcomes
         .iter()
         .enumerate()
-        .map(|(i, (o, _))| AttemptRow { seq: i as u32, outcome: outcome_code(*o), ..attempt_row() })
+        .map(|(i, (o, _))| AttemptRow {
+            seq: i as u32,
+            outcome: outcome_code(*o),
+            ..attempt_row()
+        })
         .collect();
     store.insert_rows("attempts", &rows).await.unwrap();
     let names: Vec<String> = store
         .client()
-        .query(&format!("SELECT toString(outcome) FROM {}.attempts ORDER BY seq", store.database()))
+        .query(&format!(
+            "SELECT toString(outcome) FROM {}.attempts ORDER BY seq",
+            store.database()
+        ))
         .fetch_all()
         .await
         .unwrap();
@@ -245,7 +286,11 @@ async fn every_enum_value_maps_to_its_name() {
         assert_eq!(name, got);
         assert_eq!(serde_json::to_value(o).unwrap(), *name);
     }
-    for (v, name) in [(V::NotRequested, "not_requested"), (V::Passed, "passed"), (V::Failed, "failed")] {
+    for (v, name) in [
+        (V::NotRequested, "not_requested"),
+        (V::Passed, "passed"),
+        (V::Failed, "failed"),
+    ] {
         let got: String = store
             .client()
             .query(&format!(
@@ -265,11 +310,17 @@ async fn every_enum_value_maps_to_its_name() {
 async fn migrations_twice_on_empty_database() {
     let store = store_for(&fresh_db("migrate"));
     let first = store.migrate().await.unwrap();
-    assert_eq!(first, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
+    assert_eq!(
+        first,
+        MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
+    );
     let second = store.migrate().await.unwrap();
     assert!(second.is_empty(), "second run applied {second:?}");
     let applied = store.applied_migrations().await.unwrap();
-    let expected: Vec<(u32, String)> = MIGRATIONS.iter().map(|m| (m.version, m.name.to_owned())).collect();
+    let expected: Vec<(u32, String)> = MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name.to_owned()))
+        .collect();
     assert_eq!(applied, expected);
     let raw = count(&store, "SELECT count() FROM {db}.schema_migrations").await;
     assert_eq!(raw, MIGRATIONS.len() as u64, "each migration recorded once");

@@ -2,14 +2,14 @@
 
 mod common;
 
-use std::fs;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{fs, sync::Arc, time::Duration};
 
 use common::*;
-use flywheel_feedback::shipper::{ship_batch, Shipper, ShipperConfig};
-use flywheel_feedback::wal::{self, Wal, WalConfig};
-use flywheel_feedback::{BodiesPolicy, FeedbackTarget, FeedbackValue, FsyncPolicy, Record, Store, TimeWindow};
+use flywheel_feedback::{
+    shipper::{ship_batch, Shipper, ShipperConfig},
+    wal::{self, Wal, WalConfig},
+    BodiesPolicy, FeedbackTarget, FeedbackValue, FsyncPolicy, Record, Store, TimeWindow,
+};
 
 const TS: u64 = 1_700_000_000_000;
 
@@ -25,18 +25,32 @@ fn fast() -> ShipperConfig {
 }
 
 fn wal_cfg() -> WalConfig {
-    WalConfig { segment_bytes: 4096, fsync: FsyncPolicy::IntervalMs(10), max_bytes: 1 << 30 }
+    WalConfig {
+        segment_bytes: 4096,
+        fsync: FsyncPolicy::IntervalMs(10),
+        max_bytes: 1 << 30,
+    }
 }
 
 /// Inferences of variant a, one with two attempts, plus feedback on one.
 fn events(n: usize) -> Vec<Record> {
     let mut v = records(n, TS, "chat", "a");
     if let Record::Inference(e) = &mut v[0] {
-        e.attempts.insert(0, attempt(0, 0, flywheel_feedback::AttemptOutcome::Timeout, None));
+        e.attempts.insert(
+            0,
+            attempt(0, 0, flywheel_feedback::AttemptOutcome::Timeout, None),
+        );
         e.retries = 1;
     }
     let target = FeedbackTarget::inference(v[1].id());
-    v.push(Record::Feedback(feedback(target, TS + 5, "chat", "a", "thumbs", FeedbackValue::Boolean(true))));
+    v.push(Record::Feedback(feedback(
+        target,
+        TS + 5,
+        "chat",
+        "a",
+        "thumbs",
+        FeedbackValue::Boolean(true),
+    )));
     v
 }
 
@@ -47,9 +61,17 @@ async fn totals(store: &Store) -> [u64; 6] {
         count(store, "SELECT count() FROM {db}.inferences").await,
         count(store, "SELECT count() FROM {db}.attempts").await,
         count(store, "SELECT count() FROM {db}.feedback").await,
-        count(store, "SELECT countMerge(requests) FROM {db}.inference_rollup_1m").await,
+        count(
+            store,
+            "SELECT countMerge(requests) FROM {db}.inference_rollup_1m",
+        )
+        .await,
         count(store, "SELECT countMerge(n) FROM {db}.feedback_rollup_1m").await,
-        store.variant_summary("chat", TimeWindow::new(TS - 60_000, TS + 60_000)).await.unwrap()[0].requests,
+        store
+            .variant_summary("chat", TimeWindow::new(TS - 60_000, TS + 60_000))
+            .await
+            .unwrap()[0]
+            .requests,
     ]
 }
 
@@ -65,13 +87,21 @@ async fn outage_accumulates_then_ships_exactly_once() {
     for chunk in recs.chunks(4) {
         wal.append(chunk).unwrap();
     }
-    assert!(eventually(3.0, async || down.stats().ship_failures >= 2 && wal.stats().sealed_segments >= 1).await);
+    assert!(
+        eventually(3.0, async || down.stats().ship_failures >= 2
+            && wal.stats().sealed_segments >= 1)
+        .await
+    );
     let st = down.stats();
     assert!(st.last_error.is_some(), "{st:?}");
     assert_eq!(st.inferences_shipped, 0);
     let t = std::time::Instant::now();
     let report = down.shutdown(Duration::from_millis(300)).await;
-    assert!(t.elapsed() < Duration::from_millis(800), "shutdown honours its deadline: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "shutdown honours its deadline: {:?}",
+        t.elapsed()
+    );
     assert!(!report.drained);
     assert_eq!(report.wal.records_pending, 31, "nothing lost");
     assert!(report.wal.oldest_unshipped_ts_ms == Some(TS));
@@ -79,9 +109,20 @@ async fn outage_accumulates_then_ships_exactly_once() {
     // Back up: everything ships, exactly once, and the segments go.
     let store = store_for(&db);
     let up = Shipper::spawn(Arc::clone(&wal), store.clone(), fast());
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await, "{:?}", up.stats());
+    assert!(
+        eventually(4.0, async || wal.stats().records_pending == 0).await,
+        "{:?}",
+        up.stats()
+    );
     let st = up.stats();
-    assert_eq!((st.inferences_shipped, st.attempts_shipped, st.feedback_shipped), (30, 31, 1));
+    assert_eq!(
+        (
+            st.inferences_shipped,
+            st.attempts_shipped,
+            st.feedback_shipped
+        ),
+        (30, 31, 1)
+    );
     assert_eq!(st.duplicates_skipped, 0);
     assert!(wal::list_segments(dir.path()).unwrap().is_empty());
     assert_eq!(totals(&store).await, [30, 31, 1, 30, 1, 30]);
@@ -98,13 +139,29 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
 
     // Write one segment and keep a copy of it: the state "inserted but the
     // delete never happened" (a crash between the two).
-    let wal = Arc::new(Wal::open(dir.path(), WalConfig { segment_bytes: 1 << 20, ..wal_cfg() }).unwrap());
+    let wal = Arc::new(
+        Wal::open(
+            dir.path(),
+            WalConfig {
+                segment_bytes: 1 << 20,
+                ..wal_cfg()
+            },
+        )
+        .unwrap(),
+    );
     wal.append(&recs).unwrap();
     wal.seal().unwrap();
     let seg = wal.sealed_segments().remove(0);
     let copy = fs::read(&seg.path).unwrap();
 
-    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
+    let s = Shipper::spawn(
+        Arc::clone(&wal),
+        store.clone(),
+        ShipperConfig {
+            migrate: false,
+            ..fast()
+        },
+    );
     assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
     assert!(s.shutdown(Duration::from_secs(1)).await.drained);
     drop(wal);
@@ -118,13 +175,24 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
     fs::write(wal::marker_path(dir.path(), seg.seq), b"").unwrap();
     let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
     assert_eq!(wal.stats().records_pending, 26);
-    let s = Shipper::spawn(Arc::clone(&wal), store.clone(), ShipperConfig { migrate: false, ..fast() });
+    let s = Shipper::spawn(
+        Arc::clone(&wal),
+        store.clone(),
+        ShipperConfig {
+            migrate: false,
+            ..fast()
+        },
+    );
     assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(st.duplicates_skipped, 26);
     assert_eq!(st.inferences_shipped + st.feedback_shipped, 0);
     s.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(totals(&store).await, once, "tables, rollups and queries unchanged");
+    assert_eq!(
+        totals(&store).await,
+        once,
+        "tables, rollups and queries unchanged"
+    );
     drop_db(&store).await;
 }
 
@@ -144,8 +212,14 @@ fn markers(dir: &std::path::Path) -> Vec<String> {
 async fn marker_decides_the_existence_check() {
     let dir = tempfile::tempdir().unwrap();
     let store = migrated_store("marker").await;
-    let cfg = || ShipperConfig { migrate: false, ..fast() };
-    let wal_cfg = || WalConfig { segment_bytes: 1 << 20, ..wal_cfg() };
+    let cfg = || ShipperConfig {
+        migrate: false,
+        ..fast()
+    };
+    let wal_cfg = || WalConfig {
+        segment_bytes: 1 << 20,
+        ..wal_cfg()
+    };
 
     // A fresh segment: shipped exactly once, no duplicates looked for or
     // found, marker gone with the segment.
@@ -156,7 +230,12 @@ async fn marker_decides_the_existence_check() {
     assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(
-        (st.inferences_shipped, st.attempts_shipped, st.feedback_shipped, st.duplicates_skipped),
+        (
+            st.inferences_shipped,
+            st.attempts_shipped,
+            st.feedback_shipped,
+            st.duplicates_skipped
+        ),
         (20, 21, 1, 0)
     );
     s.shutdown(Duration::from_secs(1)).await;
@@ -167,22 +246,46 @@ async fn marker_decides_the_existence_check() {
     // attempt died after the INSERT): its marker is on disk, so the replay
     // checks and inserts only the rest.
     let recs = events(12);
-    let inferences_only: Vec<Record> = recs.iter().filter(|r| matches!(r, Record::Inference(_))).cloned().collect();
-    ship_batch(&store, &inferences_only[..6], BodiesPolicy::Store).await.unwrap();
+    let inferences_only: Vec<Record> = recs
+        .iter()
+        .filter(|r| matches!(r, Record::Inference(_)))
+        .cloned()
+        .collect();
+    ship_batch(&store, &inferences_only[..6], BodiesPolicy::Store)
+        .await
+        .unwrap();
     wal.append(&recs).unwrap();
     wal.seal().unwrap();
     let seq = wal.sealed_segments()[0].seq;
     assert!(!wal.mark_shipping(&[seq]).unwrap(), "first mark: fresh");
-    assert!(wal.mark_shipping(&[seq]).unwrap(), "second mark: an earlier attempt");
+    assert!(
+        wal.mark_shipping(&[seq]).unwrap(),
+        "second mark: an earlier attempt"
+    );
     drop(wal);
     let wal = Arc::new(Wal::open(dir.path(), wal_cfg()).unwrap());
-    assert_eq!(markers(dir.path()).len(), 1, "open keeps the marker of a pending segment");
+    assert_eq!(
+        markers(dir.path()).len(),
+        1,
+        "open keeps the marker of a pending segment"
+    );
     let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
     assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
-    assert_eq!((st.inferences_shipped, st.feedback_shipped, st.duplicates_skipped), (6, 1, 6));
+    assert_eq!(
+        (
+            st.inferences_shipped,
+            st.feedback_shipped,
+            st.duplicates_skipped
+        ),
+        (6, 1, 6)
+    );
     s.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(totals(&store).await, [32, 34, 2, 32, 2, 32], "tables, rollups and queries: each event once");
+    assert_eq!(
+        totals(&store).await,
+        [32, 34, 2, 32, 2, 32],
+        "tables, rollups and queries: each event once"
+    );
     assert!(markers(dir.path()).is_empty());
 
     // Feedback ids (idempotency keys) are checked even in fresh segments.
@@ -198,7 +301,11 @@ async fn marker_decides_the_existence_check() {
     s.nudge();
     assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
-    assert_eq!((st.feedback_shipped, st.duplicates_skipped), (1, 2), "{st:?}");
+    assert_eq!(
+        (st.feedback_shipped, st.duplicates_skipped),
+        (1, 2),
+        "{st:?}"
+    );
     s.shutdown(Duration::from_secs(1)).await;
     assert_eq!(count(&store, "SELECT count() FROM {db}.feedback").await, 3);
     drop_db(&store).await;
@@ -219,7 +326,10 @@ fn orphan_markers_are_removed_on_open() {
     assert_eq!(markers(dir.path()).len(), 1);
     wal.remove_segment(seq).unwrap();
     assert!(markers(dir.path()).is_empty());
-    assert!(wal.mark_shipping(&[seq]).is_err(), "only sealed segments are marked");
+    assert!(
+        wal.mark_shipping(&[seq]).is_err(),
+        "only sealed segments are marked"
+    );
 }
 
 #[tokio::test]
@@ -227,13 +337,20 @@ async fn partly_shipped_batch_ships_the_rest_once() {
     let store = migrated_store("partial").await;
     let recs = events(10);
     // A crash after the first half was inserted...
-    let first = ship_batch(&store, &recs[..5], BodiesPolicy::Store).await.unwrap();
+    let first = ship_batch(&store, &recs[..5], BodiesPolicy::Store)
+        .await
+        .unwrap();
     assert_eq!((first.inferences, first.duplicates), (5, 0));
     // ...then the whole batch again, with an id repeated inside it.
     let mut again = recs.clone();
     again.push(recs[7].clone());
-    let second = ship_batch(&store, &again, BodiesPolicy::Store).await.unwrap();
-    assert_eq!((second.inferences, second.feedback, second.duplicates), (5, 1, 6));
+    let second = ship_batch(&store, &again, BodiesPolicy::Store)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.inferences, second.feedback, second.duplicates),
+        (5, 1, 6)
+    );
     assert_eq!(totals(&store).await, [10, 11, 1, 10, 1, 10]);
     drop_db(&store).await;
 }
@@ -247,14 +364,21 @@ async fn shutdown_seals_and_ships_the_active_segment() {
     let s = Shipper::spawn(
         Arc::clone(&wal),
         store.clone(),
-        ShipperConfig { max_segment_age: Duration::from_secs(3600), migrate: false, ..fast() },
+        ShipperConfig {
+            max_segment_age: Duration::from_secs(3600),
+            migrate: false,
+            ..fast()
+        },
     );
     wal.append(&events(3)).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(wal.stats().records_pending, 4);
     let report = s.shutdown(Duration::from_secs(2)).await;
     assert!(report.drained, "{report:?}");
-    assert_eq!(count(&store, "SELECT count() FROM {db}.inferences").await, 3);
+    assert_eq!(
+        count(&store, "SELECT count() FROM {db}.inferences").await,
+        3
+    );
     drop_db(&store).await;
 }
 
@@ -262,15 +386,23 @@ async fn shutdown_seals_and_ships_the_active_segment() {
 async fn bodies_policy_applies_on_the_way() {
     let store = migrated_store("bodies").await;
     let mut recs = records(3, TS, "chat", "a");
-    ship_batch(&store, &recs[..1], BodiesPolicy::Store).await.unwrap();
-    ship_batch(&store, &recs[1..2], BodiesPolicy::Redact).await.unwrap();
-    ship_batch(&store, &recs[2..], BodiesPolicy::Skip).await.unwrap();
+    ship_batch(&store, &recs[..1], BodiesPolicy::Store)
+        .await
+        .unwrap();
+    ship_batch(&store, &recs[1..2], BodiesPolicy::Redact)
+        .await
+        .unwrap();
+    ship_batch(&store, &recs[2..], BodiesPolicy::Skip)
+        .await
+        .unwrap();
     let db = store.database();
     let mut bodies = Vec::new();
     for r in &mut recs {
         let b: (String, String) = store
             .client()
-            .query(&format!("SELECT request_body, response_body FROM {db}.inferences WHERE id = ?"))
+            .query(&format!(
+                "SELECT request_body, response_body FROM {db}.inferences WHERE id = ?"
+            ))
             .bind(r.id())
             .fetch_one()
             .await
@@ -278,7 +410,10 @@ async fn bodies_policy_applies_on_the_way() {
         bodies.push(b);
     }
     assert!(bodies[0].0.contains("\"content\":\"hi\""));
-    assert!(bodies[1].0.contains("\"content\":\"[redacted]\"") && bodies[1].0.contains("\"role\":\"user\""));
+    assert!(
+        bodies[1].0.contains("\"content\":\"[redacted]\"")
+            && bodies[1].0.contains("\"role\":\"user\"")
+    );
     assert!(!bodies[1].1.contains("hello"));
     assert_eq!(bodies[2], (String::new(), String::new()));
     drop_db(&store).await;
@@ -295,11 +430,22 @@ async fn capture_from_config_round_trip() {
     );
     let cfg: flywheel_feedback::CaptureConfig = toml::from_str(&toml_cfg).unwrap();
     assert_eq!(cfg.fsync, FsyncPolicy::IntervalMs(20));
-    assert!(toml::from_str::<flywheel_feedback::CaptureConfig>("bogus = 1").is_err(), "deny_unknown_fields");
+    assert!(
+        toml::from_str::<flywheel_feedback::CaptureConfig>("bogus = 1").is_err(),
+        "deny_unknown_fields"
+    );
     let cap = flywheel_feedback::Capture::start(&cfg).unwrap();
     cap.append(&events(5)).unwrap();
-    assert!(eventually(4.0, async || cap.stats().wal.records_pending == 0).await, "{:?}", cap.stats());
-    let owner = cap.store().inference_owner(events_id(&cap).await.as_str()).await.unwrap();
+    assert!(
+        eventually(4.0, async || cap.stats().wal.records_pending == 0).await,
+        "{:?}",
+        cap.stats()
+    );
+    let owner = cap
+        .store()
+        .inference_owner(events_id(&cap).await.as_str())
+        .await
+        .unwrap();
     assert_eq!(owner.unwrap().tenant, "tenant-a");
     let store = cap.store().clone();
     assert!(cap.shutdown(Duration::from_secs(1)).await.drained);
@@ -308,5 +454,10 @@ async fn capture_from_config_round_trip() {
 
 async fn events_id(cap: &flywheel_feedback::Capture) -> String {
     let db = cap.store().database();
-    cap.store().client().query(&format!("SELECT any(id) FROM {db}.inferences")).fetch_one().await.unwrap()
+    cap.store()
+        .client()
+        .query(&format!("SELECT any(id) FROM {db}.inferences"))
+        .fetch_one()
+        .await
+        .unwrap()
 }

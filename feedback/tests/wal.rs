@@ -2,19 +2,27 @@
 
 mod common;
 
-use std::fs;
-use std::time::Duration;
+use std::{fs, time::Duration};
 
 use common::*;
-use flywheel_feedback::wal::{self, frame, Wal, WalConfig, WalError};
-use flywheel_feedback::{FeedbackTarget, FeedbackValue, FsyncPolicy, Record};
+use flywheel_feedback::{
+    wal::{self, frame, Wal, WalConfig, WalError},
+    FeedbackTarget, FeedbackValue, FsyncPolicy, Record,
+};
 
 fn cfg() -> WalConfig {
-    WalConfig { segment_bytes: 8 << 20, fsync: FsyncPolicy::Never, max_bytes: 1 << 30 }
+    WalConfig {
+        segment_bytes: 8 << 20,
+        fsync: FsyncPolicy::Never,
+        max_bytes: 1 << 30,
+    }
 }
 
 fn all_records(w: &Wal) -> Vec<Record> {
-    w.sealed_segments().iter().flat_map(|s| wal::read_segment(&s.path).unwrap().records).collect()
+    w.sealed_segments()
+        .iter()
+        .flat_map(|s| wal::read_segment(&s.path).unwrap().records)
+        .collect()
 }
 
 fn mixed(n: usize) -> Vec<Record> {
@@ -33,7 +41,11 @@ fn mixed(n: usize) -> Vec<Record> {
 #[test]
 fn append_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    for fsync in [FsyncPolicy::Always, FsyncPolicy::IntervalMs(5), FsyncPolicy::Never] {
+    for fsync in [
+        FsyncPolicy::Always,
+        FsyncPolicy::IntervalMs(5),
+        FsyncPolicy::Never,
+    ] {
         let sub = dir.path().join(format!("{fsync:?}"));
         let w = Wal::open(&sub, WalConfig { fsync, ..cfg() }).unwrap();
         let batch1 = mixed(3);
@@ -135,7 +147,14 @@ fn torn_tail_is_truncated_on_reopen() {
 #[test]
 fn unshipped_segments_survive_a_crash_and_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wal::open(dir.path(), WalConfig { segment_bytes: 2048, ..cfg() }).unwrap();
+    let w = Wal::open(
+        dir.path(),
+        WalConfig {
+            segment_bytes: 2048,
+            ..cfg()
+        },
+    )
+    .unwrap();
     let recs = records(10, 1_700_000_000_000, "chat", "a");
     for r in &recs {
         w.append(std::slice::from_ref(r)).unwrap();
@@ -149,7 +168,14 @@ fn unshipped_segments_survive_a_crash_and_replay() {
 #[test]
 fn segments_rotate_at_segment_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wal::open(dir.path(), WalConfig { segment_bytes: 2048, ..cfg() }).unwrap();
+    let w = Wal::open(
+        dir.path(),
+        WalConfig {
+            segment_bytes: 2048,
+            ..cfg()
+        },
+    )
+    .unwrap();
     let recs = records(20, 1_700_000_000_000, "chat", "a");
     for r in &recs {
         w.append(std::slice::from_ref(r)).unwrap();
@@ -190,13 +216,23 @@ fn seal_if_older_seals_a_quiet_segment() {
 #[test]
 fn quota_full_refuses_new_records() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Wal::open(dir.path(), WalConfig { segment_bytes: 1024, max_bytes: 4096, ..cfg() }).unwrap();
+    let w = Wal::open(
+        dir.path(),
+        WalConfig {
+            segment_bytes: 1024,
+            max_bytes: 4096,
+            ..cfg()
+        },
+    )
+    .unwrap();
     let mut accepted = 0;
     let mut refused = 0;
     for r in records(40, 1_700_000_000_000, "chat", "a") {
         match w.append(&[r]) {
             Ok(()) => accepted += 1,
-            Err(WalError::Full { records, max_bytes, .. }) => {
+            Err(WalError::Full {
+                records, max_bytes, ..
+            }) => {
                 assert_eq!((records, max_bytes), (1, 4096));
                 refused += 1;
             }
@@ -208,8 +244,11 @@ fn quota_full_refuses_new_records() {
     assert_eq!(st.dropped_full, refused);
     assert_eq!(st.records_appended, accepted);
     assert!(st.bytes_on_disk <= 4096);
-    let on_disk: u64 =
-        wal::list_segments(dir.path()).unwrap().iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum();
+    let on_disk: u64 = wal::list_segments(dir.path())
+        .unwrap()
+        .iter()
+        .map(|(_, p)| fs::metadata(p).unwrap().len())
+        .sum();
     assert_eq!(on_disk, st.bytes_on_disk);
     // Data already in the log is kept (the policy refuses new records).
     w.seal().unwrap();
@@ -218,7 +257,8 @@ fn quota_full_refuses_new_records() {
     // Shipping frees space; appends work again.
     let oldest = w.sealed_segments()[0].seq;
     w.remove_segment(oldest).unwrap();
-    w.append(&records(1, 1_700_000_000_000, "chat", "a")).unwrap();
+    w.append(&records(1, 1_700_000_000_000, "chat", "a"))
+        .unwrap();
 }
 
 #[test]
@@ -231,7 +271,9 @@ fn non_finite_numbers_do_not_poison_a_record() {
     w.append(&[Record::Inference(e.clone())]).unwrap();
     w.seal().unwrap();
     let back = all_records(&w);
-    let Record::Inference(b) = &back[0] else { panic!() };
+    let Record::Inference(b) = &back[0] else {
+        panic!()
+    };
     assert_eq!((b.latency_ms, b.ttft_ms), (0.0, Some(0.0)));
     assert_eq!(b.id, e.id);
 }
@@ -240,7 +282,10 @@ fn non_finite_numbers_do_not_poison_a_record() {
 fn one_wal_per_directory() {
     let dir = tempfile::tempdir().unwrap();
     let w = Wal::open(dir.path(), cfg()).unwrap();
-    assert!(matches!(Wal::open(dir.path(), cfg()), Err(WalError::Locked { .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), cfg()),
+        Err(WalError::Locked { .. })
+    ));
     drop(w);
     Wal::open(dir.path(), cfg()).unwrap();
 }
@@ -259,13 +304,23 @@ const CHILD_DIR_ENV: &str = "FLYWHEEL_WAL_TEST_CHILD_DIR";
 #[ignore = "child process of sigkill_loses_nothing"]
 fn sigkill_child_writer() {
     use std::io::Write;
-    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
     // No fsync at all: a killed process must still lose nothing.
-    let w = Wal::open(&dir, WalConfig { segment_bytes: 16 << 10, ..cfg() }).unwrap();
+    let w = Wal::open(
+        &dir,
+        WalConfig {
+            segment_bytes: 16 << 10,
+            ..cfg()
+        },
+    )
+    .unwrap();
     let mut n = 0u64;
     loop {
-        let batch: Vec<Record> =
-            (n..n + 5).map(|i| Record::Inference(inference(&format!("r{i:08}"), i, "chat", "a"))).collect();
+        let batch: Vec<Record> = (n..n + 5)
+            .map(|i| Record::Inference(inference(&format!("r{i:08}"), i, "chat", "a")))
+            .collect();
         w.append(&batch).unwrap();
         n += 5;
         println!("acked {n}");
@@ -278,7 +333,14 @@ fn sigkill_loses_nothing() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigkill_child_writer", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "sigkill_child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_DIR_ENV, dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -301,7 +363,11 @@ fn sigkill_loses_nothing() {
 
     let w = Wal::open(dir.path(), cfg()).unwrap();
     let back = all_records(&w);
-    assert!(back.len() as u64 >= acked, "{} records back, {acked} acknowledged", back.len());
+    assert!(
+        back.len() as u64 >= acked,
+        "{} records back, {acked} acknowledged",
+        back.len()
+    );
     for (i, r) in back.iter().enumerate() {
         assert_eq!(r.id(), format!("r{i:08}"), "records form a gap-free prefix");
     }

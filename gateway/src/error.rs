@@ -10,7 +10,10 @@ use crate::metering::AttemptSummary;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String> },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -26,7 +29,11 @@ pub enum GatewayError {
     /// All attempts failed. The status is 502 (bad answers), 503 (nothing
     /// reachable or every circuit open) or 504 (deadline).
     #[error("{message}")]
-    Upstream { status: StatusCode, message: String, attempts: Vec<AttemptSummary> },
+    Upstream {
+        status: StatusCode,
+        message: String,
+        attempts: Vec<AttemptSummary>,
+    },
     /// An upstream rejected the request itself (400, 404, 422): the client's
     /// request is at fault, so its answer is returned as it came.
     #[error("upstream rejected the request with status {status}")]
@@ -35,7 +42,10 @@ pub enum GatewayError {
 
 impl GatewayError {
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
-        Self::InvalidRequest { message: message.into(), param: param.map(str::to_owned) }
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -59,7 +69,9 @@ impl GatewayError {
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
             Self::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             Self::BodyTimeout => ("invalid_request_error", Some("request_timeout")),
-            Self::Upstream { .. } | Self::UpstreamRejected { .. } => ("upstream_error", Some("upstream_failed")),
+            Self::Upstream { .. } | Self::UpstreamRejected { .. } => {
+                ("upstream_error", Some("upstream_failed"))
+            }
         }
     }
 }
@@ -85,7 +97,10 @@ impl IntoResponse for GatewayError {
         let status = self.status();
         if let Self::UpstreamRejected { body, .. } = self {
             let mut response = (status, body).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return response;
         }
         let (kind, code) = self.kind();
@@ -95,10 +110,20 @@ impl IntoResponse for GatewayError {
             Self::Upstream { attempts, .. } => (None, attempts.as_slice()),
             _ => (None, &[][..]),
         };
-        let body = ErrorBody { error: ErrorObject { message: self.to_string(), kind, param, code, attempts } };
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+                attempts,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::RateLimited { retry_after_s } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         response
     }

@@ -19,22 +19,19 @@ pub mod router;
 pub mod server;
 pub mod upstream;
 
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{ops::Deref, sync::Arc, time::Duration};
 
 use axum::Router as HttpRouter;
-use tower_http::trace::TraceLayer;
-
 use config::Config;
 use coordination::{Limiter, Redis};
 use error::GatewayError;
-use flywheel_feedback::{BodiesPolicy, Capture};
 use feedback::{RecentInferences, Signals};
+use flywheel_feedback::{BodiesPolicy, Capture};
 use metering::EventSink;
 use metrics::Metrics;
 use middleware::{AdminAuthLayer, ApiKeyLayer, HttpMetricsLayer, Keys};
 use router::Router;
+use tower_http::trace::TraceLayer;
 
 pub struct Shared {
     pub config: Config,
@@ -75,8 +72,9 @@ impl AppState {
                 // Inferences still in the log are not in ClickHouse yet:
                 // index their owners so that feedback on them is accepted.
                 feedback::index_unshipped(&cfg.wal_dir, &recent);
-                let capture = Capture::start(cfg)
-                    .with_context(|| format!("cannot start capture (log in {})", cfg.wal_dir.display()))?;
+                let capture = Capture::start(cfg).with_context(|| {
+                    format!("cannot start capture (log in {})", cfg.wal_dir.display())
+                })?;
                 Some(Arc::new(capture))
             }
             None => None,
@@ -90,7 +88,10 @@ impl AppState {
         }
         let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
         let signals = Signals::new(config.feedback.implicit.clone());
-        let capture_bodies = config.capture.as_ref().is_some_and(|c| c.bodies != BodiesPolicy::Skip);
+        let capture_bodies = config
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.bodies != BodiesPolicy::Skip);
         Ok(Self(Arc::new(Shared {
             config,
             router,
@@ -107,22 +108,40 @@ impl AppState {
 
     /// Owner of an inference: the in-memory index of recent ones, then the
     /// capture store.
-    pub async fn owner_of_inference(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
+    pub async fn owner_of_inference(
+        &self,
+        id: &str,
+    ) -> Result<Option<feedback::Owner>, GatewayError> {
         if let Some(owner) = self.recent.inference(id) {
             return Ok(Some(owner));
         }
-        let Some(capture) = &self.capture else { return Ok(None) };
-        let found = capture.store().inference_owner(id).await.map_err(store_unavailable)?;
+        let Some(capture) = &self.capture else {
+            return Ok(None);
+        };
+        let found = capture
+            .store()
+            .inference_owner(id)
+            .await
+            .map_err(store_unavailable)?;
         Ok(found.map(feedback::Owner::from))
     }
 
     /// Owner of an episode, like [`AppState::owner_of_inference`].
-    pub async fn owner_of_episode(&self, id: &str) -> Result<Option<feedback::Owner>, GatewayError> {
+    pub async fn owner_of_episode(
+        &self,
+        id: &str,
+    ) -> Result<Option<feedback::Owner>, GatewayError> {
         if let Some(owner) = self.recent.episode(id) {
             return Ok(Some(owner));
         }
-        let Some(capture) = &self.capture else { return Ok(None) };
-        let found = capture.store().episode_owner(id).await.map_err(store_unavailable)?;
+        let Some(capture) = &self.capture else {
+            return Ok(None);
+        };
+        let found = capture
+            .store()
+            .episode_owner(id)
+            .await
+            .map_err(store_unavailable)?;
         Ok(found.map(feedback::Owner::from))
     }
 
@@ -141,7 +160,8 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
     tracing::warn!(error = %e, "feedback owner lookup failed");
     GatewayError::Upstream {
         status: http::StatusCode::SERVICE_UNAVAILABLE,
-        message: "the target is not in recent memory and ClickHouse is unavailable; retry later".into(),
+        message: "the target is not in recent memory and ClickHouse is unavailable; retry later"
+            .into(),
         attempts: Vec::new(),
     }
 }
@@ -149,13 +169,21 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 /// The HTTP application: endpoints with their layers.
 pub fn app(state: AppState) -> HttpRouter {
     let keys = Arc::new(Keys::new(&state.config.auth));
-    let api = endpoints::api().route_layer(ApiKeyLayer::new(keys, state.limiter.clone(), state.metrics.clone()));
-    let admin = endpoints::admin().route_layer(AdminAuthLayer::new(state.config.admin.token_sha256.as_deref()));
+    let api = endpoints::api().route_layer(ApiKeyLayer::new(
+        keys,
+        state.limiter.clone(),
+        state.metrics.clone(),
+    ));
+    let admin = endpoints::admin().route_layer(AdminAuthLayer::new(
+        state.config.admin.token_sha256.as_deref(),
+    ));
     HttpRouter::new()
         .merge(api)
         .merge(admin)
         .merge(endpoints::ops())
-        .fallback(|uri: http::Uri| async move { GatewayError::NotFound(format!("no route for {}", uri.path())) })
+        .fallback(|uri: http::Uri| async move {
+            GatewayError::NotFound(format!("no route for {}", uri.path()))
+        })
         .layer(HttpMetricsLayer::new(state.metrics.clone()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

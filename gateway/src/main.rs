@@ -1,10 +1,7 @@
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use flywheel_gateway::config::Config;
-use flywheel_gateway::{app, middleware, server, AppState};
+use flywheel_gateway::{app, config::Config, middleware, server, AppState};
 use tracing_subscriber::EnvFilter;
 
 /// Flywheel's OpenAI-compatible LLM gateway.
@@ -39,7 +36,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::HashKey { token }) = &cli.command {
@@ -54,13 +53,20 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
-        println!("config OK: {} route(s), {} provider(s)", config.routes.len(), config.providers.len());
+        println!(
+            "config OK: {} route(s), {} provider(s)",
+            config.routes.len(),
+            config.providers.len()
+        );
         return ExitCode::SUCCESS;
     }
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,7 +87,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port.
     println!("listening on {addr}");
     tracing::info!(%addr, "flywheel gateway started");
-    server::serve(listener, app(state.clone()), &server_cfg, server::shutdown_signal()).await;
+    server::serve(
+        listener,
+        app(state.clone()),
+        &server_cfg,
+        server::shutdown_signal(),
+    )
+    .await;
     state.sink.shutdown().await;
     if let Some(capture) = state.capture.clone() {
         // Ship what can be shipped now; the rest stays in the log for the
@@ -92,7 +104,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 let report = capture.shutdown(deadline).await;
                 tracing::info!(?report, "capture stopped");
             }
-            Err(_) => tracing::warn!("capture still in use at shutdown; the log keeps what was not shipped"),
+            Err(_) => tracing::warn!(
+                "capture still in use at shutdown; the log keeps what was not shipped"
+            ),
         }
     }
     tracing::info!("stopped");

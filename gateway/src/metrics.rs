@@ -2,14 +2,17 @@
 //! (see `MetricsSink`); HTTP-level metrics come from the metrics layer.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::metering::{AttemptOutcome, InferenceEvent};
 
 /// Buckets in seconds, fine at the low end where gateway overhead lives.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -48,7 +51,9 @@ impl CaptureMetrics {
     fn new(registry: &Registry) -> Self {
         let gauge = |name: &str, help: &str| {
             let g = prometheus::IntGauge::new(name, help).expect("metric");
-            registry.register(Box::new(g.clone())).expect("unique metric names");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric names");
             g
         };
         let age = prometheus::Gauge::new(
@@ -56,23 +61,39 @@ impl CaptureMetrics {
             "Age of the oldest event not yet in ClickHouse (0 when caught up)",
         )
         .expect("metric");
-        registry.register(Box::new(age.clone())).expect("unique metric names");
+        registry
+            .register(Box::new(age.clone()))
+            .expect("unique metric names");
         let rows = IntGaugeVec::new(
-            Opts::new("flywheel_capture_rows_shipped_total", "Rows inserted into ClickHouse since start, by table"),
+            Opts::new(
+                "flywheel_capture_rows_shipped_total",
+                "Rows inserted into ClickHouse since start, by table",
+            ),
             &["table"],
         )
         .expect("metric");
-        registry.register(Box::new(rows.clone())).expect("unique metric names");
+        registry
+            .register(Box::new(rows.clone()))
+            .expect("unique metric names");
         Self {
-            wal_bytes: gauge("flywheel_wal_bytes", "Bytes of write-ahead log segments on disk"),
-            wal_records_pending: gauge("flywheel_wal_records_pending", "Events in the log not yet shipped"),
+            wal_bytes: gauge(
+                "flywheel_wal_bytes",
+                "Bytes of write-ahead log segments on disk",
+            ),
+            wal_records_pending: gauge(
+                "flywheel_wal_records_pending",
+                "Events in the log not yet shipped",
+            ),
             oldest_unshipped_age: age,
             dropped_full: gauge(
                 "flywheel_wal_dropped_full_total",
                 "Events refused since start because the log reached capture.max_bytes",
             ),
             rows_shipped: rows,
-            ship_failures: gauge("flywheel_capture_ship_failures_total", "Failed shipping rounds since start"),
+            ship_failures: gauge(
+                "flywheel_capture_ship_failures_total",
+                "Failed shipping rounds since start",
+            ),
             duplicates_skipped: gauge(
                 "flywheel_capture_duplicates_skipped_total",
                 "Replayed events not inserted because ClickHouse already had them",
@@ -82,7 +103,11 @@ impl CaptureMetrics {
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("metric")
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("metric")
 }
 
 impl Metrics {
@@ -94,62 +119,120 @@ impl Metrics {
             registry,
             capture,
             http_requests: IntCounterVec::new(
-                Opts::new("flywheel_http_requests_total", "HTTP requests by path and status"),
+                Opts::new(
+                    "flywheel_http_requests_total",
+                    "HTTP requests by path and status",
+                ),
                 &["path", "status"],
             )
             .expect("metric"),
-            http_duration: histogram("flywheel_http_request_duration_seconds", "HTTP request duration by path", &["path"]),
+            http_duration: histogram(
+                "flywheel_http_request_duration_seconds",
+                "HTTP request duration by path",
+                &["path"],
+            ),
             requests: IntCounterVec::new(
-                Opts::new("flywheel_requests_total", "Inference requests by route, variant and status"),
+                Opts::new(
+                    "flywheel_requests_total",
+                    "Inference requests by route, variant and status",
+                ),
                 &["route", "variant", "status"],
             )
             .expect("metric"),
             tokens: IntCounterVec::new(
-                Opts::new("flywheel_tokens_total", "Tokens by route, variant and kind (prompt, completion)"),
+                Opts::new(
+                    "flywheel_tokens_total",
+                    "Tokens by route, variant and kind (prompt, completion)",
+                ),
                 &["route", "variant", "kind"],
             )
             .expect("metric"),
-            cost: CounterVec::new(Opts::new("flywheel_cost_usd_total", "Upstream cost in USD, all attempts"), rv)
-                .expect("metric"),
-            latency: histogram("flywheel_request_latency_seconds", "Total request latency", rv),
-            ttft: histogram("flywheel_ttft_seconds", "Time to first token of streamed answers", rv),
-            overhead: histogram("flywheel_gateway_overhead_seconds", "Latency added by the gateway itself", rv),
+            cost: CounterVec::new(
+                Opts::new(
+                    "flywheel_cost_usd_total",
+                    "Upstream cost in USD, all attempts",
+                ),
+                rv,
+            )
+            .expect("metric"),
+            latency: histogram(
+                "flywheel_request_latency_seconds",
+                "Total request latency",
+                rv,
+            ),
+            ttft: histogram(
+                "flywheel_ttft_seconds",
+                "Time to first token of streamed answers",
+                rv,
+            ),
+            overhead: histogram(
+                "flywheel_gateway_overhead_seconds",
+                "Latency added by the gateway itself",
+                rv,
+            ),
             attempts: IntCounterVec::new(
-                Opts::new("flywheel_attempts_total", "Upstream attempts by provider and outcome"),
+                Opts::new(
+                    "flywheel_attempts_total",
+                    "Upstream attempts by provider and outcome",
+                ),
                 &["provider", "outcome"],
             )
             .expect("metric"),
-            retries: IntCounterVec::new(Opts::new("flywheel_retries_total", "Attempts after the first one"), rv)
-                .expect("metric"),
+            retries: IntCounterVec::new(
+                Opts::new("flywheel_retries_total", "Attempts after the first one"),
+                rv,
+            )
+            .expect("metric"),
             fallbacks: IntCounterVec::new(
-                Opts::new("flywheel_fallbacks_total", "Requests answered by a fallback target"),
+                Opts::new(
+                    "flywheel_fallbacks_total",
+                    "Requests answered by a fallback target",
+                ),
                 rv,
             )
             .expect("metric"),
             failovers: IntCounterVec::new(
-                Opts::new("flywheel_stream_failovers_total", "Streams continued on another attempt"),
+                Opts::new(
+                    "flywheel_stream_failovers_total",
+                    "Streams continued on another attempt",
+                ),
                 rv,
             )
             .expect("metric"),
             circuit_state: IntGaugeVec::new(
-                Opts::new("flywheel_circuit_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open"),
+                Opts::new(
+                    "flywheel_circuit_state",
+                    "Circuit breaker per provider: 0 closed, 1 open, 2 half-open",
+                ),
                 &["provider"],
             )
             .expect("metric"),
-            redis_up: prometheus::IntGauge::new("flywheel_redis_up", "1 while Redis answers; 0 = per-process limits, last known weights")
-                .expect("metric"),
+            redis_up: prometheus::IntGauge::new(
+                "flywheel_redis_up",
+                "1 while Redis answers; 0 = per-process limits, last known weights",
+            )
+            .expect("metric"),
             rate_limit_fallbacks: prometheus::IntCounter::new(
                 "flywheel_rate_limit_local_fallbacks_total",
                 "Rate-limit decisions taken per process because Redis was unavailable",
             )
             .expect("metric"),
             feedback: IntCounterVec::new(
-                Opts::new("flywheel_feedback_total", "Feedback recorded, by metric and source (api, implicit:*)"),
+                Opts::new(
+                    "flywheel_feedback_total",
+                    "Feedback recorded, by metric and source (api, implicit:*)",
+                ),
                 &["metric", "source"],
             )
             .expect("metric"),
-            rate_limited: IntCounterVec::new(Opts::new("flywheel_rate_limited_total", "Requests refused with 429 by tenant"), &["tenant"])
-                .expect("metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "flywheel_rate_limited_total",
+                    "Requests refused with 429 by tenant",
+                ),
+                &["tenant"],
+            )
+            .expect("metric"),
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.http_requests.clone()),
@@ -182,43 +265,70 @@ impl Metrics {
         let (w, s) = (&stats.wal, &stats.shipper);
         c.wal_bytes.set(w.bytes_on_disk as i64);
         c.wal_records_pending.set(w.records_pending as i64);
-        c.oldest_unshipped_age.set(w.oldest_unshipped_ts_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0));
+        c.oldest_unshipped_age.set(
+            w.oldest_unshipped_ts_ms
+                .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0),
+        );
         c.dropped_full.set(w.dropped_full as i64);
-        c.rows_shipped.with_label_values(&["inferences"]).set(s.inferences_shipped as i64);
-        c.rows_shipped.with_label_values(&["attempts"]).set(s.attempts_shipped as i64);
-        c.rows_shipped.with_label_values(&["feedback"]).set(s.feedback_shipped as i64);
+        c.rows_shipped
+            .with_label_values(&["inferences"])
+            .set(s.inferences_shipped as i64);
+        c.rows_shipped
+            .with_label_values(&["attempts"])
+            .set(s.attempts_shipped as i64);
+        c.rows_shipped
+            .with_label_values(&["feedback"])
+            .set(s.feedback_shipped as i64);
         c.ship_failures.set(s.ship_failures as i64);
         c.duplicates_skipped.set(s.duplicates_skipped as i64);
     }
 
     pub fn observe(&self, e: &InferenceEvent) {
         let rv = [e.route.as_str(), e.variant.as_str()];
-        self.requests.with_label_values(&[&e.route, &e.variant, &e.status.to_string()]).inc();
-        self.tokens.with_label_values(&[&e.route, &e.variant, "prompt"]).inc_by(e.prompt_tokens);
-        self.tokens.with_label_values(&[&e.route, &e.variant, "completion"]).inc_by(e.completion_tokens);
+        self.requests
+            .with_label_values(&[&e.route, &e.variant, &e.status.to_string()])
+            .inc();
+        self.tokens
+            .with_label_values(&[&e.route, &e.variant, "prompt"])
+            .inc_by(e.prompt_tokens);
+        self.tokens
+            .with_label_values(&[&e.route, &e.variant, "completion"])
+            .inc_by(e.completion_tokens);
         self.cost.with_label_values(&rv).inc_by(e.cost_usd);
-        self.latency.with_label_values(&rv).observe(e.latency_ms / 1000.0);
-        self.overhead.with_label_values(&rv).observe(e.overhead_ms / 1000.0);
+        self.latency
+            .with_label_values(&rv)
+            .observe(e.latency_ms / 1000.0);
+        self.overhead
+            .with_label_values(&rv)
+            .observe(e.overhead_ms / 1000.0);
         if let Some(t) = e.ttft_ms {
             self.ttft.with_label_values(&rv).observe(t / 1000.0);
         }
         if e.retries > 0 {
-            self.retries.with_label_values(&rv).inc_by(u64::from(e.retries));
+            self.retries
+                .with_label_values(&rv)
+                .inc_by(u64::from(e.retries));
         }
         if e.fallback_depth > 0 {
             self.fallbacks.with_label_values(&rv).inc();
         }
         if e.failovers > 0 {
-            self.failovers.with_label_values(&rv).inc_by(u64::from(e.failovers));
+            self.failovers
+                .with_label_values(&rv)
+                .inc_by(u64::from(e.failovers));
         }
         for a in &e.attempts {
-            self.attempts.with_label_values(&[&a.provider, outcome_label(a.outcome)]).inc();
+            self.attempts
+                .with_label_values(&[&a.provider, outcome_label(a.outcome)])
+                .inc();
         }
     }
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding never fails");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

@@ -1,18 +1,23 @@
 //! The accept loop: hyper connections with header/idle timeouts, and a
 //! bounded graceful shutdown that drains in-flight requests.
 
-use std::future::Future;
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
 
-pub async fn serve(listener: TcpListener, app: axum::Router, cfg: &ServerConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    cfg: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -48,8 +53,14 @@ pub async fn serve(listener: TcpListener, app: axum::Router, cfg: &ServerConfig,
     }
     drop(listener);
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    tracing::info!(grace_ms = cfg.shutdown_grace_ms, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(
+        grace_ms = cfg.shutdown_grace_ms,
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing the remaining connections");
     }
 }

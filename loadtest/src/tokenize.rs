@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn continuation_prefix_removal() {
         let full = "Hello! This is the mock provider.";
-        assert_eq!(continuation(full, Some("Hello! This ")), "is the mock provider.");
+        assert_eq!(
+            continuation(full, Some("Hello! This ")),
+            "is the mock provider."
+        );
         assert_eq!(continuation(full, Some(full)), "");
         assert_eq!(continuation(full, Some("Goodbye")), full);
         assert_eq!(continuation(full, Some("")), full);

@@ -1,8 +1,10 @@
 //! Validates a model directory before a loader sees it.
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::path::Path;
+use std::{
+    fs::{self, File},
+    io::Read,
+    path::Path,
+};
 
 use crate::error::{Context, Error, Result};
 

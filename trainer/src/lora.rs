@@ -15,8 +15,7 @@ use std::cell::RefCell;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::frozen_linear;
-use crate::rng::Rng;
+use crate::{ops::frozen_linear, rng::Rng};
 
 /// The projections LoRA may target, with the HF sub-module that holds them.
 pub const ALL_TARGETS: [&str; 7] = [

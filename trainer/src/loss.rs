@@ -227,8 +227,9 @@ pub fn grpo_loss(inp: &LossInputs, cfg: &LossConfig, norm: &LossNorm) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use candle_core::Var;
+
+    use super::*;
 
     #[test]
     fn advantages_group_normalised() {

@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 
-use crate::config::ModelConfig;
-use crate::lora::{peft_name, ForwardCtx, LoraConfig, LoraLinear};
-use crate::ops::{
-    apply_rope, causal_mask, frozen_linear, rms_norm, silu, softmax_last_dim, RopeTables,
+use crate::{
+    config::ModelConfig,
+    lora::{peft_name, ForwardCtx, LoraConfig, LoraLinear},
+    ops::{apply_rope, causal_mask, frozen_linear, rms_norm, silu, softmax_last_dim, RopeTables},
+    rng::Rng,
 };
-use crate::rng::Rng;
 
 /// One decoder block.
 #[derive(Debug, Clone)]
@@ -545,8 +545,10 @@ impl CausalLm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::Arch;
-    use crate::testing::{random_weights, tiny_config};
+    use crate::{
+        config::Arch,
+        testing::{random_weights, tiny_config},
+    };
 
     /// Tiny model from in-memory random weights; with `lora`, B is randomised so
     /// the adapters actually change the output (B = 0 would make them no-ops).
@@ -619,7 +621,11 @@ pub(crate) mod tests {
             assert!(worst < 1e-4, "{arch:?}: kv-cache logits differ by {worst}");
             // A cache that kept its graph would hold every decoding step alive.
             assert!(
-                cache.kv.iter().flatten().all(|(k, v)| !k.track_op() && !v.track_op()),
+                cache
+                    .kv
+                    .iter()
+                    .flatten()
+                    .all(|(k, v)| !k.track_op() && !v.track_op()),
                 "{arch:?}: the kv cache holds autograd history"
             );
         }

@@ -11,8 +11,10 @@
 //! weight-sized gradient) even when `W` is not trainable; skipping it saves a
 //! third of the backward work for every base projection and the LM head.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
+    D,
+};
 
 /// Softmax over the last dimension: `exp(x - max) / sum(exp(x - max))`.
 /// The max is detached (softmax is invariant to it) so no gradient flows through it.
@@ -207,9 +209,9 @@ pub fn causal_mask(key_valid: &[Vec<u8>], past: usize, t: usize) -> Result<Vec<f
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use candle_core::{Device, Var};
 
+    use super::*;
     use crate::testing::max_diff;
 
     #[test]

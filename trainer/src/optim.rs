@@ -192,8 +192,9 @@ impl LrSchedule {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use candle_core::Device;
+
+    use super::*;
 
     #[test]
     fn adamw_matches_torch_reference() {

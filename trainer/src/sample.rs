@@ -11,10 +11,12 @@ use anyhow::{anyhow, Context as _};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
-use crate::lora::ForwardCtx;
-use crate::model::{CausalLm, KvCache};
-use crate::rng::Rng;
+use crate::{
+    config::ModelConfig,
+    lora::ForwardCtx,
+    model::{CausalLm, KvCache},
+    rng::Rng,
+};
 
 /// One chat message (`role` is system / user / assistant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,9 +370,7 @@ pub fn rollouts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Arch;
-    use crate::lora::LoraConfig;
-    use crate::model::tests::tiny;
+    use crate::{config::Arch, lora::LoraConfig, model::tests::tiny};
 
     #[test]
     fn default_system_prompts_are_found() {

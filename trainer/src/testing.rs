@@ -4,13 +4,17 @@
 //! A tiny model (2 layers, hidden 32) runs the full code path in milliseconds; the
 //! real model is only needed for end-to-end checks.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use candle_core::{Device, Tensor};
 
-use crate::config::{Arch, ModelConfig};
-use crate::rng::Rng;
+use crate::{
+    config::{Arch, ModelConfig},
+    rng::Rng,
+};
 
 /// Env var naming the real test model directory.
 pub const MODEL_DIR_ENV: &str = "FLYWHEEL_MODEL_DIR";

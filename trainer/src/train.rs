@@ -6,20 +6,24 @@
 //! contribute an exactly zero gradient when `beta = 0`, so they are left out of the
 //! forward/backward (they still count in the loss normalisation).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::lora::{ForwardCtx, LoraConfig};
-use crate::loss::{advantages, grpo_loss, LossConfig, LossInputs, LossNorm};
-use crate::model::CausalLm;
-use crate::ops::log_softmax_last_dim;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
-use crate::rng::Rng;
-use crate::sample::{rollouts, ChatMessage, ChatTokenizer, Rollout, SamplingConfig};
+use crate::{
+    lora::{ForwardCtx, LoraConfig},
+    loss::{advantages, grpo_loss, LossConfig, LossInputs, LossNorm},
+    model::CausalLm,
+    ops::log_softmax_last_dim,
+    optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule},
+    rng::Rng,
+    sample::{rollouts, ChatMessage, ChatTokenizer, Rollout, SamplingConfig},
+};
 
 /// A training prompt; `meta` carries whatever the reward function needs (answers, tests...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,9 +228,18 @@ impl Trainer {
 
     /// The greedy answer of the current policy (LoRA on, no dropout) to a
     /// chat prompt: what a held-out evaluation grades.
-    pub fn complete(&self, messages: &[ChatMessage], max_new_tokens: usize) -> anyhow::Result<String> {
+    pub fn complete(
+        &self,
+        messages: &[ChatMessage],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<String> {
         let prompt = self.tokenizer.encode_chat(messages)?;
-        let ids = self.model.greedy(&prompt, max_new_tokens, &self.tokenizer.stop_ids, &ForwardCtx::eval())?;
+        let ids = self.model.greedy(
+            &prompt,
+            max_new_tokens,
+            &self.tokenizer.stop_ids,
+            &ForwardCtx::eval(),
+        )?;
         self.tokenizer.decode(&ids)
     }
 
@@ -306,7 +319,10 @@ impl Trainer {
         let mut guided = 0;
         for (k, p) in prompts.iter().enumerate() {
             let Some(guide) = &p.guide else { continue };
-            if rewards[k * g..(k + 1) * g].iter().any(|&r| r >= self.cfg.pass_threshold) {
+            if rewards[k * g..(k + 1) * g]
+                .iter()
+                .any(|&r| r >= self.cfg.pass_threshold)
+            {
                 continue;
             }
             let mut ids = self.tokenizer.encode(guide)?;
@@ -315,8 +331,14 @@ impl Trainer {
                 continue;
             }
             let last = (k + 1) * g - 1;
-            rewards[last] = reward_fn(p, guide).with_context(|| format!("reward for the guide of prompt {}", p.id))?;
-            samples[last] = Rollout { completion_ids: ids, text: guide.clone(), logprobs: Vec::new(), stopped: true };
+            rewards[last] = reward_fn(p, guide)
+                .with_context(|| format!("reward for the guide of prompt {}", p.id))?;
+            samples[last] = Rollout {
+                completion_ids: ids,
+                text: guide.clone(),
+                logprobs: Vec::new(),
+                stopped: true,
+            };
             guided += 1;
         }
         Ok(guided)
@@ -562,8 +584,10 @@ fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Arch;
-    use crate::testing::{real_model_dir, tiny_config, write_tiny_model};
+    use crate::{
+        config::Arch,
+        testing::{real_model_dir, tiny_config, write_tiny_model},
+    };
 
     /// A tiny random Llama with the real tokenizer (vocab 49152) in a temp dir.
     fn tiny_dir(seed: u64, embed_std: f32) -> tempfile::TempDir {
@@ -654,7 +678,9 @@ mod tests {
         let mut guide = t.tokenizer.encode("yes").unwrap();
         guide.push(t.tokenizer.im_end_id);
         let logp = |t: &Trainer| -> f32 {
-            let (lp, _) = t.completion_logps(&prompt, &[&guide], &ForwardCtx::eval(), false).unwrap();
+            let (lp, _) = t
+                .completion_logps(&prompt, &[&guide], &ForwardCtx::eval(), false)
+                .unwrap();
             lp.sum_all().unwrap().to_scalar().unwrap()
         };
         let before = logp(&t);
@@ -663,7 +689,9 @@ mod tests {
         let last = m.samples.last().unwrap();
         assert_eq!((last.text.as_str(), last.reward), ("yes", 1.0));
         assert!(last.advantage > 0.0, "{last:?}");
-        assert!(m.samples[..m.samples.len() - 1].iter().all(|s| s.reward == 0.0));
+        assert!(m.samples[..m.samples.len() - 1]
+            .iter()
+            .all(|s| s.reward == 0.0));
         for _ in 0..2 {
             t.step(std::slice::from_ref(&p), exactly_yes).unwrap();
         }

@@ -19,7 +19,11 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.to_owned(), content: Value::String(content.into()), extra: Map::new() }
+        Self {
+            role: role.to_owned(),
+            content: Value::String(content.into()),
+            extra: Map::new(),
+        }
     }
 
     /// The text of the content: the string, or its text parts joined.
@@ -60,7 +64,11 @@ pub struct Item {
 
 impl Item {
     pub fn new(messages: Vec<Message>, reference_answer: Option<Value>) -> Self {
-        Self { messages, reference_answer, extra: Map::new() }
+        Self {
+            messages,
+            reference_answer,
+            extra: Map::new(),
+        }
     }
 
     /// The item's `id` field, or a stable id derived from its prompt and
@@ -115,13 +123,20 @@ impl Sample {
     pub fn from_text(text: impl Into<String>) -> Self {
         let output_text = text.into();
         let output_json = serde_json::from_str(output_text.trim()).ok();
-        Self { output_text, output_json, output_tools: Vec::new() }
+        Self {
+            output_text,
+            output_json,
+            output_tools: Vec::new(),
+        }
     }
 
     /// The first choice of an OpenAI chat completion.
     pub fn from_chat_answer(answer: &Value) -> Self {
         let message = answer.pointer("/choices/0/message");
-        let text = message.and_then(|m| m.get("content")).and_then(Value::as_str).unwrap_or_default();
+        let text = message
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut sample = Self::from_text(text);
         if let Some(Value::Array(calls)) = message.and_then(|m| m.get("tool_calls")) {
             sample.output_tools = calls.clone();
@@ -159,7 +174,13 @@ mod tests {
 
     #[test]
     fn sample_parses_json_strictly() {
-        assert_eq!(Sample::from_text(" {\"a\": 1}\n").output_json, Some(serde_json::json!({"a": 1})));
-        assert_eq!(Sample::from_text("```json\n{\"a\": 1}\n```").output_json, None);
+        assert_eq!(
+            Sample::from_text(" {\"a\": 1}\n").output_json,
+            Some(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            Sample::from_text("```json\n{\"a\": 1}\n```").output_json,
+            None
+        );
     }
 }

@@ -1,24 +1,31 @@
 //! `flywheel-tuner`: datasets, graders and the verifiable task suite.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufReader, BufWriter},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use flywheel_tuner::dataset::{self, jsonl, pii};
-use flywheel_tuner::grader::{Grader, GraderOptions};
-use flywheel_tuner::tasks::Task;
-use flywheel_tuner::{Item, Sample};
+use flywheel_tuner::{
+    dataset::{self, jsonl, pii},
+    grader::{Grader, GraderOptions},
+    tasks::Task,
+    Item, Sample,
+};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "flywheel-tuner", about = "Datasets, graders and the verifiable task suite for reinforcement fine-tuning")]
+#[command(
+    name = "flywheel-tuner",
+    about = "Datasets, graders and the verifiable task suite for reinforcement fine-tuning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -353,30 +360,45 @@ struct TrainArgs {
 
 /// A snake_case enum of the trainer's config from a flag value.
 fn enum_flag<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
-    serde_json::from_value(Value::String(value.to_owned())).map_err(|_| anyhow::anyhow!("--{flag}: unknown value {value:?}"))
+    serde_json::from_value(Value::String(value.to_owned()))
+        .map_err(|_| anyhow::anyhow!("--{flag}: unknown value {value:?}"))
 }
 
 /// The ClickHouse of the capture (same variables as `flywheel-feedback`).
 #[derive(clap::Args)]
 struct ClickHouseArgs {
-    #[arg(long = "clickhouse-url", env = "FLYWHEEL_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    #[arg(
+        long = "clickhouse-url",
+        env = "FLYWHEEL_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
     url: String,
-    #[arg(long = "clickhouse-database", env = "FLYWHEEL_CLICKHOUSE_DATABASE", default_value = "flywheel")]
+    #[arg(
+        long = "clickhouse-database",
+        env = "FLYWHEEL_CLICKHOUSE_DATABASE",
+        default_value = "flywheel"
+    )]
     database: String,
     #[arg(long = "clickhouse-user", env = "FLYWHEEL_CLICKHOUSE_USER")]
     user: Option<String>,
-    #[arg(long = "clickhouse-password", env = "FLYWHEEL_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "clickhouse-password",
+        env = "FLYWHEEL_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
     password: Option<String>,
 }
 
 impl ClickHouseArgs {
     fn store(&self) -> Result<flywheel_feedback::Store> {
-        Ok(flywheel_feedback::Store::try_new(&flywheel_feedback::StoreConfig {
-            url: self.url.clone(),
-            database: self.database.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-        })?)
+        Ok(flywheel_feedback::Store::try_new(
+            &flywheel_feedback::StoreConfig {
+                url: self.url.clone(),
+                database: self.database.clone(),
+                user: self.user.clone(),
+                password: self.password.clone(),
+            },
+        )?)
     }
 }
 
@@ -392,20 +414,52 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Tasks { out, seed, n, tasks } => generate_tasks(&out, seed, n, &tasks),
+        Command::Tasks {
+            out,
+            seed,
+            n,
+            tasks,
+        } => generate_tasks(&out, seed, n, &tasks),
         Command::Check { file } => {
             let read = read_jsonl(&file)?;
             for e in &read.errors {
                 println!("{}:{e}", file.display());
             }
-            println!("{} items, {} bad lines", read.items.len(), read.errors.len());
-            Ok(if read.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            println!(
+                "{} items, {} bad lines",
+                read.items.len(),
+                read.errors.len()
+            );
+            Ok(if read.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Clean { input, out, mask, patterns } => clean(&input, &out, mask, &patterns),
-        Command::Grade { grader, dataset, samples, references, options } => {
-            grade(&grader, &dataset, samples.as_deref(), references, &options.options()?)
-        }
-        Command::ServeReward { grader, listen, options } => serve_reward(&grader, listen, &options.options()?),
+        Command::Clean {
+            input,
+            out,
+            mask,
+            patterns,
+        } => clean(&input, &out, mask, &patterns),
+        Command::Grade {
+            grader,
+            dataset,
+            samples,
+            references,
+            options,
+        } => grade(
+            &grader,
+            &dataset,
+            samples.as_deref(),
+            references,
+            &options.options()?,
+        ),
+        Command::ServeReward {
+            grader,
+            listen,
+            options,
+        } => serve_reward(&grader, listen, &options.options()?),
         Command::Dataset {
             route,
             variant,
@@ -431,13 +485,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 from_ms,
                 to_ms: to_ms.unwrap_or(now + 1),
                 keep_validation_failures: !drop_validation_failures,
-                pii: if mask { pii::PiiAction::Mask } else { pii::PiiAction::Drop },
+                pii: if mask {
+                    pii::PiiAction::Mask
+                } else {
+                    pii::PiiAction::Drop
+                },
                 seed,
                 heldout_fraction,
                 limit,
             };
             let name = name.unwrap_or_else(|| format!("{route}-{now}"));
-            build_dataset(&query, &pii::PiiFilter::new(&parse_patterns(&patterns)?)?, &out, &name, &clickhouse.store()?)
+            build_dataset(
+                &query,
+                &pii::PiiFilter::new(&parse_patterns(&patterns)?)?,
+                &out,
+                &name,
+                &clickhouse.store()?,
+            )
         }
         Command::Train(args) => train(*args),
         Command::Eval {
@@ -460,7 +524,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut configs = configs;
             for name in &raw {
-                let c = configs.iter_mut().find(|c| &c.name == name).with_context(|| format!("--raw {name}: no such --config"))?;
+                let c = configs
+                    .iter_mut()
+                    .find(|c| &c.name == name)
+                    .with_context(|| format!("--raw {name}: no such --config"))?;
                 c.raw = true;
             }
             let mut items = read_dataset(&dataset)?;
@@ -475,11 +542,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 temperature,
                 max_tokens,
                 response_format: !no_response_format,
-                timeout: Duration::try_from_secs_f64(request_timeout_secs).context("--request-timeout-secs")?,
+                timeout: Duration::try_from_secs_f64(request_timeout_secs)
+                    .context("--request-timeout-secs")?,
             };
             let gateway = flywheel_tuner::eval::client::Gateway::new(&gateway, api_key);
             let store = store.then(|| clickhouse.store()).transpose()?;
-            eval(&gateway, grader, &items, &configs, &params, concurrency, &dataset, &out, store.as_ref())
+            eval(
+                &gateway,
+                grader,
+                &items,
+                &configs,
+                &params,
+                concurrency,
+                &dataset,
+                &out,
+                store.as_ref(),
+            )
         }
     }
 }
@@ -487,9 +565,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn train(a: TrainArgs) -> Result<ExitCode> {
     use flywheel_trainer::{LoraConfig, SamplingConfig, Trainer, TrainerConfig};
     let train_items = read_dataset(&a.train)?;
-    let heldout = a.heldout.as_deref().map(read_dataset).transpose()?.unwrap_or_default();
+    let heldout = a
+        .heldout
+        .as_deref()
+        .map(read_dataset)
+        .transpose()?
+        .unwrap_or_default();
     if a.guide && train_items.iter().all(|i| i.reference_answer.is_none()) {
-        bail!("--guide: no item of {} has a reference_answer to guide with", a.train.display());
+        bail!(
+            "--guide: no item of {} has a reference_answer to guide with",
+            a.train.display()
+        );
     }
     let grader = Arc::new(load_grader(&a.grader, &a.options.options()?)?);
     let ckpt = a.out.join("checkpoint");
@@ -497,16 +583,29 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         Trainer::resume(&ckpt).with_context(|| format!("resuming from {}", ckpt.display()))?
     } else {
         if !a.model.join("config.json").is_file() {
-            bail!("--model {}: not a model directory (no config.json)", a.model.display());
+            bail!(
+                "--model {}: not a model directory (no config.json)",
+                a.model.display()
+            );
         }
         let mut cfg = TrainerConfig::default();
-        cfg.lora = LoraConfig { rank: a.rank, alpha: a.alpha, dropout: a.dropout, ..LoraConfig::default() };
+        cfg.lora = LoraConfig {
+            rank: a.rank,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            ..LoraConfig::default()
+        };
         cfg.loss.loss_type = enum_flag("loss", &a.loss)?;
         cfg.loss.scale_rewards = enum_flag("scale-rewards", &a.scale_rewards)?;
         cfg.loss.epsilon_low = a.epsilon;
         cfg.loss.epsilon_high = a.epsilon_high;
         cfg.loss.beta = a.beta;
-        cfg.sampling = SamplingConfig { temperature: a.temperature, top_p: a.top_p, top_k: 0, max_new_tokens: a.max_new_tokens };
+        cfg.sampling = SamplingConfig {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: 0,
+            max_new_tokens: a.max_new_tokens,
+        };
         cfg.num_generations = a.generations;
         cfg.optim.lr = a.lr;
         cfg.optim.weight_decay = a.weight_decay;
@@ -521,11 +620,17 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         Trainer::new(&a.model, cfg)?
     };
     std::fs::create_dir_all(&a.out)?;
-    let run_id = a.run_id.clone().unwrap_or_else(|| a.out.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()));
+    let run_id = a.run_id.clone().unwrap_or_else(|| {
+        a.out
+            .file_name()
+            .map_or("run".into(), |n| n.to_string_lossy().into_owned())
+    });
     let store = a.store.then(|| a.clickhouse.store()).transpose()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if let Some(store) = &store {
-        runtime.block_on(store.migrate()).context("migrating ClickHouse")?;
+        runtime
+            .block_on(store.migrate())
+            .context("migrating ClickHouse")?;
     }
     let loop_cfg = flywheel_tuner::rft::LoopConfig {
         steps: a.steps,
@@ -537,7 +642,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         seed: a.seed,
         out: a.out.clone(),
     };
-    let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(a.out.join("metrics.jsonl"))?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.out.join("metrics.jsonl"))?;
     let mut store_error = None;
     let mut on_step = |r: &flywheel_tuner::rft::StepRecord| {
         use std::io::Write;
@@ -562,7 +670,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             if m.guided > 0 { format!("  guided {}", m.guided) } else { String::new() },
             r.heldout_reward.map_or(String::new(), |h| format!("  held-out {h:.3}")),
         );
-        let _ = writeln!(metrics_file, "{}", serde_json::to_string(r).unwrap_or_default());
+        let _ = writeln!(
+            metrics_file,
+            "{}",
+            serde_json::to_string(r).unwrap_or_default()
+        );
         if let Some(store) = &store {
             let row = r.row(&run_id, now_ms());
             if let Err(e) = runtime.block_on(store.insert_rows("training_steps", &[row])) {
@@ -571,23 +683,41 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             }
         }
     };
-    let summary = flywheel_tuner::rft::run(&mut trainer, grader, &train_items, &heldout, &loop_cfg, &mut on_step)?;
-    std::fs::write(a.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let summary = flywheel_tuner::rft::run(
+        &mut trainer,
+        grader,
+        &train_items,
+        &heldout,
+        &loop_cfg,
+        &mut on_step,
+    )?;
+    std::fs::write(
+        a.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     if let Some(e) = store_error {
-        eprintln!("warning: some steps were not stored in ClickHouse ({e}); metrics.jsonl has them all");
+        eprintln!(
+            "warning: some steps were not stored in ClickHouse ({e}); metrics.jsonl has them all"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn parse_patterns(patterns: &[String]) -> Result<Vec<(String, String)>> {
     patterns
         .iter()
-        .map(|p| p.split_once('=').map(|(n, r)| (n.to_owned(), r.to_owned())).context("--pattern takes NAME=REGEX"))
+        .map(|p| {
+            p.split_once('=')
+                .map(|(n, r)| (n.to_owned(), r.to_owned()))
+                .context("--pattern takes NAME=REGEX")
+        })
         .collect()
 }
 
@@ -602,18 +732,37 @@ fn build_dataset(
     runtime.block_on(async {
         let built = dataset::captured::build(store, query, filter)
             .await
-            .with_context(|| format!("reading captured traffic from ClickHouse ({})", store.database()))?;
+            .with_context(|| {
+                format!(
+                    "reading captured traffic from ClickHouse ({})",
+                    store.database()
+                )
+            })?;
         std::fs::create_dir_all(out)?;
         write_jsonl(&out.join("train.jsonl"), &built.train)?;
         write_jsonl(&out.join("heldout.jsonl"), &built.heldout)?;
-        std::fs::write(out.join("counts.json"), serde_json::to_string_pretty(&built.counts)?)?;
+        std::fs::write(
+            out.join("counts.json"),
+            serde_json::to_string_pretty(&built.counts)?,
+        )?;
         for line in built.counts.lines() {
             println!("{line}");
         }
-        let ids: Vec<String> =
-            built.train.iter().chain(&built.heldout).filter_map(|i| i.get_str("inference_id")).map(str::to_owned).collect();
-        store.record_training_usage(name, &ids).await.context("recording training usage")?;
-        println!("dataset {name}: {} inferences recorded in training_usage", ids.len());
+        let ids: Vec<String> = built
+            .train
+            .iter()
+            .chain(&built.heldout)
+            .filter_map(|i| i.get_str("inference_id"))
+            .map(str::to_owned)
+            .collect();
+        store
+            .record_training_usage(name, &ids)
+            .await
+            .context("recording training usage")?;
+        println!(
+            "dataset {name}: {} inferences recorded in training_usage",
+            ids.len()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -637,8 +786,21 @@ fn eval(
                 eprintln!("{config}: {done}/{total}");
             }
         };
-        let name = dataset.file_name().map_or_else(|| dataset.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let report = flywheel_tuner::eval::run(gateway, grader, items, configs, params, concurrency, &name, &progress).await;
+        let name = dataset.file_name().map_or_else(
+            || dataset.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let report = flywheel_tuner::eval::run(
+            gateway,
+            grader,
+            items,
+            configs,
+            params,
+            concurrency,
+            &name,
+            &progress,
+        )
+        .await;
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("report.md"), report.to_markdown())?;
         std::fs::write(out.join("report.json"), report.to_json())?;
@@ -646,8 +808,15 @@ fn eval(
         if let Some(store) = store {
             // Idempotent; creates eval_results on a database the capture never migrated.
             store.migrate().await.context("migrating ClickHouse")?;
-            store.insert_rows("eval_results", &report.rows()).await.context("storing eval_results")?;
-            println!("stored run {} in {}.eval_results", report.run_id, store.database());
+            store
+                .insert_rows("eval_results", &report.rows())
+                .await
+                .context("storing eval_results")?;
+            println!(
+                "stored run {} in {}.eval_results",
+                report.run_id,
+                store.database()
+            );
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -662,7 +831,11 @@ fn read_jsonl(path: &Path) -> Result<jsonl::Read> {
 fn read_dataset(path: &Path) -> Result<Vec<Item>> {
     let read = read_jsonl(path)?;
     if let Some(first) = read.errors.first() {
-        bail!("{}: {} bad lines, first {first}", path.display(), read.errors.len());
+        bail!(
+            "{}: {} bad lines, first {first}",
+            path.display(),
+            read.errors.len()
+        );
     }
     Ok(read.items)
 }
@@ -686,9 +859,20 @@ fn generate_tasks(out: &Path, seed: u64, n: usize, names: &[String]) -> Result<E
     for task in tasks {
         let (train, heldout) = task.generate_split(seed, n);
         write_jsonl(&out.join(format!("{}.train.jsonl", task.name())), &train)?;
-        write_jsonl(&out.join(format!("{}.heldout.jsonl", task.name())), &heldout)?;
-        std::fs::write(out.join(format!("{}.grader.json", task.name())), serde_json::to_string_pretty(&task.grader())?)?;
-        println!("{:<13} train {:>4}  heldout {:>4}", task.name(), train.len(), heldout.len());
+        write_jsonl(
+            &out.join(format!("{}.heldout.jsonl", task.name())),
+            &heldout,
+        )?;
+        std::fs::write(
+            out.join(format!("{}.grader.json", task.name())),
+            serde_json::to_string_pretty(&task.grader())?,
+        )?;
+        println!(
+            "{:<13} train {:>4}  heldout {:>4}",
+            task.name(),
+            train.len(),
+            heldout.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -697,7 +881,11 @@ fn clean(input: &Path, out: &Path, mask: bool, patterns: &[String]) -> Result<Ex
     let filter = pii::PiiFilter::new(&parse_patterns(patterns)?)?;
     let mut items = read_dataset(input)?;
     let total = items.len();
-    let action = if mask { pii::PiiAction::Mask } else { pii::PiiAction::Drop };
+    let action = if mask {
+        pii::PiiAction::Mask
+    } else {
+        pii::PiiAction::Drop
+    };
     let mut found = pii::Hits::new();
     let mut flagged = 0;
     items.retain_mut(|item| {
@@ -712,7 +900,10 @@ fn clean(input: &Path, out: &Path, mask: bool, patterns: &[String]) -> Result<Ex
     let duplicates = dataset::dedupe(&mut items);
     write_jsonl(out, &items)?;
     println!("read {total} rows");
-    println!("{flagged} rows with PII {}", if mask { "masked" } else { "dropped" });
+    println!(
+        "{flagged} rows with PII {}",
+        if mask { "masked" } else { "dropped" }
+    );
     for (name, n) in &found {
         println!("  {name}: {n}");
     }
@@ -722,25 +913,35 @@ fn clean(input: &Path, out: &Path, mask: bool, patterns: &[String]) -> Result<Ex
 }
 
 fn load_grader(path: &Path, options: &GraderOptions) -> Result<Grader> {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
-    Grader::from_config_with(&config, options).map_err(|e| anyhow::anyhow!("invalid grader config: {e}"))
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))?;
+    Grader::from_config_with(&config, options)
+        .map_err(|e| anyhow::anyhow!("invalid grader config: {e}"))
 }
 
 fn serve_reward(grader: &Path, listen: SocketAddr, options: &GraderOptions) -> Result<ExitCode> {
     let grader = Arc::new(load_grader(grader, options)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
-        eprintln!("serving grader `{}` ({}) on http://{addr}/ (POST / or /reward)", grader.name(), grader.kind());
+        eprintln!(
+            "serving grader `{}` ({}) on http://{addr}/ (POST / or /reward)",
+            grader.name(),
+            grader.kind()
+        );
         if let Some(layers) = grader.python_sandbox() {
             eprintln!("python sandbox: {layers}");
         }
         let shutdown = async {
             #[cfg(unix)]
             {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 let term = async {
                     match term.as_mut() {
                         Some(t) => {
@@ -757,12 +958,20 @@ fn serve_reward(grader: &Path, listen: SocketAddr, options: &GraderOptions) -> R
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
         };
-        flywheel_tuner::grader::serve::serve(listener, grader, shutdown).await.context("serving")
+        flywheel_tuner::grader::serve::serve(listener, grader, shutdown)
+            .await
+            .context("serving")
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool, options: &GraderOptions) -> Result<ExitCode> {
+fn grade(
+    grader: &Path,
+    dataset: &Path,
+    samples: Option<&Path>,
+    references: bool,
+    options: &GraderOptions,
+) -> Result<ExitCode> {
     let grader = load_grader(grader, options)?;
     let items = read_dataset(dataset)?;
     let pairs: Vec<(Sample, &Item)> = if references {
@@ -778,18 +987,42 @@ fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool
             })
             .collect()
     } else {
-        let Some(path) = samples else { bail!("give --samples FILE or --references") };
+        let Some(path) = samples else {
+            bail!("give --samples FILE or --references")
+        };
         let by_id: HashMap<String, &Item> = items.iter().map(|i| (i.id(), i)).collect();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut pairs = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).with_context(|| format!("{}: line {}", path.display(), n + 1))?;
-            let id = v.get("id").and_then(Value::as_str).with_context(|| format!("{}: line {}: no \"id\"", path.display(), n + 1))?;
-            let item = by_id.get(id).with_context(|| format!("{}: line {}: no item with id {id:?} in the dataset", path.display(), n + 1))?;
-            let sample = match (v.get("output_text").and_then(Value::as_str), v.get("answer")) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: line {}", path.display(), n + 1))?;
+            let id = v
+                .get("id")
+                .and_then(Value::as_str)
+                .with_context(|| format!("{}: line {}: no \"id\"", path.display(), n + 1))?;
+            let item = by_id.get(id).with_context(|| {
+                format!(
+                    "{}: line {}: no item with id {id:?} in the dataset",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+            let sample = match (
+                v.get("output_text").and_then(Value::as_str),
+                v.get("answer"),
+            ) {
                 (Some(t), _) => Sample::from_text(t),
                 (None, Some(answer)) => Sample::from_chat_answer(answer),
-                _ => bail!("{}: line {}: needs \"output_text\" or \"answer\"", path.display(), n + 1),
+                _ => bail!(
+                    "{}: line {}: needs \"output_text\" or \"answer\"",
+                    path.display(),
+                    n + 1
+                ),
             };
             pairs.push((sample, *item));
         }
@@ -798,12 +1031,21 @@ fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool
     let (mut sum, mut graded, mut passed, mut errors) = (0.0, 0usize, 0usize, 0usize);
     // One batch: an `endpoint` grader makes one request, a `python` one
     // starts one worker, a `score_model` one asks the judge concurrently.
-    let owned: Vec<(Sample, Item)> = pairs.iter().map(|(s, i)| (s.clone(), (*i).clone())).collect();
+    let owned: Vec<(Sample, Item)> = pairs
+        .iter()
+        .map(|(s, i)| (s.clone(), (*i).clone()))
+        .collect();
     let results = grader.grade_batch(&owned);
     for ((_, item), result) in pairs.iter().zip(results) {
         match result {
             Ok(g) => {
-                println!("{}\t{:.3}\t{}\t{}", item.id(), g.score, if g.passed { "pass" } else { "fail" }, g.reason);
+                println!(
+                    "{}\t{:.3}\t{}\t{}",
+                    item.id(),
+                    g.score,
+                    if g.passed { "pass" } else { "fail" },
+                    g.reason
+                );
                 sum += g.score;
                 graded += 1;
                 passed += usize::from(g.passed);
@@ -814,9 +1056,17 @@ fn grade(grader: &Path, dataset: &Path, samples: Option<&Path>, references: bool
             }
         }
     }
-    let mean = if graded > 0 { sum / graded as f64 } else { f64::NAN };
+    let mean = if graded > 0 {
+        sum / graded as f64
+    } else {
+        f64::NAN
+    };
     println!("grader {}: {graded} graded, mean {mean:.3}, pass rate {}/{graded}, {errors} errors (not counted in the mean)", grader.name(), passed);
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -826,12 +1076,35 @@ mod tests {
     #[test]
     fn grade_takes_the_grader_options() {
         let cli = Cli::try_parse_from([
-            "flywheel-tuner", "grade", "--grader", "g.json", "--dataset", "d.jsonl", "--references",
-            "--judge-url", "http://judge:9/v1", "--judge-api-key", "k", "--cache-dir", "/tmp/c",
-            "--python", "/usr/bin/python3.11", "--python-timeout-secs", "2.5", "--python-memory-mib", "256",
+            "flywheel-tuner",
+            "grade",
+            "--grader",
+            "g.json",
+            "--dataset",
+            "d.jsonl",
+            "--references",
+            "--judge-url",
+            "http://judge:9/v1",
+            "--judge-api-key",
+            "k",
+            "--cache-dir",
+            "/tmp/c",
+            "--python",
+            "/usr/bin/python3.11",
+            "--python-timeout-secs",
+            "2.5",
+            "--python-memory-mib",
+            "256",
         ])
         .unwrap();
-        let Command::Grade { options, references, .. } = cli.command else { panic!("not grade") };
+        let Command::Grade {
+            options,
+            references,
+            ..
+        } = cli.command
+        else {
+            panic!("not grade")
+        };
         assert!(references);
         let o = options.options().unwrap();
         assert_eq!(o.judge_base_url, "http://judge:9/v1");
@@ -844,8 +1117,21 @@ mod tests {
 
     #[test]
     fn defaults_match_grader_options() {
-        let cli = Cli::try_parse_from(["flywheel-tuner", "serve-reward", "--grader", "g.json", "--listen", "127.0.0.1:0"]).unwrap();
-        let Command::ServeReward { options, listen, .. } = cli.command else { panic!("not serve-reward") };
+        let cli = Cli::try_parse_from([
+            "flywheel-tuner",
+            "serve-reward",
+            "--grader",
+            "g.json",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Command::ServeReward {
+            options, listen, ..
+        } = cli.command
+        else {
+            panic!("not serve-reward")
+        };
         assert_eq!(listen.port(), 0);
         let (o, d) = (options.options().unwrap(), GraderOptions::default());
         assert_eq!(o.judge_base_url, d.judge_base_url);
@@ -854,8 +1140,18 @@ mod tests {
         assert_eq!(o.python_timeout, d.python_timeout);
         assert_eq!(o.python_memory_bytes, d.python_memory_bytes);
         assert_eq!(o.endpoint_timeout, d.endpoint_timeout);
-        let cli = Cli::try_parse_from(["flywheel-tuner", "serve-reward", "--grader", "g", "--python-timeout-secs", "0"]).unwrap();
-        let Command::ServeReward { options, .. } = cli.command else { panic!() };
+        let cli = Cli::try_parse_from([
+            "flywheel-tuner",
+            "serve-reward",
+            "--grader",
+            "g",
+            "--python-timeout-secs",
+            "0",
+        ])
+        .unwrap();
+        let Command::ServeReward { options, .. } = cli.command else {
+            panic!()
+        };
         assert!(options.options().is_err());
     }
 }

@@ -14,15 +14,19 @@
 //! reward and advantage, `heldout.jsonl` every greedy held-out answer with
 //! its score.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{bail, Context, Result};
 use flywheel_trainer::{ChatMessage, PromptItem, StepMetrics, Trainer};
 use serde::Serialize;
 
-use crate::grader::Grader;
-use crate::item::{Item, Sample};
+use crate::{
+    grader::Grader,
+    item::{Item, Sample},
+};
 
 /// How the loop runs (the trainer's own knobs are in [`flywheel_trainer::TrainerConfig`]).
 #[derive(Debug, Clone)]
@@ -128,7 +132,11 @@ pub struct Summary {
 pub fn prompt_of(item: &Item, index: usize) -> PromptItem {
     PromptItem {
         id: format!("{index}"),
-        messages: item.prompt().iter().map(|m| ChatMessage::new(&m.role, &m.text())).collect(),
+        messages: item
+            .prompt()
+            .iter()
+            .map(|m| ChatMessage::new(&m.role, &m.text()))
+            .collect(),
         meta: serde_json::Value::Null,
         guide: item.reference_answer.as_ref().map(crate::item::answer_text),
     }
@@ -154,9 +162,15 @@ pub fn heldout_reward(
     let mut answers = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let text = trainer.complete(&prompt_of(item, i).messages, max_tokens)?;
-        let grade =
-            grader.grade(&Sample::from_text(text.clone()), item).with_context(|| format!("grading held-out item {}", item.id()))?;
-        answers.push(HeldoutAnswer { step: trainer.step_count(), item: item.id(), score: grade.score, text });
+        let grade = grader
+            .grade(&Sample::from_text(text.clone()), item)
+            .with_context(|| format!("grading held-out item {}", item.id()))?;
+        answers.push(HeldoutAnswer {
+            step: trainer.step_count(),
+            item: item.id(),
+            score: grade.score,
+            text,
+        });
     }
     let mean = answers.iter().map(|a| a.score).sum::<f64>() / items.len().max(1) as f64;
     Ok((mean, answers))
@@ -166,13 +180,18 @@ pub fn heldout_reward(
 fn append_jsonl<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(
-        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?,
     );
     for row in rows {
         serde_json::to_writer(&mut out, &row)?;
         out.write_all(b"\n")?;
     }
-    out.flush().with_context(|| format!("writing {}", path.display()))
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs the loop; `on_step` sees every record (console, ClickHouse).
@@ -204,30 +223,49 @@ pub fn run(
         append_jsonl(&heldout_log, answers)?;
         Ok(mean)
     };
-    let before = if heldout.is_empty() { f64::NAN } else { evaluate(trainer)? };
+    let before = if heldout.is_empty() {
+        f64::NAN
+    } else {
+        evaluate(trainer)?
+    };
     let (mut best, mut best_step, mut since_best) = (before, trainer.step_count(), 0);
     export(trainer, &best_dir)?;
     let (mut step_secs, mut tps, mut done) = (0.0, 0.0, 0);
     let mut stopped_early = false;
     while trainer.step_count() < cfg.steps {
-        let batch: Vec<usize> = (0..cfg.prompts_per_step).map(|k| order[(cursor + k) % order.len()]).collect();
+        let batch: Vec<usize> = (0..cfg.prompts_per_step)
+            .map(|k| order[(cursor + k) % order.len()])
+            .collect();
         cursor += cfg.prompts_per_step;
         let prompts: Vec<PromptItem> = batch.iter().map(|&i| prompt_of(&train[i], i)).collect();
         let g = grader.clone();
         let metrics = trainer.step(&prompts, move |p, text| {
             let item = &train[p.id.parse::<usize>().expect("index id")];
-            Ok(g.grade(&Sample::from_text(text), item).with_context(|| format!("grading train item {}", item.id()))?.score)
+            Ok(g.grade(&Sample::from_text(text), item)
+                .with_context(|| format!("grading train item {}", item.id()))?
+                .score)
         })?;
-        append_jsonl(&samples_log, metrics.samples.iter().map(|s| serde_json::json!({"step": metrics.step, "sample": s})))?;
+        append_jsonl(
+            &samples_log,
+            metrics
+                .samples
+                .iter()
+                .map(|s| serde_json::json!({"step": metrics.step, "sample": s})),
+        )?;
         done += 1;
         step_secs += metrics.step_secs;
         tps += metrics.tokens_per_sec;
         let step = trainer.step_count();
         let last = step >= cfg.steps;
-        let due = !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
+        let due =
+            !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
         let heldout_reward = if due { Some(evaluate(trainer)?) } else { None };
         trainer.save_checkpoint(cfg.out.join("checkpoint"))?;
-        on_step(&StepRecord { step, metrics: StepSummary::from(&metrics), heldout_reward });
+        on_step(&StepRecord {
+            step,
+            metrics: StepSummary::from(&metrics),
+            heldout_reward,
+        });
         if let Some(r) = heldout_reward {
             if r > best {
                 (best, best_step, since_best) = (r, step, 0);
@@ -262,19 +300,36 @@ fn export(trainer: &Trainer, dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::item::Message;
-    use flywheel_trainer::testing::{real_model_dir, tiny_config, write_tiny_model};
-    use flywheel_trainer::{Arch, TrainerConfig};
+    use flywheel_trainer::{
+        testing::{real_model_dir, tiny_config, write_tiny_model},
+        Arch, TrainerConfig,
+    };
     use serde_json::json;
 
+    use super::*;
+    use crate::item::Message;
+
     fn items(n: usize) -> Vec<Item> {
-        (0..n).map(|i| Item::new(vec![Message::new("user", format!("say something {i}"))], None)).collect()
+        (0..n)
+            .map(|i| {
+                Item::new(
+                    vec![Message::new("user", format!("say something {i}"))],
+                    None,
+                )
+            })
+            .collect()
     }
 
     fn tiny_trainer(dir: &Path) -> Trainer {
         // SmolLM2's tokenizer on a tiny random model of the same vocabulary.
-        write_tiny_model(&dir.join("model"), &tiny_config(Arch::Llama, 49152), 3, 1.0, Some(&real_model_dir())).unwrap();
+        write_tiny_model(
+            &dir.join("model"),
+            &tiny_config(Arch::Llama, 49152),
+            3,
+            1.0,
+            Some(&real_model_dir()),
+        )
+        .unwrap();
         let mut cfg = TrainerConfig::default();
         cfg.num_generations = 4;
         cfg.sampling.max_new_tokens = 6;
@@ -283,7 +338,16 @@ mod tests {
     }
 
     fn loop_cfg(out: &Path, steps: usize) -> LoopConfig {
-        LoopConfig { steps, prompts_per_step: 2, eval_every: 1, eval_items: 2, eval_max_tokens: 6, patience: 0, seed: 1, out: out.to_owned() }
+        LoopConfig {
+            steps,
+            prompts_per_step: 2,
+            eval_every: 1,
+            eval_items: 2,
+            eval_max_tokens: 6,
+            patience: 0,
+            seed: 1,
+            out: out.to_owned(),
+        }
     }
 
     /// Two steps write two records with held-out rewards, export the best
@@ -295,9 +359,22 @@ mod tests {
         let grader = Arc::new(Grader::from_config(&json!({"type": "regex", "name": "e", "input": "{{sample.output_text}}", "pattern": "e"})).unwrap());
         let mut trainer = tiny_trainer(dir.path());
         let mut records = Vec::new();
-        let summary = run(&mut trainer, grader.clone(), &items(5), &items(3), &loop_cfg(&out, 2), &mut |r| records.push(r.clone())).unwrap();
-        assert_eq!(records.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(records.iter().all(|r| r.heldout_reward.is_some_and(|h| (0.0..=1.0).contains(&h))));
+        let summary = run(
+            &mut trainer,
+            grader.clone(),
+            &items(5),
+            &items(3),
+            &loop_cfg(&out, 2),
+            &mut |r| records.push(r.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.step).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(records
+            .iter()
+            .all(|r| r.heldout_reward.is_some_and(|h| (0.0..=1.0).contains(&h))));
         assert_eq!(summary.steps, 2);
         assert!(summary.heldout_best >= summary.heldout_before);
         assert!(out.join("best/adapter/adapter_config.json").is_file());
@@ -305,24 +382,57 @@ mod tests {
         // Every completion (2 steps x 2 prompts x 4) and every greedy
         // held-out answer (before, after step 1, after step 2; 2 items each).
         let lines = |name: &str| -> Vec<serde_json::Value> {
-            std::fs::read_to_string(out.join(name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+            std::fs::read_to_string(out.join(name))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
         };
         let samples = lines("samples.jsonl");
         assert_eq!(samples.len(), 16);
-        assert!(samples.iter().all(|s| s["sample"]["text"].is_string() && s["sample"]["reward"].is_number()), "{samples:?}");
+        assert!(
+            samples
+                .iter()
+                .all(|s| s["sample"]["text"].is_string() && s["sample"]["reward"].is_number()),
+            "{samples:?}"
+        );
         let answers = lines("heldout.jsonl");
-        assert_eq!(answers.iter().map(|a| a["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
-        let mean = |step: u64| answers.iter().filter(|a| a["step"] == step).map(|a| a["score"].as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert_eq!(
+            answers
+                .iter()
+                .map(|a| a["step"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![0, 0, 1, 1, 2, 2]
+        );
+        let mean = |step: u64| {
+            answers
+                .iter()
+                .filter(|a| a["step"] == step)
+                .map(|a| a["score"].as_f64().unwrap())
+                .sum::<f64>()
+                / 2.0
+        };
         assert_eq!(Some(mean(2)), records[1].heldout_reward);
         // A metrics.jsonl line says how many groups trained on a guide (none here: no --guide).
         assert_eq!(serde_json::to_value(&records[0]).unwrap()["guided"], 0);
         let row = records[1].row("run-x", 7);
-        assert_eq!((row.step, row.ts_ms, row.heldout_reward), (2, 7, records[1].heldout_reward));
+        assert_eq!(
+            (row.step, row.ts_ms, row.heldout_reward),
+            (2, 7, records[1].heldout_reward)
+        );
 
         let mut resumed = Trainer::resume(out.join("checkpoint")).unwrap();
         assert_eq!(resumed.step_count(), 2);
         let mut more = Vec::new();
-        run(&mut resumed, grader, &items(5), &items(3), &loop_cfg(&out, 3), &mut |r| more.push(r.step)).unwrap();
+        run(
+            &mut resumed,
+            grader,
+            &items(5),
+            &items(3),
+            &loop_cfg(&out, 3),
+            &mut |r| more.push(r.step),
+        )
+        .unwrap();
         assert_eq!(more, vec![3]);
     }
 
@@ -332,12 +442,22 @@ mod tests {
     fn grader_errors_stop_training() {
         let dir = tempfile::tempdir().unwrap();
         let grader = Arc::new(
-            Grader::from_config(&json!({"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
-                                        "reference": "{{item.missing}}", "operation": "eq"}))
+            Grader::from_config(
+                &json!({"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
+                                        "reference": "{{item.missing}}", "operation": "eq"}),
+            )
             .unwrap(),
         );
         let mut trainer = tiny_trainer(dir.path());
-        let e = run(&mut trainer, grader, &items(2), &[], &loop_cfg(&dir.path().join("run"), 1), &mut |_| {}).unwrap_err();
+        let e = run(
+            &mut trainer,
+            grader,
+            &items(2),
+            &[],
+            &loop_cfg(&dir.path().join("run"), 1),
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("missing"), "{e:#}");
         assert_eq!(trainer.step_count(), 0);
     }

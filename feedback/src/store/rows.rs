@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::BodiesPolicy;
-use crate::event::{AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation};
+use crate::{
+    config::BodiesPolicy,
+    event::{AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation},
+};
 
 const MS_PER_DAY: u64 = 86_400_000;
 
@@ -302,8 +304,17 @@ pub fn apply_bodies_owned(body: Option<String>, policy: BodiesPolicy) -> String 
 
 /// Keys whose string values describe structure, not content; kept by
 /// `redact`.
-pub const KEEP_KEYS: &[&str] =
-    &["role", "model", "type", "finish_reason", "object", "id", "stop_reason", "system_fingerprint", "service_tier"];
+pub const KEEP_KEYS: &[&str] = &[
+    "role",
+    "model",
+    "type",
+    "finish_reason",
+    "object",
+    "id",
+    "stop_reason",
+    "system_fingerprint",
+    "service_tier",
+];
 
 pub const REDACTED: &str = "[redacted]";
 
@@ -342,7 +353,8 @@ mod tests {
 
     #[test]
     fn redact_keeps_structure_and_roles() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"n":2,"stream":true}"#;
+        let body =
+            r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"n":2,"stream":true}"#;
         let v: serde_json::Value = serde_json::from_str(&redact(body)).unwrap();
         assert_eq!(v["model"], "m");
         assert_eq!(v["messages"][0]["role"], "user");
@@ -402,27 +414,90 @@ mod tests {
             failover_diverged: true,
             validation: Validation::Passed,
             cost_usd: 0.5,
-            attempts: vec![a.clone(), AttemptEvent { outcome: AttemptOutcome::Ok, status: Some(200), ..a }],
+            attempts: vec![
+                a.clone(),
+                AttemptEvent {
+                    outcome: AttemptOutcome::Ok,
+                    status: Some(200),
+                    ..a
+                },
+            ],
             request_body: Some(r#"{"messages":[{"role":"user","content":"x"}]}"#.into()),
             response_body: None,
         };
-        for bodies in [BodiesPolicy::Store, BodiesPolicy::Redact, BodiesPolicy::Skip] {
+        for bodies in [
+            BodiesPolicy::Store,
+            BodiesPolicy::Redact,
+            BodiesPolicy::Skip,
+        ] {
             let (row, attempts) = InferenceRow::from_owned(e.clone(), bodies);
-            assert_eq!((row.id.as_str(), row.ts_ms, row.date), ("id", e.ts_ms, date_of(e.ts_ms)));
-            assert_eq!((row.tenant.as_str(), row.route.as_str(), row.variant.as_str()), ("t", "r", "v"));
-            assert_eq!((row.episode_id.as_deref(), row.user.as_deref(), row.stream, row.status), (Some("ep"), None, true, 200));
-            assert_eq!((row.retries, row.failovers, row.failover_diverged, row.attempt_count), (1, 1, true, 2));
+            assert_eq!(
+                (row.id.as_str(), row.ts_ms, row.date),
+                ("id", e.ts_ms, date_of(e.ts_ms))
+            );
+            assert_eq!(
+                (
+                    row.tenant.as_str(),
+                    row.route.as_str(),
+                    row.variant.as_str()
+                ),
+                ("t", "r", "v")
+            );
+            assert_eq!(
+                (
+                    row.episode_id.as_deref(),
+                    row.user.as_deref(),
+                    row.stream,
+                    row.status
+                ),
+                (Some("ep"), None, true, 200)
+            );
+            assert_eq!(
+                (
+                    row.retries,
+                    row.failovers,
+                    row.failover_diverged,
+                    row.attempt_count
+                ),
+                (1, 1, true, 2)
+            );
             assert_eq!(row.validation, validation_code(Validation::Passed));
-            assert_eq!(row.request_body, apply_bodies(e.request_body.as_deref(), bodies));
+            assert_eq!(
+                row.request_body,
+                apply_bodies(e.request_body.as_deref(), bodies)
+            );
             assert_eq!(row.response_body, "");
             assert_eq!(attempts.len(), 2);
             for (seq, (r, a)) in attempts.iter().zip(&e.attempts).enumerate() {
-                assert_eq!((r.inference_id.as_str(), r.seq, r.ts_ms, r.date), ("id", seq as u32, e.ts_ms, row.date));
-                assert_eq!((r.tenant.as_str(), r.route.as_str(), r.variant.as_str()), ("t", "r", "v"));
-                assert_eq!((r.provider.as_str(), r.model.as_str(), r.target_index, r.try_index), ("p", "m", 1, 2));
-                assert_eq!((r.outcome, r.status, r.reason.as_deref()), (outcome_code(a.outcome), a.status, Some("slow")));
-                assert_eq!((r.started_ms, r.latency_ms, r.ttft_ms, r.cost_usd), (5, 1.5, Some(0.5), 0.25));
-                assert_eq!((r.prompt_tokens, r.completion_tokens, r.tokens_estimated), (3, 4, true));
+                assert_eq!(
+                    (r.inference_id.as_str(), r.seq, r.ts_ms, r.date),
+                    ("id", seq as u32, e.ts_ms, row.date)
+                );
+                assert_eq!(
+                    (r.tenant.as_str(), r.route.as_str(), r.variant.as_str()),
+                    ("t", "r", "v")
+                );
+                assert_eq!(
+                    (
+                        r.provider.as_str(),
+                        r.model.as_str(),
+                        r.target_index,
+                        r.try_index
+                    ),
+                    ("p", "m", 1, 2)
+                );
+                assert_eq!(
+                    (r.outcome, r.status, r.reason.as_deref()),
+                    (outcome_code(a.outcome), a.status, Some("slow"))
+                );
+                assert_eq!(
+                    (r.started_ms, r.latency_ms, r.ttft_ms, r.cost_usd),
+                    (5, 1.5, Some(0.5), 0.25)
+                );
+                assert_eq!(
+                    (r.prompt_tokens, r.completion_tokens, r.tokens_estimated),
+                    (3, 4, true)
+                );
             }
         }
     }

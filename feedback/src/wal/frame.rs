@@ -59,14 +59,18 @@ enum Decoded {
 }
 
 fn decode_at(buf: &[u8], pos: usize) -> Decoded {
-    let Some(header) = buf.get(pos..pos + FRAME_HEADER_LEN) else { return Decoded::Incomplete };
+    let Some(header) = buf.get(pos..pos + FRAME_HEADER_LEN) else {
+        return Decoded::Incomplete;
+    };
     let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
     if len > MAX_PAYLOAD_LEN {
         return Decoded::Invalid;
     }
     let payload_start = pos + FRAME_HEADER_LEN;
-    let Some(payload) = buf.get(payload_start..payload_start + len) else { return Decoded::Incomplete };
+    let Some(payload) = buf.get(payload_start..payload_start + len) else {
+        return Decoded::Incomplete;
+    };
     let mut h = crc32fast::Hasher::new();
     h.update(&header[0..4]);
     h.update(&header[8..16]);
@@ -98,7 +102,11 @@ pub struct Scan {
 
 impl Scan {
     pub fn corrupt_bytes(&self) -> usize {
-        self.corrupt.iter().chain(self.tail.iter()).map(|(a, b)| b - a).sum()
+        self.corrupt
+            .iter()
+            .chain(self.tail.iter())
+            .map(|(a, b)| b - a)
+            .sum()
     }
 }
 
@@ -167,7 +175,10 @@ mod tests {
         let s = scan(&buf);
         assert_eq!(s.frames.len(), 2);
         assert_eq!(s.frames[1].ts_ms, 1);
-        assert_eq!(&buf[s.frames[1].payload_start..s.frames[1].payload_end], b"{\"b\":2}");
+        assert_eq!(
+            &buf[s.frames[1].payload_start..s.frames[1].payload_end],
+            b"{\"b\":2}"
+        );
         assert!(s.corrupt.is_empty() && s.tail.is_none());
     }
 
@@ -177,7 +188,10 @@ mod tests {
         let second = HEADER_LEN + FRAME_HEADER_LEN + 7;
         buf[second + FRAME_HEADER_LEN + 3] ^= 0xff;
         let s = scan(&buf);
-        assert_eq!(s.frames.iter().map(|f| f.ts_ms).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(
+            s.frames.iter().map(|f| f.ts_ms).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
         assert_eq!(s.corrupt, vec![(second, second + FRAME_HEADER_LEN + 7)]);
         assert!(s.tail.is_none());
     }

@@ -40,20 +40,23 @@
 
 pub mod frame;
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
+use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
 use serde::Serialize;
 
-use crate::config::FsyncPolicy;
-use crate::event::Record;
-use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
+use crate::{config::FsyncPolicy, event::Record};
 
 const SEGMENT_EXT: &str = "wal";
 const MARKER_EXT: &str = "shipping";
@@ -67,11 +70,19 @@ pub enum WalError {
         "write-ahead log full: {records} record(s) ({needed} bytes) refused, \
          {on_disk} of {max_bytes} bytes used by unshipped segments"
     )]
-    Full { records: usize, needed: u64, on_disk: u64, max_bytes: u64 },
+    Full {
+        records: usize,
+        needed: u64,
+        on_disk: u64,
+        max_bytes: u64,
+    },
     #[error("write-ahead log I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot encode record {id}: {source}")]
-    Encode { id: String, source: serde_json::Error },
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
     #[error("record {id} encodes to {len} bytes, more than the {max} a frame holds")]
     RecordTooLarge { id: String, len: usize, max: usize },
     #[error("segment {seq} is not a sealed segment of this log")]
@@ -86,7 +97,10 @@ pub enum WalError {
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_owned(), source }
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +114,11 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        Self { segment_bytes: 8 << 20, fsync: FsyncPolicy::default(), max_bytes: 1 << 30 }
+        Self {
+            segment_bytes: 8 << 20,
+            fsync: FsyncPolicy::default(),
+            max_bytes: 1 << 30,
+        }
     }
 }
 
@@ -118,7 +136,14 @@ pub struct SegmentMeta {
 
 impl SegmentMeta {
     fn new(seq: u64, path: PathBuf) -> Self {
-        Self { seq, path, bytes: HEADER_LEN as u64, records: 0, min_ts_ms: None, max_ts_ms: None }
+        Self {
+            seq,
+            path,
+            bytes: HEADER_LEN as u64,
+            records: 0,
+            min_ts_ms: None,
+            max_ts_ms: None,
+        }
     }
 
     fn note_ts(&mut self, ts: u64) {
@@ -173,10 +198,15 @@ impl SegmentContents {
 pub fn read_segment(path: &Path) -> Result<SegmentContents> {
     let buf = fs::read(path).map_err(io_err(path))?;
     if buf.len() < HEADER_LEN || &buf[..HEADER_LEN] != SEGMENT_MAGIC {
-        return Err(WalError::BadHeader { path: path.to_owned() });
+        return Err(WalError::BadHeader {
+            path: path.to_owned(),
+        });
     }
     let scan = frame::scan(&buf);
-    let mut out = SegmentContents { corrupt_bytes: scan.corrupt_bytes() as u64, ..Default::default() };
+    let mut out = SegmentContents {
+        corrupt_bytes: scan.corrupt_bytes() as u64,
+        ..Default::default()
+    };
     for f in &scan.frames {
         match frame::decode_record(&buf, f) {
             Ok(r) => out.records.push(r),
@@ -267,7 +297,10 @@ pub struct Wal {
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal").field("dir", &self.shared.dir).field("cfg", &self.shared.cfg).finish()
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .field("cfg", &self.shared.cfg)
+            .finish()
     }
 }
 
@@ -281,8 +314,12 @@ impl Wal {
         // segments and break the shipper's exactly-once check. The kernel
         // releases the lock when the process dies, SIGKILL included.
         let lock_path = dir.join(LOCK_FILE);
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
         // A lock held for a moment is retried briefly: a process forked
         // between another open and its exec (Command::spawn in the same
         // program) holds a copy of the lock until it execs.
@@ -295,7 +332,12 @@ impl Wal {
                     std::thread::sleep(Duration::from_millis(25));
                 }
                 Err(fs::TryLockError::WouldBlock) => return Err(WalError::Locked { path: dir }),
-                Err(fs::TryLockError::Error(e)) => return Err(WalError::Io { path: lock_path, source: e }),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(WalError::Io {
+                        path: lock_path,
+                        source: e,
+                    })
+                }
             }
         }
         let segments = list_segments(&dir)?;
@@ -320,7 +362,10 @@ impl Wal {
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let path = entry.map_err(io_err(&dir))?.path();
             if path.extension().is_some_and(|e| e == MARKER_EXT) {
-                let seq = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
+                let seq = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u64>().ok());
                 if seq.is_none_or(|seq| !sealed.contains_key(&seq)) {
                     fs::remove_file(&path).map_err(io_err(&path))?;
                 }
@@ -366,7 +411,11 @@ impl Wal {
             }
             FsyncPolicy::Always | FsyncPolicy::Never => None,
         };
-        Ok(Wal { shared, syncer, _lock: lock })
+        Ok(Wal {
+            shared,
+            syncer,
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -410,16 +459,33 @@ impl Wal {
         let cfg = &self.shared.cfg;
         let mut st = self.lock();
 
-        let rotate = st.active.as_ref().is_some_and(|a| a.meta.records > 0 && a.meta.bytes + len > cfg.segment_bytes);
+        let rotate = st
+            .active
+            .as_ref()
+            .is_some_and(|a| a.meta.records > 0 && a.meta.bytes + len > cfg.segment_bytes);
         if rotate {
             self.seal_locked(&mut st)?;
         }
-        let needed = len + if st.active.is_none() { HEADER_LEN as u64 } else { 0 };
+        let needed = len
+            + if st.active.is_none() {
+                HEADER_LEN as u64
+            } else {
+                0
+            };
         if st.bytes_on_disk + needed > cfg.max_bytes {
-            self.shared.dropped_full.fetch_add(records.len() as u64, Ordering::Relaxed);
-            let err =
-                WalError::Full { records: records.len(), needed, on_disk: st.bytes_on_disk, max_bytes: cfg.max_bytes };
-            if st.last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            self.shared
+                .dropped_full
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let err = WalError::Full {
+                records: records.len(),
+                needed,
+                on_disk: st.bytes_on_disk,
+                max_bytes: cfg.max_bytes,
+            };
+            if st
+                .last_full_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
                 st.last_full_log = Some(Instant::now());
                 tracing::error!(
                     dropped_total = self.shared.dropped_full.load(Ordering::Relaxed),
@@ -438,7 +504,10 @@ impl Wal {
             // Undo a partial write so the segment stays a sequence of whole
             // frames; if even that fails, open() truncates it later.
             let _ = active.file.set_len(active.meta.bytes);
-            return Err(WalError::Io { path: active.meta.path.clone(), source: e });
+            return Err(WalError::Io {
+                path: active.meta.path.clone(),
+                source: e,
+            });
         }
         if active.meta.records == 0 {
             active.opened = Instant::now();
@@ -453,7 +522,9 @@ impl Wal {
             FsyncPolicy::Never => {}
         }
         st.bytes_on_disk += len;
-        self.shared.records_appended.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.shared
+            .records_appended
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -461,18 +532,28 @@ impl Wal {
         let seq = st.next_seq;
         st.next_seq += 1;
         let path = self.shared.dir.join(format!("{seq:020}.{SEGMENT_EXT}"));
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
         if self.shared.cfg.fsync != FsyncPolicy::Never {
             // Make the new name durable too, not only the data.
             file.sync_data().map_err(io_err(&path))?;
             sync_dir(&self.shared.dir)?;
         }
-        Ok(Active { meta: SegmentMeta::new(seq, path), file, opened: Instant::now() })
+        Ok(Active {
+            meta: SegmentMeta::new(seq, path),
+            file,
+            opened: Instant::now(),
+        })
     }
 
     fn seal_locked(&self, st: &mut State) -> Result<()> {
-        let Some(active) = st.active.take() else { return Ok(()) };
+        let Some(active) = st.active.take() else {
+            return Ok(());
+        };
         if self.shared.cfg.fsync != FsyncPolicy::Never {
             if let Err(e) = active.file.sync_data() {
                 let path = active.meta.path.clone();
@@ -588,7 +669,11 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         let st = self.lock();
-        let metas = || st.sealed.values().chain(st.active.as_ref().map(|a| &a.meta));
+        let metas = || {
+            st.sealed
+                .values()
+                .chain(st.active.as_ref().map(|a| &a.meta))
+        };
         WalStats {
             bytes_on_disk: st.bytes_on_disk,
             max_bytes: self.shared.cfg.max_bytes,
@@ -635,7 +720,11 @@ impl Drop for Wal {
 fn sync_loop(shared: &Shared, every: Duration) {
     let mut stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        stop = shared.stop_cv.wait_timeout(stop, every).unwrap_or_else(|e| e.into_inner()).0;
+        stop = shared
+            .stop_cv
+            .wait_timeout(stop, every)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
         if *stop {
             return;
         }
@@ -645,7 +734,9 @@ fn sync_loop(shared: &Shared, every: Duration) {
                 continue;
             }
             st.dirty = false;
-            st.active.as_ref().map(|a| (a.file.try_clone(), a.meta.path.clone()))
+            st.active
+                .as_ref()
+                .map(|a| (a.file.try_clone(), a.meta.path.clone()))
         };
         if let Some((file, path)) = file {
             if let Err(e) = file.and_then(|f| f.sync_data()) {
@@ -659,10 +750,17 @@ fn sync_loop(shared: &Shared, every: Duration) {
 /// `null`, which would not read back into `f64`; such values (a bug
 /// upstream) are written as 0 so the rest of the event survives.
 fn encode_payload(r: &Record) -> Result<Vec<u8>> {
-    let encode =
-        |r: &Record| serde_json::to_vec(r).map_err(|source| WalError::Encode { id: r.id().to_owned(), source });
+    let encode = |r: &Record| {
+        serde_json::to_vec(r).map_err(|source| WalError::Encode {
+            id: r.id().to_owned(),
+            source,
+        })
+    };
     if has_non_finite(r) {
-        tracing::warn!(id = r.id(), "event has a non-finite number; writing 0 instead");
+        tracing::warn!(
+            id = r.id(),
+            "event has a non-finite number; writing 0 instead"
+        );
         let mut r = r.clone();
         zero_non_finite(&mut r);
         return encode(&r);
@@ -693,12 +791,23 @@ fn has_non_finite(r: &Record) -> bool {
     // floats_mut needs &mut; a clone per record would cost more than this.
     match r {
         Record::Inference(e) => {
-            ![e.latency_ms, e.overhead_ms, e.cost_usd, e.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite())
-                || e.attempts
-                    .iter()
-                    .any(|a| ![a.latency_ms, a.cost_usd, a.ttft_ms.unwrap_or(0.0)].iter().all(|f| f.is_finite()))
+            ![
+                e.latency_ms,
+                e.overhead_ms,
+                e.cost_usd,
+                e.ttft_ms.unwrap_or(0.0),
+            ]
+            .iter()
+            .all(|f| f.is_finite())
+                || e.attempts.iter().any(|a| {
+                    ![a.latency_ms, a.cost_usd, a.ttft_ms.unwrap_or(0.0)]
+                        .iter()
+                        .all(|f| f.is_finite())
+                })
         }
-        Record::Feedback(e) => matches!(e.value, crate::event::FeedbackValue::Float(f) if !f.is_finite()),
+        Record::Feedback(e) => {
+            matches!(e.value, crate::event::FeedbackValue::Float(f) if !f.is_finite())
+        }
     }
 }
 
@@ -711,13 +820,18 @@ fn zero_non_finite(r: &mut Record) {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
     let qdir = dir.join(QUARANTINE_DIR);
     fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
     let to = qdir.join(format!("{name}.{}", crate::now_ms()));
     fs::rename(path, &to).map_err(io_err(path))?;
     tracing::error!(from = %path.display(), to = %to.display(), "WAL segment quarantined");
@@ -750,7 +864,10 @@ fn recover_segment(dir: &Path, seq: u64, path: &Path, newest: bool) -> Result<Re
     if let (true, Some((start, end))) = (newest, scan.tail) {
         // The write the crash interrupted. Whole frames before it are kept.
         tracing::warn!(path = %path.display(), bytes = end - start, "truncating torn WAL tail");
-        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
         f.set_len(start as u64).map_err(io_err(path))?;
         f.sync_all().map_err(io_err(path))?;
         truncated = (end - start) as u64;

@@ -4,12 +4,15 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
-use flywheel_feedback::store::{Store, StoreConfig};
 use flywheel_feedback::{
-    feedback_source, AttemptEvent, AttemptOutcome, FeedbackEvent, FeedbackTarget, FeedbackValue, InferenceEvent,
+    feedback_source,
+    store::{Store, StoreConfig},
+    AttemptEvent, AttemptOutcome, FeedbackEvent, FeedbackTarget, FeedbackValue, InferenceEvent,
     Record, Validation,
 };
 
@@ -29,16 +32,20 @@ pub fn fresh_db(tag: &str) -> String {
 }
 
 pub fn store_for(db: &str) -> Store {
-    Store::new(&StoreConfig { url: clickhouse_url(), database: db.into(), user: None, password: None })
+    Store::new(&StoreConfig {
+        url: clickhouse_url(),
+        database: db.into(),
+        user: None,
+        password: None,
+    })
 }
 
 /// A store on a fresh, migrated database.
 pub async fn migrated_store(tag: &str) -> Store {
     let store = store_for(&fresh_db(tag));
-    store
-        .migrate()
-        .await
-        .unwrap_or_else(|e| panic!("migrations failed (is ClickHouse up? scripts/services.sh start): {e}"));
+    store.migrate().await.unwrap_or_else(|e| {
+        panic!("migrations failed (is ClickHouse up? scripts/services.sh start): {e}")
+    });
     store
 }
 
@@ -46,7 +53,14 @@ pub async fn migrated_store(tag: &str) -> Store {
 /// for inspection).
 pub async fn drop_db(store: &Store) {
     let sql = format!("DROP DATABASE IF EXISTS {}", store.database());
-    store.client().clone().with_database("system").query(&sql).execute().await.unwrap();
+    store
+        .client()
+        .clone()
+        .with_database("system")
+        .query(&sql)
+        .execute()
+        .await
+        .unwrap();
 }
 
 /// A store pointing at a closed port: every call fails fast.
@@ -67,7 +81,12 @@ pub fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-pub fn attempt(target_index: u32, try_index: u32, outcome: AttemptOutcome, status: Option<u16>) -> AttemptEvent {
+pub fn attempt(
+    target_index: u32,
+    try_index: u32,
+    outcome: AttemptOutcome,
+    status: Option<u16>,
+) -> AttemptEvent {
     AttemptEvent {
         provider: "mock".into(),
         model: "mock-model".into(),
@@ -115,7 +134,9 @@ pub fn inference(id: &str, ts_ms: u64, route: &str, variant: &str) -> InferenceE
         cost_usd: 0.1,
         attempts: vec![attempt(0, 0, AttemptOutcome::Ok, Some(200))],
         request_body: Some(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.into()),
-        response_body: Some(r#"{"choices":[{"message":{"role":"assistant","content":"hello"}}]}"#.into()),
+        response_body: Some(
+            r#"{"choices":[{"message":{"role":"assistant","content":"hello"}}]}"#.into(),
+        ),
     }
 }
 
@@ -143,7 +164,9 @@ pub fn feedback(
 }
 
 pub fn records(n: usize, ts_ms: u64, route: &str, variant: &str) -> Vec<Record> {
-    (0..n).map(|i| Record::Inference(inference(&uuid(), ts_ms + i as u64, route, variant))).collect()
+    (0..n)
+        .map(|i| Record::Inference(inference(&uuid(), ts_ms + i as u64, route, variant)))
+        .collect()
 }
 
 /// Polls `f` every 20 ms until it returns true or `secs` pass.
@@ -162,5 +185,10 @@ pub async fn eventually(secs: f64, mut f: impl AsyncFnMut() -> bool) -> bool {
 
 pub async fn count(store: &Store, sql: &str) -> u64 {
     let sql = sql.replace("{db}", store.database());
-    store.client().query(&sql).fetch_one::<u64>().await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    store
+        .client()
+        .query(&sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

@@ -7,13 +7,14 @@
 
 mod validate;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
-
 pub use validate::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +89,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { enabled: true, keys: Vec::new() }
+        Self {
+            enabled: true,
+            keys: Vec::new(),
+        }
     }
 }
 
@@ -135,7 +139,12 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: None, key_prefix: "flywheel:".into(), command_timeout_ms: 50, weights_poll_ms: 1000 }
+        Self {
+            url: None,
+            key_prefix: "flywheel:".into(),
+            command_timeout_ms: 50,
+            weights_poll_ms: 1000,
+        }
     }
 }
 
@@ -152,7 +161,11 @@ pub struct FeedbackConfig {
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
-        Self { recent_capacity: 500_000, metrics: Vec::new(), implicit: ImplicitConfig::default() }
+        Self {
+            recent_capacity: 500_000,
+            metrics: Vec::new(),
+            implicit: ImplicitConfig::default(),
+        }
     }
 }
 
@@ -215,7 +228,12 @@ pub struct ImplicitConfig {
 
 impl Default for ImplicitConfig {
     fn default() -> Self {
-        Self { enabled: true, window_s: 300, reask_similarity: 0.8, max_tracked: 100_000 }
+        Self {
+            enabled: true,
+            window_s: 300,
+            reask_similarity: 0.8,
+            max_tracked: 100_000,
+        }
     }
 }
 
@@ -230,7 +248,10 @@ pub struct MeteringConfig {
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        Self { sink: SinkKind::None, path: PathBuf::from("flywheel-events.jsonl") }
+        Self {
+            sink: SinkKind::None,
+            path: PathBuf::from("flywheel-events.jsonl"),
+        }
     }
 }
 
@@ -309,7 +330,13 @@ pub struct CircuitBreakerConfig {
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        Self { window: 20, min_requests: 10, error_ratio: 0.5, open_ms: 5_000, half_open_probes: 1 }
+        Self {
+            window: 20,
+            min_requests: 10,
+            error_ratio: 0.5,
+            open_ms: 5_000,
+            half_open_probes: 1,
+        }
     }
 }
 
@@ -432,8 +459,10 @@ pub struct TargetConfig {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text)
     }
 

@@ -1,15 +1,17 @@
 //! Checks that serde cannot express: references between tables, ranges.
 //! Each error names the key that is wrong.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::{collections::HashSet, path::PathBuf};
 
 use super::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config key `{key}`: {message}")]
@@ -17,11 +19,16 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Config {
@@ -43,12 +50,18 @@ impl Config {
                 ));
             }
             if key.tenant.is_empty() {
-                return Err(invalid(format!("auth.keys[{i}].tenant"), "must not be empty"));
+                return Err(invalid(
+                    format!("auth.keys[{i}].tenant"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(token) = &self.admin.token_sha256 {
             if !is_sha256_hex(token) {
-                return Err(invalid("admin.token_sha256", "must be 64 lower-case hex characters"));
+                return Err(invalid(
+                    "admin.token_sha256",
+                    "must be 64 lower-case hex characters",
+                ));
             }
         }
         let cb = &self.circuit_breaker;
@@ -56,14 +69,23 @@ impl Config {
             return Err(invalid("circuit_breaker.error_ratio", "must be in (0, 1]"));
         }
         if cb.window == 0 || cb.min_requests > cb.window {
-            return Err(invalid("circuit_breaker.min_requests", "must be at most circuit_breaker.window (> 0)"));
+            return Err(invalid(
+                "circuit_breaker.min_requests",
+                "must be at most circuit_breaker.window (> 0)",
+            ));
         }
         if cb.half_open_probes == 0 {
-            return Err(invalid("circuit_breaker.half_open_probes", "must be at least 1"));
+            return Err(invalid(
+                "circuit_breaker.half_open_probes",
+                "must be at least 1",
+            ));
         }
         for (name, p) in &self.providers {
             let key = format!("providers.{name}.base_url");
-            let uri: http::Uri = p.base_url.parse().map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
+            let uri: http::Uri = p
+                .base_url
+                .parse()
+                .map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
             match uri.scheme_str() {
                 Some("http") | Some("https") => {}
                 _ => return Err(invalid(key, "must start with http:// or https://")),
@@ -80,13 +102,21 @@ impl Config {
                 }
             }
             for (h, v) in &p.headers {
-                if http::HeaderName::from_bytes(h.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
-                    return Err(invalid(format!("providers.{name}.headers.{h}"), "not a valid HTTP header"));
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(invalid(
+                        format!("providers.{name}.headers.{h}"),
+                        "not a valid HTTP header",
+                    ));
                 }
             }
             for (i, r) in p.replicas.iter().enumerate() {
                 if r.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(invalid(format!("providers.{name}.replicas[{i}]"), "must be IP:PORT"));
+                    return Err(invalid(
+                        format!("providers.{name}.replicas[{i}]"),
+                        "must be IP:PORT",
+                    ));
                 }
             }
             if !p.health_path.starts_with('/') || p.health_check_ms == 0 {
@@ -95,8 +125,12 @@ impl Config {
                     "must start with / (and health_check_ms must be > 0)",
                 ));
             }
-            if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0 {
-                return Err(invalid(format!("providers.{name}.price_*"), "prices must not be negative"));
+            if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0
+            {
+                return Err(invalid(
+                    format!("providers.{name}.price_*"),
+                    "prices must not be negative",
+                ));
             }
         }
         let mut metric_names = HashSet::new();
@@ -108,23 +142,38 @@ impl Config {
                 ));
             }
             if !metric_names.insert(m.name.as_str()) {
-                return Err(invalid(format!("feedback.metrics[{i}].name"), format!("duplicate metric `{}`", m.name)));
+                return Err(invalid(
+                    format!("feedback.metrics[{i}].name"),
+                    format!("duplicate metric `{}`", m.name),
+                ));
             }
         }
         let r = self.feedback.implicit.reask_similarity;
         if !(r > 0.0 && r <= 1.0) {
-            return Err(invalid("feedback.implicit.reask_similarity", "must be in (0, 1]"));
+            return Err(invalid(
+                "feedback.implicit.reask_similarity",
+                "must be in (0, 1]",
+            ));
         }
         let mut route_names = HashSet::new();
         for (r, route) in self.routes.iter().enumerate() {
             if !route_names.insert(route.name.as_str()) {
-                return Err(invalid(format!("routes[{r}].name"), format!("duplicate route `{}`", route.name)));
+                return Err(invalid(
+                    format!("routes[{r}].name"),
+                    format!("duplicate route `{}`", route.name),
+                ));
             }
             if route.variants.is_empty() {
-                return Err(invalid(format!("routes[{r}].variants"), "a route needs at least one variant"));
+                return Err(invalid(
+                    format!("routes[{r}].variants"),
+                    "a route needs at least one variant",
+                ));
             }
             if route.variants.iter().all(|v| v.weight == 0) {
-                return Err(invalid(format!("routes[{r}].variants"), "at least one variant needs a weight > 0"));
+                return Err(invalid(
+                    format!("routes[{r}].variants"),
+                    "at least one variant needs a weight > 0",
+                ));
             }
             let mut variant_names = HashSet::new();
             for (v, variant) in route.variants.iter().enumerate() {
@@ -135,7 +184,10 @@ impl Config {
                     ));
                 }
                 if variant.targets.is_empty() {
-                    return Err(invalid(format!("routes[{r}].variants[{v}].targets"), "needs at least one target"));
+                    return Err(invalid(
+                        format!("routes[{r}].variants[{v}].targets"),
+                        "needs at least one target",
+                    ));
                 }
                 for (t, target) in variant.targets.iter().enumerate() {
                     if !self.providers.contains_key(&target.provider) {
@@ -148,7 +200,10 @@ impl Config {
             }
             if let Some(retry) = &route.retry {
                 if retry.total_timeout_ms == 0 || retry.attempt_timeout_ms == 0 {
-                    return Err(invalid(format!("routes[{r}].retry"), "timeouts must be greater than 0"));
+                    return Err(invalid(
+                        format!("routes[{r}].retry"),
+                        "timeouts must be greater than 0",
+                    ));
                 }
             }
         }
@@ -185,7 +240,10 @@ mod tests {
         let e = err(&format!(
             "{PROVIDERS}\n[[routes]]\nname = \"r\"\n[[routes.variants]]\nname = \"a\"\ntargets = [{{ provider = \"nope\", model = \"m\" }}]\n"
         ));
-        assert!(e.contains("routes[0].variants[0].targets[0].provider") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("routes[0].variants[0].targets[0].provider") && e.contains("nope"),
+            "{e}"
+        );
     }
 
     #[test]

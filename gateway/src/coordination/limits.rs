@@ -2,9 +2,11 @@
 //! across gateway processes (fixed one-minute windows, `INCR` + `EXPIRE`);
 //! without it, or while it is down, each process enforces them alone.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use super::Redis;
 use crate::metrics::Metrics;
@@ -25,7 +27,9 @@ impl KeyLimits {
 pub enum Verdict {
     Allowed,
     /// Over a limit; retry after this many seconds (the window's end).
-    Limited { retry_after_s: u64 },
+    Limited {
+        retry_after_s: u64,
+    },
 }
 
 /// Requests and tokens counted in one process's current window.
@@ -43,13 +47,20 @@ pub struct Limiter {
 }
 
 fn now_minute() -> (u64, u64) {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     (secs / 60, 60 - secs % 60)
 }
 
 impl Limiter {
     pub fn new(redis: Option<Arc<Redis>>, metrics: Arc<Metrics>) -> Self {
-        Self { redis, local: Mutex::new(HashMap::new()), metrics }
+        Self {
+            redis,
+            local: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     /// Counts one request of `key` and says whether it may proceed.
@@ -65,9 +76,17 @@ impl Limiter {
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .incr(&req_key, 1)
-                    .cmd("EXPIRE").arg(&req_key).arg(120).arg("NX").ignore()
+                    .cmd("EXPIRE")
+                    .arg(&req_key)
+                    .arg(120)
+                    .arg("NX")
+                    .ignore()
                     .get(&tok_key);
-                let result = tokio::time::timeout(redis.timeout, pipe.query_async::<(u64, Option<u64>)>(&mut conn)).await;
+                let result = tokio::time::timeout(
+                    redis.timeout,
+                    pipe.query_async::<(u64, Option<u64>)>(&mut conn),
+                )
+                .await;
                 match result {
                     Ok(Ok((requests, tokens))) => {
                         return verdict(limits, requests, tokens.unwrap_or(0), left);
@@ -81,7 +100,10 @@ impl Limiter {
         let mut local = self.local.lock().expect("limiter lock");
         let w = local.entry(key.clone()).or_default();
         if w.minute != minute {
-            *w = LocalWindow { minute, ..Default::default() };
+            *w = LocalWindow {
+                minute,
+                ..Default::default()
+            };
         }
         w.requests += 1;
         verdict(limits, u64::from(w.requests), w.tokens, left)
@@ -97,18 +119,31 @@ impl Limiter {
             let mut local = self.local.lock().expect("limiter lock");
             let w = local.entry(key.clone()).or_default();
             if w.minute != minute {
-                *w = LocalWindow { minute, ..Default::default() };
+                *w = LocalWindow {
+                    minute,
+                    ..Default::default()
+                };
             }
             w.tokens += tokens;
         }
-        let Some(redis) = self.redis.clone() else { return };
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
         let Some(mut conn) = redis.conn() else { return };
         let tok_key = format!("{}rl:{key}:{minute}:tok", redis.prefix);
         // Off the request path: the answer is already on its way.
         tokio::spawn(async move {
             let mut pipe = redis::pipe();
-            pipe.atomic().incr(&tok_key, tokens).ignore().cmd("EXPIRE").arg(&tok_key).arg(120).arg("NX").ignore();
-            let r = tokio::time::timeout(redis.timeout * 4, pipe.query_async::<()>(&mut conn)).await;
+            pipe.atomic()
+                .incr(&tok_key, tokens)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&tok_key)
+                .arg(120)
+                .arg("NX")
+                .ignore();
+            let r =
+                tokio::time::timeout(redis.timeout * 4, pipe.query_async::<()>(&mut conn)).await;
             if let Ok(Err(e)) = r {
                 redis.mark_down(&e);
             }
@@ -117,10 +152,13 @@ impl Limiter {
 }
 
 fn verdict(limits: KeyLimits, requests: u64, tokens: u64, left_s: u64) -> Verdict {
-    let over_requests = limits.requests_per_minute > 0 && requests > u64::from(limits.requests_per_minute);
+    let over_requests =
+        limits.requests_per_minute > 0 && requests > u64::from(limits.requests_per_minute);
     let over_tokens = limits.tokens_per_minute > 0 && tokens >= limits.tokens_per_minute;
     if over_requests || over_tokens {
-        Verdict::Limited { retry_after_s: Duration::from_secs(left_s).as_secs().max(1) }
+        Verdict::Limited {
+            retry_after_s: Duration::from_secs(left_s).as_secs().max(1),
+        }
     } else {
         Verdict::Allowed
     }
@@ -134,15 +172,27 @@ mod tests {
     async fn local_window_limits_requests_and_tokens() {
         let limiter = Limiter::new(None, Arc::new(Metrics::new()));
         let key: Arc<str> = Arc::from("k");
-        let limits = KeyLimits { requests_per_minute: 2, tokens_per_minute: 0 };
+        let limits = KeyLimits {
+            requests_per_minute: 2,
+            tokens_per_minute: 0,
+        };
         assert_eq!(limiter.admit(&key, limits).await, Verdict::Allowed);
         assert_eq!(limiter.admit(&key, limits).await, Verdict::Allowed);
-        assert!(matches!(limiter.admit(&key, limits).await, Verdict::Limited { .. }));
+        assert!(matches!(
+            limiter.admit(&key, limits).await,
+            Verdict::Limited { .. }
+        ));
 
         let other: Arc<str> = Arc::from("t");
-        let limits = KeyLimits { requests_per_minute: 0, tokens_per_minute: 100 };
+        let limits = KeyLimits {
+            requests_per_minute: 0,
+            tokens_per_minute: 100,
+        };
         assert_eq!(limiter.admit(&other, limits).await, Verdict::Allowed);
         limiter.record_tokens(&other, 100);
-        assert!(matches!(limiter.admit(&other, limits).await, Verdict::Limited { .. }));
+        assert!(matches!(
+            limiter.admit(&other, limits).await,
+            Verdict::Limited { .. }
+        ));
     }
 }

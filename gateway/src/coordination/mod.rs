@@ -9,17 +9,19 @@
 mod limits;
 mod weights;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use redis::aio::ConnectionManager;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 pub use limits::{KeyLimits, Limiter, Verdict};
+use redis::aio::ConnectionManager;
 pub use weights::{publish as publish_weights, spawn_weight_sync};
 
-use crate::config::RedisConfig;
-use crate::metrics::Metrics;
+use crate::{config::RedisConfig, metrics::Metrics};
 
 /// A Redis connection with a health flag.
 pub struct Redis {
@@ -32,7 +34,10 @@ pub struct Redis {
 
 impl Redis {
     /// Connects lazily; returns `None` when no URL is configured.
-    pub fn connect(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, redis::RedisError> {
+    pub fn connect(
+        cfg: &RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Arc<Self>>, redis::RedisError> {
         let Some(url) = &cfg.url else { return Ok(None) };
         let client = redis::Client::open(url.as_str())?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
@@ -42,7 +47,13 @@ impl Redis {
             .set_number_of_retries(1);
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         metrics.redis_up.set(0);
-        let redis = Arc::new(Self { manager, up: AtomicBool::new(false), prefix: cfg.key_prefix.clone(), timeout, metrics });
+        let redis = Arc::new(Self {
+            manager,
+            up: AtomicBool::new(false),
+            prefix: cfg.key_prefix.clone(),
+            timeout,
+            metrics,
+        });
         tokio::spawn(health_loop(Arc::downgrade(&redis)));
         Ok(Some(redis))
     }
@@ -76,7 +87,11 @@ async fn health_loop(redis: std::sync::Weak<Redis>) {
     loop {
         let Some(r) = redis.upgrade() else { return };
         let mut conn = r.manager.clone();
-        let ping = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
         match ping {
             Ok(Ok(_)) => r.mark_up(),
             Ok(Err(e)) => r.mark_down(&e),

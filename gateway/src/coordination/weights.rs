@@ -4,9 +4,7 @@
 //! everywhere without a restart. While Redis is down the last known weights
 //! stay in force.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use redis::AsyncCommands;
 
@@ -18,10 +16,17 @@ pub fn weights_key(redis: &Redis, route: &str) -> String {
 }
 
 /// Writes weights so that every process picks them up.
-pub async fn publish(redis: &Redis, route: &str, weights: &BTreeMap<String, u32>) -> Result<(), redis::RedisError> {
-    let mut conn = redis.conn().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "Redis is down")))?;
+pub async fn publish(
+    redis: &Redis,
+    route: &str,
+    weights: &BTreeMap<String, u32>,
+) -> Result<(), redis::RedisError> {
+    let mut conn = redis
+        .conn()
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "Redis is down")))?;
     let items: Vec<(&String, &u32)> = weights.iter().collect();
-    conn.hset_multiple::<_, _, _, ()>(weights_key(redis, route), &items).await
+    conn.hset_multiple::<_, _, _, ()>(weights_key(redis, route), &items)
+        .await
 }
 
 pub fn spawn_weight_sync(redis: Arc<Redis>, router: Arc<Router>, every: Duration) {
@@ -30,7 +35,9 @@ pub fn spawn_weight_sync(redis: Arc<Redis>, router: Arc<Router>, every: Duration
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(mut conn) = redis.conn() else { continue };
+            let Some(mut conn) = redis.conn() else {
+                continue;
+            };
             for route in router.names() {
                 let read = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -46,12 +53,17 @@ pub fn spawn_weight_sync(redis: Arc<Redis>, router: Arc<Router>, every: Duration
                     Err(_) => break,
                 };
                 let current = router.weights().remove(&route).unwrap_or_default();
-                if weights.iter().all(|(variant, w)| current.get(variant) == Some(w)) {
+                if weights
+                    .iter()
+                    .all(|(variant, w)| current.get(variant) == Some(w))
+                {
                     continue;
                 }
                 match router.set_weights(&route, &weights) {
                     Ok(()) => tracing::info!(%route, ?weights, "route weights updated from Redis"),
-                    Err(e) => tracing::warn!(%route, error = %e, "ignoring invalid weights in Redis"),
+                    Err(e) => {
+                        tracing::warn!(%route, error = %e, "ignoring invalid weights in Redis")
+                    }
                 }
             }
         }

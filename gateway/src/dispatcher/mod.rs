@@ -10,28 +10,31 @@ mod stream;
 mod unary;
 pub mod validate;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use bytes::Bytes;
+use flywheel_feedback::Record;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::Value;
-
 pub use plan::{Failure, Plan};
+use serde_json::Value;
 pub use stream::run as run_stream;
 pub use unary::run as run_unary;
 pub use validate::Validator;
 
-use crate::error::GatewayError;
-use crate::feedback::{Observed, Owner};
-use crate::middleware::Tenant;
-use flywheel_feedback::Record;
-use crate::metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
-use crate::router::{Route, Target};
-use crate::upstream::{is_retryable, retry_after, UpstreamError};
-use crate::AppState;
+use crate::{
+    error::GatewayError,
+    feedback::{Observed, Owner},
+    metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation},
+    middleware::Tenant,
+    router::{Route, Target},
+    upstream::{is_retryable, retry_after, UpstreamError},
+    AppState,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -92,8 +95,15 @@ impl Call {
         let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
         let sticky = episode_id.as_deref().or(user.as_deref());
         let picked = route.pick(sticky);
-        let variant = route.variants.iter().position(|v| std::ptr::eq(v, picked)).expect("picked from this route");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(start.elapsed());
+        let variant = route
+            .variants
+            .iter()
+            .position(|v| std::ptr::eq(v, picked))
+            .expect("picked from this route");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(start.elapsed());
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             ts_ms: now.as_millis() as u64,
@@ -114,7 +124,11 @@ impl Call {
     }
 
     /// `stream` and `stream_options.include_usage` of the request.
-    pub fn set_streaming(&mut self, stream: Option<bool>, options: Option<&crate::endpoints::body::StreamOptions>) {
+    pub fn set_streaming(
+        &mut self,
+        stream: Option<bool>,
+        options: Option<&crate::endpoints::body::StreamOptions>,
+    ) {
         self.stream = stream.unwrap_or(false);
         self.include_usage = options.is_some_and(|o| o.include_usage);
     }
@@ -212,10 +226,17 @@ impl<'a> AttemptRecord<'a> {
     ) {
         let elapsed = self.started.elapsed();
         ledger.waited += elapsed;
-        let sent_anything = !matches!(outcome, AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError);
+        let sent_anything = !matches!(
+            outcome,
+            AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError
+        );
         let (prompt, completion, estimated) = match self.usage {
             Some((p, c)) => (p, c, false),
-            None if sent_anything => (tokens::estimate_prompt(sent_body), completion_estimate, true),
+            None if sent_anything => (
+                tokens::estimate_prompt(sent_body),
+                completion_estimate,
+                true,
+            ),
             None => (0, 0, false),
         };
         let provider = &self.target.provider;
@@ -269,8 +290,15 @@ pub async fn send(
 ) -> Result<http::Response<Incoming>, Failed> {
     let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON value serialises"));
     let provider = &record.target.provider;
-    let affinity = call.episode_id.as_deref().or(call.user.as_deref()).unwrap_or(&call.id);
-    let response = match provider.post(call.op.path(), bytes, timeout, affinity.as_bytes()).await {
+    let affinity = call
+        .episode_id
+        .as_deref()
+        .or(call.user.as_deref())
+        .unwrap_or(&call.id);
+    let response = match provider
+        .post(call.op.path(), bytes, timeout, affinity.as_bytes())
+        .await
+    {
         Ok(r) => r,
         Err(UpstreamError::Timeout) => {
             return Err(Failed {
@@ -296,15 +324,36 @@ pub async fn send(
     }
     let wait = retry_after(response.headers());
     // The error body explains the failure; read a bounded amount of it.
-    let body = read_body(response.into_body(), 64 * 1024, Duration::from_secs(2)).await.unwrap_or_default();
-    let reason = format!("upstream status {}: {}", status.as_u16(), String::from_utf8_lossy(&body[..body.len().min(300)]));
+    let body = read_body(response.into_body(), 64 * 1024, Duration::from_secs(2))
+        .await
+        .unwrap_or_default();
+    let reason = format!(
+        "upstream status {}: {}",
+        status.as_u16(),
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
     if is_retryable(status) {
-        Err(Failed { outcome: AttemptOutcome::ErrorStatus, reason, failure: Failure::Retryable { retry_after: wait }, rejected: None })
+        Err(Failed {
+            outcome: AttemptOutcome::ErrorStatus,
+            reason,
+            failure: Failure::Retryable { retry_after: wait },
+            rejected: None,
+        })
     } else if status.is_client_error() {
-        Err(Failed { outcome: AttemptOutcome::ErrorStatus, reason, failure: Failure::NextTarget, rejected: Some((status, body)) })
+        Err(Failed {
+            outcome: AttemptOutcome::ErrorStatus,
+            reason,
+            failure: Failure::NextTarget,
+            rejected: Some((status, body)),
+        })
     } else {
         // 1xx/3xx and other oddities: try elsewhere.
-        Err(Failed { outcome: AttemptOutcome::BadResponse, reason, failure: Failure::NextTarget, rejected: None })
+        Err(Failed {
+            outcome: AttemptOutcome::BadResponse,
+            reason,
+            failure: Failure::NextTarget,
+            rejected: None,
+        })
     }
 }
 
@@ -324,20 +373,27 @@ pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Resul
 pub fn exhausted_error(call: &Call, ledger: &Ledger) -> GatewayError {
     let attempts: Vec<AttemptSummary> = ledger.attempts.iter().map(AttemptSummary::from).collect();
     let last = ledger.attempts.last().map(|a| a.outcome);
-    let unreachable = ledger
-        .attempts
-        .iter()
-        .all(|a| matches!(a.outcome, AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError));
-    let (status, what) = if last == Some(AttemptOutcome::Timeout) || Instant::now() >= call.deadline() {
-        (StatusCode::GATEWAY_TIMEOUT, "timed out")
-    } else if unreachable {
-        (StatusCode::SERVICE_UNAVAILABLE, "no upstream is reachable")
-    } else {
-        (StatusCode::BAD_GATEWAY, "every upstream attempt failed")
-    };
+    let unreachable = ledger.attempts.iter().all(|a| {
+        matches!(
+            a.outcome,
+            AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError
+        )
+    });
+    let (status, what) =
+        if last == Some(AttemptOutcome::Timeout) || Instant::now() >= call.deadline() {
+            (StatusCode::GATEWAY_TIMEOUT, "timed out")
+        } else if unreachable {
+            (StatusCode::SERVICE_UNAVAILABLE, "no upstream is reachable")
+        } else {
+            (StatusCode::BAD_GATEWAY, "every upstream attempt failed")
+        };
     GatewayError::Upstream {
         status,
-        message: format!("{what} for model `{}` after {} attempt(s)", call.route.name, attempts.len()),
+        message: format!(
+            "{what} for model `{}` after {} attempt(s)",
+            call.route.name,
+            attempts.len()
+        ),
         attempts,
     }
 }
@@ -356,7 +412,13 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn failed(status: StatusCode, ttft: Option<Duration>) -> Self {
-        Self { status, answered_by: None, tokens: (0, 0), ttft, response: None }
+        Self {
+            status,
+            answered_by: None,
+            tokens: (0, 0),
+            ttft,
+            response: None,
+        }
     }
 }
 
@@ -368,7 +430,13 @@ pub use flywheel_api::headers::Totals;
 /// before the client gets the end of the answer, so that an answered request
 /// always has its event in the log.
 pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
-    let Outcome { status, answered_by, tokens, ttft, response } = outcome;
+    let Outcome {
+        status,
+        answered_by,
+        tokens,
+        ttft,
+        response,
+    } = outcome;
     let latency = call.start.elapsed();
     if let Some(key) = &call.token_key {
         state.limiter.record_tokens(key, tokens.0 + tokens.1);
@@ -416,10 +484,12 @@ pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -
     };
     state.recent.insert(&event.id, owner);
     let implied = if status == StatusCode::OK && call.op == Operation::Chat {
-        let first_answer = event
-            .attempts
-            .iter()
-            .find(|a| matches!(a.outcome, AttemptOutcome::Ok | AttemptOutcome::ValidationFailed));
+        let first_answer = event.attempts.iter().find(|a| {
+            matches!(
+                a.outcome,
+                AttemptOutcome::Ok | AttemptOutcome::ValidationFailed
+            )
+        });
         state.signals.observe(&Observed {
             inference_id: &event.id,
             ts_ms: event.ts_ms,
@@ -455,7 +525,10 @@ pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -
 pub fn usage_of(answer: &Value) -> Option<(u64, u64)> {
     let usage = answer.get("usage")?;
     let prompt = usage.get("prompt_tokens")?.as_u64()?;
-    let completion = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+    let completion = usage
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Some((prompt, completion))
 }
 

@@ -27,7 +27,13 @@ pub struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     pub fn new(retry: &'a RetryConfig, targets: usize) -> Self {
-        Self { retry, targets, target: 0, tries: 0, validation_tries: 0 }
+        Self {
+            retry,
+            targets,
+            target: 0,
+            tries: 0,
+            validation_tries: 0,
+        }
     }
 
     pub fn exhausted(&self) -> bool {
@@ -43,11 +49,13 @@ impl<'a> Plan<'a> {
                 self.validation_tries += 1;
                 return Some(Duration::ZERO);
             }
-            Failure::Retryable { retry_after } if self.tries <= self.retry.max_retries => match retry_after {
-                Some(wait) if wait > Duration::from_millis(self.retry.max_retry_after_ms) => {}
-                Some(wait) => return Some(wait),
-                None => return Some(self.backoff()),
-            },
+            Failure::Retryable { retry_after } if self.tries <= self.retry.max_retries => {
+                match retry_after {
+                    Some(wait) if wait > Duration::from_millis(self.retry.max_retry_after_ms) => {}
+                    Some(wait) => return Some(wait),
+                    None => return Some(self.backoff()),
+                }
+            }
             _ => {}
         }
         self.target += 1;
@@ -58,7 +66,10 @@ impl<'a> Plan<'a> {
 
     /// Exponential backoff with full jitter: uniform in [0, min(max, initial·2^(n-1))].
     fn backoff(&self) -> Duration {
-        let exp = self.retry.initial_backoff_ms.saturating_mul(1u64 << (self.tries - 1).min(20));
+        let exp = self
+            .retry
+            .initial_backoff_ms
+            .saturating_mul(1u64 << (self.tries - 1).min(20));
         let cap = exp.min(self.retry.max_backoff_ms);
         Duration::from_millis(rand::random_range(0..=cap))
     }
@@ -69,7 +80,13 @@ mod tests {
     use super::*;
 
     fn retry() -> RetryConfig {
-        RetryConfig { max_retries: 2, validation_retries: 1, initial_backoff_ms: 10, max_backoff_ms: 15, ..Default::default() }
+        RetryConfig {
+            max_retries: 2,
+            validation_retries: 1,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 15,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -103,9 +120,16 @@ mod tests {
         let r = retry();
         let mut p = Plan::new(&r, 2);
         let wait = Duration::from_millis(300);
-        assert_eq!(p.next(Failure::Retryable { retry_after: Some(wait) }), Some(wait));
+        assert_eq!(
+            p.next(Failure::Retryable {
+                retry_after: Some(wait)
+            }),
+            Some(wait)
+        );
         let too_long = Duration::from_secs(3600);
-        p.next(Failure::Retryable { retry_after: Some(too_long) });
+        p.next(Failure::Retryable {
+            retry_after: Some(too_long),
+        });
         assert_eq!(p.target, 1);
     }
 }

@@ -20,13 +20,16 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger, Operation, Outcome, Plan,
+    backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger,
+    Operation, Outcome, Plan,
 };
-use crate::config::Continuation;
-use crate::error::GatewayError;
-use crate::metering::AttemptOutcome;
-use crate::upstream::sse::{SseEvent, SseParser};
-use crate::AppState;
+use crate::{
+    config::Continuation,
+    error::GatewayError,
+    metering::AttemptOutcome,
+    upstream::sse::{SseEvent, SseParser},
+    AppState,
+};
 
 /// What the endpoint needs to start the response.
 pub struct Started {
@@ -78,7 +81,10 @@ impl Output {
     fn start(&mut self, call: &Call, (provider, model): (&str, &str)) {
         if let Some(tx) = self.started.take() {
             self.first_byte = Some(call.start.elapsed());
-            let _ = tx.send(Ok(Started { provider: provider.to_owned(), model: model.to_owned() }));
+            let _ = tx.send(Ok(Started {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            }));
         }
     }
 
@@ -97,7 +103,10 @@ impl Output {
 /// How one streaming attempt ended.
 enum StreamEnd {
     Done,
-    Broken { outcome: AttemptOutcome, reason: String },
+    Broken {
+        outcome: AttemptOutcome,
+        reason: String,
+    },
     ClientClosed,
 }
 
@@ -137,7 +146,13 @@ pub async fn run(
         }
         let mut record = AttemptRecord::begin(&call, &plan, target);
         let Some(permit) = target.provider.breaker.acquire() else {
-            record.finish(&mut ledger, AttemptOutcome::CircuitOpen, Some("circuit open".into()), &call.body, 0);
+            record.finish(
+                &mut ledger,
+                AttemptOutcome::CircuitOpen,
+                Some("circuit open".into()),
+                &call.body,
+                0,
+            );
             plan.next(Failure::NextTarget);
             continue;
         };
@@ -156,33 +171,59 @@ pub async fn run(
                 let mut pump = Pump {
                     call: &call,
                     continuing,
-                    skip: if restart { Some(out.text.clone()) } else { None },
+                    skip: if restart {
+                        Some(out.text.clone())
+                    } else {
+                        None
+                    },
                     diverged: false,
                     chunks_with_text: 0,
                     usage: None,
                 };
-                let end = pump.forward(response.into_body(), &mut out, &mut record, timeout, &retry, who).await;
+                let end = pump
+                    .forward(
+                        response.into_body(),
+                        &mut out,
+                        &mut record,
+                        timeout,
+                        &retry,
+                        who,
+                    )
+                    .await;
                 record.usage = pump.usage;
                 let contributed = pump.chunks_with_text > 0;
                 estimate = pump.chunks_with_text;
                 ledger.failover_diverged |= pump.diverged;
                 match end {
                     StreamEnd::Done => {
-                        let invalid = call.validator.as_ref().and_then(|v| v.check(&out.text).err());
+                        let invalid = call
+                            .validator
+                            .as_ref()
+                            .and_then(|v| v.check(&out.text).err());
                         match invalid {
                             None => {
                                 permit.success();
-                                record.finish(&mut ledger, AttemptOutcome::Ok, None, &body, estimate);
+                                record.finish(
+                                    &mut ledger,
+                                    AttemptOutcome::Ok,
+                                    None,
+                                    &body,
+                                    estimate,
+                                );
                                 let index = ledger.attempts.len() - 1;
                                 let a = &ledger.attempts[index];
                                 completion_total += a.completion_tokens;
-                                let prompt_tokens = ledger.attempts[first_contributor.unwrap_or(index)].prompt_tokens;
+                                let prompt_tokens = ledger.attempts
+                                    [first_contributor.unwrap_or(index)]
+                                .prompt_tokens;
                                 if out.buffered {
                                     out.flush_buffer(&call, who).await;
                                 }
                                 // The event is in the log before the client sees [DONE].
                                 let tokens = (prompt_tokens, completion_total);
-                                let response = state.capture_bodies().then(|| streamed_answer(&call, &out.text));
+                                let response = state
+                                    .capture_bodies()
+                                    .then(|| streamed_answer(&call, &out.text));
                                 let outcome = Outcome {
                                     status: StatusCode::OK,
                                     answered_by: Some(index),
@@ -198,16 +239,32 @@ pub async fn run(
                                 permit.success();
                                 out.buffer.clear();
                                 out.text.clear();
-                                Failed { outcome: AttemptOutcome::ValidationFailed, reason, failure: Failure::Validation, rejected: None }
+                                Failed {
+                                    outcome: AttemptOutcome::ValidationFailed,
+                                    reason,
+                                    failure: Failure::Validation,
+                                    rejected: None,
+                                }
                             }
                         }
                     }
                     StreamEnd::ClientClosed => {
                         drop(permit);
-                        record.finish(&mut ledger, AttemptOutcome::ClientClosed, None, &body, estimate);
+                        record.finish(
+                            &mut ledger,
+                            AttemptOutcome::ClientClosed,
+                            None,
+                            &body,
+                            estimate,
+                        );
                         let ttft = out.first_byte;
                         // 499: the client closed the request (nginx's convention).
-                        finish(&state, &call, ledger, Outcome::failed(StatusCode::from_u16(499).expect("valid"), ttft));
+                        finish(
+                            &state,
+                            &call,
+                            ledger,
+                            Outcome::failed(StatusCode::from_u16(499).expect("valid"), ttft),
+                        );
                         return;
                     }
                     StreamEnd::Broken { outcome, reason } => {
@@ -220,14 +277,29 @@ pub async fn run(
                             out.buffer.clear();
                             out.text.clear();
                         }
-                        let outcome = if out.sent_any() { AttemptOutcome::MidStreamFailover } else { outcome };
-                        Failed { outcome, reason, failure: Failure::Retryable { retry_after: None }, rejected: None }
+                        let outcome = if out.sent_any() {
+                            AttemptOutcome::MidStreamFailover
+                        } else {
+                            outcome
+                        };
+                        Failed {
+                            outcome,
+                            reason,
+                            failure: Failure::Retryable { retry_after: None },
+                            rejected: None,
+                        }
                     }
                 }
             }
         };
         let was_midstream = failed.outcome == AttemptOutcome::MidStreamFailover;
-        record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, estimate);
+        record.finish(
+            &mut ledger,
+            failed.outcome,
+            Some(failed.reason),
+            &body,
+            estimate,
+        );
         if was_midstream {
             ledger.failovers += 1;
             completion_total += ledger.attempts.last().map_or(0, |a| a.completion_tokens);
@@ -245,7 +317,11 @@ pub async fn run(
             }
         }
         if let Some(wait) = plan.next(failed.failure) {
-            backoff(&mut ledger, wait.min(call.deadline().saturating_duration_since(Instant::now()))).await;
+            backoff(
+                &mut ledger,
+                wait.min(call.deadline().saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -275,7 +351,11 @@ fn streamed_answer(call: &Call, text: &str) -> String {
 /// Sends the usage chunk (when the client asked for it) and `[DONE]`.
 async fn finish_stream(call: &Call, out: &mut Output, (prompt, completion): (u64, u64)) {
     if call.include_usage {
-        let object = if call.op == Operation::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let object = if call.op == Operation::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
         let chunk = json!({
             "id": call.id, "object": object, "created": out.created.clone().unwrap_or(json!(call.ts_ms / 1000)),
             "model": call.route.name, "choices": [],
@@ -330,11 +410,16 @@ impl Pump<'_> {
                     }
                 }
                 Ok(Some(Err(e))) => {
-                    return StreamEnd::Broken { outcome: AttemptOutcome::ConnectError, reason: format!("stream cut: {e}") }
+                    return StreamEnd::Broken {
+                        outcome: AttemptOutcome::ConnectError,
+                        reason: format!("stream cut: {e}"),
+                    }
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             parser.push(&data);
             loop {
                 let event = match parser.next_event() {
@@ -378,10 +463,15 @@ impl Pump<'_> {
     /// Takes usage out of a chunk, tracks choice 0's text, and returns the
     /// whether anything is left to forward.
     fn rewrite(&mut self, chunk: &mut Value, out: &mut Output) -> bool {
-        let Some(obj) = chunk.as_object_mut() else { return false };
+        let Some(obj) = chunk.as_object_mut() else {
+            return false;
+        };
         if let Some(usage) = obj.remove("usage") {
             if let Some(p) = usage.get("prompt_tokens").and_then(Value::as_u64) {
-                let c = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+                let c = usage
+                    .get("completion_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 self.usage = Some((p, c));
             }
         }
@@ -390,7 +480,9 @@ impl Pump<'_> {
         }
         obj.insert("id".into(), Value::String(self.call.id.clone()));
         obj.insert("model".into(), Value::String(self.call.route.name.clone()));
-        let Some(choices) = obj.get_mut("choices").and_then(Value::as_array_mut) else { return false };
+        let Some(choices) = obj.get_mut("choices").and_then(Value::as_array_mut) else {
+            return false;
+        };
         if choices.is_empty() {
             return false;
         }
@@ -399,7 +491,11 @@ impl Pump<'_> {
         for choice in choices.iter_mut() {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let has_finish = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-            let container = if chat { choice.get_mut("delta") } else { Some(&mut *choice) };
+            let container = if chat {
+                choice.get_mut("delta")
+            } else {
+                Some(&mut *choice)
+            };
             let Some(container) = container.and_then(Value::as_object_mut) else {
                 keep |= has_finish;
                 continue;
@@ -434,7 +530,9 @@ impl Pump<'_> {
 
     /// For a restarted answer: drops the part the client already has.
     fn skip_repeated(&mut self, text: &str) -> String {
-        let Some(skip) = self.skip.as_mut() else { return text.to_owned() };
+        let Some(skip) = self.skip.as_mut() else {
+            return text.to_owned();
+        };
         if skip.starts_with(text) {
             skip.drain(..text.len());
             if skip.is_empty() {

@@ -6,12 +6,14 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::{
-    backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger, Outcome, Plan,
-    Totals,
+    backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger,
+    Outcome, Plan, Totals,
 };
-use crate::error::GatewayError;
-use crate::metering::{tokens, AttemptOutcome};
-use crate::AppState;
+use crate::{
+    error::GatewayError,
+    metering::{tokens, AttemptOutcome},
+    AppState,
+};
 
 /// Largest upstream answer accepted.
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
@@ -37,7 +39,13 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
         }
         let mut record = AttemptRecord::begin(call, &plan, target);
         let Some(permit) = target.provider.breaker.acquire() else {
-            record.finish(&mut ledger, AttemptOutcome::CircuitOpen, Some("circuit open".into()), &call.body, 0);
+            record.finish(
+                &mut ledger,
+                AttemptOutcome::CircuitOpen,
+                Some("circuit open".into()),
+                &call.body,
+                0,
+            );
             plan.next(Failure::NextTarget);
             continue;
         };
@@ -66,19 +74,38 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
                 match validate(call, &answer) {
                     Ok(()) => {
                         let completion_estimate = estimate_completion(&answer);
-                        record.finish(&mut ledger, AttemptOutcome::Ok, None, &body, completion_estimate);
+                        record.finish(
+                            &mut ledger,
+                            AttemptOutcome::Ok,
+                            None,
+                            &body,
+                            completion_estimate,
+                        );
                         let a = ledger.attempts.last().expect("just recorded");
                         let tokens = (a.prompt_tokens, a.completion_tokens);
                         let answered = ledger.attempts.len() - 1;
                         let response = state.capture_bodies().then(|| answer.to_string());
-                        let answer = Answer { body: answer, provider: a.provider.clone(), model: a.model.clone() };
-                        let outcome = Outcome { status: StatusCode::OK, answered_by: Some(answered), tokens, ttft: None, response };
+                        let answer = Answer {
+                            body: answer,
+                            provider: a.provider.clone(),
+                            model: a.model.clone(),
+                        };
+                        let outcome = Outcome {
+                            status: StatusCode::OK,
+                            answered_by: Some(answered),
+                            tokens,
+                            ttft: None,
+                            response,
+                        };
                         let totals = finish(state, call, ledger, outcome);
                         return (Ok(answer), totals);
                     }
-                    Err(reason) => {
-                        Failed { outcome: AttemptOutcome::ValidationFailed, reason, failure: Failure::Validation, rejected: None }
-                    }
+                    Err(reason) => Failed {
+                        outcome: AttemptOutcome::ValidationFailed,
+                        reason,
+                        failure: Failure::Validation,
+                        rejected: None,
+                    },
                 }
             }
             Ok(Ok(_)) | Ok(Err(_)) => {
@@ -100,7 +127,11 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
             }
         }
         if let Some(wait) = plan.next(failed.failure) {
-            backoff(&mut ledger, wait.min(call.deadline().saturating_duration_since(Instant::now()))).await;
+            backoff(
+                &mut ledger,
+                wait.min(call.deadline().saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
     let error = exhausted_error(call, &ledger);
@@ -110,8 +141,14 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
 
 /// Every choice with text content must pass the requested validation.
 fn validate(call: &Call, answer: &Value) -> Result<(), String> {
-    let Some(validator) = &call.validator else { return Ok(()) };
-    let choices = answer.get("choices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let Some(validator) = &call.validator else {
+        return Ok(());
+    };
+    let choices = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     for choice in choices {
         match choice.pointer("/message/content") {
             Some(Value::String(content)) => validator.check(content)?,
@@ -126,10 +163,18 @@ fn validate(call: &Call, answer: &Value) -> Result<(), String> {
 /// Completion tokens estimated from the answer's text, for upstreams that
 /// report no usage.
 fn estimate_completion(answer: &Value) -> u64 {
-    let choices = answer.get("choices").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let choices = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     choices
         .iter()
-        .filter_map(|c| c.pointer("/message/content").or_else(|| c.get("text")).and_then(Value::as_str))
+        .filter_map(|c| {
+            c.pointer("/message/content")
+                .or_else(|| c.get("text"))
+                .and_then(Value::as_str)
+        })
         .map(tokens::estimate_text)
         .sum()
 }

@@ -3,8 +3,7 @@
 
 use serde_json::Value;
 
-use crate::endpoints::body::ResponseFormat;
-use crate::error::GatewayError;
+use crate::{endpoints::body::ResponseFormat, error::GatewayError};
 
 pub enum Validator {
     JsonObject,
@@ -45,11 +44,18 @@ impl Validator {
                 }
             }
             Self::JsonSchema(v) => {
-                let errors: Vec<String> = v.iter_errors(&value).take(3).map(|e| e.to_string()).collect();
+                let errors: Vec<String> = v
+                    .iter_errors(&value)
+                    .take(3)
+                    .map(|e| e.to_string())
+                    .collect();
                 if errors.is_empty() {
                     Ok(())
                 } else {
-                    Err(format!("answer does not match the schema: {}", errors.join("; ")))
+                    Err(format!(
+                        "answer does not match the schema: {}",
+                        errors.join("; ")
+                    ))
                 }
             }
         }
@@ -58,23 +64,29 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::endpoints::body::JsonSchemaSpec;
-    use serde_json::json;
 
     #[test]
     fn schema_validation() {
         let format = ResponseFormat::JsonSchema {
             json_schema: JsonSchemaSpec {
                 name: Some("p".into()),
-                schema: Some(json!({"type": "object", "required": ["age"], "properties": {"age": {"type": "integer"}}})),
+                schema: Some(
+                    json!({"type": "object", "required": ["age"], "properties": {"age": {"type": "integer"}}}),
+                ),
                 strict: None,
             },
         };
         let v = Validator::for_format(Some(&format)).unwrap().unwrap();
         assert!(v.check(r#"{"age": 3}"#).is_ok());
         assert!(v.check(r#"{"age": "x"}"#).unwrap_err().contains("schema"));
-        assert!(v.check(r#"{"age": "#).unwrap_err().contains("not valid JSON"));
+        assert!(v
+            .check(r#"{"age": "#)
+            .unwrap_err()
+            .contains("not valid JSON"));
     }
 
     #[test]

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::Json;
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    Json,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{read_json, view};
-use crate::error::GatewayError;
-use crate::router::WeightsError;
-use crate::AppState;
+use crate::{error::GatewayError, router::WeightsError, AppState};
 
 pub async fn list_routes(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"routes": state.router.weights()}))
@@ -29,12 +29,22 @@ pub async fn set_weights(
     Path(route): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, GatewayError> {
-    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let value = read_json(
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout(),
+    )
+    .await?;
     let body: WeightsBody = view(&value)?;
-    state.router.set_weights(&route, &body.weights).map_err(|e| match e {
-        WeightsError::UnknownRoute(r) => GatewayError::NotFound(format!("the route `{r}` does not exist")),
-        other => GatewayError::invalid(other.to_string(), Some("weights")),
-    })?;
+    state
+        .router
+        .set_weights(&route, &body.weights)
+        .map_err(|e| match e {
+            WeightsError::UnknownRoute(r) => {
+                GatewayError::NotFound(format!("the route `{r}` does not exist"))
+            }
+            other => GatewayError::invalid(other.to_string(), Some("weights")),
+        })?;
     // With Redis, every gateway process picks the change up from there.
     if let Some(redis) = &state.redis {
         if let Err(e) = crate::coordination::publish_weights(redis, &route, &body.weights).await {
@@ -42,5 +52,7 @@ pub async fn set_weights(
         }
     }
     tracing::info!(%route, weights = ?body.weights, "route weights changed");
-    Ok(Json(json!({"route": route, "weights": state.router.weights().remove(&route)})))
+    Ok(Json(
+        json!({"route": route, "weights": state.router.weights().remove(&route)}),
+    ))
 }

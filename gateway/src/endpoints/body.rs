@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
 
 use crate::error::GatewayError;
@@ -21,15 +20,26 @@ pub async fn read_json(body: Body, limit: usize, timeout: Duration) -> Result<Va
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(GatewayError::PayloadTooLarge { limit })
         }
-        Err(e) => return Err(GatewayError::invalid(format!("cannot read request body: {e}"), None)),
+        Err(e) => {
+            return Err(GatewayError::invalid(
+                format!("cannot read request body: {e}"),
+                None,
+            ))
+        }
     };
     if bytes.is_empty() {
-        return Err(GatewayError::invalid("request body is empty; expected a JSON object", None));
+        return Err(GatewayError::invalid(
+            "request body is empty; expected a JSON object",
+            None,
+        ));
     }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| GatewayError::invalid(format!("request body is not valid JSON: {e}"), None))?;
     if !value.is_object() {
-        return Err(GatewayError::invalid("request body must be a JSON object", None));
+        return Err(GatewayError::invalid(
+            "request body must be a JSON object",
+            None,
+        ));
     }
     Ok(value)
 }
@@ -44,7 +54,11 @@ pub fn view<T: DeserializeOwned>(body: &Value) -> Result<T, GatewayError> {
             Some(rest) => rest.trim_end_matches('`').to_owned(),
             None => path.clone(),
         };
-        let message = if path == "." { inner } else { format!("invalid value for `{path}`: {inner}") };
+        let message = if path == "." {
+            inner
+        } else {
+            format!("invalid value for `{path}`: {inner}")
+        };
         GatewayError::invalid(message, Some(&param))
     })
 }
@@ -96,10 +110,16 @@ pub struct ChatRequest {
 impl ChatRequest {
     pub fn check(&self) -> Result<(), GatewayError> {
         if self.messages.is_empty() {
-            return Err(GatewayError::invalid("`messages` must contain at least one message", Some("messages")));
+            return Err(GatewayError::invalid(
+                "`messages` must contain at least one message",
+                Some("messages"),
+            ));
         }
         for (i, m) in self.messages.iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+            if !matches!(
+                m.role.as_str(),
+                "system" | "developer" | "user" | "assistant" | "tool" | "function"
+            ) {
                 return Err(GatewayError::invalid(
                     format!("invalid role `{}` in messages[{i}]", m.role),
                     Some(&format!("messages[{i}].role")),
@@ -143,7 +163,10 @@ impl CompletionRequest {
             _ => false,
         };
         if !ok {
-            return Err(GatewayError::invalid("`prompt` must be a string or a non-empty array", Some("prompt")));
+            return Err(GatewayError::invalid(
+                "`prompt` must be a string or a non-empty array",
+                Some("prompt"),
+            ));
         }
         check_common(self.n, self.temperature, self.top_p)
     }
@@ -158,20 +181,33 @@ pub struct EmbeddingRequest {
     pub user: Option<String>,
 }
 
-fn check_common(n: Option<u32>, temperature: Option<f64>, top_p: Option<f64>) -> Result<(), GatewayError> {
+fn check_common(
+    n: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+) -> Result<(), GatewayError> {
     if let Some(n) = n {
         if !(1..=128).contains(&n) {
-            return Err(GatewayError::invalid("`n` must be between 1 and 128", Some("n")));
+            return Err(GatewayError::invalid(
+                "`n` must be between 1 and 128",
+                Some("n"),
+            ));
         }
     }
     if let Some(t) = temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(GatewayError::invalid("`temperature` must be between 0 and 2", Some("temperature")));
+            return Err(GatewayError::invalid(
+                "`temperature` must be between 0 and 2",
+                Some("temperature"),
+            ));
         }
     }
     if let Some(p) = top_p {
         if !(0.0..=1.0).contains(&p) {
-            return Err(GatewayError::invalid("`top_p` must be between 0 and 1", Some("top_p")));
+            return Err(GatewayError::invalid(
+                "`top_p` must be between 0 and 1",
+                Some("top_p"),
+            ));
         }
     }
     Ok(())
@@ -179,8 +215,9 @@ fn check_common(n: Option<u32>, temperature: Option<f64>, top_p: Option<f64>) ->
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn chat_err(v: Value) -> GatewayError {
         match view::<ChatRequest>(&v) {
@@ -192,20 +229,26 @@ mod tests {
     #[test]
     fn names_wrong_type_field() {
         let e = chat_err(json!({"model": "m", "messages": [], "temperature": "hot"}));
-        let GatewayError::InvalidRequest { message, param } = e else { panic!() };
+        let GatewayError::InvalidRequest { message, param } = e else {
+            panic!()
+        };
         assert_eq!(param.as_deref(), Some("temperature"));
         assert!(message.contains("temperature"), "{message}");
     }
 
     #[test]
     fn names_missing_field() {
-        let GatewayError::InvalidRequest { param, .. } = chat_err(json!({"model": "m"})) else { panic!() };
+        let GatewayError::InvalidRequest { param, .. } = chat_err(json!({"model": "m"})) else {
+            panic!()
+        };
         assert_eq!(param.as_deref(), Some("messages"));
     }
 
     #[test]
     fn rejects_empty_messages_and_bad_role() {
-        let GatewayError::InvalidRequest { param, .. } = chat_err(json!({"model": "m", "messages": []})) else {
+        let GatewayError::InvalidRequest { param, .. } =
+            chat_err(json!({"model": "m", "messages": []}))
+        else {
             panic!()
         };
         assert_eq!(param.as_deref(), Some("messages"));
@@ -224,6 +267,9 @@ mod tests {
             "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}}}
         }))
         .unwrap();
-        assert!(matches!(r.response_format, Some(ResponseFormat::JsonSchema { .. })));
+        assert!(matches!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema { .. })
+        ));
     }
 }

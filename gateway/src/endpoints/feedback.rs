@@ -13,20 +13,22 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::{Extension, Json};
-use flywheel_feedback::event::{feedback_source, FeedbackEvent, FeedbackTarget, FeedbackValue};
-use flywheel_feedback::Record;
+use axum::{body::Body, extract::State, Extension, Json};
+use flywheel_feedback::{
+    event::{feedback_source, FeedbackEvent, FeedbackTarget, FeedbackValue},
+    Record,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{read_json, view};
-use crate::config::{MetricKind, MetricLevel};
-use crate::error::GatewayError;
-use crate::feedback::Owner;
-use crate::middleware::Tenant;
-use crate::AppState;
+use crate::{
+    config::{MetricKind, MetricLevel},
+    error::GatewayError,
+    feedback::Owner,
+    middleware::Tenant,
+    AppState,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,45 +50,79 @@ pub async fn create(
     Extension(tenant): Extension<Tenant>,
     body: Body,
 ) -> Result<Json<Value>, GatewayError> {
-    let raw = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+    let raw = read_json(
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout(),
+    )
+    .await?;
     let body: FeedbackBody = view(&raw)?;
     let metrics = &state.config.feedback.metrics;
-    let metric = metrics.iter().find(|m| m.name == body.metric).ok_or_else(|| {
-        let declared: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-        GatewayError::invalid(
-            format!("unknown metric `{}`; declared metrics: [{}]", body.metric, declared.join(", ")),
-            Some("metric"),
-        )
-    })?;
+    let metric = metrics
+        .iter()
+        .find(|m| m.name == body.metric)
+        .ok_or_else(|| {
+            let declared: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+            GatewayError::invalid(
+                format!(
+                    "unknown metric `{}`; declared metrics: [{}]",
+                    body.metric,
+                    declared.join(", ")
+                ),
+                Some("metric"),
+            )
+        })?;
     let value = typed_value(metric.kind, &body.value)?;
     let (target, owner) = match metric.level {
         MetricLevel::Inference => {
-            let Some(id) = body.inference_id.as_deref().filter(|_| body.episode_id.is_none()) else {
+            let Some(id) = body
+                .inference_id
+                .as_deref()
+                .filter(|_| body.episode_id.is_none())
+            else {
                 return Err(GatewayError::invalid(
                     format!("metric `{}` is an inference metric: send `inference_id` (and no `episode_id`)", metric.name),
                     Some("inference_id"),
                 ));
             };
             if uuid::Uuid::parse_str(id).is_err() {
-                return Err(GatewayError::invalid("`inference_id` must be a request id (a UUID)", Some("inference_id")));
+                return Err(GatewayError::invalid(
+                    "`inference_id` must be a request id (a UUID)",
+                    Some("inference_id"),
+                ));
             }
-            (FeedbackTarget::inference(id), state.owner_of_inference(id).await?)
+            (
+                FeedbackTarget::inference(id),
+                state.owner_of_inference(id).await?,
+            )
         }
         MetricLevel::Episode => {
-            let Some(id) = body.episode_id.as_deref().filter(|_| body.inference_id.is_none()) else {
+            let Some(id) = body
+                .episode_id
+                .as_deref()
+                .filter(|_| body.inference_id.is_none())
+            else {
                 return Err(GatewayError::invalid(
                     format!("metric `{}` is an episode metric: send `episode_id` (and no `inference_id`)", metric.name),
                     Some("episode_id"),
                 ));
             };
-            (FeedbackTarget::episode(id), state.owner_of_episode(id).await?)
+            (
+                FeedbackTarget::episode(id),
+                state.owner_of_episode(id).await?,
+            )
         }
     };
     // Another tenant's target is reported exactly like a missing one, so
     // that ids cannot be probed across tenants.
     let owner: Owner = owner.filter(|o| *o.tenant == *tenant.name).ok_or_else(|| {
         let what = target.inference_id.as_deref().map_or_else(
-            || format!("episode `{}`", target.episode_id.as_deref().unwrap_or_default()),
+            || {
+                format!(
+                    "episode `{}`",
+                    target.episode_id.as_deref().unwrap_or_default()
+                )
+            },
             |id| format!("inference `{id}`"),
         );
         GatewayError::NotFound(format!("{what} does not exist for this API key"))
@@ -97,7 +133,10 @@ pub async fn create(
     };
     let event = FeedbackEvent {
         id: id.clone(),
-        ts_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        ts_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
         tenant: tenant.name.clone(),
         target,
         route: owner.route.to_string(),
@@ -114,22 +153,37 @@ pub async fn create(
 
 fn typed_value(kind: MetricKind, value: &Value) -> Result<FeedbackValue, GatewayError> {
     let wrong = |expected: &str| {
-        GatewayError::invalid(format!("`value` must be {expected} for this metric, got {value}"), Some("value"))
+        GatewayError::invalid(
+            format!("`value` must be {expected} for this metric, got {value}"),
+            Some("value"),
+        )
     };
     match kind {
-        MetricKind::Boolean => value.as_bool().map(FeedbackValue::Boolean).ok_or_else(|| wrong("a boolean")),
+        MetricKind::Boolean => value
+            .as_bool()
+            .map(FeedbackValue::Boolean)
+            .ok_or_else(|| wrong("a boolean")),
         MetricKind::Float => value
             .as_f64()
             .filter(|f| f.is_finite())
             .map(FeedbackValue::Float)
             .ok_or_else(|| wrong("a finite number")),
-        MetricKind::Comment => value.as_str().map(|s| FeedbackValue::Comment(s.to_owned())).ok_or_else(|| wrong("a string")),
+        MetricKind::Comment => value
+            .as_str()
+            .map(|s| FeedbackValue::Comment(s.to_owned()))
+            .ok_or_else(|| wrong("a string")),
         MetricKind::Demonstration => match value {
-            Value::String(s) => Ok(FeedbackValue::Demonstration(json!({"role": "assistant", "content": s}))),
-            Value::Object(m) if m.get("role") == Some(&json!("assistant")) && m.contains_key("content") => {
+            Value::String(s) => Ok(FeedbackValue::Demonstration(
+                json!({"role": "assistant", "content": s}),
+            )),
+            Value::Object(m)
+                if m.get("role") == Some(&json!("assistant")) && m.contains_key("content") =>
+            {
                 Ok(FeedbackValue::Demonstration(value.clone()))
             }
-            _ => Err(wrong("an assistant message ({\"role\": \"assistant\", \"content\": …}) or its content")),
+            _ => Err(wrong(
+                "an assistant message ({\"role\": \"assistant\", \"content\": …}) or its content",
+            )),
         },
     }
 }

@@ -1,22 +1,25 @@
 //! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::{
+    body::Body,
+    extract::State,
+    response::{IntoResponse, Response},
+    Extension, Json,
+};
 use bytes::Bytes;
+use flywheel_api::headers as fw;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
-use flywheel_api::headers as fw;
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
-use crate::dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator};
-use crate::error::GatewayError;
-use crate::middleware::{RequestStart, Tenant};
-use crate::AppState;
+use crate::{
+    dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator},
+    error::GatewayError,
+    middleware::{RequestStart, Tenant},
+    AppState,
+};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(fw::REQUEST_ID);
 
@@ -29,7 +32,14 @@ pub async fn chat_completions(
 ) -> Result<Response, GatewayError> {
     let (value, request): (_, ChatRequest) = parse(&state, body).await?;
     request.check()?;
-    let mut call = new_call(&state, Operation::Chat, (tenant, start), &request.model, value, &headers)?;
+    let mut call = new_call(
+        &state,
+        Operation::Chat,
+        (tenant, start),
+        &request.model,
+        value,
+        &headers,
+    )?;
     call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1;
     call.validator = Validator::for_format(request.response_format.as_ref())?;
@@ -45,7 +55,14 @@ pub async fn completions(
 ) -> Result<Response, GatewayError> {
     let (value, request): (_, CompletionRequest) = parse(&state, body).await?;
     request.check()?;
-    let mut call = new_call(&state, Operation::Completion, (tenant, start), &request.model, value, &headers)?;
+    let mut call = new_call(
+        &state,
+        Operation::Completion,
+        (tenant, start),
+        &request.model,
+        value,
+        &headers,
+    )?;
     call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
     respond(state, call).await
@@ -60,15 +77,33 @@ pub async fn embeddings(
 ) -> Result<Response, GatewayError> {
     let (value, request): (_, EmbeddingRequest) = parse(&state, body).await?;
     if !(request.input.is_string() || request.input.as_array().is_some_and(|a| !a.is_empty())) {
-        return Err(GatewayError::invalid("`input` must be a string or a non-empty array", Some("input")));
+        return Err(GatewayError::invalid(
+            "`input` must be a string or a non-empty array",
+            Some("input"),
+        ));
     }
-    let call = new_call(&state, Operation::Embedding, (tenant, start), &request.model, value, &headers)?;
+    let call = new_call(
+        &state,
+        Operation::Embedding,
+        (tenant, start),
+        &request.model,
+        value,
+        &headers,
+    )?;
     respond(state, call).await
 }
 
 /// The body as JSON (forwarded as it came) and its checked typed view.
-async fn parse<T: serde::de::DeserializeOwned>(state: &AppState, body: Body) -> Result<(Value, T), GatewayError> {
-    let value = read_json(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+async fn parse<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+) -> Result<(Value, T), GatewayError> {
+    let value = read_json(
+        body,
+        state.config.server.max_body_bytes,
+        state.body_timeout(),
+    )
+    .await?;
     let request = view(&value)?;
     Ok((value, request))
 }
@@ -81,8 +116,14 @@ fn new_call(
     body: Value,
     headers: &HeaderMap,
 ) -> Result<Call, GatewayError> {
-    let route = state.router.get(model).ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
-    let episode = headers.get(fw::EPISODE_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let route = state
+        .router
+        .get(model)
+        .ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))?;
+    let episode = headers
+        .get(fw::EPISODE_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     Ok(Call::new(op, tenant, route, body, episode, start.0))
 }
 
@@ -128,8 +169,9 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
         let result = run_unary(&state, &call).await;
         (call, result)
     });
-    let (call, (result, totals)) =
-        task.await.map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
+    let (call, (result, totals)) = task
+        .await
+        .map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
     let mut answer = match result {
         Ok(answer) => answer,
         Err(e) => {
@@ -145,7 +187,13 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
         obj.insert("model".into(), Value::String(call.route.name.clone()));
     }
     let mut response = Json(answer.body).into_response();
-    flywheel_headers(response.headers_mut(), &call.id, call.variant_name(), &answer.provider, &answer.model);
+    flywheel_headers(
+        response.headers_mut(),
+        &call.id,
+        call.variant_name(),
+        &answer.provider,
+        &answer.model,
+    );
     totals_headers(response.headers_mut(), &totals);
     Ok(response)
 }
@@ -160,13 +208,21 @@ async fn respond_stream(state: AppState, call: Call) -> Result<Response, Gateway
     let started = match started_rx.await {
         Ok(Ok(started)) => started,
         Ok(Err(e)) => return Ok(error_response(e, &id)),
-        Err(_) => return Err(GatewayError::invalid("internal error: stream task ended", None)),
+        Err(_) => {
+            return Err(GatewayError::invalid(
+                "internal error: stream task ended",
+                None,
+            ))
+        }
     };
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     flywheel_headers(h, &id, &variant, &started.provider, &started.model);
     Ok(response)

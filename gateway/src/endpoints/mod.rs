@@ -7,12 +7,13 @@ mod feedback;
 mod inference;
 mod models;
 
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::{
+    routing::{get, post, put},
+    Router,
+};
+pub use inference::{chat_completions, completions, embeddings};
 
 use crate::AppState;
-
-pub use inference::{chat_completions, completions, embeddings};
 
 /// Routes under `/v1` (client API, behind the API-key layer).
 pub fn api() -> Router<AppState> {
@@ -33,5 +34,7 @@ pub fn admin() -> Router<AppState> {
 
 /// Unauthenticated operational routes.
 pub fn ops() -> Router<AppState> {
-    Router::new().route("/metrics", get(models::metrics)).route("/health", get(|| async { "ok" }))
+    Router::new()
+        .route("/metrics", get(models::metrics))
+        .route("/health", get(|| async { "ok" }))
 }

@@ -1,8 +1,6 @@
 //! `GET /v1/models` (the public route names) and `GET /metrics`.
 
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::Json;
+use axum::{extract::State, response::IntoResponse, Json};
 use http::header;
 use serde_json::{json, Value};
 
@@ -20,7 +18,12 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(capture) = &state.capture {
-        state.metrics.observe_capture(&capture.stats(), flywheel_feedback::now_ms());
+        state
+            .metrics
+            .observe_capture(&capture.stats(), flywheel_feedback::now_ms());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

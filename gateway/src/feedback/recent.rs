@@ -6,8 +6,10 @@
 //! (and the episodes they belong to); older ones are looked up in
 //! ClickHouse. On start it is refilled from the unshipped log.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
 
 /// Who an inference belongs to, and where it was routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +41,11 @@ impl RecentInferences {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            inner: Mutex::new(Inner { inferences: HashMap::new(), episodes: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                inferences: HashMap::new(),
+                episodes: HashMap::new(),
+                order: VecDeque::new(),
+            }),
         }
     }
 
@@ -47,13 +53,19 @@ impl RecentInferences {
         let Some(k) = key(id) else { return };
         let mut inner = self.inner.lock().expect("recent lock");
         if let Some(ep) = &owner.episode_id {
-            inner.episodes.entry(ep.clone()).or_insert_with(|| (owner.clone(), 0)).1 += 1;
+            inner
+                .episodes
+                .entry(ep.clone())
+                .or_insert_with(|| (owner.clone(), 0))
+                .1 += 1;
         }
         if inner.inferences.insert(k, owner).is_none() {
             inner.order.push_back(k);
         }
         while inner.order.len() > self.capacity {
-            let Some(old) = inner.order.pop_front() else { break };
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
             if let Some(o) = inner.inferences.remove(&old) {
                 if let Some(ep) = o.episode_id {
                     let gone = inner.episodes.get_mut(&ep).map(|e| {
@@ -70,12 +82,22 @@ impl RecentInferences {
 
     pub fn inference(&self, id: &str) -> Option<Owner> {
         let k = key(id)?;
-        self.inner.lock().expect("recent lock").inferences.get(&k).cloned()
+        self.inner
+            .lock()
+            .expect("recent lock")
+            .inferences
+            .get(&k)
+            .cloned()
     }
 
     /// Tenant, route and variant of an episode's first indexed inference.
     pub fn episode(&self, id: &str) -> Option<Owner> {
-        self.inner.lock().expect("recent lock").episodes.get(id).map(|(owner, _)| owner.clone())
+        self.inner
+            .lock()
+            .expect("recent lock")
+            .episodes
+            .get(id)
+            .map(|(owner, _)| owner.clone())
     }
 }
 
@@ -92,10 +114,14 @@ impl From<flywheel_feedback::InferenceOwner> for Owner {
 
 /// Indexes the inferences of the log segments not shipped yet.
 pub fn index_unshipped(wal_dir: &std::path::Path, recent: &RecentInferences) {
-    let Ok(segments) = flywheel_feedback::wal::list_segments(wal_dir) else { return };
+    let Ok(segments) = flywheel_feedback::wal::list_segments(wal_dir) else {
+        return;
+    };
     let mut n = 0usize;
     for (_, path) in segments {
-        let Ok(contents) = flywheel_feedback::wal::read_segment(&path) else { continue };
+        let Ok(contents) = flywheel_feedback::wal::read_segment(&path) else {
+            continue;
+        };
         for record in contents.records {
             if let flywheel_feedback::Record::Inference(e) = record {
                 let owner = Owner {
@@ -119,7 +145,12 @@ mod tests {
     use super::*;
 
     fn owner(t: &str, ep: Option<&str>) -> Owner {
-        Owner { tenant: t.into(), route: "r".into(), variant: "v".into(), episode_id: ep.map(Arc::from) }
+        Owner {
+            tenant: t.into(),
+            route: "r".into(),
+            variant: "v".into(),
+            episode_id: ep.map(Arc::from),
+        }
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //! State is per process and bounded; a conversation pinned to a replica by
 //! episode hashing sees all its turns.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use flywheel_feedback::event::{feedback_source, FeedbackEvent, FeedbackTarget, FeedbackValue};
 use serde_json::Value;
@@ -56,7 +58,10 @@ pub struct Signals {
 }
 
 fn normalized_words(text: &str) -> HashSet<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
@@ -70,15 +75,19 @@ fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
 }
 
 fn last_user_text(messages: &Value) -> String {
-    let Some(list) = messages.as_array() else { return String::new() };
+    let Some(list) = messages.as_array() else {
+        return String::new();
+    };
     list.iter()
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| match m.get("content") {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
-            }
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
             _ => String::new(),
         })
         .unwrap_or_default()
@@ -86,7 +95,10 @@ fn last_user_text(messages: &Value) -> String {
 
 impl Signals {
     pub fn new(cfg: ImplicitConfig) -> Self {
-        Self { cfg, last: Mutex::new(HashMap::new()) }
+        Self {
+            cfg,
+            last: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Feedback events implied by a finished, successful request.
@@ -95,39 +107,66 @@ impl Signals {
         if !self.cfg.enabled {
             return out;
         }
-        let event = |target: &str, route: &str, variant: &str, metric: &str, value: FeedbackValue| FeedbackEvent {
-            id: FeedbackEvent::new_id(),
-            ts_ms: o.ts_ms,
-            tenant: o.tenant.to_owned(),
-            target: FeedbackTarget::inference(target),
-            route: route.to_owned(),
-            variant: variant.to_owned(),
-            metric: metric.to_owned(),
-            value,
-            tags: BTreeMap::new(),
-            idempotency_key: None,
-            source: match metric {
-                REGENERATE => feedback_source::IMPLICIT_REGENERATE,
-                REASK => feedback_source::IMPLICIT_REASK,
-                _ => feedback_source::IMPLICIT_VALIDATION,
-            }
-            .to_owned(),
-        };
+        let event =
+            |target: &str, route: &str, variant: &str, metric: &str, value: FeedbackValue| {
+                FeedbackEvent {
+                    id: FeedbackEvent::new_id(),
+                    ts_ms: o.ts_ms,
+                    tenant: o.tenant.to_owned(),
+                    target: FeedbackTarget::inference(target),
+                    route: route.to_owned(),
+                    variant: variant.to_owned(),
+                    metric: metric.to_owned(),
+                    value,
+                    tags: BTreeMap::new(),
+                    idempotency_key: None,
+                    source: match metric {
+                        REGENERATE => feedback_source::IMPLICIT_REGENERATE,
+                        REASK => feedback_source::IMPLICIT_REASK,
+                        _ => feedback_source::IMPLICIT_VALIDATION,
+                    }
+                    .to_owned(),
+                }
+            };
         if let Some(first) = o.validated_first_try {
-            out.push(event(o.inference_id, o.route, o.variant, VALIDATION, FeedbackValue::Boolean(first)));
+            out.push(event(
+                o.inference_id,
+                o.route,
+                o.variant,
+                VALIDATION,
+                FeedbackValue::Boolean(first),
+            ));
         }
-        let (Some(who), Some(messages)) = (o.who, o.messages) else { return out };
+        let (Some(who), Some(messages)) = (o.who, o.messages) else {
+            return out;
+        };
         let key = format!("{}\u{0}{}\u{0}{}", o.tenant, o.route, who);
         let messages_hash: [u8; 32] = Sha256::digest(messages.to_string().as_bytes()).into();
         let words = normalized_words(&last_user_text(messages));
         let window = Duration::from_secs(self.cfg.window_s);
         let now = Instant::now();
         let mut last = self.last.lock().expect("signals lock");
-        if let Some(prev) = last.get(&key).filter(|p| now.duration_since(p.at) <= window) {
+        if let Some(prev) = last
+            .get(&key)
+            .filter(|p| now.duration_since(p.at) <= window)
+        {
             if prev.messages_hash == messages_hash {
-                out.push(event(&prev.inference_id, &prev.route, &prev.variant, REGENERATE, FeedbackValue::Boolean(true)));
-            } else if !words.is_empty() && jaccard(&prev.words, &words) >= self.cfg.reask_similarity {
-                out.push(event(&prev.inference_id, &prev.route, &prev.variant, REASK, FeedbackValue::Boolean(true)));
+                out.push(event(
+                    &prev.inference_id,
+                    &prev.route,
+                    &prev.variant,
+                    REGENERATE,
+                    FeedbackValue::Boolean(true),
+                ));
+            } else if !words.is_empty() && jaccard(&prev.words, &words) >= self.cfg.reask_similarity
+            {
+                out.push(event(
+                    &prev.inference_id,
+                    &prev.route,
+                    &prev.variant,
+                    REASK,
+                    FeedbackValue::Boolean(true),
+                ));
             }
         }
         if last.len() >= self.cfg.max_tracked && !last.contains_key(&key) {
@@ -155,11 +194,17 @@ impl Signals {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
 
+    use super::*;
+
     fn cfg() -> ImplicitConfig {
-        ImplicitConfig { enabled: true, window_s: 300, reask_similarity: 0.8, max_tracked: 10 }
+        ImplicitConfig {
+            enabled: true,
+            window_s: 300,
+            reask_similarity: 0.8,
+            max_tracked: 10,
+        }
     }
 
     fn observe<'a>(s: &Signals, id: &'a str, messages: &'a Value) -> Vec<FeedbackEvent> {
@@ -182,14 +227,23 @@ mod tests {
         assert!(observe(&s, "a", &q).is_empty());
         let regen = observe(&s, "b", &q);
         assert_eq!(regen.len(), 1);
-        assert_eq!((regen[0].metric.as_str(), regen[0].target.inference_id.as_deref()), (REGENERATE, Some("a")));
+        assert_eq!(
+            (
+                regen[0].metric.as_str(),
+                regen[0].target.inference_id.as_deref()
+            ),
+            (REGENERATE, Some("a"))
+        );
         let reask = json!([
             {"role": "user", "content": "What is the capital of France?"},
             {"role": "assistant", "content": "Lyon"},
             {"role": "user", "content": "what is the capital of france"}
         ]);
         let r = observe(&s, "c", &reask);
-        assert_eq!((r[0].metric.as_str(), r[0].target.inference_id.as_deref()), (REASK, Some("b")));
+        assert_eq!(
+            (r[0].metric.as_str(), r[0].target.inference_id.as_deref()),
+            (REASK, Some("b"))
+        );
         let other = json!([{"role": "user", "content": "Tell me a joke about cats"}]);
         assert!(observe(&s, "d", &other).is_empty());
     }

@@ -5,7 +5,9 @@
 mod sink;
 pub mod tokens;
 
-pub use flywheel_feedback::{AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation};
+pub use flywheel_feedback::{
+    AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation,
+};
 pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NullSink, WalSink};
 
 /// USD cost of `prompt` + `completion` tokens at per-1M-token prices.

@@ -1,17 +1,20 @@
 //! Where events go. Recording never blocks the request path: sinks hand the
 //! event to a background writer.
 
-use std::io::Write;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use std::{
+    io::Write,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use flywheel_feedback::{Capture, Record};
-use crate::config::{MeteringConfig, SinkKind};
-use crate::metrics::Metrics;
+use futures_util::future::BoxFuture;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    config::{MeteringConfig, SinkKind},
+    metrics::Metrics,
+};
 
 pub trait EventSink: Send + Sync + 'static {
     fn record(&self, record: Record);
@@ -39,7 +42,10 @@ pub struct JsonlSink {
 
 impl JsonlSink {
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::new(file);
@@ -60,7 +66,10 @@ impl JsonlSink {
             }
             let _ = out.flush();
         });
-        Ok(Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
     }
 }
 
@@ -128,7 +137,11 @@ impl EventSink for MetricsSink {
     fn record(&self, record: Record) {
         match &record {
             Record::Inference(e) => self.metrics.observe(e),
-            Record::Feedback(f) => self.metrics.feedback.with_label_values(&[&f.metric, &f.source]).inc(),
+            Record::Feedback(f) => self
+                .metrics
+                .feedback
+                .with_label_values(&[&f.metric, &f.source])
+                .inc(),
         }
         if let Some((last, rest)) = self.sinks.split_last() {
             for sink in rest {

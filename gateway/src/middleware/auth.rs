@@ -2,21 +2,27 @@
 //! config file holds no usable secret; each key maps to a tenant and may
 //! carry request and token limits (enforced by [`Limiter`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::{
+    body::Body,
+    response::{IntoResponse, Response},
+};
 use futures_util::future::BoxFuture;
 use http::{header, Request};
 use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
-use crate::config::AuthConfig;
-use crate::coordination::{KeyLimits, Limiter, Verdict};
-use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::{
+    config::AuthConfig,
+    coordination::{KeyLimits, Limiter, Verdict},
+    error::GatewayError,
+    metrics::Metrics,
+};
 
 /// Who is calling: the tenant, and the id of the key used (the first 16
 /// hex digits of its hash), which keys its rate limits.
@@ -61,17 +67,24 @@ impl Keys {
                     key_id: Arc::from(&k.sha256[..16]),
                     counts_tokens: k.tokens_per_minute > 0,
                 };
-                let limits =
-                    KeyLimits { requests_per_minute: k.requests_per_minute, tokens_per_minute: k.tokens_per_minute };
+                let limits = KeyLimits {
+                    requests_per_minute: k.requests_per_minute,
+                    tokens_per_minute: k.tokens_per_minute,
+                };
                 (k.sha256.clone(), Key { tenant, limits })
             })
             .collect();
-        Self { enabled: config.enabled, by_hash }
+        Self {
+            enabled: config.enabled,
+            by_hash,
+        }
     }
 
     fn check(&self, req: &Request<Body>) -> Result<&Key, GatewayError> {
         let token = bearer(req).ok_or(GatewayError::Unauthorized)?;
-        self.by_hash.get(&hash_token(token)).ok_or(GatewayError::Unauthorized)
+        self.by_hash
+            .get(&hash_token(token))
+            .ok_or(GatewayError::Unauthorized)
     }
 }
 
@@ -86,14 +99,21 @@ pub struct ApiKeyLayer {
 
 impl ApiKeyLayer {
     pub fn new(keys: Arc<Keys>, limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
-        Self { keys, limiter, metrics }
+        Self {
+            keys,
+            limiter,
+            metrics,
+        }
     }
 }
 
 impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKey<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKey { layer: self.clone(), inner }
+        ApiKey {
+            layer: self.clone(),
+            inner,
+        }
     }
 }
 
@@ -136,8 +156,12 @@ where
         let limiter = self.layer.limiter.clone();
         let metrics = self.layer.metrics.clone();
         Box::pin(async move {
-            if let Verdict::Limited { retry_after_s } = limiter.admit(&tenant.key_id, limits).await {
-                metrics.rate_limited.with_label_values(&[&tenant.name]).inc();
+            if let Verdict::Limited { retry_after_s } = limiter.admit(&tenant.key_id, limits).await
+            {
+                metrics
+                    .rate_limited
+                    .with_label_values(&[&tenant.name])
+                    .inc();
                 return Ok(GatewayError::RateLimited { retry_after_s }.into_response());
             }
             req.extensions_mut().insert(tenant);
@@ -155,14 +179,19 @@ pub struct AdminAuthLayer {
 
 impl AdminAuthLayer {
     pub fn new(token_sha256: Option<&str>) -> Self {
-        Self { token_sha256: token_sha256.map(Arc::from) }
+        Self {
+            token_sha256: token_sha256.map(Arc::from),
+        }
     }
 }
 
 impl<S> Layer<S> for AdminAuthLayer {
     type Service = AdminAuth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AdminAuth { token_sha256: self.token_sha256.clone(), inner }
+        AdminAuth {
+            token_sha256: self.token_sha256.clone(),
+            inner,
+        }
     }
 }
 
@@ -187,7 +216,9 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let verdict = match &self.token_sha256 {
-            None => Err(GatewayError::NotFound("the admin API is disabled (admin.token_sha256 is unset)".into())),
+            None => Err(GatewayError::NotFound(
+                "the admin API is disabled (admin.token_sha256 is unset)".into(),
+            )),
             Some(expected) => match bearer(&req) {
                 Some(token) if hash_token(token) == **expected => Ok(()),
                 _ => Err(GatewayError::Unauthorized),
@@ -207,6 +238,9 @@ mod tests {
     #[test]
     fn hashes_like_sha256sum() {
         // printf abc | sha256sum
-        assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -2,12 +2,13 @@
 //! bounded to the known routes so that scanners cannot blow up the label
 //! cardinality.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
 
-use axum::body::Body;
-use axum::response::Response;
+use axum::{body::Body, response::Response};
 use futures_util::future::BoxFuture;
 use http::Request;
 use tower::{Layer, Service};
@@ -25,11 +26,15 @@ const KNOWN_PATHS: &[&str] = &[
 ];
 
 fn path_label(path: &str) -> &'static str {
-    KNOWN_PATHS.iter().find(|p| **p == path).copied().unwrap_or(if path.starts_with("/admin/") {
-        "/admin/*"
-    } else {
-        "other"
-    })
+    KNOWN_PATHS
+        .iter()
+        .find(|p| **p == path)
+        .copied()
+        .unwrap_or(if path.starts_with("/admin/") {
+            "/admin/*"
+        } else {
+            "other"
+        })
 }
 
 /// When the request reached the gateway; the metering clock starts here so
@@ -51,7 +56,10 @@ impl HttpMetricsLayer {
 impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics { metrics: self.metrics.clone(), inner }
+        HttpMetrics {
+            metrics: self.metrics.clone(),
+            inner,
+        }
     }
 }
 
@@ -84,8 +92,14 @@ where
             let response = fut.await?;
             // For streams this is the time to the response head; the full
             // duration is in flywheel_request_latency_seconds.
-            metrics.http_duration.with_label_values(&[path]).observe(start.elapsed().as_secs_f64());
-            metrics.http_requests.with_label_values(&[path, response.status().as_str()]).inc();
+            metrics
+                .http_duration
+                .with_label_values(&[path])
+                .observe(start.elapsed().as_secs_f64());
+            metrics
+                .http_requests
+                .with_label_values(&[path, response.status().as_str()])
+                .inc();
             Ok(response)
         })
     }

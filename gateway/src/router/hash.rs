@@ -6,7 +6,11 @@
 /// mixer so that nearby keys spread evenly; mapped onto `0..total`.
 pub fn sticky_point(route: &str, key: &str, total: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in route.bytes().chain(std::iter::once(0xff)).chain(key.bytes()) {
+    for b in route
+        .bytes()
+        .chain(std::iter::once(0xff))
+        .chain(key.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -25,7 +29,10 @@ mod tests {
 
     #[test]
     fn stable_and_in_range() {
-        assert_eq!(sticky_point("r", "user-1", 100), sticky_point("r", "user-1", 100));
+        assert_eq!(
+            sticky_point("r", "user-1", 100),
+            sticky_point("r", "user-1", 100)
+        );
         for i in 0..1000 {
             assert!(sticky_point("r", &format!("u{i}"), 7) < 7);
         }

@@ -4,15 +4,18 @@
 
 mod hash;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
-
-use crate::config::{Config, RetryConfig};
-use crate::upstream::Provider;
-
 pub use hash::sticky_point;
+
+use crate::{
+    config::{Config, RetryConfig},
+    upstream::Provider,
+};
 
 pub struct Target {
     pub provider: Arc<Provider>,
@@ -89,10 +92,19 @@ impl Router {
                             .collect(),
                     })
                     .collect();
-                (r.name.clone(), Arc::new(Route { name: r.name.clone(), variants, retry: config.retry_for(r) }))
+                (
+                    r.name.clone(),
+                    Arc::new(Route {
+                        name: r.name.clone(),
+                        variants,
+                        retry: config.retry_for(r),
+                    }),
+                )
             })
             .collect();
-        Self { routes: ArcSwap::from_pointee(routes) }
+        Self {
+            routes: ArcSwap::from_pointee(routes),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
@@ -111,16 +123,33 @@ impl Router {
         self.routes
             .load()
             .values()
-            .map(|r| (r.name.clone(), r.variants.iter().map(|v| (v.name.clone(), v.weight)).collect()))
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.variants
+                        .iter()
+                        .map(|v| (v.name.clone(), v.weight))
+                        .collect(),
+                )
+            })
             .collect()
     }
 
     /// Replaces the weights of the named variants of a route; variants not
     /// named keep their weight. All or nothing.
-    pub fn set_weights(&self, route: &str, weights: &BTreeMap<String, u32>) -> Result<(), WeightsError> {
+    pub fn set_weights(
+        &self,
+        route: &str,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<(), WeightsError> {
         let current = self.routes.load();
-        let old = current.get(route).ok_or_else(|| WeightsError::UnknownRoute(route.to_owned()))?;
-        if let Some(unknown) = weights.keys().find(|k| !old.variants.iter().any(|v| &v.name == *k)) {
+        let old = current
+            .get(route)
+            .ok_or_else(|| WeightsError::UnknownRoute(route.to_owned()))?;
+        if let Some(unknown) = weights
+            .keys()
+            .find(|k| !old.variants.iter().any(|v| &v.name == *k))
+        {
             return Err(WeightsError::UnknownVariant(unknown.clone()));
         }
         let variants: Vec<Variant> = old
@@ -138,7 +167,11 @@ impl Router {
         let mut next = HashMap::clone(&current);
         next.insert(
             route.to_owned(),
-            Arc::new(Route { name: old.name.clone(), variants, retry: old.retry.clone() }),
+            Arc::new(Route {
+                name: old.name.clone(),
+                variants,
+                retry: old.retry.clone(),
+            }),
         );
         // A concurrent writer could interleave here; admin updates are rare
         // and the last write wins, which is what an operator expects.

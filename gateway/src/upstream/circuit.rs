@@ -3,12 +3,13 @@
 //! `open_ms`, then lets `half_open_probes` probes through; a successful probe
 //! closes it, a failed one opens it again.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use crate::config::CircuitBreakerConfig;
-use crate::metrics::Metrics;
+use crate::{config::CircuitBreakerConfig, metrics::Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -90,7 +91,9 @@ impl CircuitBreaker {
                 if Instant::now() < *until {
                     return None;
                 }
-                inner.state = CircuitState::HalfOpen { probes_in_flight: 1 };
+                inner.state = CircuitState::HalfOpen {
+                    probes_in_flight: 1,
+                };
                 self.set_gauge(&inner.state);
                 true
             }
@@ -102,7 +105,11 @@ impl CircuitBreaker {
                 true
             }
         };
-        Some(Permit { breaker: self, probe, reported: false })
+        Some(Permit {
+            breaker: self,
+            probe,
+            reported: false,
+        })
     }
 
     fn report(&self, probe: bool, failed: bool) {
@@ -110,7 +117,11 @@ impl CircuitBreaker {
         if probe {
             inner.outcomes.clear();
             inner.failures = 0;
-            inner.state = if failed { self.open_state() } else { CircuitState::Closed };
+            inner.state = if failed {
+                self.open_state()
+            } else {
+                CircuitState::Closed
+            };
             self.set_gauge(&inner.state);
             return;
         }
@@ -135,7 +146,9 @@ impl CircuitBreaker {
     }
 
     fn open_state(&self) -> CircuitState {
-        CircuitState::Open { until: Instant::now() + Duration::from_millis(self.cfg.open_ms) }
+        CircuitState::Open {
+            until: Instant::now() + Duration::from_millis(self.cfg.open_ms),
+        }
     }
 
     fn set_gauge(&self, state: &CircuitState) {
@@ -144,7 +157,10 @@ impl CircuitBreaker {
             CircuitState::Open { .. } => 1,
             CircuitState::HalfOpen { .. } => 2,
         };
-        self.metrics.circuit_state.with_label_values(&[&self.provider]).set(v);
+        self.metrics
+            .circuit_state
+            .with_label_values(&[&self.provider])
+            .set(v);
     }
 }
 
@@ -153,7 +169,13 @@ mod tests {
     use super::*;
 
     fn breaker(open_ms: u64) -> CircuitBreaker {
-        let cfg = CircuitBreakerConfig { window: 4, min_requests: 4, error_ratio: 0.5, open_ms, half_open_probes: 1 };
+        let cfg = CircuitBreakerConfig {
+            window: 4,
+            min_requests: 4,
+            error_ratio: 0.5,
+            open_ms,
+            half_open_probes: 1,
+        };
         CircuitBreaker::new("p", &cfg, Arc::new(Metrics::new()))
     }
 

@@ -5,24 +5,24 @@ mod circuit;
 mod pool;
 pub mod sse;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+pub use circuit::{CircuitBreaker, CircuitState, Permit};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-pub use circuit::{CircuitBreaker, CircuitState, Permit};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
 pub use pool::ReplicaPool;
 
-use crate::config::{CircuitBreakerConfig, Config, Continuation, ProviderConfig};
-use crate::metrics::Metrics;
+use crate::{
+    config::{CircuitBreakerConfig, Config, Continuation, ProviderConfig},
+    metrics::Metrics,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -50,7 +50,12 @@ pub struct Provider {
 }
 
 impl Provider {
-    fn new(name: &str, cfg: &ProviderConfig, cb: &CircuitBreakerConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        name: &str,
+        cfg: &ProviderConfig,
+        cb: &CircuitBreakerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -65,12 +70,16 @@ impl Provider {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(var) = &cfg.api_key_env {
             // Checked at config validation; a key that is not a valid header
             // value is a config error worth failing loudly on.
             let key = std::env::var(var).unwrap_or_default();
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).expect("API key is a valid header value");
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                .expect("API key is a valid header value");
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
@@ -86,8 +95,12 @@ impl Provider {
             uri.path().trim_end_matches('/').to_owned(),
         );
         let pool = (!cfg.replicas.is_empty()).then(|| {
-            ReplicaPool::new(&cfg.replicas, &cfg.health_path, Duration::from_millis(cfg.health_check_ms))
-                .expect("validated replicas")
+            ReplicaPool::new(
+                &cfg.replicas,
+                &cfg.health_path,
+                Duration::from_millis(cfg.health_check_ms),
+            )
+            .expect("validated replicas")
         });
         Self {
             name: name.to_owned(),
@@ -118,19 +131,28 @@ impl Provider {
         let (url, replica) = match &self.pool {
             None => (format!("{}{}", self.base_url, path), None),
             Some(pool) => {
-                let replica = pool.pick(affinity).ok_or_else(|| UpstreamError::Connect("no healthy replica".into()))?;
+                let replica = pool
+                    .pick(affinity)
+                    .ok_or_else(|| UpstreamError::Connect("no healthy replica".into()))?;
                 let (scheme, prefix) = &self.replica_base;
                 (format!("{scheme}://{replica}{prefix}{path}"), Some(replica))
             }
         };
         let result = self.send(url, body, timeout).await;
-        if let (Err(UpstreamError::Connect(_)), Some(replica), Some(pool)) = (&result, replica, &self.pool) {
+        if let (Err(UpstreamError::Connect(_)), Some(replica), Some(pool)) =
+            (&result, replica, &self.pool)
+        {
             pool.bench(replica);
         }
         result
     }
 
-    async fn send(&self, url: String, body: Bytes, timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send(
+        &self,
+        url: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = Request::post(url)
             .body(Full::new(body))
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -145,8 +167,12 @@ impl Provider {
     /// USD for one attempt: its tokens at the per-token prices plus its
     /// upstream time at the per-second price (self-hosted engines).
     pub fn cost(&self, prompt: u64, completion: u64, elapsed: Duration) -> f64 {
-        crate::metering::cost_usd(prompt, completion, self.price_input_per_1m, self.price_output_per_1m)
-            + elapsed.as_secs_f64() * self.price_per_second
+        crate::metering::cost_usd(
+            prompt,
+            completion,
+            self.price_input_per_1m,
+            self.price_output_per_1m,
+        ) + elapsed.as_secs_f64() * self.price_per_second
     }
 }
 
@@ -165,7 +191,17 @@ pub fn build_providers(config: &Config, metrics: &Arc<Metrics>) -> HashMap<Strin
     config
         .providers
         .iter()
-        .map(|(name, p)| (name.clone(), Arc::new(Provider::new(name, p, &config.circuit_breaker, metrics.clone()))))
+        .map(|(name, p)| {
+            (
+                name.clone(),
+                Arc::new(Provider::new(
+                    name,
+                    p,
+                    &config.circuit_breaker,
+                    metrics.clone(),
+                )),
+            )
+        })
         .collect()
 }
 
@@ -173,7 +209,11 @@ pub fn build_providers(config: &Config, metrics: &Arc<Metrics>) -> HashMap<Strin
 /// are rare from LLM APIs and are treated as absent).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// Statuses worth another attempt: the upstream may answer differently next
@@ -186,4 +226,3 @@ pub fn is_retryable(status: StatusCode) -> bool {
         || status == StatusCode::FORBIDDEN
         || status.is_server_error()
 }
-

@@ -6,14 +6,16 @@
 //! once until its next successful check (passive detection), so retries go
 //! elsewhere without waiting for the checker.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use pingora_load_balancing::health_check::HttpHealthCheck;
-use pingora_load_balancing::selection::consistent::KetamaHashing;
-use pingora_load_balancing::{Backend, LoadBalancer};
+use pingora_load_balancing::{
+    health_check::HttpHealthCheck, selection::consistent::KetamaHashing, Backend, LoadBalancer,
+};
 
 pub struct ReplicaPool {
     lb: LoadBalancer<KetamaHashing>,
@@ -27,21 +29,31 @@ pub struct ReplicaPool {
 pub struct BadReplica(String);
 
 impl ReplicaPool {
-    pub fn new(replicas: &[String], health_path: &str, check_every: Duration) -> Result<Arc<Self>, BadReplica> {
+    pub fn new(
+        replicas: &[String],
+        health_path: &str,
+        check_every: Duration,
+    ) -> Result<Arc<Self>, BadReplica> {
         for r in replicas {
             r.parse::<SocketAddr>().map_err(|_| BadReplica(r.clone()))?;
         }
-        let mut lb = LoadBalancer::<KetamaHashing>::try_from_iter(replicas.iter().map(String::as_str))
-            .map_err(|_| BadReplica(replicas.join(",")))?;
+        let mut lb =
+            LoadBalancer::<KetamaHashing>::try_from_iter(replicas.iter().map(String::as_str))
+                .map_err(|_| BadReplica(replicas.join(",")))?;
         let mut check = HttpHealthCheck::new("localhost", false);
-        if let Ok(mut req) = pingora_http::RequestHeader::build("GET", health_path.as_bytes(), None) {
+        if let Ok(mut req) = pingora_http::RequestHeader::build("GET", health_path.as_bytes(), None)
+        {
             let _ = req.append_header("Host", "localhost");
             check.req = req;
         }
         check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
         check.peer_template.options.read_timeout = Some(Duration::from_secs(2));
         lb.set_health_check(Box::new(check));
-        let pool = Arc::new(Self { lb, benched: Mutex::new(HashMap::new()), bench_for: check_every * 3 });
+        let pool = Arc::new(Self {
+            lb,
+            benched: Mutex::new(HashMap::new()),
+            bench_for: check_every * 3,
+        });
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(check_every);
@@ -54,7 +66,9 @@ impl ReplicaPool {
                 let backends = pool.lb.backends().get_backend();
                 let mut benched = pool.benched.lock().expect("pool lock");
                 benched.retain(|addr, _| {
-                    !backends.iter().any(|b| b.addr.as_inet() == Some(addr) && pool.lb.backends().ready(b))
+                    !backends
+                        .iter()
+                        .any(|b| b.addr.as_inet() == Some(addr) && pool.lb.backends().ready(b))
                 });
             }
         });
@@ -67,14 +81,22 @@ impl ReplicaPool {
         let now = Instant::now();
         let benched = self.benched.lock().expect("pool lock").clone();
         let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_none_or(|a| benched.get(a).is_none_or(|until| *until <= now))
+            healthy
+                && b.addr
+                    .as_inet()
+                    .is_none_or(|a| benched.get(a).is_none_or(|until| *until <= now))
         };
-        self.lb.select_with(key, 256, accept).and_then(|b| b.addr.as_inet().copied())
+        self.lb
+            .select_with(key, 256, accept)
+            .and_then(|b| b.addr.as_inet().copied())
     }
 
     /// Takes a replica out after a failed connect, until it passes a check.
     pub fn bench(&self, addr: SocketAddr) {
         tracing::warn!(%addr, "replica unreachable; taken out of the pool until it passes a health check");
-        self.benched.lock().expect("pool lock").insert(addr, Instant::now() + self.bench_for);
+        self.benched
+            .lock()
+            .expect("pool lock")
+            .insert(addr, Instant::now() + self.bench_for);
     }
 }

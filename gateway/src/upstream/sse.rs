@@ -39,7 +39,11 @@ impl SseParser {
                     continue;
                 }
                 let data = std::mem::take(&mut self.data);
-                return Ok(Some(if data == "[DONE]" { SseEvent::Done } else { SseEvent::Data(data) }));
+                return Ok(Some(if data == "[DONE]" {
+                    SseEvent::Done
+                } else {
+                    SseEvent::Data(data)
+                }));
             }
             if let Some(value) = line.strip_prefix("data:") {
                 if !self.data.is_empty() {
@@ -61,7 +65,10 @@ mod tests {
         p.push(b"data: {\"a\":");
         assert_eq!(p.next_event().unwrap(), None);
         p.push(b"1}\n\n: comment\n\ndata: [DONE]\r\n\r\n");
-        assert_eq!(p.next_event().unwrap(), Some(SseEvent::Data("{\"a\":1}".into())));
+        assert_eq!(
+            p.next_event().unwrap(),
+            Some(SseEvent::Data("{\"a\":1}".into()))
+        );
         assert_eq!(p.next_event().unwrap(), Some(SseEvent::Done));
         assert_eq!(p.next_event().unwrap(), None);
     }

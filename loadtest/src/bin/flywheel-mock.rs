@@ -1,7 +1,6 @@
 //! `flywheel-mock`: mock OpenAI provider. See `flywheel-mock --help`.
 
-use std::process::ExitCode;
-use std::sync::Arc;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use flywheel_loadtest::mock::{cli::MockArgs, server, state::MockState};

@@ -1,7 +1,6 @@
 //! Command line of `flywheel-load`.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -76,7 +75,10 @@ pub struct LoadArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("cannot read body file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LoadArgs {
@@ -123,7 +125,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 fn parse_url(s: &str) -> Result<Uri, String> {
     let uri: Uri = s.parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(format!("invalid URL {s:?}: expected http://HOST[:PORT]/PATH"));
+        return Err(format!(
+            "invalid URL {s:?}: expected http://HOST[:PORT]/PATH"
+        ));
     }
     Ok(uri)
 }
@@ -134,8 +138,8 @@ fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
         .ok_or_else(|| format!("invalid header {s:?}: expected \"Name: value\""))?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|e| format!("invalid header name in {s:?}: {e}"))?;
-    let value =
-        HeaderValue::from_str(value.trim()).map_err(|e| format!("invalid header value in {s:?}: {e}"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|e| format!("invalid header value in {s:?}: {e}"))?;
     Ok((name, value))
 }
 

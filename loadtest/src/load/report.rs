@@ -1,7 +1,6 @@
 //! Aggregated results of a run, as a table or one JSON object.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::{collections::BTreeMap, fmt::Write};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

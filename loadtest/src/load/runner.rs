@@ -5,23 +5,29 @@
 //! which would add up to a millisecond of fake latency to every request when
 //! measuring from the scheduled time.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
 use tokio::sync::mpsc;
 
-use super::cli::LoadArgs;
-use super::report::{new_histogram, Percentiles, Report, MAX_US};
-use super::stream_check::StreamCheck;
+use super::{
+    cli::LoadArgs,
+    report::{new_histogram, Percentiles, Report, MAX_US},
+    stream_check::StreamCheck,
+};
 
 /// Why one request did not count as ok; the Display form is the error kind
 /// key of the report.
@@ -143,9 +149,10 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
             Err(e) => *error_kinds.entry(e.to_string()).or_default() += 1,
         }
     }
-    let (sent, dropped) = tokio::task::spawn_blocking(move || scheduler.join().expect("scheduler thread"))
-        .await
-        .expect("join scheduler");
+    let (sent, dropped) =
+        tokio::task::spawn_blocking(move || scheduler.join().expect("scheduler thread"))
+            .await
+            .expect("join scheduler");
 
     let duration_s = args.duration.as_secs_f64();
     Report {

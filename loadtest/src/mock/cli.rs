@@ -125,7 +125,10 @@ impl MockArgs {
         };
         // Reuse the header validation so flags and headers accept the same values.
         k.set("x-mock-error-status", &self.error_status.to_string())?;
-        k.set("x-mock-json-valid-ratio", &self.json_valid_ratio.to_string())?;
+        k.set(
+            "x-mock-json-valid-ratio",
+            &self.json_valid_ratio.to_string(),
+        )?;
         k.set("x-mock-error-rate", &self.error_rate.to_string())?;
         k.set("x-mock-tokens-per-s", &self.tokens_per_s.to_string())?;
         k.set("x-mock-embedding-dim", &self.embedding_dim.to_string())?;

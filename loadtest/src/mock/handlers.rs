@@ -1,20 +1,26 @@
 //! Request routing and the endpoint implementations.
 
-use std::borrow::Cow;
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{
+    header::{CONTENT_TYPE, RETRY_AFTER},
+    HeaderValue, Method, Request, Response, StatusCode,
+};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
-use super::knobs::{Knobs, DEFAULT_TEXT};
-use super::openai::*;
-use super::sse::{full, push_event, Faults, MockBody, SsePlan, Timing, DONE};
-use super::state::{splitmix64, MockState};
+use super::{
+    knobs::{Knobs, DEFAULT_TEXT},
+    openai::*,
+    sse::{full, push_event, Faults, MockBody, SsePlan, Timing, DONE},
+    state::{splitmix64, MockState},
+};
 use crate::tokenize;
 
 /// JSON-mode output when the RNG says "valid".
@@ -102,7 +108,11 @@ struct Prepared {
     index: u64,
 }
 
-async fn prepare<B>(state: &MockState, parts: &http::request::Parts, body: B) -> Result<Prepared, Resp>
+async fn prepare<B>(
+    state: &MockState,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<Prepared, Resp>
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -111,7 +121,12 @@ where
     let knob_result = knobs.apply_headers(&parts.headers);
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(e) => return Err(bad_request(&format!("could not read request body: {e}"), None)),
+        Err(e) => {
+            return Err(bad_request(
+                &format!("could not read request body: {e}"),
+                None,
+            ))
+        }
     };
     // Count even bad requests: tests count attempts, whatever they carried.
     let index = state.admit(&knobs.scenario, Some(&body));
@@ -130,7 +145,8 @@ async fn injected_error(state: &MockState, p: &Prepared) -> Option<Resp> {
     delay_ms(k.latency_ms).await;
     let mut resp = error_response(k.error_status, "mock injected error", "server_error", None);
     if let Some(secs) = k.retry_after {
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     Some(resp)
 }
@@ -169,12 +185,13 @@ fn stream_setup(state: &MockState, k: &Knobs) -> (Timing, Option<Faults>) {
         per_token: (k.tokens_per_s > 0.0).then(|| Duration::from_secs_f64(1.0 / k.tokens_per_s)),
     };
     let stream_index = state.admit_stream(&k.scenario);
-    let faults = (k.has_stream_faults() && k.fault_times.is_none_or(|t| stream_index < t)).then(|| Faults {
-        cut_after: k.cut_after,
-        stall_after: k.stall_after,
-        stall: Duration::from_millis(k.stall_ms),
-        malformed_after: k.malformed_after,
-    });
+    let faults =
+        (k.has_stream_faults() && k.fault_times.is_none_or(|t| stream_index < t)).then(|| Faults {
+            cut_after: k.cut_after,
+            stall_after: k.stall_after,
+            stall: Duration::from_millis(k.stall_ms),
+            malformed_after: k.malformed_after,
+        });
     (timing, faults)
 }
 
@@ -239,7 +256,11 @@ async fn chat(state: &MockState, p: Prepared) -> Resp {
                     }),
                 },
                 logprobs: None,
-                finish_reason: if tool.is_some() { "tool_calls" } else { out.finish },
+                finish_reason: if tool.is_some() {
+                    "tool_calls"
+                } else {
+                    out.finish
+                },
             })
             .collect();
         let body = ChatCompletion {
@@ -356,7 +377,11 @@ async fn chat(state: &MockState, p: Prepared) -> Resp {
         }
     }
     let mut tail = BytesMut::new();
-    let finish = if tool.is_some() { "tool_calls" } else { out.finish };
+    let finish = if tool.is_some() {
+        "tool_calls"
+    } else {
+        out.finish
+    };
     for i in 0..n {
         chunk(&mut tail, i, Delta::default(), Some(finish));
     }
@@ -588,7 +613,10 @@ fn sse_response(body: MockBody) -> Resp {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -606,7 +634,12 @@ pub fn error_response(status: StatusCode, message: &str, kind: &str, param: Opti
 }
 
 fn bad_request(message: &str, param: Option<&str>) -> Resp {
-    error_response(StatusCode::BAD_REQUEST, message, "invalid_request_error", param)
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        param,
+    )
 }
 
 #[cfg(test)]

@@ -1,17 +1,16 @@
 //! Accept loop of the mock: plain hyper (HTTP/1.1 and h2c) on a
 //! multi-threaded tokio runtime, one task per connection.
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::{io::Write, net::SocketAddr, sync::Arc};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 
-use super::handlers::handle;
-use super::state::MockState;
+use super::{handlers::handle, state::MockState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -60,7 +59,9 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(state.clone(), req));
             // Connection errors (including our injected cuts) are expected.
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -86,7 +86,9 @@ impl SsePlan {
     pub fn into_body(self, timing: Timing, faults: Option<Faults>) -> MockBody {
         let unpaced = timing.ttft.is_zero() && timing.per_token.is_none();
         if unpaced && faults.is_none() {
-            let len = self.head.len() + self.steps.iter().map(Bytes::len).sum::<usize>() + self.tail.len();
+            let len = self.head.len()
+                + self.steps.iter().map(Bytes::len).sum::<usize>()
+                + self.tail.len();
             let mut buf = BytesMut::with_capacity(len);
             buf.put_slice(&self.head);
             for s in &self.steps {

@@ -1,9 +1,13 @@
 //! Shared mutable state of the mock: request counters per scenario (for
 //! fail-first, fault budgets and `/mock/stats`) and the deterministic RNG.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};

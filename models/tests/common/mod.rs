@@ -1,7 +1,6 @@
 //! Shared test helpers.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;

@@ -15,9 +15,18 @@ fn config(mock: &Proc) -> String {
 async fn variant_for_user(gw: &Proc, user: &str) -> String {
     let mut body = chat("chat", "hi");
     body["user"] = json!(user);
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    r.headers()["x-flywheel-variant"].to_str().unwrap().to_owned()
+    r.headers()["x-flywheel-variant"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -50,7 +59,12 @@ async fn split_holds_weights_and_is_sticky() {
             .send()
             .await
             .unwrap();
-        seen.insert(r.headers()["x-flywheel-variant"].to_str().unwrap().to_owned());
+        seen.insert(
+            r.headers()["x-flywheel-variant"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(seen.len(), 1);
 }
@@ -61,18 +75,48 @@ async fn live_weight_change_without_restart() {
     let gw = start_gateway(&config(&mock));
     let c = client();
     let put = |token: &'static str, body: serde_json::Value| {
-        c.put(gw.url("/admin/routes/chat/weights")).bearer_auth(token).json(&body).send()
+        c.put(gw.url("/admin/routes/chat/weights"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
     };
     // Admin API needs the admin token, not a client key.
-    assert_eq!(put(KEY, json!({"weights": {"base": 0}})).await.unwrap().status(), 401);
-    assert_eq!(put(ADMIN_TOKEN, json!({"weights": {"nope": 1}})).await.unwrap().status(), 400);
-    assert_eq!(put(ADMIN_TOKEN, json!({"weights": {"base": 0, "canary": 0}})).await.unwrap().status(), 400);
-    let r = put(ADMIN_TOKEN, json!({"weights": {"base": 0, "canary": 100}})).await.unwrap();
+    assert_eq!(
+        put(KEY, json!({"weights": {"base": 0}}))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        put(ADMIN_TOKEN, json!({"weights": {"nope": 1}}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        put(ADMIN_TOKEN, json!({"weights": {"base": 0, "canary": 0}}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let r = put(ADMIN_TOKEN, json!({"weights": {"base": 0, "canary": 100}}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for i in 0..30 {
         assert_eq!(variant_for_user(&gw, &format!("user-{i}")).await, "canary");
     }
-    let routes: serde_json::Value =
-        c.get(gw.url("/admin/routes")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let routes: serde_json::Value = c
+        .get(gw.url("/admin/routes"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(routes["routes"]["chat"], json!({"base": 0, "canary": 100}));
 }

@@ -26,7 +26,10 @@ async fn chat_non_streaming_is_metered() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(response.headers()["x-flywheel-variant"], "base");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["id"], id.as_str());
@@ -55,7 +58,9 @@ async fn chat_non_streaming_is_metered() {
     assert_eq!(e["tokens_estimated"], false);
     assert_eq!(e["retries"], 0);
     // Prices are $1/M prompt and $2/M completion tokens.
-    let expected = (usage["prompt_tokens"].as_f64().unwrap() + 2.0 * usage["completion_tokens"].as_f64().unwrap()) / 1e6;
+    let expected = (usage["prompt_tokens"].as_f64().unwrap()
+        + 2.0 * usage["completion_tokens"].as_f64().unwrap())
+        / 1e6;
     assert!((e["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12);
     let overhead = e["overhead_ms"].as_f64().unwrap();
     assert!(overhead >= 0.0 && overhead <= e["latency_ms"].as_f64().unwrap());
@@ -69,10 +74,19 @@ async fn chat_stream_with_usage() {
     let mut body = chat("chat", "stream please");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let response = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let id = response.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let data = sse_data(&response.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
     assert_eq!(stream_text(&data), TEXT);
@@ -87,7 +101,10 @@ async fn chat_stream_with_usage() {
     let e = event_for(&gw, &id);
     assert_eq!(e["stream"], true);
     assert!(e["ttft_ms"].as_f64().is_some());
-    assert_eq!(e["completion_tokens"], usage_chunk["usage"]["completion_tokens"]);
+    assert_eq!(
+        e["completion_tokens"],
+        usage_chunk["usage"]["completion_tokens"]
+    );
 }
 
 #[tokio::test]
@@ -96,8 +113,17 @@ async fn stream_without_include_usage_has_no_usage_chunk() {
     let gw = start_gateway(&config(&mock));
     let mut body = chat("chat", "stream please");
     body["stream"] = json!(true);
-    let response = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
-    let id = response.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let data = sse_data(&response.text().await.unwrap());
     assert!(data.iter().all(|d| !d.contains("\"usage\"")), "{data:?}");
     // The gateway still metered real usage: it asked the upstream for it.
@@ -114,12 +140,24 @@ async fn missing_upstream_usage_is_estimated_and_marked() {
         mock_provider("nousage", &mock, &[("x-mock-no-usage", "1")])
     );
     let gw = start_gateway(&cfg);
-    let response = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat("chat", "hello")).send().await.unwrap();
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat("chat", "hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let e = event_for(&gw, &id);
     assert_eq!(e["tokens_estimated"], true);
-    assert_eq!(e["completion_tokens"].as_u64().unwrap(), (TEXT.len() as u64).div_ceil(4));
+    assert_eq!(
+        e["completion_tokens"].as_u64().unwrap(),
+        (TEXT.len() as u64).div_ceil(4)
+    );
 }
 
 #[tokio::test]
@@ -139,13 +177,24 @@ async fn completions_embeddings_and_models() {
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
 
-    let r = c.post(gw.url("/v1/embeddings")).bearer_auth(KEY).json(&json!({"model": "chat", "input": ["a", "b"]})).send().await.unwrap();
+    let r = c
+        .post(gw.url("/v1/embeddings"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "chat", "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(body["model"], "chat");
 
-    let r = c.get(gw.url("/v1/models")).bearer_auth(KEY).send().await.unwrap();
+    let r = c
+        .get(gw.url("/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"][0]["id"], "chat");
 }
@@ -160,11 +209,20 @@ async fn tools_and_n_pass_through() {
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
         "tool_choice": "required"
     });
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["choices"].as_array().unwrap().len(), 2);
-    assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
 }
 
 #[tokio::test]
@@ -172,10 +230,23 @@ async fn metrics_reflect_traffic() {
     let mock = start_mock(&[]);
     let gw = start_gateway(&config(&mock));
     for _ in 0..3 {
-        let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat("chat", "x")).send().await.unwrap();
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat("chat", "x"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let text = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "flywheel_requests_total{route=\"chat\",status=\"200\",variant=\"base\"} 3",
         "flywheel_attempts_total{outcome=\"ok\",provider=\"mock\"} 3",

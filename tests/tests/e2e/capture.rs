@@ -25,11 +25,20 @@ async fn load(gw: &Proc, n: usize) -> Vec<String> {
             if i % 3 == 0 {
                 body["stream"] = json!(true);
             }
-            let r = client().post(url).bearer_auth(KEY).json(&body).send().await.ok()?;
+            let r = client()
+                .post(url)
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
             if r.status() != 200 {
                 return None;
             }
-            let id = r.headers()["x-flywheel-request-id"].to_str().ok()?.to_owned();
+            let id = r.headers()["x-flywheel-request-id"]
+                .to_str()
+                .ok()?
+                .to_owned();
             // A stream is answered once it ended with [DONE].
             let text = r.text().await.ok()?;
             (i % 3 != 0 || text.ends_with("data: [DONE]\n\n")).then_some(id)
@@ -47,7 +56,12 @@ async fn load(gw: &Proc, n: usize) -> Vec<String> {
 /// A count, or 0 while the tables do not exist yet (the shipper migrates
 /// once ClickHouse is reachable).
 async fn count(services: &Services, sql: &str) -> u64 {
-    services.try_query(sql).await.ok().and_then(|t| t.parse().ok()).unwrap_or(0)
+    services
+        .try_query(sql)
+        .await
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits until ClickHouse holds `expected` inferences, then checks that
@@ -58,15 +72,45 @@ async fn assert_exactly_once(services: &Services, expected: &[String]) {
         count(services, "SELECT count() FROM flywheel.inferences").await >= n
     })
     .await;
-    assert!(reached, "ClickHouse has {} of {n} inferences", count(services, "SELECT count() FROM flywheel.inferences").await);
+    assert!(
+        reached,
+        "ClickHouse has {} of {n} inferences",
+        count(services, "SELECT count() FROM flywheel.inferences").await
+    );
     // Let a late duplicate (if any) arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count(services, "SELECT count() FROM flywheel.inferences").await, n, "duplicate rows");
-    assert_eq!(count(services, "SELECT uniqExact(id) FROM flywheel.inferences").await, n);
-    assert_eq!(count(services, "SELECT count() FROM flywheel.attempts").await, n, "one attempt per request");
-    assert_eq!(count(services, "SELECT countMerge(requests) FROM flywheel.inference_rollup_1m").await, n, "rollup");
+    assert_eq!(
+        count(services, "SELECT count() FROM flywheel.inferences").await,
+        n,
+        "duplicate rows"
+    );
+    assert_eq!(
+        count(services, "SELECT uniqExact(id) FROM flywheel.inferences").await,
+        n
+    );
+    assert_eq!(
+        count(services, "SELECT count() FROM flywheel.attempts").await,
+        n,
+        "one attempt per request"
+    );
+    assert_eq!(
+        count(
+            services,
+            "SELECT countMerge(requests) FROM flywheel.inference_rollup_1m"
+        )
+        .await,
+        n,
+        "rollup"
+    );
     let ids: Vec<String> = expected.iter().map(|id| format!("'{id}'")).collect();
-    let present = count(services, &format!("SELECT count() FROM flywheel.inferences WHERE toString(id) IN ({})", ids.join(","))).await;
+    let present = count(
+        services,
+        &format!(
+            "SELECT count() FROM flywheel.inferences WHERE toString(id) IN ({})",
+            ids.join(",")
+        ),
+    )
+    .await;
     assert_eq!(present, n, "answered requests missing from ClickHouse");
 }
 
@@ -82,10 +126,24 @@ async fn clickhouse_outage_loses_nothing() {
     services.stop_clickhouse();
     // Serving continues while ClickHouse is down.
     let during = load(&gw, 30).await;
-    assert_eq!(during.len(), 30, "requests failed while ClickHouse was down");
+    assert_eq!(
+        during.len(),
+        30,
+        "requests failed while ClickHouse was down"
+    );
     answered.extend(during);
-    let metrics = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("flywheel_wal_records_pending"), "{metrics}");
+    let metrics = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flywheel_wal_records_pending"),
+        "{metrics}"
+    );
     services.start_clickhouse();
     answered.extend(load(&gw, 30).await);
     assert_eq!(answered.len(), 90);
@@ -121,7 +179,12 @@ async fn sigkill_replays_what_was_not_shipped() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_exactly_once(&services, &answered).await;
     let shipped_feedback = eventually(Duration::from_secs(30), || async {
-        count(&services, "SELECT count() FROM flywheel.feedback WHERE metric = 'thumbs_up'").await == 1
+        count(
+            &services,
+            "SELECT count() FROM flywheel.feedback WHERE metric = 'thumbs_up'",
+        )
+        .await
+            == 1
     })
     .await;
     assert!(shipped_feedback);

@@ -76,7 +76,8 @@ async fn chat_stream_and_json_schema_on_the_real_model() {
     .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    let content: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let content: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(jsonschema::is_valid(&schema, &content), "{content}");
 }
 
@@ -85,9 +86,13 @@ async fn deployed_version_gets_a_share_and_unloads_without_failing_requests() {
     let engine = start_engine();
     let admin = |req: reqwest::RequestBuilder| req.bearer_auth(ENGINE_ADMIN).send();
     // Deploy a second version at runtime (a merged checkpoint directory).
-    let r = admin(client().post(engine.url("/admin/models")).json(&json!({"name": "v2", "path": model_dir()})))
-        .await
-        .unwrap();
+    let r = admin(
+        client()
+            .post(engine.url("/admin/models"))
+            .json(&json!({"name": "v2", "path": model_dir()})),
+    )
+    .await
+    .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let variants = "[[routes.variants]]\nname = \"base\"\nweight = 50\ntargets = [{ provider = \"engine\", model = \"base\" }]\n\
                     [[routes.variants]]\nname = \"canary\"\nweight = 50\ntargets = [{ provider = \"engine\", model = \"v2\" }]\n";
@@ -96,12 +101,18 @@ async fn deployed_version_gets_a_share_and_unloads_without_failing_requests() {
     for i in 0..12 {
         let r = post(&gw, question(4), &format!("episode-{i}")).await;
         assert_eq!(r.status(), 200);
-        let variant = r.headers()["x-flywheel-variant"].to_str().unwrap().to_owned();
+        let variant = r.headers()["x-flywheel-variant"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let model = r.headers()["x-flywheel-model"].to_str().unwrap().to_owned();
         assert_eq!(model, if variant == "canary" { "v2" } else { "base" });
         *seen.entry(variant).or_insert(0) += 1;
     }
-    assert!(seen.get("canary").copied().unwrap_or(0) > 0 && seen.get("base").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert!(
+        seen.get("canary").copied().unwrap_or(0) > 0 && seen.get("base").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
 
     // Unload v2 while a stream on it is in flight: the stream completes.
     let mut canary_episode = None;
@@ -119,15 +130,27 @@ async fn deployed_version_gets_a_share_and_unloads_without_failing_requests() {
     let url = gw.url("/v1/chat/completions");
     let ep = canary_episode.clone();
     let in_flight = tokio::spawn(async move {
-        let r = client().post(url).bearer_auth(KEY).header("x-flywheel-episode-id", ep).json(&long).send().await.unwrap();
+        let r = client()
+            .post(url)
+            .bearer_auth(KEY)
+            .header("x-flywheel-episode-id", ep)
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.headers()["x-flywheel-variant"], "canary");
         r.text().await.unwrap()
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let r = admin(client().delete(engine.url("/admin/models/v2"))).await.unwrap();
+    let r = admin(client().delete(engine.url("/admin/models/v2")))
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let text = in_flight.await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "the in-flight stream failed: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "the in-flight stream failed: {text}"
+    );
     // Afterwards v2 is gone from the engine.
     let r = client()
         .post(engine.url("/v1/chat/completions"))
@@ -144,7 +167,12 @@ async fn a_killed_replica_is_taken_out_and_requests_succeed() {
     let mut b = start_engine();
     let gw = start_gateway(&config(&[&a, &b], BASE_ONLY));
     for i in 0..6 {
-        assert_eq!(post(&gw, question(2), &format!("episode-{i}")).await.status(), 200);
+        assert_eq!(
+            post(&gw, question(2), &format!("episode-{i}"))
+                .await
+                .status(),
+            200
+        );
     }
     b.child.kill().unwrap();
     b.child.wait().unwrap();

@@ -12,21 +12,33 @@ fn config(mock: &Proc) -> String {
 }
 
 async fn send_raw(gw: &Proc, key: Option<&str>, body: Vec<u8>) -> (u16, Value) {
-    let mut r = client().post(gw.url("/v1/chat/completions")).header("content-type", "application/json").body(body);
+    let mut r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(k) = key {
         r = r.bearer_auth(k);
     }
     let r = r.send().await.unwrap();
     let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or_else(|e| panic!("error body is not JSON: {e}"));
+    let body: Value = r
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("error body is not JSON: {e}"));
     (status, body)
 }
 
 fn assert_error_shape(body: &Value) {
     let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -75,7 +87,10 @@ async fn bad_inputs_get_clear_4xx_and_serving_continues() {
         if let Some(p) = param {
             assert_eq!(err["error"]["param"], p, "{shown}: {err}");
         }
-        assert!(err["error"]["message"].as_str().unwrap().contains(needle), "{shown}: {err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(needle),
+            "{shown}: {err}"
+        );
         // Still serving.
         let (ok, _) = send_raw(&gw, Some(KEY), chat("chat", "hi").to_string().into_bytes()).await;
         assert_eq!(ok, 200);
@@ -95,7 +110,15 @@ async fn api_keys_are_required() {
     let r = client().get(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Operational endpoints stay open for probes and scrapers.
-    assert_eq!(client().get(gw.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let r = client().get(gw.url("/no/such/path")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
@@ -109,7 +132,13 @@ async fn per_key_rate_limit_is_429_with_retry_after() {
     for _ in 0..3 {
         assert_eq!(send_raw(&gw, Some(OTHER_KEY), body.clone()).await.0, 200);
     }
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(OTHER_KEY).json(&chat("chat", "hi")).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(OTHER_KEY)
+        .json(&chat("chat", "hi"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let err: Value = r.json().await.unwrap();
@@ -123,7 +152,12 @@ async fn bad_config_names_the_key() {
     let dir = scratch_dir("badcfg");
     let path = dir.join("bad.toml");
     std::fs::write(&path, "[auth]\nenabled = false\n[retry]\nmax_retires = 3\n").unwrap();
-    let out = std::process::Command::new(bin("flywheel-gateway")).arg("--config").arg(&path).arg("check-config").output().unwrap();
+    let out = std::process::Command::new(bin("flywheel-gateway"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_retires"), "{stderr}");

@@ -22,9 +22,18 @@ async fn stream(gw: &Proc) -> (String, Vec<String>) {
     let mut body = chat("chat", "count");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let id = r.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     (id, sse_data(&r.text().await.unwrap()))
 }
 
@@ -32,12 +41,19 @@ fn assert_one_complete_stream(data: &[String]) {
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
     assert_eq!(stream_text(data), TEXT);
     for d in &data[..data.len() - 1] {
-        let chunk: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("malformed chunk reached the client: {e}: {d}"));
+        let chunk: Value = serde_json::from_str(d)
+            .unwrap_or_else(|e| panic!("malformed chunk reached the client: {e}: {d}"));
         assert!(chunk.get("error").is_none(), "{d}");
     }
     let roles = data.iter().filter(|d| d.contains("\"role\"")).count();
-    assert_eq!(roles, 1, "the continuation repeated the role chunk: {data:?}");
-    let finishes = data.iter().filter(|d| d.contains("\"finish_reason\":\"stop\"")).count();
+    assert_eq!(
+        roles, 1,
+        "the continuation repeated the role chunk: {data:?}"
+    );
+    let finishes = data
+        .iter()
+        .filter(|d| d.contains("\"finish_reason\":\"stop\""))
+        .count();
     assert_eq!(finishes, 1);
 }
 
@@ -51,7 +67,14 @@ async fn check(fault: (&str, &str), expected_reason: &str) {
     assert_eq!(e["status"], 200);
     let attempts = e["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["outcome"], "mid_stream_failover");
-    assert!(attempts[0]["reason"].as_str().unwrap().contains(expected_reason), "{}", attempts[0]);
+    assert!(
+        attempts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(expected_reason),
+        "{}",
+        attempts[0]
+    );
     assert_eq!(attempts[1]["outcome"], "ok");
     // The continuation carried the partial answer as an assistant prefix.
     let last = &mock_stats(&mock).await["scenarios"]["s"]["last_body"];

@@ -35,17 +35,29 @@ targets = [{{ provider = "mock", model = "m" }}]
 }
 
 async fn infer(gw: &Proc, key: &str, body: Value, episode: Option<&str>) -> String {
-    let mut r = client().post(gw.url("/v1/chat/completions")).bearer_auth(key).json(&body);
+    let mut r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body);
     if let Some(e) = episode {
         r = r.header("x-flywheel-episode-id", e);
     }
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200);
-    r.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned()
+    r.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn feedback(gw: &Proc, key: &str, body: Value) -> (u16, Value) {
-    let r = client().post(gw.url("/v1/feedback")).bearer_auth(key).json(&body).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/feedback"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -68,22 +80,67 @@ async fn feedback_is_validated_and_recorded() {
         assert!(resp["id"].is_string());
     }
     let bad = [
-        (json!({"inference_id": id, "metric": "nope", "value": true}), 400, "metric", "unknown metric"),
-        (json!({"inference_id": id, "metric": "thumbs_up", "value": "yes"}), 400, "value", "boolean"),
-        (json!({"inference_id": id, "metric": "rating", "value": true}), 400, "value", "number"),
-        (json!({"inference_id": id, "metric": "ideal", "value": {"role": "user", "content": "x"}}), 400, "value", "assistant"),
-        (json!({"episode_id": "ep-7", "metric": "thumbs_up", "value": true}), 400, "inference_id", "inference metric"),
-        (json!({"inference_id": id, "metric": "task_success", "value": true}), 400, "episode_id", "episode metric"),
-        (json!({"inference_id": "not-a-uuid", "metric": "thumbs_up", "value": true}), 400, "inference_id", "UUID"),
+        (
+            json!({"inference_id": id, "metric": "nope", "value": true}),
+            400,
+            "metric",
+            "unknown metric",
+        ),
+        (
+            json!({"inference_id": id, "metric": "thumbs_up", "value": "yes"}),
+            400,
+            "value",
+            "boolean",
+        ),
+        (
+            json!({"inference_id": id, "metric": "rating", "value": true}),
+            400,
+            "value",
+            "number",
+        ),
+        (
+            json!({"inference_id": id, "metric": "ideal", "value": {"role": "user", "content": "x"}}),
+            400,
+            "value",
+            "assistant",
+        ),
+        (
+            json!({"episode_id": "ep-7", "metric": "thumbs_up", "value": true}),
+            400,
+            "inference_id",
+            "inference metric",
+        ),
+        (
+            json!({"inference_id": id, "metric": "task_success", "value": true}),
+            400,
+            "episode_id",
+            "episode metric",
+        ),
+        (
+            json!({"inference_id": "not-a-uuid", "metric": "thumbs_up", "value": true}),
+            400,
+            "inference_id",
+            "UUID",
+        ),
         (json!({"metric": "thumbs_up"}), 400, "value", "value"),
-        (json!({"inference_id": id, "metric": "thumbs_up", "value": true, "extra": 1}), 400, ".", "extra"),
+        (
+            json!({"inference_id": id, "metric": "thumbs_up", "value": true, "extra": 1}),
+            400,
+            ".",
+            "extra",
+        ),
         (
             json!({"inference_id": "0190a000-0000-7000-8000-000000000000", "metric": "thumbs_up", "value": true}),
             404,
             "",
             "does not exist",
         ),
-        (json!({"episode_id": "ep-unknown", "metric": "task_success", "value": true}), 404, "", "does not exist"),
+        (
+            json!({"episode_id": "ep-unknown", "metric": "task_success", "value": true}),
+            404,
+            "",
+            "does not exist",
+        ),
     ];
     for (body, status, param, needle) in bad {
         let (got, resp) = feedback(&gw, KEY, body.clone()).await;
@@ -110,11 +167,26 @@ async fn tenants_only_reach_their_own_inferences() {
     let mock = start_mock(&[]);
     let gw = start_gateway(&config(&mock));
     let mine = infer(&gw, KEY, chat("chat", "hi"), Some("ep-acme")).await;
-    let (status, _) = feedback(&gw, OTHER_KEY, json!({"inference_id": mine, "metric": "thumbs_up", "value": false})).await;
+    let (status, _) = feedback(
+        &gw,
+        OTHER_KEY,
+        json!({"inference_id": mine, "metric": "thumbs_up", "value": false}),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = feedback(&gw, OTHER_KEY, json!({"episode_id": "ep-acme", "metric": "task_success", "value": false})).await;
+    let (status, _) = feedback(
+        &gw,
+        OTHER_KEY,
+        json!({"episode_id": "ep-acme", "metric": "task_success", "value": false}),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = feedback(&gw, KEY, json!({"inference_id": mine, "metric": "thumbs_up", "value": true})).await;
+    let (status, _) = feedback(
+        &gw,
+        KEY,
+        json!({"inference_id": mine, "metric": "thumbs_up", "value": true}),
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -151,7 +223,8 @@ async fn implicit_regeneration_reask_and_validation() {
     let valid = infer(&gw, KEY, structured, None).await;
 
     let fb = records(&gw, "feedback", 3);
-    let find = |metric: &str| -> Vec<&Value> { fb.iter().filter(|f| f["metric"] == metric).collect() };
+    let find =
+        |metric: &str| -> Vec<&Value> { fb.iter().filter(|f| f["metric"] == metric).collect() };
     let regen = find("implicit_regenerate");
     assert_eq!(regen.len(), 1, "{fb:?}");
     assert_eq!(regen[0]["target"]["inference_id"], first.as_str());

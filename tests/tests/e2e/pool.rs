@@ -44,7 +44,10 @@ async fn episodes_stick_and_dead_replicas_are_routed_around() {
             assert_eq!(ask(&gw, &episode).await, 200);
         }
         let (da, db) = (requests(&a).await - before_a, requests(&b).await - before_b);
-        assert!((da, db) == (3, 0) || (da, db) == (0, 3), "episode {episode} split: {da}/{db}");
+        assert!(
+            (da, db) == (3, 0) || (da, db) == (0, 3),
+            "episode {episode} split: {da}/{db}"
+        );
     }
     // Both replicas got some episodes.
     assert!(requests(&a).await > 0 && requests(&b).await > 0);
@@ -54,7 +57,11 @@ async fn episodes_stick_and_dead_replicas_are_routed_around() {
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     for e in 0..20 {
-        assert_eq!(ask(&gw, &format!("episode-{e}")).await, 200, "episode-{e} failed with a replica down");
+        assert_eq!(
+            ask(&gw, &format!("episode-{e}")).await,
+            200,
+            "episode-{e} failed with a replica down"
+        );
     }
 
     // b comes back on the same address: once its health check passes, its

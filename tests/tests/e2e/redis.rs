@@ -14,11 +14,24 @@ fn config(mock: &Proc, services: &Services) -> String {
 }
 
 async fn send(gw: &Proc, key: &str) -> reqwest::Response {
-    client().post(gw.url("/v1/chat/completions")).bearer_auth(key).json(&chat("chat", "hi")).send().await.unwrap()
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat("chat", "hi"))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn redis_up(gw: &Proc) -> bool {
-    let m = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     m.lines().any(|l| l == "flywheel_redis_up 1")
 }
 
@@ -44,11 +57,24 @@ async fn limits_hold_across_processes_and_survive_redis_outage() {
             statuses.push(send(gw, OTHER_KEY).await.status().as_u16());
         }
     }
-    assert!(statuses.iter().filter(|s| **s == 429).count() >= 1, "{statuses:?}");
-    assert!(statuses.iter().filter(|s| **s == 200).count() <= 3, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() <= 3,
+        "{statuses:?}"
+    );
 
     // Live weights: one write to Redis moves every process.
-    services.redis_cli(&["HSET", "flywheel:weights:chat", "base", "0", "canary", "100"]);
+    services.redis_cli(&[
+        "HSET",
+        "flywheel:weights:chat",
+        "base",
+        "0",
+        "canary",
+        "100",
+    ]);
     for gw in [&a, &b] {
         let moved = eventually(Duration::from_secs(10), || async {
             send(gw, KEY).await.headers()["x-flywheel-variant"] == "canary"
@@ -66,6 +92,13 @@ async fn limits_hold_across_processes_and_survive_redis_outage() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-flywheel-variant"], "canary");
     }
-    let m = client().get(a.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(a.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.lines().any(|l| l == "flywheel_redis_up 0"), "{m}");
 }

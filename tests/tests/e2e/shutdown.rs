@@ -15,19 +15,36 @@ async fn sigterm_drains_in_flight_requests() {
     let mut gw = start_gateway(&cfg);
     let url = gw.url("/v1/chat/completions");
     let in_flight = tokio::spawn(async move {
-        client().post(url).bearer_auth(KEY).json(&chat("chat", "slow one")).send().await.map(|r| r.status().as_u16())
+        client()
+            .post(url)
+            .bearer_auth(KEY)
+            .json(&chat("chat", "slow one"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
-    assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the in-flight request was not drained");
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request was not drained"
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "gateway did not exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "gateway did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    assert_eq!(events(&gw, 1).len(), 1, "the drained request's event was lost");
+    assert_eq!(
+        events(&gw, 1).len(),
+        1,
+        "the drained request's event was lost"
+    );
 }

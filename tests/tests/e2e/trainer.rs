@@ -4,8 +4,10 @@
 
 use candle_core::{Device, Tensor};
 use flywheel_tests::*;
-use flywheel_trainer::model::KvCache;
-use flywheel_trainer::{CausalLm, ChatMessage, ChatTokenizer, ForwardCtx, PromptItem, Rng, Trainer, TrainerConfig};
+use flywheel_trainer::{
+    model::KvCache, CausalLm, ChatMessage, ChatTokenizer, ForwardCtx, PromptItem, Rng, Trainer,
+    TrainerConfig,
+};
 use serde_json::{json, Value};
 
 fn question() -> Vec<ChatMessage> {
@@ -31,28 +33,55 @@ async fn trainer_greedy_tokens_match_the_engine() {
     let dir = model_dir();
     let model = CausalLm::load(&dir, None, &mut Rng::new(0), &Device::Cpu).unwrap();
     let tokenizer = ChatTokenizer::from_model_dir(&dir, &model.cfg).unwrap();
-    for question in ["What is the capital of France?", "Write a haiku about the sea.", "List three prime numbers."] {
+    for question in [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "List three prime numbers.",
+    ] {
         let r = client()
             .post(engine.url("/v1/chat/completions"))
-            .json(&json!({"model": "base", "messages": [{"role": "user", "content": question}],
-                          "max_tokens": N, "temperature": 0, "logprobs": true, "top_logprobs": 1}))
+            .json(
+                &json!({"model": "base", "messages": [{"role": "user", "content": question}],
+                          "max_tokens": N, "temperature": 0, "logprobs": true, "top_logprobs": 1}),
+            )
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
         let body: Value = r.json().await.unwrap();
-        let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap_or_else(|| panic!("{body}")).clone();
+        let content = body["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .clone();
         assert!(content.len() >= 4, "{body}");
-        let chosen: Vec<u32> =
-            content.iter().map(|c| c["top_logprobs"][0]["token"].as_u64().unwrap_or_else(|| panic!("{c}")) as u32).collect();
+        let chosen: Vec<u32> = content
+            .iter()
+            .map(|c| {
+                c["top_logprobs"][0]["token"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{c}")) as u32
+            })
+            .collect();
 
         let mut cache = KvCache::default();
-        let prompt = tokenizer.encode_chat(&[ChatMessage::user(question)]).unwrap();
-        let mut input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let prompt = tokenizer
+            .encode_chat(&[ChatMessage::user(question)])
+            .unwrap();
+        let mut input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         for (i, &id) in chosen.iter().enumerate() {
-            let logits = model.forward_cached(&input, &mut cache, &ForwardCtx::eval()).unwrap();
+            let logits = model
+                .forward_cached(&input, &mut cache, &ForwardCtx::eval())
+                .unwrap();
             let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
-            let argmax = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let argmax = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
             assert_eq!(
                 argmax,
                 id,
@@ -76,13 +105,24 @@ async fn trained_and_merged_checkpoint_deploys_and_answers() {
     // Rewards that differ within the group, so the step has a gradient and
     // the merged weights differ from the base.
     let metrics = trainer
-        .step(&[PromptItem { id: "p".into(), messages: question(), meta: Value::Null, guide: None }], |_, text| Ok(text.len() as f64))
+        .step(
+            &[PromptItem {
+                id: "p".into(),
+                messages: question(),
+                meta: Value::Null,
+                guide: None,
+            }],
+            |_, text| Ok(text.len() as f64),
+        )
         .unwrap();
     assert!(metrics.grad_norm > 0.0, "{metrics:?}");
     let out = scratch_dir("merged");
     trainer.export_merged(out.join("merged")).unwrap();
     trainer.export_adapter(out.join("adapter")).unwrap();
-    assert!(out.join("adapter/adapter_model.safetensors").is_file() && out.join("adapter/adapter_config.json").is_file());
+    assert!(
+        out.join("adapter/adapter_model.safetensors").is_file()
+            && out.join("adapter/adapter_config.json").is_file()
+    );
 
     let r = client()
         .post(engine.url("/admin/models"))
@@ -102,5 +142,8 @@ async fn trained_and_merged_checkpoint_deploys_and_answers() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["model"], "rft-1", "{body}");
-    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{body}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
 }

@@ -29,11 +29,21 @@ fn config(mock: &Proc) -> String {
 async fn invalid_json_is_retried_then_falls_back() {
     let mock = start_mock(&[]);
     let gw = start_gateway(&config(&mock));
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&schema_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["x-flywheel-request-id"].to_str().unwrap().to_owned();
+    let id = r.headers()["x-flywheel-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = r.json().await.unwrap();
-    let content: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let content: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(content, json!({"name": "Alice", "age": 31}));
     let e = event_for(&gw, &id);
     let attempts = e["attempts"].as_array().unwrap();
@@ -41,16 +51,26 @@ async fn invalid_json_is_retried_then_falls_back() {
     assert_eq!(attempts.len(), 3);
     for a in &attempts[..2] {
         assert_eq!(a["outcome"], "validation_failed");
-        assert!(a["reason"].as_str().unwrap().contains("not valid JSON"), "{a}");
+        assert!(
+            a["reason"].as_str().unwrap().contains("not valid JSON"),
+            "{a}"
+        );
     }
     assert_eq!(attempts[2]["outcome"], "ok");
     assert_eq!(e["validation"], "passed");
     assert_eq!(e["fallback_depth"], 1);
-    assert_eq!(mock_stats(&mock).await["scenarios"]["sloppy"]["requests"], 2);
+    assert_eq!(
+        mock_stats(&mock).await["scenarios"]["sloppy"]["requests"],
+        2
+    );
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
-    r.headers().get(name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
 }
 
 /// The response headers carry what the whole chain cost: attempts, the
@@ -62,10 +82,22 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
 async fn totals_headers_and_unforwarded_response_format() {
     let mock = start_mock(&[]);
     let cfg = config(&mock)
-        .replace("[providers.careful]\n", "[providers.careful]\nprice_per_second = 50.0\n")
-        .replace("[providers.sloppy]\n", "[providers.sloppy]\nforward_response_format = false\n");
+        .replace(
+            "[providers.careful]\n",
+            "[providers.careful]\nprice_per_second = 50.0\n",
+        )
+        .replace(
+            "[providers.sloppy]\n",
+            "[providers.sloppy]\nforward_response_format = false\n",
+        );
     let gw = start_gateway(&cfg);
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&schema_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-flywheel-attempts"), "3");
     assert_eq!(header(&r, "x-flywheel-retries"), "2");
@@ -79,15 +111,30 @@ async fn totals_headers_and_unforwarded_response_format() {
     let sum = |k: &str| attempts.iter().map(|a| a[k].as_u64().unwrap()).sum::<u64>();
     assert_eq!(prompt, sum("prompt_tokens"));
     assert_eq!(completion, sum("completion_tokens"));
-    assert!(prompt > e["prompt_tokens"].as_u64().unwrap(), "failed attempts are billed too");
-    assert!((cost - e["cost_usd"].as_f64().unwrap()).abs() < 1e-8, "{cost} vs {e}");
+    assert!(
+        prompt > e["prompt_tokens"].as_u64().unwrap(),
+        "failed attempts are billed too"
+    );
+    assert!(
+        (cost - e["cost_usd"].as_f64().unwrap()).abs() < 1e-8,
+        "{cost} vs {e}"
+    );
     let last = &attempts[2];
-    let tokens_only = (last["prompt_tokens"].as_f64().unwrap() * 1.0 + last["completion_tokens"].as_f64().unwrap() * 2.0) / 1e6;
+    let tokens_only = (last["prompt_tokens"].as_f64().unwrap() * 1.0
+        + last["completion_tokens"].as_f64().unwrap() * 2.0)
+        / 1e6;
     let compute = last["latency_ms"].as_f64().unwrap() / 1000.0 * 50.0;
-    assert!((last["cost_usd"].as_f64().unwrap() - tokens_only - compute).abs() < 1e-6, "{last}");
+    assert!(
+        (last["cost_usd"].as_f64().unwrap() - tokens_only - compute).abs() < 1e-6,
+        "{last}"
+    );
     let stats = mock_stats(&mock).await;
     let sent = |scenario: &str| stats["scenarios"][scenario]["last_body"].clone();
-    assert!(sent("sloppy").get("response_format").is_none(), "{}", sent("sloppy"));
+    assert!(
+        sent("sloppy").get("response_format").is_none(),
+        "{}",
+        sent("sloppy")
+    );
     assert!(sent("careful").get("response_format").is_some());
 
     // An exhausted chain reports its totals on the error too.
@@ -96,7 +143,13 @@ async fn totals_headers_and_unforwarded_response_format() {
         mock_provider("wrong", &mock, &[("x-mock-text", "not json")])
     );
     let gw = start_gateway(&cfg);
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&schema_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(header(&r, "x-flywheel-attempts"), "2");
     assert!(header(&r, "x-flywheel-cost-usd").parse::<f64>().unwrap() > 0.0);
@@ -110,20 +163,35 @@ async fn schema_mismatch_is_a_validation_failure() {
         mock_provider("wrong", &mock, &[("x-mock-text", "{\"name\": \"Alice\", \"age\": \"thirty\"}")])
     );
     let gw = start_gateway(&cfg);
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(false)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&schema_request(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
     let attempts = body["error"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
     assert!(attempts.iter().all(|a| a["outcome"] == "validation_failed"
-        && a["reason"].as_str().unwrap().contains("does not match the schema")));
+        && a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the schema")));
 }
 
 #[tokio::test]
 async fn streamed_answers_are_validated_before_sending() {
     let mock = start_mock(&[]);
     let gw = start_gateway(&config(&mock));
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&schema_request(true)).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&schema_request(true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let data = sse_data(&r.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
@@ -141,7 +209,13 @@ async fn invalid_schema_in_request_is_400() {
     let gw = start_gateway(&config(&mock));
     let mut req = schema_request(false);
     req["response_format"]["json_schema"]["schema"] = json!({"type": "no-such-type"});
-    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&req).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["param"], "response_format.json_schema.schema");

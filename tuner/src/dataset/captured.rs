@@ -17,8 +17,11 @@ use flywheel_feedback::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::pii::{Hits, PiiAction, PiiFilter};
-use super::{dedupe, split_of, Split};
+use super::{
+    dedupe,
+    pii::{Hits, PiiAction, PiiFilter},
+    split_of, Split,
+};
 use crate::item::{Item, Message};
 
 /// What to select and how to filter it.
@@ -122,20 +125,31 @@ pub async fn fetch_rows(store: &Store, q: &Query) -> Result<Vec<Row>, clickhouse
     let variant = q.variant.clone().unwrap_or_default();
     let mut query = store.client().query(&sql);
     for _ in 0..2 {
-        query = query.bind(&q.route).bind(&variant).bind(&variant).bind(q.from_ms).bind(q.to_ms);
+        query = query
+            .bind(&q.route)
+            .bind(&variant)
+            .bind(&variant)
+            .bind(q.from_ms)
+            .bind(q.to_ms);
     }
     query.bind(q.limit).fetch_all::<Row>().await
 }
 
 /// `{inference_id: {metric: value}}` for `rows`, inference-level feedback
 /// first, then episode-level for metrics not already set.
-async fn fetch_feedback(store: &Store, rows: &[Row]) -> Result<HashMap<String, Map<String, Value>>, clickhouse::error::Error> {
+async fn fetch_feedback(
+    store: &Store,
+    rows: &[Row],
+) -> Result<HashMap<String, Map<String, Value>>, clickhouse::error::Error> {
     let db = store.database();
     let mut by_inference: HashMap<String, Map<String, Value>> = HashMap::new();
     let mut by_episode: HashMap<String, Map<String, Value>> = HashMap::new();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let episodes: Vec<&str> = {
-        let mut e: Vec<&str> = rows.iter().filter_map(|r| r.episode_id.as_deref()).collect();
+        let mut e: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r.episode_id.as_deref())
+            .collect();
         e.sort_unstable();
         e.dedup();
         e
@@ -229,7 +243,10 @@ pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> 
         let message = answer.pointer("/choices/0/message").ok_or(Drop::NoBody)?;
         if let Some(Value::Array(calls)) = message.get("tool_calls") {
             let broken = calls.iter().any(|c| {
-                let name_ok = c.pointer("/function/name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+                let name_ok = c
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty());
                 let args_ok = c
                     .pointer("/function/arguments")
                     .and_then(Value::as_str)
@@ -240,21 +257,35 @@ pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> 
                 return Err(Drop::FailedToolCall);
             }
         }
-        extra.insert("logged_output".into(), message.get("content").cloned().unwrap_or(Value::Null));
+        extra.insert(
+            "logged_output".into(),
+            message.get("content").cloned().unwrap_or(Value::Null),
+        );
         if let Some(calls) = message.get("tool_calls") {
             extra.insert("logged_tool_calls".into(), calls.clone());
         }
     }
-    Ok(Item { messages, reference_answer: None, extra })
+    Ok(Item {
+        messages,
+        reference_answer: None,
+        extra,
+    })
 }
 
 /// Builds the dataset of `q`: select, join feedback, filter, PII, dedupe,
 /// split. Does not record training usage (the caller does once the
 /// dataset is written).
-pub async fn build(store: &Store, q: &Query, pii: &PiiFilter) -> Result<Built, clickhouse::error::Error> {
+pub async fn build(
+    store: &Store,
+    q: &Query,
+    pii: &PiiFilter,
+) -> Result<Built, clickhouse::error::Error> {
     let rows = fetch_rows(store, q).await?;
     let mut feedback = fetch_feedback(store, &rows).await?;
-    let mut counts = Counts { selected: rows.len(), ..Counts::default() };
+    let mut counts = Counts {
+        selected: rows.len(),
+        ..Counts::default()
+    };
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut item = match to_item(row, q.keep_validation_failures) {
@@ -296,11 +327,16 @@ pub async fn build(store: &Store, q: &Query, pii: &PiiFilter) -> Result<Built, c
     // the files read in time order.
     items.reverse();
     counts.dropped_duplicates = dedupe(&mut items);
-    let (train, heldout): (Vec<Item>, Vec<Item>) =
-        items.into_iter().partition(|i| split_of(i, q.seed, q.heldout_fraction) == Split::Train);
+    let (train, heldout): (Vec<Item>, Vec<Item>) = items
+        .into_iter()
+        .partition(|i| split_of(i, q.seed, q.heldout_fraction) == Split::Train);
     counts.train = train.len();
     counts.heldout = heldout.len();
-    Ok(Built { train, heldout, counts })
+    Ok(Built {
+        train,
+        heldout,
+        counts,
+    })
 }
 
 /// The text of a demonstration feedback value (`{"role": "assistant",
@@ -317,7 +353,10 @@ impl Counts {
         for (name, n) in [
             ("dropped: errors", self.dropped_errors),
             ("dropped: provider outages", self.dropped_provider_outages),
-            ("dropped: validation fails", self.dropped_validation_failures),
+            (
+                "dropped: validation fails",
+                self.dropped_validation_failures,
+            ),
             ("dropped: failed tool calls", self.dropped_failed_tool_calls),
             ("dropped: no captured body", self.dropped_no_body),
             ("dropped: PII", self.dropped_pii),
@@ -364,21 +403,42 @@ mod tests {
         let ok = answer(json!({"role": "assistant", "content": "{}"}));
         let item = to_item(&row(200, 2, 0, ok.clone()), false).unwrap();
         assert_eq!(item.get_str("inference_id"), Some("i1"));
-        assert_eq!(item.extra["response_format"], json!({"type": "json_object"}));
+        assert_eq!(
+            item.extra["response_format"],
+            json!({"type": "json_object"})
+        );
         assert_eq!(item.extra["logged_output"], json!("{}"));
-        assert_eq!(to_item(&row(429, 1, 0, Value::Null), false).unwrap_err(), Drop::Error);
-        assert_eq!(to_item(&row(502, 1, 3, Value::Null), false).unwrap_err(), Drop::ProviderOutage);
-        assert_eq!(to_item(&row(502, 3, 0, Value::Null), false).unwrap_err(), Drop::ValidationFailure);
+        assert_eq!(
+            to_item(&row(429, 1, 0, Value::Null), false).unwrap_err(),
+            Drop::Error
+        );
+        assert_eq!(
+            to_item(&row(502, 1, 3, Value::Null), false).unwrap_err(),
+            Drop::ProviderOutage
+        );
+        assert_eq!(
+            to_item(&row(502, 3, 0, Value::Null), false).unwrap_err(),
+            Drop::ValidationFailure
+        );
         // A validation failure mixed with upstream failures is an outage.
-        assert_eq!(to_item(&row(502, 3, 1, Value::Null), true).unwrap_err(), Drop::ProviderOutage);
+        assert_eq!(
+            to_item(&row(502, 3, 1, Value::Null), true).unwrap_err(),
+            Drop::ProviderOutage
+        );
         let kept = to_item(&row(502, 3, 0, Value::Null), true).unwrap();
         assert!(kept.extra.get("logged_output").is_none());
         let bad_call = answer(json!({"role": "assistant", "content": null, "tool_calls": [
             {"type": "function", "function": {"name": "f", "arguments": "{\"a\": "}}]}));
-        assert_eq!(to_item(&row(200, 1, 0, bad_call), false).unwrap_err(), Drop::FailedToolCall);
+        assert_eq!(
+            to_item(&row(200, 1, 0, bad_call), false).unwrap_err(),
+            Drop::FailedToolCall
+        );
         let good_call = answer(json!({"role": "assistant", "content": null, "tool_calls": [
             {"type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]}));
-        assert!(to_item(&row(200, 1, 0, good_call), false).unwrap().extra.contains_key("logged_tool_calls"));
+        assert!(to_item(&row(200, 1, 0, good_call), false)
+            .unwrap()
+            .extra
+            .contains_key("logged_tool_calls"));
         let mut redacted = row(200, 1, 0, ok);
         redacted.request_body = String::new();
         assert_eq!(to_item(&redacted, false).unwrap_err(), Drop::NoBody);

@@ -36,7 +36,10 @@ pub fn read(input: impl BufRead) -> std::io::Result<Read> {
         }
         match parse_line(&line) {
             Ok(item) => out.items.push(item),
-            Err(reason) => out.errors.push(LineError { line: i + 1, reason }),
+            Err(reason) => out.errors.push(LineError {
+                line: i + 1,
+                reason,
+            }),
         }
     }
     Ok(out)
@@ -51,7 +54,11 @@ pub fn parse_line(line: &str) -> Result<Item, String> {
     }
     for (i, m) in item.messages.iter().enumerate() {
         if !ROLES.contains(&m.role.as_str()) {
-            return Err(format!("messages[{i}].role is {:?}; expected one of {}", m.role, ROLES.join(", ")));
+            return Err(format!(
+                "messages[{i}].role is {:?}; expected one of {}",
+                m.role,
+                ROLES.join(", ")
+            ));
         }
         let has_content = !m.content.is_null() || m.extra.contains_key("tool_calls");
         if !has_content {
@@ -64,7 +71,10 @@ pub fn parse_line(line: &str) -> Result<Item, String> {
     Ok(item)
 }
 
-pub fn write<'a>(mut out: impl Write, items: impl IntoIterator<Item = &'a Item>) -> std::io::Result<usize> {
+pub fn write<'a>(
+    mut out: impl Write,
+    items: impl IntoIterator<Item = &'a Item>,
+) -> std::io::Result<usize> {
     let mut n = 0;
     for item in items {
         serde_json::to_writer(&mut out, item)?;
@@ -91,8 +101,12 @@ mod tests {
         assert_eq!(write(&mut buf, &read.items).unwrap(), 2);
         let again = super::read(buf.as_slice()).unwrap();
         assert_eq!(again.items, read.items);
-        let first: serde_json::Value = serde_json::from_slice(buf.split(|b| *b == b'\n').next().unwrap()).unwrap();
-        assert_eq!(first, serde_json::from_str::<serde_json::Value>(GOOD).unwrap());
+        let first: serde_json::Value =
+            serde_json::from_slice(buf.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(
+            first,
+            serde_json::from_str::<serde_json::Value>(GOOD).unwrap()
+        );
     }
 
     #[test]
@@ -111,8 +125,16 @@ mod tests {
         assert_eq!(read.items.len(), 2);
         let lines: Vec<usize> = read.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 5, 6]);
-        assert!(read.errors[1].reason.contains("messages"), "{}", read.errors[1]);
-        assert!(read.errors[3].reason.contains("robot"), "{}", read.errors[3]);
+        assert!(
+            read.errors[1].reason.contains("messages"),
+            "{}",
+            read.errors[1]
+        );
+        assert!(
+            read.errors[3].reason.contains("robot"),
+            "{}",
+            read.errors[3]
+        );
         assert!(read.errors[0].to_string().starts_with("line 2: "));
     }
 }

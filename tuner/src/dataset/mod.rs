@@ -59,7 +59,11 @@ pub fn split_of(item: &Item, seed: u64, heldout_fraction: f64) -> Split {
     h.update(normalized_prompt(item).as_bytes());
     let d = h.finalize();
     let x = u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-    if x < heldout_fraction { Split::Heldout } else { Split::Train }
+    if x < heldout_fraction {
+        Split::Heldout
+    } else {
+        Split::Train
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +77,11 @@ mod tests {
 
     #[test]
     fn dedupe_ignores_case_and_whitespace_only() {
-        let mut items = vec![item("What is  2+2?"), item("what is 2+2?\n"), item("What is 2+3?")];
+        let mut items = vec![
+            item("What is  2+2?"),
+            item("what is 2+2?\n"),
+            item("What is 2+3?"),
+        ];
         assert_eq!(dedupe(&mut items), 1);
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].messages[0].text(), "What is  2+2?");
@@ -86,8 +94,14 @@ mod tests {
         let again: Vec<Split> = items.iter().map(|i| split_of(i, 7, 0.2)).collect();
         assert_eq!(first, again);
         let heldout = first.iter().filter(|s| **s == Split::Heldout).count();
-        assert!((300..500).contains(&heldout), "{heldout} of 2000 held out at 0.2");
-        let other_seed = items.iter().filter(|i| split_of(i, 8, 0.2) != split_of(i, 7, 0.2)).count();
+        assert!(
+            (300..500).contains(&heldout),
+            "{heldout} of 2000 held out at 0.2"
+        );
+        let other_seed = items
+            .iter()
+            .filter(|i| split_of(i, 8, 0.2) != split_of(i, 7, 0.2))
+            .count();
         assert!(other_seed > 0, "the seed changes the split");
     }
 }

@@ -37,7 +37,11 @@ impl PiiFilter {
     /// validated here so that a bad pattern fails before any data is read.
     pub fn new(extra: &[(String, String)]) -> Result<Self, regex::Error> {
         let mut detectors = vec![
-            builtin("EMAIL", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", None),
+            builtin(
+                "EMAIL",
+                r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+                None,
+            ),
             // Keys before phones and cards: a key's digits must not be masked
             // piecewise as a phone number first.
             builtin(
@@ -48,10 +52,18 @@ impl PiiFilter {
             builtin("CARD_NUMBER", r"\b(?:\d[ -]?){12,18}\d\b", Some(luhn_ok)),
             // International or North-American style numbers with separators;
             // bare digit runs are too often ids to count.
-            builtin(r"PHONE", r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b", None),
+            builtin(
+                r"PHONE",
+                r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b",
+                None,
+            ),
         ];
         for (name, pattern) in extra {
-            detectors.push(Detector { name: name.to_uppercase(), regex: Regex::new(pattern)?, check: None });
+            detectors.push(Detector {
+                name: name.to_uppercase(),
+                regex: Regex::new(pattern)?,
+                check: None,
+            });
         }
         Ok(Self { detectors })
     }
@@ -102,14 +114,22 @@ impl PiiFilter {
         match v {
             Value::String(s) => Value::String(self.scan(s, hits)),
             Value::Array(a) => Value::Array(a.iter().map(|x| self.scan_value(x, hits)).collect()),
-            Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), self.scan_value(x, hits))).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| (k.clone(), self.scan_value(x, hits)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
 }
 
 fn builtin(name: &str, pattern: &str, check: Option<fn(&str) -> bool>) -> Detector {
-    Detector { name: name.to_owned(), regex: Regex::new(pattern).expect("built-in pattern"), check }
+    Detector {
+        name: name.to_owned(),
+        regex: Regex::new(pattern).expect("built-in pattern"),
+        check,
+    }
 }
 
 fn luhn_ok(candidate: &str) -> bool {
@@ -121,7 +141,17 @@ fn luhn_ok(candidate: &str) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                d
+            }
+        })
         .sum();
     sum % 10 == 0
 }
@@ -170,7 +200,10 @@ mod tests {
         assert_eq!(hits["EMAIL"], 2);
         f.apply(&mut item, PiiAction::Mask);
         assert_eq!(item.messages[0].text(), "reach me at [EMAIL]");
-        assert_eq!(item.reference_answer, Some(serde_json::json!({"email": "[EMAIL]", "n": 1})));
+        assert_eq!(
+            item.reference_answer,
+            Some(serde_json::json!({"email": "[EMAIL]", "n": 1}))
+        );
     }
 
     #[test]

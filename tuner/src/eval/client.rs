@@ -2,16 +2,20 @@
 //! as an OpenAI chat request, its cost read from the gateway's
 //! `x-flywheel-*` headers, its answer graded.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::{Observation, Outcome, Totals};
-use crate::grader::Grader;
-use crate::item::{Item, Sample};
+use crate::{
+    grader::Grader,
+    item::{Item, Sample},
+};
 
 /// Sampling parameters sent with every request of an eval.
 #[derive(Debug, Clone)]
@@ -26,7 +30,12 @@ pub struct RequestParams {
 
 impl Default for RequestParams {
     fn default() -> Self {
-        Self { temperature: 0.0, max_tokens: 256, response_format: true, timeout: Duration::from_secs(300) }
+        Self {
+            temperature: 0.0,
+            max_tokens: 256,
+            response_format: true,
+            timeout: Duration::from_secs(300),
+        }
     }
 }
 
@@ -40,7 +49,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(base_url: &str, api_key: Option<String>) -> Self {
-        Self { http: reqwest::Client::new(), base_url: base_url.trim_end_matches('/').to_owned(), api_key }
+        Self {
+            http: reqwest::Client::new(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+        }
     }
 
     /// The chat request for an item: its prompt (a trailing assistant
@@ -66,13 +79,24 @@ impl Gateway {
     }
 
     /// Asks one item; never fails: errors become [`Outcome::RequestError`].
-    pub async fn ask(&self, item: &Item, model: &str, params: &RequestParams) -> (f64, Option<Totals>, Result<Sample, String>) {
-        let mut request = self.http.post(format!("{}/chat/completions", self.base_url)).timeout(params.timeout);
+    pub async fn ask(
+        &self,
+        item: &Item,
+        model: &str,
+        params: &RequestParams,
+    ) -> (f64, Option<Totals>, Result<Sample, String>) {
+        let mut request = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .timeout(params.timeout);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
         let started = Instant::now();
-        let result = request.json(&Self::request_body(item, model, params)).send().await;
+        let result = request
+            .json(&Self::request_body(item, model, params))
+            .send()
+            .await;
         let (totals, answer) = match result {
             Err(e) => (None, Err(format!("request failed: {e}"))),
             Ok(response) => {
@@ -81,9 +105,11 @@ impl Gateway {
                 let body = response.bytes().await;
                 let answer = match body {
                     Err(e) => Err(format!("reading the answer: {e}")),
-                    Ok(bytes) if !status.is_success() => {
-                        Err(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&bytes[..bytes.len().min(300)])))
-                    }
+                    Ok(bytes) if !status.is_success() => Err(format!(
+                        "HTTP {}: {}",
+                        status.as_u16(),
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                    )),
                     Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
                         .map(|v| Sample::from_chat_answer(&v))
                         .map_err(|e| format!("answer is not JSON: {e}")),
@@ -127,7 +153,8 @@ pub async fn run_config(
                 Err(e) => Outcome::RequestError(e),
                 Ok(sample) => {
                     let item = item.clone();
-                    let graded = tokio::task::spawn_blocking(move || grader.grade(&sample, &item)).await;
+                    let graded =
+                        tokio::task::spawn_blocking(move || grader.grade(&sample, &item)).await;
                     match graded {
                         Ok(Ok(grade)) => Outcome::Graded(grade),
                         Ok(Err(e)) => Outcome::GraderError(e.to_string()),
@@ -136,7 +163,12 @@ pub async fn run_config(
                 }
             };
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-            Observation { item_id: item.id(), latency_ms, totals, outcome }
+            Observation {
+                item_id: item.id(),
+                latency_ms,
+                totals,
+                outcome,
+            }
         }
     });
     futures_util::future::join_all(tasks).await

@@ -17,13 +17,12 @@ pub mod client;
 pub mod report;
 pub mod stats;
 
-use serde::Serialize;
-
-use crate::grader::Grade;
-use stats::Estimate;
-
 /// What the gateway reported about one request (its `x-flywheel-*` headers).
 pub use flywheel_api::headers::Totals;
+use serde::Serialize;
+use stats::Estimate;
+
+use crate::grader::Grade;
 
 /// One item run through one configuration.
 #[derive(Debug, Clone)]
@@ -90,7 +89,10 @@ pub fn summarize(config: &Config, observations: &[Observation]) -> ConfigReport 
         }
     }
     let n = observations.len().max(1) as f64;
-    let totals: Vec<Totals> = observations.iter().map(|o| o.totals.unwrap_or_default()).collect();
+    let totals: Vec<Totals> = observations
+        .iter()
+        .map(|o| o.totals.unwrap_or_default())
+        .collect();
     let per_request = |f: &dyn Fn(&Totals) -> f64| totals.iter().map(f).sum::<f64>() / n;
     let latencies: Vec<f64> = observations.iter().map(|o| o.latency_ms).collect();
     let mean_score = stats::mean_ci(&scores, 0.0, 1.0);
@@ -119,11 +121,20 @@ mod tests {
     use super::*;
 
     fn obs(latency_ms: f64, totals: Totals, outcome: Outcome) -> Observation {
-        Observation { item_id: "i".into(), latency_ms, totals: Some(totals), outcome }
+        Observation {
+            item_id: "i".into(),
+            latency_ms,
+            totals: Some(totals),
+            outcome,
+        }
     }
 
     fn graded(score: f64) -> Outcome {
-        Outcome::Graded(Grade { score, passed: score >= 1.0, reason: String::new() })
+        Outcome::Graded(Grade {
+            score,
+            passed: score >= 1.0,
+            reason: String::new(),
+        })
     }
 
     /// Four requests, checked by hand: scores 1, 0.5, (grader error), and a
@@ -140,8 +151,16 @@ mod tests {
         let observations = vec![
             obs(100.0, t(1, 0, 10, 5, 0.001), graded(1.0)),
             obs(300.0, t(3, 1, 30, 15, 0.005), graded(0.5)),
-            obs(200.0, t(1, 0, 10, 5, 0.001), Outcome::GraderError("boom".into())),
-            obs(400.0, t(2, 1, 20, 0, 0.001), Outcome::RequestError("502".into())),
+            obs(
+                200.0,
+                t(1, 0, 10, 5, 0.001),
+                Outcome::GraderError("boom".into()),
+            ),
+            obs(
+                400.0,
+                t(2, 1, 20, 0, 0.001),
+                Outcome::RequestError("502".into()),
+            ),
         ];
         let r = summarize(&"chain=tasks-chain".parse().unwrap(), &observations);
         assert_eq!((r.requests, r.request_errors, r.grader_errors), (4, 1, 1));
@@ -180,7 +199,11 @@ impl std::str::FromStr for Config {
         if name.is_empty() || model.is_empty() {
             return Err(format!("a configuration is NAME=MODEL, got {s:?}"));
         }
-        Ok(Config { name: name.to_owned(), model: model.to_owned(), raw: false })
+        Ok(Config {
+            name: name.to_owned(),
+            model: model.to_owned(),
+            raw: false,
+        })
     }
 }
 
@@ -197,13 +220,24 @@ pub async fn run(
     dataset: &str,
     progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> report::Report {
-    let ts_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut reports = Vec::with_capacity(configs.len());
     for c in configs {
-        let params = client::RequestParams { response_format: params.response_format && !c.raw, ..params.clone() };
-        let observations = client::run_config(gateway, grader.clone(), items, &c.model, &params, concurrency, &|done| {
-            progress(&c.name, done, items.len())
-        })
+        let params = client::RequestParams {
+            response_format: params.response_format && !c.raw,
+            ..params.clone()
+        };
+        let observations = client::run_config(
+            gateway,
+            grader.clone(),
+            items,
+            &c.model,
+            &params,
+            concurrency,
+            &|done| progress(&c.name, done, items.len()),
+        )
         .await;
         reports.push(summarize(c, &observations));
     }

@@ -18,22 +18,38 @@ pub struct Estimate {
 pub fn mean_ci(xs: &[f64], lo: f64, hi: f64) -> Estimate {
     let n = xs.len() as f64;
     if xs.is_empty() {
-        return Estimate { value: f64::NAN, low: lo, high: hi };
+        return Estimate {
+            value: f64::NAN,
+            low: lo,
+            high: hi,
+        };
     }
     let mean = xs.iter().sum::<f64>() / n;
     if xs.len() == 1 {
-        return Estimate { value: mean, low: lo, high: hi };
+        return Estimate {
+            value: mean,
+            low: lo,
+            high: hi,
+        };
     }
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     let half = Z95 * (var / n).sqrt();
-    Estimate { value: mean, low: (mean - half).max(lo), high: (mean + half).min(hi) }
+    Estimate {
+        value: mean,
+        low: (mean - half).max(lo),
+        high: (mean + half).min(hi),
+    }
 }
 
 /// Proportion with the Wilson score 95 % interval, which stays inside
 /// [0, 1] and is honest at 0/n and n/n, where the normal one collapses.
 pub fn wilson(successes: usize, n: usize) -> Estimate {
     if n == 0 {
-        return Estimate { value: f64::NAN, low: 0.0, high: 1.0 };
+        return Estimate {
+            value: f64::NAN,
+            low: 0.0,
+            high: 1.0,
+        };
     }
     let n_f = n as f64;
     let p = successes as f64 / n_f;
@@ -41,7 +57,11 @@ pub fn wilson(successes: usize, n: usize) -> Estimate {
     let denom = 1.0 + z2 / n_f;
     let centre = (p + z2 / (2.0 * n_f)) / denom;
     let half = Z95 * (p * (1.0 - p) / n_f + z2 / (4.0 * n_f * n_f)).sqrt() / denom;
-    Estimate { value: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) }
+    Estimate {
+        value: p,
+        low: (centre - half).max(0.0),
+        high: (centre + half).min(1.0),
+    }
 }
 
 /// Nearest-rank percentile (`q` in (0, 1]): the smallest value with at

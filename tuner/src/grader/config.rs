@@ -4,8 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::GraderError;
-use super::template::Template;
+use super::{template::Template, GraderError};
 
 pub(crate) struct Cfg<'a> {
     obj: &'a Map<String, Value>,
@@ -14,12 +13,19 @@ pub(crate) struct Cfg<'a> {
 
 impl<'a> Cfg<'a> {
     pub fn new(value: &'a Value, path: &str, allowed: &[&str]) -> Result<Self, GraderError> {
-        Self::object(value, path, allowed, "a grader config must be a JSON object")
+        Self::object(
+            value,
+            path,
+            allowed,
+            "a grader config must be a JSON object",
+        )
     }
 
     /// An optional nested object (`sampling_params`), read as strictly.
     pub fn opt_nested(&self, key: &str, allowed: &[&str]) -> Result<Option<Cfg<'a>>, GraderError> {
-        self.opt(key).map(|v| Self::object(v, &self.path(key), allowed, "must be a JSON object")).transpose()
+        self.opt(key)
+            .map(|v| Self::object(v, &self.path(key), allowed, "must be a JSON object"))
+            .transpose()
     }
 
     /// Any object below this one, at `path`, read as strictly.
@@ -27,14 +33,25 @@ impl<'a> Cfg<'a> {
         Self::object(value, path, allowed, "must be a JSON object")
     }
 
-    fn object(value: &'a Value, path: &str, allowed: &[&str], not_object: &str) -> Result<Self, GraderError> {
+    fn object(
+        value: &'a Value,
+        path: &str,
+        allowed: &[&str],
+        not_object: &str,
+    ) -> Result<Self, GraderError> {
         let obj = value.as_object().ok_or_else(|| GraderError::Config {
             path: path.to_owned(),
             message: not_object.into(),
         })?;
-        let cfg = Cfg { obj, path: path.to_owned() };
+        let cfg = Cfg {
+            obj,
+            path: path.to_owned(),
+        };
         if let Some(key) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(cfg.err(key, format!("unknown field `{key}` (allowed: {})", allowed.join(", "))));
+            return Err(cfg.err(
+                key,
+                format!("unknown field `{key}` (allowed: {})", allowed.join(", ")),
+            ));
         }
         Ok(cfg)
     }
@@ -44,7 +61,10 @@ impl<'a> Cfg<'a> {
     }
 
     pub fn err(&self, key: &str, message: impl Into<String>) -> GraderError {
-        GraderError::Config { path: self.path(key), message: message.into() }
+        GraderError::Config {
+            path: self.path(key),
+            message: message.into(),
+        }
     }
 
     pub fn opt(&self, key: &str) -> Option<&'a Value> {
@@ -52,32 +72,51 @@ impl<'a> Cfg<'a> {
     }
 
     pub fn req(&self, key: &str) -> Result<&'a Value, GraderError> {
-        self.opt(key).ok_or_else(|| self.err(key, format!("missing required field `{key}`")))
+        self.opt(key)
+            .ok_or_else(|| self.err(key, format!("missing required field `{key}`")))
     }
 
     pub fn req_str(&self, key: &str) -> Result<&'a str, GraderError> {
-        self.req(key)?.as_str().ok_or_else(|| self.err(key, "must be a string"))
+        self.req(key)?
+            .as_str()
+            .ok_or_else(|| self.err(key, "must be a string"))
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, GraderError> {
-        self.opt(key).map(|v| v.as_str().ok_or_else(|| self.err(key, "must be a string"))).transpose()
+        self.opt(key)
+            .map(|v| v.as_str().ok_or_else(|| self.err(key, "must be a string")))
+            .transpose()
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, GraderError> {
-        self.opt(key).map(|v| v.as_f64().ok_or_else(|| self.err(key, "must be a number"))).transpose()
+        self.opt(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.err(key, "must be a number")))
+            .transpose()
     }
 
     /// A non-negative integer.
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, GraderError> {
-        self.opt(key).map(|v| v.as_u64().ok_or_else(|| self.err(key, "must be a non-negative integer"))).transpose()
+        self.opt(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.err(key, "must be a non-negative integer"))
+            })
+            .transpose()
     }
 
     pub fn req_array(&self, key: &str) -> Result<&'a Vec<Value>, GraderError> {
-        self.req(key)?.as_array().ok_or_else(|| self.err(key, "must be an array"))
+        self.req(key)?
+            .as_array()
+            .ok_or_else(|| self.err(key, "must be an array"))
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, GraderError> {
-        self.opt(key).map(|v| v.as_bool().ok_or_else(|| self.err(key, "must be a boolean"))).transpose()
+        self.opt(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| self.err(key, "must be a boolean"))
+            })
+            .transpose()
     }
 
     pub fn template(&self, key: &str, text: &str) -> Result<Template, GraderError> {

@@ -25,16 +25,16 @@
 //! an entry carrying an `"error"` string (as `serve-reward` sends for a
 //! sample it could not grade) is a grading error for the samples concerned.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use reqwest::header::{HeaderName, HeaderValue};
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
 
-use super::config::Cfg;
-use super::http::Http;
-use super::{GraderError, GraderOptions, Scored, snippet};
+use super::{config::Cfg, http::Http, snippet, GraderError, GraderOptions, Scored};
 use crate::item::Item;
 
 pub(crate) const FIELDS: &[&str] = &["url", "headers", "rate_limit"];
@@ -50,28 +50,54 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     pub fn from_cfg(cfg: &Cfg, options: &GraderOptions) -> Result<Self, GraderError> {
         let url = cfg.req_str("url")?;
-        let parsed = reqwest::Url::parse(url).map_err(|e| cfg.err("url", format!("invalid URL: {e}")))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| cfg.err("url", format!("invalid URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(cfg.err("url", format!("must be http:// or https://, not {}://", parsed.scheme())));
+            return Err(cfg.err(
+                "url",
+                format!("must be http:// or https://, not {}://", parsed.scheme()),
+            ));
         }
         let mut headers = Vec::new();
         if let Some(h) = cfg.opt("headers") {
-            let map = h.as_object().ok_or_else(|| cfg.err("headers", "must be an object of name -> value strings"))?;
+            let map = h
+                .as_object()
+                .ok_or_else(|| cfg.err("headers", "must be an object of name -> value strings"))?;
             for (k, v) in map {
                 let path = || cfg.path(&format!("headers.{k}"));
-                let v = v.as_str().ok_or_else(|| GraderError::Config { path: path(), message: "must be a string".into() })?;
-                HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| GraderError::Config { path: path(), message: format!("invalid header name {k:?}") })?;
-                HeaderValue::from_str(v).map_err(|_| GraderError::Config { path: path(), message: "invalid header value".into() })?;
+                let v = v.as_str().ok_or_else(|| GraderError::Config {
+                    path: path(),
+                    message: "must be a string".into(),
+                })?;
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| GraderError::Config {
+                    path: path(),
+                    message: format!("invalid header name {k:?}"),
+                })?;
+                HeaderValue::from_str(v).map_err(|_| GraderError::Config {
+                    path: path(),
+                    message: "invalid header value".into(),
+                })?;
                 headers.push((k.clone(), v.to_owned()));
             }
         }
         let rate = match cfg.opt_f64("rate_limit")? {
             None => None,
-            Some(r) if r > 0.0 && r.is_finite() => Some((Duration::from_secs_f64(1.0 / r), Mutex::new(Instant::now()))),
-            Some(_) => return Err(cfg.err("rate_limit", "must be a positive number of requests per second")),
+            Some(r) if r > 0.0 && r.is_finite() => {
+                Some((Duration::from_secs_f64(1.0 / r), Mutex::new(Instant::now())))
+            }
+            Some(_) => {
+                return Err(cfg.err(
+                    "rate_limit",
+                    "must be a positive number of requests per second",
+                ))
+            }
         };
-        Ok(Self { url: url.to_owned(), headers, http: Http::new(options.endpoint_timeout), rate })
+        Ok(Self {
+            url: url.to_owned(),
+            headers,
+            http: Http::new(options.endpoint_timeout),
+            rate,
+        })
     }
 
     fn wait_for_slot(&self) {
@@ -99,7 +125,11 @@ impl Endpoint {
                 Ok((item_id, mut entry)) => {
                     let n = seen.entry(item_id.clone()).or_default();
                     *n += 1;
-                    let id = if *n == 1 { item_id } else { format!("{item_id}#{n}") };
+                    let id = if *n == 1 {
+                        item_id
+                    } else {
+                        format!("{item_id}#{n}")
+                    };
                     entry.insert("id".into(), json!(id));
                     entries.push(Value::Object(entry));
                     ids.push((i, id));
@@ -124,20 +154,33 @@ impl Endpoint {
                 }
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err("no result".into()))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("no result".into())))
+            .collect()
     }
 
     /// One POST; the reply's entries by id (the first of duplicates).
     fn call(&self, body: &Value) -> Result<HashMap<String, Value>, String> {
         self.wait_for_slot();
-        let reply = self.http.post_json(&self.url, &self.headers, None, body).map_err(|e| format!("endpoint: {e}"))?;
+        let reply = self
+            .http
+            .post_json(&self.url, &self.headers, None, body)
+            .map_err(|e| format!("endpoint: {e}"))?;
         if !reply.ok() {
             return Err(reply.status_error("endpoint"));
         }
-        let value: Value = serde_json::from_str(&reply.body)
-            .map_err(|e| format!("endpoint reply is not JSON ({e}): {}", snippet(&reply.body, 200)))?;
+        let value: Value = serde_json::from_str(&reply.body).map_err(|e| {
+            format!(
+                "endpoint reply is not JSON ({e}): {}",
+                snippet(&reply.body, 200)
+            )
+        })?;
         let Value::Array(list) = value else {
-            return Err(format!("endpoint reply is not a JSON array: {}", snippet(&reply.body, 200)));
+            return Err(format!(
+                "endpoint reply is not a JSON array: {}",
+                snippet(&reply.body, 200)
+            ));
         };
         let mut by_id = HashMap::new();
         for entry in list {
@@ -166,7 +209,11 @@ fn request_entry(ctx: &Value) -> Result<(String, Map<String, Value>), String> {
             answer["tool_calls"] = Value::Array(tools.clone());
         }
     }
-    let mut messages: Vec<Value> = item.prompt().iter().map(|m| serde_json::to_value(m).unwrap_or(Value::Null)).collect();
+    let mut messages: Vec<Value> = item
+        .prompt()
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+        .collect();
     messages.push(answer);
     let mut entry = Map::new();
     entry.insert("messages".into(), Value::Array(messages));
@@ -186,7 +233,9 @@ fn read_entry(entry: &Value) -> Scored {
         return Err(format!("endpoint could not grade the sample: {e}"));
     }
     let score = match entry.get("aggregate_reward_score") {
-        Some(v) => v.as_f64().ok_or_else(|| format!("aggregate_reward_score is not a number: {v}"))?,
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| format!("aggregate_reward_score is not a number: {v}"))?,
         None => return Err("endpoint reply entry has no aggregate_reward_score".into()),
     };
     let metrics = match entry.get("metrics_list") {
@@ -209,18 +258,21 @@ fn read_entry(entry: &Value) -> Scored {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    };
 
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    use axum::routing::post;
-    use axum::{Json, Router};
-    use serde_json::{Value, json};
+    use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
+    use serde_json::{json, Value};
 
-    use crate::grader::testutil::{Server, closed_port};
-    use crate::grader::{Grader, GraderError, GraderOptions};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{
+            testutil::{closed_port, Server},
+            Grader, GraderError, GraderOptions,
+        },
+        item::{Item, Message, Sample},
+    };
 
     #[derive(Default)]
     struct Lambda {
@@ -232,20 +284,43 @@ mod tests {
     /// A reward function: 1 when the answer equals the reference; the
     /// answer `skip` gets no entry, `nonnum` a string score, `fail` makes
     /// the whole request a 500.
-    async fn lambda(State(state): State<Arc<Lambda>>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    async fn lambda(
+        State(state): State<Arc<Lambda>>,
+        headers: axum::http::HeaderMap,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
         state.requests.fetch_add(1, Ordering::SeqCst);
         state.bodies.lock().unwrap().push(body.clone());
-        *state.auth.lock().unwrap() = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        *state.auth.lock().unwrap() = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut out = Vec::new();
         for entry in body.as_array().unwrap() {
-            let answer = entry["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+            let answer = entry["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             if answer == "fail" {
-                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "boom"})));
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "boom"})),
+                );
             }
             if answer == "skip" {
                 continue;
             }
-            let score = if answer == "nonnum" { json!("high") } else { json!(if Some(answer.as_str()) == entry["reference_answer"].as_str() { 1.0 } else { 0.0 }) };
+            let score = if answer == "nonnum" {
+                json!("high")
+            } else {
+                json!(
+                    if Some(answer.as_str()) == entry["reference_answer"].as_str() {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                )
+            };
             out.push(json!({
                 "id": entry["id"],
                 "aggregate_reward_score": score,
@@ -258,12 +333,20 @@ mod tests {
 
     fn start() -> (Server, Arc<Lambda>) {
         let state = Arc::new(Lambda::default());
-        let app = Router::new().route("/reward", post(lambda)).with_state(state.clone());
+        let app = Router::new()
+            .route("/reward", post(lambda))
+            .with_state(state.clone());
         (Server::start(app), state)
     }
 
     fn item(id: &str, reference: &str) -> Item {
-        let mut item = Item::new(vec![Message::new("system", "be brief"), Message::new("user", "2+2?")], Some(json!(reference)));
+        let mut item = Item::new(
+            vec![
+                Message::new("system", "be brief"),
+                Message::new("user", "2+2?"),
+            ],
+            Some(json!(reference)),
+        );
         item.extra.insert("id".into(), json!(id));
         item.extra.insert("task".into(), json!("arithmetic"));
         item
@@ -286,7 +369,13 @@ mod tests {
         let results = g.grade_batch(&pairs);
         assert_eq!(state.requests.load(Ordering::SeqCst), 1);
         let grades: Vec<_> = results.into_iter().map(Result::unwrap).collect();
-        assert_eq!(grades.iter().map(|g| (g.score, g.passed)).collect::<Vec<_>>(), vec![(1.0, true), (0.0, false), (1.0, true)]);
+        assert_eq!(
+            grades
+                .iter()
+                .map(|g| (g.score, g.passed))
+                .collect::<Vec<_>>(),
+            vec![(1.0, true), (0.0, false), (1.0, true)]
+        );
         assert_eq!(grades[0].reason, "exact=1.0, len=1");
         // The request: prompt + the sample as the assistant's answer,
         // reference_answer and the item's other fields; duplicate ids made unique.
@@ -298,10 +387,18 @@ mod tests {
             body[1]["messages"],
             json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}])
         );
-        assert_eq!((&body[1]["reference_answer"], &body[1]["task"]), (&json!("4"), &json!("arithmetic")));
+        assert_eq!(
+            (&body[1]["reference_answer"], &body[1]["task"]),
+            (&json!("4"), &json!("arithmetic"))
+        );
         assert_eq!(state.auth.lock().unwrap().as_deref(), Some("abc"));
         // A single grade is a batch of one.
-        assert_eq!(g.grade(&Sample::from_text("4"), &item("c", "4")).unwrap().score, 1.0);
+        assert_eq!(
+            g.grade(&Sample::from_text("4"), &item("c", "4"))
+                .unwrap()
+                .score,
+            1.0
+        );
         assert_eq!(state.requests.load(Ordering::SeqCst), 2);
     }
 
@@ -316,9 +413,17 @@ mod tests {
         ];
         let r = g.grade_batch(&pairs);
         let e = r[0].as_ref().unwrap_err();
-        assert!(matches!(e, GraderError::Grading { .. }) && e.to_string().contains("no entry for id \"a\""), "{e}");
+        assert!(
+            matches!(e, GraderError::Grading { .. })
+                && e.to_string().contains("no entry for id \"a\""),
+            "{e}"
+        );
         let e = r[1].as_ref().unwrap_err();
-        assert!(e.to_string().contains("aggregate_reward_score is not a number"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("aggregate_reward_score is not a number"),
+            "{e}"
+        );
         assert_eq!(r[2].as_ref().unwrap().score, 1.0);
     }
 
@@ -326,14 +431,26 @@ mod tests {
     fn transport_errors_fail_every_sample() {
         let (server, _) = start();
         let g = grader(&server.url("/reward"));
-        let pairs = vec![(Sample::from_text("4"), item("a", "4")), (Sample::from_text("fail"), item("b", "4"))];
+        let pairs = vec![
+            (Sample::from_text("4"), item("a", "4")),
+            (Sample::from_text("fail"), item("b", "4")),
+        ];
         for r in g.grade_batch(&pairs) {
-            assert!(r.as_ref().unwrap_err().to_string().contains("HTTP 500"), "{r:?}");
+            assert!(
+                r.as_ref().unwrap_err().to_string().contains("HTTP 500"),
+                "{r:?}"
+            );
         }
         let g = grader(&server.url("/nowhere"));
-        assert!(g.grade(&Sample::from_text("4"), &item("a", "4")).unwrap_err().to_string().contains("HTTP 404"));
+        assert!(g
+            .grade(&Sample::from_text("4"), &item("a", "4"))
+            .unwrap_err()
+            .to_string()
+            .contains("HTTP 404"));
         let g = grader(&format!("http://127.0.0.1:{}/", closed_port()));
-        let e = g.grade(&Sample::from_text("4"), &item("a", "4")).unwrap_err();
+        let e = g
+            .grade(&Sample::from_text("4"), &item("a", "4"))
+            .unwrap_err();
         assert!(matches!(e, GraderError::Grading { .. }), "{e}");
     }
 
@@ -345,7 +462,11 @@ mod tests {
         for _ in 0..4 {
             g.grade(&Sample::from_text("4"), &item("a", "4")).unwrap();
         }
-        assert!(start.elapsed() >= std::time::Duration::from_millis(290), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= std::time::Duration::from_millis(290),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(state.requests.load(Ordering::SeqCst), 4);
     }
 
@@ -353,16 +474,40 @@ mod tests {
     fn config_is_validated_strictly() {
         for (c, path) in [
             (json!({"type": "endpoint", "name": "e"}), "$.url"),
-            (json!({"type": "endpoint", "name": "e", "url": "not a url"}), "$.url"),
-            (json!({"type": "endpoint", "name": "e", "url": "ftp://x/"}), "$.url"),
-            (json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": {"a b": "c"}}), "$.headers.a b"),
-            (json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": {"k": 1}}), "$.headers.k"),
-            (json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": "k"}), "$.headers"),
-            (json!({"type": "endpoint", "name": "e", "url": "http://x/", "rate_limit": 0}), "$.rate_limit"),
-            (json!({"type": "endpoint", "name": "e", "url": "http://x/", "timeout": 3}), "$.timeout"),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "not a url"}),
+                "$.url",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "ftp://x/"}),
+                "$.url",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": {"a b": "c"}}),
+                "$.headers.a b",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": {"k": 1}}),
+                "$.headers.k",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "http://x/", "headers": "k"}),
+                "$.headers",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "http://x/", "rate_limit": 0}),
+                "$.rate_limit",
+            ),
+            (
+                json!({"type": "endpoint", "name": "e", "url": "http://x/", "timeout": 3}),
+                "$.timeout",
+            ),
         ] {
             let e = Grader::from_config_with(&c, &GraderOptions::default()).unwrap_err();
-            assert!(matches!(&e, GraderError::Config { path: p, .. } if p == path), "{c}: {e}");
+            assert!(
+                matches!(&e, GraderError::Config { path: p, .. } if p == path),
+                "{c}: {e}"
+            );
         }
     }
 }

@@ -94,7 +94,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                 }
             }
             let text: String = chars[start..i].iter().collect();
-            toks.push(Tok::Num(text.parse().map_err(|_| format!("bad number `{text}`"))?));
+            toks.push(Tok::Num(
+                text.parse().map_err(|_| format!("bad number `{text}`"))?,
+            ));
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
@@ -134,7 +136,13 @@ impl Parser<'_> {
     fn expr(&mut self) -> Result<Expr, String> {
         let mut lhs = self.term()?;
         loop {
-            let op = if self.eat('+') { '+' } else if self.eat('-') { '-' } else { return Ok(lhs) };
+            let op = if self.eat('+') {
+                '+'
+            } else if self.eat('-') {
+                '-'
+            } else {
+                return Ok(lhs);
+            };
             lhs = Expr::Bin(op, Box::new(lhs), Box::new(self.term()?));
         }
     }
@@ -142,7 +150,13 @@ impl Parser<'_> {
     fn term(&mut self) -> Result<Expr, String> {
         let mut lhs = self.unary()?;
         loop {
-            let op = if self.eat('*') { '*' } else if self.eat('/') { '/' } else { return Ok(lhs) };
+            let op = if self.eat('*') {
+                '*'
+            } else if self.eat('/') {
+                '/'
+            } else {
+                return Ok(lhs);
+            };
             lhs = Expr::Bin(op, Box::new(lhs), Box::new(self.unary()?));
         }
     }
@@ -175,13 +189,19 @@ impl Parser<'_> {
                         return Err(format!("expected `)` after the arguments of `{name}`"));
                     }
                     if !func.arity_ok(args.len()) {
-                        return Err(format!("wrong number of arguments ({}) to `{name}`", args.len()));
+                        return Err(format!(
+                            "wrong number of arguments ({}) to `{name}`",
+                            args.len()
+                        ));
                     }
                     Ok(Expr::Call(func, args))
                 } else if self.names.contains(&name.as_str()) {
                     Ok(Expr::Var(name))
                 } else {
-                    Err(format!("unknown name `{name}` (sub-graders: {})", self.names.join(", ")))
+                    Err(format!(
+                        "unknown name `{name}` (sub-graders: {})",
+                        self.names.join(", ")
+                    ))
                 }
             }
             Some(Tok::Sym('(')) => {
@@ -201,7 +221,11 @@ impl Parser<'_> {
 impl Expr {
     /// Parses `src`, accepting only the given variable names.
     pub fn parse(src: &str, names: &[&str]) -> Result<Expr, String> {
-        let mut p = Parser { toks: lex(src)?, pos: 0, names };
+        let mut p = Parser {
+            toks: lex(src)?,
+            pos: 0,
+            names,
+        };
         let e = p.expr()?;
         match p.peek() {
             None => Ok(e),
@@ -214,7 +238,9 @@ impl Expr {
     pub fn eval(&self, vars: &HashMap<String, f64>) -> Result<f64, String> {
         let v = match self {
             Expr::Num(n) => *n,
-            Expr::Var(name) => *vars.get(name).ok_or_else(|| format!("no score for `{name}`"))?,
+            Expr::Var(name) => *vars
+                .get(name)
+                .ok_or_else(|| format!("no score for `{name}`"))?,
             Expr::Neg(e) => -e.eval(vars)?,
             Expr::Bin(op, a, b) => {
                 let (a, b) = (a.eval(vars)?, b.eval(vars)?);
@@ -227,7 +253,10 @@ impl Expr {
                 }
             }
             Expr::Call(f, args) => {
-                let xs = args.iter().map(|a| a.eval(vars)).collect::<Result<Vec<f64>, String>>()?;
+                let xs = args
+                    .iter()
+                    .map(|a| a.eval(vars))
+                    .collect::<Result<Vec<f64>, String>>()?;
                 match f {
                     Func::Min => xs.iter().copied().fold(f64::INFINITY, f64::min),
                     Func::Max => xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -237,12 +266,18 @@ impl Expr {
                     Func::Sqrt => xs[0].sqrt(),
                     Func::Exp => xs[0].exp(),
                     Func::Log => xs[0].ln(),
-                    Func::Clamp if xs[1] > xs[2] => return Err(format!("clamp bounds reversed ({} > {})", xs[1], xs[2])),
+                    Func::Clamp if xs[1] > xs[2] => {
+                        return Err(format!("clamp bounds reversed ({} > {})", xs[1], xs[2]))
+                    }
                     Func::Clamp => xs[0].clamp(xs[1], xs[2]),
                 }
             }
         };
-        if v.is_finite() { Ok(v) } else { Err(format!("expression produced a non-finite value ({v})")) }
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("expression produced a non-finite value ({v})"))
+        }
     }
 }
 
@@ -292,7 +327,9 @@ mod tests {
 
     #[test]
     fn runtime_errors() {
-        assert!(eval("a / (b - 0.5)").unwrap_err().contains("division by zero"));
+        assert!(eval("a / (b - 0.5)")
+            .unwrap_err()
+            .contains("division by zero"));
         assert!(eval("sqrt(-1)").is_err());
         assert!(eval("log(0)").is_err());
         assert!(eval("clamp(a, 1, 0)").is_err());

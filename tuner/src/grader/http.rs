@@ -2,8 +2,7 @@
 //! first use (a blocking reqwest client owns a runtime thread, which a
 //! grader that is only validated should not start).
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use reqwest::blocking::Client;
 use serde_json::Value;
@@ -23,19 +22,33 @@ pub(crate) struct Reply {
 
 impl Http {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout, client: OnceLock::new() }
+        Self {
+            timeout,
+            client: OnceLock::new(),
+        }
     }
 
     fn client(&self) -> Result<&Client, String> {
         self.client
-            .get_or_init(|| Client::builder().timeout(self.timeout).build().map_err(|e| format!("building the HTTP client: {e}")))
+            .get_or_init(|| {
+                Client::builder()
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| format!("building the HTTP client: {e}"))
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
 
     /// POSTs `body` as JSON. Transport failures (refused, timed out) are
     /// `Err`; any HTTP status is a `Reply`.
-    pub fn post_json(&self, url: &str, headers: &[(String, String)], bearer: Option<&str>, body: &Value) -> Result<Reply, String> {
+    pub fn post_json(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<Reply, String> {
         let mut req = self.client()?.post(url).json(body);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -57,7 +70,11 @@ impl Reply {
 
     /// `HTTP 500: <start of the body>`.
     pub fn status_error(&self, what: &str) -> String {
-        format!("{what} returned HTTP {}: {}", self.status, snippet(&self.body, 300))
+        format!(
+            "{what} returned HTTP {}: {}",
+            self.status,
+            snippet(&self.body, 300)
+        )
     }
 }
 

@@ -8,9 +8,7 @@
 
 use serde_json::Value;
 
-use super::config::Cfg;
-use super::template::Template;
-use super::GraderError;
+use super::{config::Cfg, template::Template, GraderError};
 
 pub(crate) const FIELDS: &[&str] = &["input", "schema", "reference", "fields", "extract"];
 
@@ -56,23 +54,44 @@ impl JsonGrader {
         // `"reference": null`: validity (and the schema) only, even when the
         // item has a reference_answer: a format reward.
         let validity_only = matches!(cfg.opt("reference"), Some(Value::Null));
-        let explicit_reference = if validity_only { None } else { cfg.opt_str("reference")? };
-        let reference = cfg.template("reference", explicit_reference.unwrap_or(DEFAULT_REFERENCE))?;
+        let explicit_reference = if validity_only {
+            None
+        } else {
+            cfg.opt_str("reference")?
+        };
+        let reference =
+            cfg.template("reference", explicit_reference.unwrap_or(DEFAULT_REFERENCE))?;
         let schema = cfg
             .opt("schema")
-            .map(|s| jsonschema::validator_for(s).map_err(|e| cfg.err("schema", format!("invalid JSON Schema: {e}"))))
+            .map(|s| {
+                jsonschema::validator_for(s)
+                    .map_err(|e| cfg.err("schema", format!("invalid JSON Schema: {e}")))
+            })
             .transpose()?;
         let mut fields = Vec::new();
         if let Some(spec) = cfg.opt("fields") {
-            let map = spec.as_object().ok_or_else(|| cfg.err("fields", "must be an object of field -> weight"))?;
+            let map = spec
+                .as_object()
+                .ok_or_else(|| cfg.err("fields", "must be an object of field -> weight"))?;
             if map.is_empty() {
                 return Err(cfg.err("fields", "must name at least one field"));
             }
             for (key, weight) in map {
                 let path = format!("fields.{key}");
-                let weight = weight.as_f64().filter(|w| *w >= 0.0 && w.is_finite()).ok_or_else(|| cfg.err(&path, "weight must be a non-negative number"))?;
-                let pointer = if key.starts_with('/') { key.clone() } else { format!("/{}", key.replace('~', "~0").replace('/', "~1")) };
-                fields.push(Field { key: key.clone(), pointer, weight });
+                let weight = weight
+                    .as_f64()
+                    .filter(|w| *w >= 0.0 && w.is_finite())
+                    .ok_or_else(|| cfg.err(&path, "weight must be a non-negative number"))?;
+                let pointer = if key.starts_with('/') {
+                    key.clone()
+                } else {
+                    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+                };
+                fields.push(Field {
+                    key: key.clone(),
+                    pointer,
+                    weight,
+                });
             }
             if fields.iter().all(|f| f.weight == 0.0) {
                 return Err(cfg.err("fields", "weights must not all be zero"));
@@ -87,7 +106,15 @@ impl JsonGrader {
         if validity_only && !fields.is_empty() {
             return Err(cfg.err("reference", "null (validity only) cannot go with `fields`"));
         }
-        Ok(Self { input, schema, reference, reference_required, fields, validity_only, extract })
+        Ok(Self {
+            input,
+            schema,
+            reference,
+            reference_required,
+            fields,
+            validity_only,
+            extract,
+        })
     }
 
     pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
@@ -101,13 +128,28 @@ impl JsonGrader {
             },
         };
         if let Some(schema) = &self.schema {
-            let errors: Vec<String> = schema.iter_errors(&value).take(MAX_SCHEMA_ERRORS).map(|e| format!("at `{}`: {e}", e.instance_path())).collect();
+            let errors: Vec<String> = schema
+                .iter_errors(&value)
+                .take(MAX_SCHEMA_ERRORS)
+                .map(|e| format!("at `{}`: {e}", e.instance_path()))
+                .collect();
             if !errors.is_empty() {
-                return Ok((0.0, format!("input does not match the schema: {}", errors.join("; "))));
+                return Ok((
+                    0.0,
+                    format!("input does not match the schema: {}", errors.join("; ")),
+                ));
             }
         }
         if self.validity_only {
-            return Ok((1.0, if self.schema.is_some() { "valid JSON matching the schema" } else { "valid JSON" }.into()));
+            return Ok((
+                1.0,
+                if self.schema.is_some() {
+                    "valid JSON matching the schema"
+                } else {
+                    "valid JSON"
+                }
+                .into(),
+            ));
         }
         let reference = match self.reference.render_value(ctx) {
             Ok(v) => Some(parse_if_json(v)),
@@ -118,7 +160,11 @@ impl JsonGrader {
             return Ok((1.0, "valid JSON; no reference to compare".into()));
         };
         if self.fields.is_empty() {
-            return Ok(if equal(&value, &reference) { (1.0, "input equals reference".into()) } else { (0.0, "input differs from reference".into()) });
+            return Ok(if equal(&value, &reference) {
+                (1.0, "input equals reference".into())
+            } else {
+                (0.0, "input differs from reference".into())
+            });
         }
         let total: f64 = self.fields.iter().map(|f| f.weight).sum();
         let mut got = 0.0;
@@ -131,7 +177,11 @@ impl JsonGrader {
                 _ => mismatched.push(f.key.clone()),
             }
         }
-        let reason = if mismatched.is_empty() { "all fields match".to_owned() } else { format!("mismatched fields: {}", mismatched.join(", ")) };
+        let reason = if mismatched.is_empty() {
+            "all fields match".to_owned()
+        } else {
+            format!("mismatched fields: {}", mismatched.join(", "))
+        };
         Ok((got / total, reason))
     }
 }
@@ -151,27 +201,40 @@ fn equal(a: &Value, b: &Value) -> bool {
             _ => x == y,
         },
         (Value::String(x), Value::String(y)) => x.trim() == y.trim(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| equal(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w))),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
+        }
         _ => a == b,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::{json, Value};
 
-    use crate::grader::{Grade, Grader, GraderError};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{Grade, Grader, GraderError},
+        item::{Item, Message, Sample},
+    };
 
     fn grade(config: Value, output: &str, reference: Option<Value>) -> Result<Grade, GraderError> {
         let item = Item::new(vec![Message::new("user", "q")], reference);
-        Grader::from_config(&config).unwrap().grade(&Sample::from_text(output), &item)
+        Grader::from_config(&config)
+            .unwrap()
+            .grade(&Sample::from_text(output), &item)
     }
 
     #[test]
     fn invalid_json_scores_zero_with_reason() {
-        let g = grade(json!({"type": "json", "name": "j"}), "```json\n{}\n```", None).unwrap();
+        let g = grade(
+            json!({"type": "json", "name": "j"}),
+            "```json\n{}\n```",
+            None,
+        )
+        .unwrap();
         assert_eq!(g.score, 0.0);
         assert!(g.reason.contains("not valid JSON"), "{}", g.reason);
         let g = grade(json!({"type": "json", "name": "j"}), " {\"a\": 1} ", None).unwrap();
@@ -184,9 +247,16 @@ mod tests {
         let config = json!({"type": "json", "name": "j", "schema": {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "integer"}}}});
         let g = grade(config.clone(), r#"{"answer": "seven"}"#, None).unwrap();
         assert_eq!(g.score, 0.0);
-        assert!(g.reason.contains("schema") && g.reason.contains("/answer"), "{}", g.reason);
+        assert!(
+            g.reason.contains("schema") && g.reason.contains("/answer"),
+            "{}",
+            g.reason
+        );
         assert_eq!(grade(config, r#"{"answer": 7}"#, None).unwrap().score, 1.0);
-        let e = Grader::from_config(&json!({"type": "json", "name": "j", "schema": {"type": "no-such-type"}})).unwrap_err();
+        let e = Grader::from_config(
+            &json!({"type": "json", "name": "j", "schema": {"type": "no-such-type"}}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("$.schema"), "{e}");
     }
 
@@ -194,9 +264,36 @@ mod tests {
     fn whole_value_equality_is_lenient_on_numbers_and_whitespace() {
         let config = json!({"type": "json", "name": "j"});
         let reference = Some(json!({"n": 1, "s": "x", "l": [1, 2]}));
-        assert_eq!(grade(config.clone(), r#"{"n": 1.0, "s": " x ", "l": [1, 2.0]}"#, reference.clone()).unwrap().score, 1.0);
-        assert_eq!(grade(config.clone(), r#"{"n": 1, "s": "X", "l": [1, 2]}"#, reference.clone()).unwrap().score, 0.0);
-        assert_eq!(grade(config, r#"{"n": 1, "s": "x", "l": [1, 2], "more": 0}"#, reference).unwrap().score, 0.0);
+        assert_eq!(
+            grade(
+                config.clone(),
+                r#"{"n": 1.0, "s": " x ", "l": [1, 2.0]}"#,
+                reference.clone()
+            )
+            .unwrap()
+            .score,
+            1.0
+        );
+        assert_eq!(
+            grade(
+                config.clone(),
+                r#"{"n": 1, "s": "X", "l": [1, 2]}"#,
+                reference.clone()
+            )
+            .unwrap()
+            .score,
+            0.0
+        );
+        assert_eq!(
+            grade(
+                config,
+                r#"{"n": 1, "s": "x", "l": [1, 2], "more": 0}"#,
+                reference
+            )
+            .unwrap()
+            .score,
+            0.0
+        );
     }
 
     #[test]
@@ -204,9 +301,19 @@ mod tests {
         let config = json!({"type": "json", "name": "j", "fields": {"city": 3, "/geo/lat": 1}, "pass_threshold": 0.7});
         // The reference arrives as JSON text and is parsed.
         let reference = Some(json!(r#"{"city": "Paris", "geo": {"lat": 48.85}}"#));
-        let g = grade(config.clone(), r#"{"city": "Paris", "geo": {"lat": 48.85}}"#, reference.clone()).unwrap();
+        let g = grade(
+            config.clone(),
+            r#"{"city": "Paris", "geo": {"lat": 48.85}}"#,
+            reference.clone(),
+        )
+        .unwrap();
         assert_eq!((g.score, g.passed), (1.0, true));
-        let g = grade(config.clone(), r#"{"city": "Paris", "geo": {"lat": 0}}"#, reference.clone()).unwrap();
+        let g = grade(
+            config.clone(),
+            r#"{"city": "Paris", "geo": {"lat": 0}}"#,
+            reference.clone(),
+        )
+        .unwrap();
         assert_eq!((g.score, g.passed), (0.75, true));
         assert!(g.reason.contains("/geo/lat"), "{}", g.reason);
         let g = grade(config, r#"{"geo": {"lat": 48.85}}"#, reference).unwrap();
@@ -219,10 +326,23 @@ mod tests {
         let config = json!({"type": "json", "name": "j", "reference": null,
                             "schema": {"type": "object", "required": ["a"]}});
         let reference = Some(json!({"a": 1}));
-        assert_eq!(grade(config.clone(), r#"{"a": 2}"#, reference.clone()).unwrap().score, 1.0);
-        assert_eq!(grade(config.clone(), r#"{"b": 2}"#, reference.clone()).unwrap().score, 0.0);
+        assert_eq!(
+            grade(config.clone(), r#"{"a": 2}"#, reference.clone())
+                .unwrap()
+                .score,
+            1.0
+        );
+        assert_eq!(
+            grade(config.clone(), r#"{"b": 2}"#, reference.clone())
+                .unwrap()
+                .score,
+            0.0
+        );
         assert_eq!(grade(config, "{\"a\": 2", reference).unwrap().score, 0.0);
-        let e = Grader::from_config(&json!({"type": "json", "name": "j", "reference": null, "fields": {"a": 1}})).unwrap_err();
+        let e = Grader::from_config(
+            &json!({"type": "json", "name": "j", "reference": null, "fields": {"a": 1}}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("$.reference"), "{e}");
     }
 
@@ -230,24 +350,47 @@ mod tests {
     fn extract_finds_the_first_object_in_chatter() {
         let config = json!({"type": "json", "name": "j", "extract": true, "fields": {"a": 1}});
         let reference = Some(json!({"a": 1}));
-        let g = grade(config.clone(), "Sure! ```json\n{\"a\": 1}\n``` and {\"a\": 2}", reference.clone()).unwrap();
+        let g = grade(
+            config.clone(),
+            "Sure! ```json\n{\"a\": 1}\n``` and {\"a\": 2}",
+            reference.clone(),
+        )
+        .unwrap();
         assert_eq!(g.score, 1.0, "{}", g.reason);
         // A brace that opens no object is skipped.
-        assert_eq!(grade(config.clone(), "set {x} then {\"a\": 1}", reference.clone()).unwrap().score, 1.0);
+        assert_eq!(
+            grade(config.clone(), "set {x} then {\"a\": 1}", reference.clone())
+                .unwrap()
+                .score,
+            1.0
+        );
         let g = grade(config.clone(), "no json here", reference.clone()).unwrap();
         assert_eq!(g.score, 0.0);
         assert!(g.reason.contains("no JSON object"), "{}", g.reason);
         // Strict (the default) still rejects the fenced answer.
         let strict = json!({"type": "json", "name": "j", "fields": {"a": 1}});
-        assert_eq!(grade(strict, "```json\n{\"a\": 1}\n```", reference).unwrap().score, 0.0);
-        assert!(Grader::from_config(&json!({"type": "json", "name": "j", "extract": "yes"})).is_err());
+        assert_eq!(
+            grade(strict, "```json\n{\"a\": 1}\n```", reference)
+                .unwrap()
+                .score,
+            0.0
+        );
+        assert!(
+            Grader::from_config(&json!({"type": "json", "name": "j", "extract": "yes"})).is_err()
+        );
     }
 
     #[test]
     fn fields_need_a_reference() {
-        let e = grade(json!({"type": "json", "name": "j", "fields": {"a": 1}}), r#"{"a": 1}"#, None).unwrap_err();
+        let e = grade(
+            json!({"type": "json", "name": "j", "fields": {"a": 1}}),
+            r#"{"a": 1}"#,
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("item.reference_answer"), "{e}");
-        let e = Grader::from_config(&json!({"type": "json", "name": "j", "fields": {"a": -1}})).unwrap_err();
+        let e = Grader::from_config(&json!({"type": "json", "name": "j", "fields": {"a": -1}}))
+            .unwrap_err();
         assert!(e.to_string().contains("$.fields.a"), "{e}");
     }
 }

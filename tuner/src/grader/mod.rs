@@ -32,10 +32,10 @@
 mod config;
 pub mod endpoint;
 mod expr;
+mod feedback;
 mod http;
 mod json;
 mod multi;
-mod feedback;
 mod pattern;
 pub mod python;
 pub mod score_model;
@@ -46,18 +46,25 @@ pub mod template;
 mod testutil;
 mod text_similarity;
 
-use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{fmt, path::PathBuf, time::Duration};
 
-use serde_json::{Value, json};
+use config::Cfg;
+use serde_json::{json, Value};
 
 use crate::item::{Item, Sample};
-use config::Cfg;
 
 /// The grader types this crate implements.
-pub const SUPPORTED_TYPES: &[&str] =
-    &["string_check", "text_similarity", "regex", "json", "multi", "python", "score_model", "endpoint", "feedback"];
+pub const SUPPORTED_TYPES: &[&str] = &[
+    "string_check",
+    "text_similarity",
+    "regex",
+    "json",
+    "multi",
+    "python",
+    "score_model",
+    "endpoint",
+    "feedback",
+];
 /// OpenAI grader types that are recognised but not implemented here.
 pub const NOT_IMPLEMENTED_TYPES: &[&str] = &["label_model"];
 
@@ -175,21 +182,35 @@ impl Grader {
     /// As [`Grader::from_config`], with runtime options; `multi`'s nested
     /// graders get the same options. A `python` grader's source is loaded
     /// here once, so syntax errors and a missing `grade` are config errors.
-    pub fn from_config_with(config: &Value, options: &GraderOptions) -> Result<Grader, GraderError> {
+    pub fn from_config_with(
+        config: &Value,
+        options: &GraderOptions,
+    ) -> Result<Grader, GraderError> {
         Self::from_config_at(config, "$", options)
     }
 
-    fn from_config_at(config: &Value, path: &str, options: &GraderOptions) -> Result<Grader, GraderError> {
+    fn from_config_at(
+        config: &Value,
+        path: &str,
+        options: &GraderOptions,
+    ) -> Result<Grader, GraderError> {
         let kind_value = config.get("type").ok_or_else(|| GraderError::Config {
             path: format!("{path}.type"),
-            message: if config.is_object() { "missing required field `type`".into() } else { "a grader config must be a JSON object".into() },
+            message: if config.is_object() {
+                "missing required field `type`".into()
+            } else {
+                "a grader config must be a JSON object".into()
+            },
         })?;
         let kind_str = kind_value.as_str().ok_or_else(|| GraderError::Config {
             path: format!("{path}.type"),
             message: "must be a string".into(),
         })?;
         if NOT_IMPLEMENTED_TYPES.contains(&kind_str) {
-            return Err(GraderError::NotImplemented { path: format!("{path}.type"), kind: kind_str.to_owned() });
+            return Err(GraderError::NotImplemented {
+                path: format!("{path}.type"),
+                kind: kind_str.to_owned(),
+            });
         }
         let (kind_name, fields): (&'static str, &[&str]) = match kind_str {
             "string_check" => ("string_check", string_check::FIELDS),
@@ -201,25 +222,41 @@ impl Grader {
             "score_model" => ("score_model", score_model::FIELDS),
             "endpoint" => ("endpoint", endpoint::FIELDS),
             "feedback" => ("feedback", feedback::FIELDS),
-            other => return Err(GraderError::UnknownType { path: format!("{path}.type"), kind: other.to_owned() }),
+            other => {
+                return Err(GraderError::UnknownType {
+                    path: format!("{path}.type"),
+                    kind: other.to_owned(),
+                })
+            }
         };
         let mut allowed = vec!["type", "name", "pass_threshold"];
         allowed.extend_from_slice(fields);
         let cfg = Cfg::new(config, path, &allowed)?;
         let name = cfg.req_str("name")?.to_owned();
-        let pass_threshold = cfg.opt_f64("pass_threshold")?.unwrap_or(DEFAULT_PASS_THRESHOLD);
+        let pass_threshold = cfg
+            .opt_f64("pass_threshold")?
+            .unwrap_or(DEFAULT_PASS_THRESHOLD);
         let kind = match kind_name {
             "string_check" => Kind::StringCheck(string_check::StringCheck::from_cfg(&cfg)?),
-            "text_similarity" => Kind::TextSimilarity(text_similarity::TextSimilarity::from_cfg(&cfg)?),
+            "text_similarity" => {
+                Kind::TextSimilarity(text_similarity::TextSimilarity::from_cfg(&cfg)?)
+            }
             "regex" => Kind::Regex(pattern::RegexGrader::from_cfg(&cfg)?),
             "json" => Kind::Json(Box::new(json::JsonGrader::from_cfg(&cfg)?)),
             "python" => Kind::Python(python::PythonGrader::from_cfg(&cfg, options)?),
-            "score_model" => Kind::ScoreModel(Box::new(score_model::ScoreModel::from_cfg(&cfg, options)?)),
+            "score_model" => {
+                Kind::ScoreModel(Box::new(score_model::ScoreModel::from_cfg(&cfg, options)?))
+            }
             "endpoint" => Kind::Endpoint(endpoint::Endpoint::from_cfg(&cfg, options)?),
             "feedback" => Kind::Feedback(feedback::FeedbackGrader::from_cfg(&cfg)?),
             _ => Kind::Multi(multi::Multi::from_cfg(&cfg, options)?),
         };
-        Ok(Grader { name, kind_name, pass_threshold, kind })
+        Ok(Grader {
+            name,
+            kind_name,
+            pass_threshold,
+            kind,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -270,7 +307,10 @@ impl Grader {
             Kind::Python(g) => g.score(ctx),
             Kind::ScoreModel(g) => g.score(ctx),
             Kind::Feedback(g) => g.score(ctx),
-            Kind::Endpoint(g) => g.score_batch(std::slice::from_ref(ctx)).pop().unwrap_or_else(|| Err("no result".into())),
+            Kind::Endpoint(g) => g
+                .score_batch(std::slice::from_ref(ctx))
+                .pop()
+                .unwrap_or_else(|| Err("no result".into())),
         };
         self.finish(scored)
     }
@@ -287,11 +327,21 @@ impl Grader {
     }
 
     fn finish(&self, scored: Scored) -> Result<Grade, GraderError> {
-        let (score, reason) = scored.map_err(|message| GraderError::Grading { grader: self.name.clone(), message })?;
+        let (score, reason) = scored.map_err(|message| GraderError::Grading {
+            grader: self.name.clone(),
+            message,
+        })?;
         if !score.is_finite() {
-            return Err(GraderError::Grading { grader: self.name.clone(), message: format!("score is not finite ({score})") });
+            return Err(GraderError::Grading {
+                grader: self.name.clone(),
+                message: format!("score is not finite ({score})"),
+            });
         }
-        Ok(Grade { score, passed: score >= self.pass_threshold, reason })
+        Ok(Grade {
+            score,
+            passed: score >= self.pass_threshold,
+            reason,
+        })
     }
 }
 
@@ -337,7 +387,9 @@ mod tests {
         for t in NOT_IMPLEMENTED_TYPES {
             let e = err(json!({"type": t, "name": "m"}));
             assert!(matches!(e, GraderError::NotImplemented { .. }), "{e}");
-            assert!(e.to_string().contains(&format!("grader type {t} is not implemented yet")));
+            assert!(e
+                .to_string()
+                .contains(&format!("grader type {t} is not implemented yet")));
         }
         for t in ["python", "score_model", "endpoint"] {
             assert!(SUPPORTED_TYPES.contains(&t));
@@ -349,11 +401,14 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_fields_are_named() {
-        let e = err(json!({"type": "string_check", "name": "s", "input": "a", "reference": "b", "operation": "eq", "extra": 1}));
+        let e = err(
+            json!({"type": "string_check", "name": "s", "input": "a", "reference": "b", "operation": "eq", "extra": 1}),
+        );
         assert!(e.to_string().contains("$.extra"), "{e}");
         let e = err(json!({"type": "string_check", "name": "s", "input": "a", "operation": "eq"}));
         assert!(e.to_string().contains("$.reference"), "{e}");
-        let e = err(json!({"type": "string_check", "input": "a", "reference": "b", "operation": "eq"}));
+        let e =
+            err(json!({"type": "string_check", "input": "a", "reference": "b", "operation": "eq"}));
         assert!(e.to_string().contains("$.name"), "{e}");
         let e = err(json!({"name": "s"}));
         assert!(e.to_string().contains("$.type"), "{e}");
@@ -363,7 +418,9 @@ mod tests {
 
     #[test]
     fn pass_threshold_must_be_a_number() {
-        let e = err(json!({"type": "regex", "name": "r", "input": "x", "pattern": "x", "pass_threshold": "high"}));
+        let e = err(
+            json!({"type": "regex", "name": "r", "input": "x", "pattern": "x", "pass_threshold": "high"}),
+        );
         assert!(e.to_string().contains("$.pass_threshold"), "{e}");
         let g = Grader::from_config(&json!({"type": "regex", "name": "r", "input": "x", "pattern": "x", "pass_threshold": 0.5})).unwrap();
         assert_eq!(g.pass_threshold(), 0.5);

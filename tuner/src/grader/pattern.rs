@@ -5,9 +5,7 @@
 use regex::Regex;
 use serde_json::Value;
 
-use super::config::Cfg;
-use super::template::Template;
-use super::GraderError;
+use super::{config::Cfg, template::Template, GraderError};
 
 pub(crate) const FIELDS: &[&str] = &["input", "pattern", "full_match"];
 
@@ -23,9 +21,17 @@ impl RegexGrader {
         // Anchoring with \A..\z rather than checking the match span, since a
         // leftmost-first search can pick a shorter alternative than the one
         // that would cover the whole input.
-        let source = if full { format!(r"\A(?:{pattern})\z") } else { pattern.to_owned() };
-        let regex = Regex::new(&source).map_err(|e| cfg.err("pattern", format!("invalid regex: {e}")))?;
-        Ok(Self { input: cfg.req_template("input")?, regex })
+        let source = if full {
+            format!(r"\A(?:{pattern})\z")
+        } else {
+            pattern.to_owned()
+        };
+        let regex =
+            Regex::new(&source).map_err(|e| cfg.err("pattern", format!("invalid regex: {e}")))?;
+        Ok(Self {
+            input: cfg.req_template("input")?,
+            regex,
+        })
     }
 
     pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
@@ -40,14 +46,20 @@ impl RegexGrader {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::{json, Value};
 
-    use crate::grader::{Grader, GraderError};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{Grader, GraderError},
+        item::{Item, Message, Sample},
+    };
 
     fn grade(config: Value, output: &str) -> f64 {
         let item = Item::new(vec![Message::new("user", "q")], None);
-        Grader::from_config(&config).unwrap().grade(&Sample::from_text(output), &item).unwrap().score
+        Grader::from_config(&config)
+            .unwrap()
+            .grade(&Sample::from_text(output), &item)
+            .unwrap()
+            .score
     }
 
     #[test]
@@ -62,8 +74,14 @@ mod tests {
 
     #[test]
     fn bad_regex_is_a_config_error() {
-        let e = Grader::from_config(&json!({"type": "regex", "name": "r", "input": "x", "pattern": "(unclosed"})).unwrap_err();
-        assert!(matches!(&e, GraderError::Config { path, .. } if path == "$.pattern"), "{e}");
+        let e = Grader::from_config(
+            &json!({"type": "regex", "name": "r", "input": "x", "pattern": "(unclosed"}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, GraderError::Config { path, .. } if path == "$.pattern"),
+            "{e}"
+        );
         let e = Grader::from_config(&json!({"type": "regex", "name": "r", "input": "x", "pattern": "x", "full_match": "yes"})).unwrap_err();
         assert!(e.to_string().contains("$.full_match"), "{e}");
     }

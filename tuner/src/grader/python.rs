@@ -41,17 +41,20 @@
 //! runs once per worker. A worker serves a whole [`super::Grader::grade_batch`];
 //! single `grade` calls reuse idle workers.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
-use super::config::Cfg;
-use super::{GraderError, GraderOptions, Scored, secs};
+use super::{config::Cfg, secs, GraderError, GraderOptions, Scored};
 
 pub(crate) const FIELDS: &[&str] = &["source", "image_tag"];
 
@@ -116,32 +119,50 @@ impl PythonGrader {
         if options.python_timeout.is_zero() {
             return Err(cfg.err("source", "the python timeout must be positive"));
         }
-        let mut grader =
-            Self { source, options: options.clone(), isolation: NetIsolation::None, idle: Mutex::new(Vec::new()) };
+        let mut grader = Self {
+            source,
+            options: options.clone(),
+            isolation: NetIsolation::None,
+            idle: Mutex::new(Vec::new()),
+        };
         let python = options.python.display().to_string();
         // Load the source once now, so that a syntax error or a missing
         // `grade` is a config error, and find the strongest isolation the
         // kernel grants: only a failed start falls through to the next.
-        let modes: &[NetIsolation] = if options.python_network_namespace && cfg!(target_os = "linux") {
-            &[NetIsolation::NetNs, NetIsolation::UserNetNs, NetIsolation::None]
-        } else {
-            &[NetIsolation::None]
-        };
+        let modes: &[NetIsolation] =
+            if options.python_network_namespace && cfg!(target_os = "linux") {
+                &[
+                    NetIsolation::NetNs,
+                    NetIsolation::UserNetNs,
+                    NetIsolation::None,
+                ]
+            } else {
+                &[NetIsolation::None]
+            };
         let mut last = None;
         for &mode in modes {
             grader.isolation = mode;
             match grader.spawn() {
                 Ok(worker) => {
-                    grader.idle.get_mut().unwrap_or_else(|e| e.into_inner()).push(worker);
+                    grader
+                        .idle
+                        .get_mut()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(worker);
                     return Ok(grader);
                 }
-                Err(SpawnError::Start(e)) if mode != NetIsolation::None && e.kind() != std::io::ErrorKind::NotFound => {
+                Err(SpawnError::Start(e))
+                    if mode != NetIsolation::None && e.kind() != std::io::ErrorKind::NotFound =>
+                {
                     last = Some(SpawnError::Start(e));
                 }
                 Err(e) => return Err(cfg.err("source", e.message(&python))),
             }
         }
-        Err(cfg.err("source", last.map(|e| e.message(&python)).unwrap_or_default()))
+        Err(cfg.err(
+            "source",
+            last.map(|e| e.message(&python)).unwrap_or_default(),
+        ))
     }
 
     pub fn sandbox_description(&self) -> &'static str {
@@ -149,7 +170,9 @@ impl PythonGrader {
     }
 
     pub fn score(&self, ctx: &Value) -> Scored {
-        self.score_batch(std::slice::from_ref(ctx)).pop().unwrap_or_else(|| Err("no result".into()))
+        self.score_batch(std::slice::from_ref(ctx))
+            .pop()
+            .unwrap_or_else(|| Err("no result".into()))
     }
 
     /// Grades the batch on one worker, replacing it when it dies or hangs.
@@ -168,7 +191,12 @@ impl PythonGrader {
                     Some(w) => w,
                     None => match self.spawn() {
                         Ok(w) => w,
-                        Err(e) => break Err(format!("starting the python worker: {}", e.message(&python))),
+                        Err(e) => {
+                            break Err(format!(
+                                "starting the python worker: {}",
+                                e.message(&python)
+                            ))
+                        }
                     },
                 };
                 match w.request(&request, self.options.python_timeout) {
@@ -200,7 +228,9 @@ impl PythonGrader {
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         sandbox(&mut cmd, self.isolation);
         let mut child = cmd.spawn().map_err(SpawnError::Start)?;
         let stdin = child.stdin.take().expect("piped stdin");
@@ -230,7 +260,12 @@ impl PythonGrader {
                 t.drain(..excess);
             }
         });
-        let mut worker = Worker { child, stdin, lines, stderr_tail };
+        let mut worker = Worker {
+            child,
+            stdin,
+            lines,
+            stderr_tail,
+        };
         let setup = json!({
             "source": self.source,
             "timeout": self.options.python_timeout.as_secs_f64(),
@@ -239,20 +274,29 @@ impl PythonGrader {
         if worker.send(&setup).is_err() {
             return Err(SpawnError::Worker(worker.died("while starting")));
         }
-        match worker.lines.recv_timeout(self.options.python_timeout + GRACE) {
+        match worker
+            .lines
+            .recv_timeout(self.options.python_timeout + GRACE)
+        {
             Ok(line) => match serde_json::from_str::<Value>(&line) {
                 Ok(v) if v.get("ready") == Some(&Value::Bool(true)) => Ok(worker),
                 Ok(v) => match v.get("error").and_then(Value::as_str) {
                     Some(e) => Err(SpawnError::Source(e.to_owned())),
-                    None => Err(SpawnError::Worker(format!("unexpected reply from the python worker: {line}"))),
+                    None => Err(SpawnError::Worker(format!(
+                        "unexpected reply from the python worker: {line}"
+                    ))),
                 },
-                Err(_) => Err(SpawnError::Worker(format!("unexpected reply from the python worker: {line}"))),
+                Err(_) => Err(SpawnError::Worker(format!(
+                    "unexpected reply from the python worker: {line}"
+                ))),
             },
             Err(RecvTimeoutError::Timeout) => Err(SpawnError::Source(format!(
                 "module-level code did not finish within {}",
                 secs(self.options.python_timeout + GRACE)
             ))),
-            Err(RecvTimeoutError::Disconnected) => Err(SpawnError::Worker(worker.died("while loading the source"))),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(SpawnError::Worker(worker.died("while loading the source")))
+            }
         }
     }
 }
@@ -315,12 +359,21 @@ impl Worker {
         }
         Some(match self.lines.recv_timeout(timeout + GRACE) {
             Ok(line) => match serde_json::from_str::<Value>(&line) {
-                Ok(v) => match (v.get("score").and_then(Value::as_f64), v.get("error").and_then(Value::as_str)) {
+                Ok(v) => match (
+                    v.get("score").and_then(Value::as_f64),
+                    v.get("error").and_then(Value::as_str),
+                ) {
                     (Some(score), _) => (Ok((score, format!("grade() returned {score}"))), true),
                     (None, Some(e)) => (Err(e.to_owned()), true),
-                    _ => (Err(format!("unexpected reply from the python worker: {line}")), false),
+                    _ => (
+                        Err(format!("unexpected reply from the python worker: {line}")),
+                        false,
+                    ),
                 },
-                Err(_) => (Err(format!("unexpected reply from the python worker: {line}")), false),
+                Err(_) => (
+                    Err(format!("unexpected reply from the python worker: {line}")),
+                    false,
+                ),
             },
             Err(RecvTimeoutError::Timeout) => {
                 self.kill();
@@ -333,10 +386,20 @@ impl Worker {
     /// Describes a worker that stopped answering: exit status and stderr tail.
     fn died(&mut self, when: &str) -> String {
         self.kill();
-        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let status = self
+            .child
+            .wait()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
         // The stderr reader may still be draining the last lines.
         std::thread::sleep(Duration::from_millis(50));
-        let tail: Vec<u8> = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        let tail: Vec<u8> = self
+            .stderr_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
         let tail = String::from_utf8_lossy(&tail).trim().to_owned();
         if tail.is_empty() {
             format!("the python worker died {when} ({status})")
@@ -374,10 +437,12 @@ impl Drop for Worker {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use serde_json::{Value, json};
+    use serde_json::{json, Value};
 
-    use crate::grader::{Grader, GraderError, GraderOptions};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{Grader, GraderError, GraderOptions},
+        item::{Item, Message, Sample},
+    };
 
     fn item(reference: &str) -> Item {
         Item::new(vec![Message::new("user", "q")], Some(json!(reference)))
@@ -396,7 +461,9 @@ mod tests {
     }
 
     fn grade(g: &Grader, text: &str) -> Result<f64, String> {
-        g.grade(&Sample::from_text(text), &item("42")).map(|g| g.score).map_err(|e| e.to_string())
+        g.grade(&Sample::from_text(text), &item("42"))
+            .map(|g| g.score)
+            .map_err(|e| e.to_string())
     }
 
     const EXACT: &str = "def grade(sample, item):\n    return 1.0 if sample['output_text'] == item['reference_answer'] else 0\n";
@@ -416,31 +483,56 @@ mod tests {
     #[test]
     fn batch_uses_one_worker_and_matches_single_grades() {
         let g = grader("import os\ndef grade(sample, item):\n    return os.getppid()\n");
-        let pairs: Vec<(Sample, Item)> = (0..5).map(|i| (Sample::from_text(i.to_string()), item("42"))).collect();
-        let pids: Vec<f64> = g.grade_batch(&pairs).into_iter().map(|r| r.unwrap().score).collect();
+        let pairs: Vec<(Sample, Item)> = (0..5)
+            .map(|i| (Sample::from_text(i.to_string()), item("42")))
+            .collect();
+        let pids: Vec<f64> = g
+            .grade_batch(&pairs)
+            .into_iter()
+            .map(|r| r.unwrap().score)
+            .collect();
         assert!(pids.iter().all(|p| *p == pids[0] && *p > 1.0), "{pids:?}");
         let g = grader(EXACT);
-        let pairs: Vec<(Sample, Item)> = ["42", "1", "42"].iter().map(|t| (Sample::from_text(*t), item("42"))).collect();
-        let scores: Vec<f64> = g.grade_batch(&pairs).into_iter().map(|r| r.unwrap().score).collect();
+        let pairs: Vec<(Sample, Item)> = ["42", "1", "42"]
+            .iter()
+            .map(|t| (Sample::from_text(*t), item("42")))
+            .collect();
+        let scores: Vec<f64> = g
+            .grade_batch(&pairs)
+            .into_iter()
+            .map(|r| r.unwrap().score)
+            .collect();
         assert_eq!(scores, vec![1.0, 0.0, 1.0]);
     }
 
     #[test]
     fn samples_do_not_share_state() {
         let g = grader("n = 0\ndef grade(sample, item):\n    global n\n    n += 1\n    return n\n");
-        let pairs: Vec<(Sample, Item)> = (0..3).map(|_| (Sample::from_text("x"), item("42"))).collect();
-        let scores: Vec<f64> = g.grade_batch(&pairs).into_iter().map(|r| r.unwrap().score).collect();
+        let pairs: Vec<(Sample, Item)> = (0..3)
+            .map(|_| (Sample::from_text("x"), item("42")))
+            .collect();
+        let scores: Vec<f64> = g
+            .grade_batch(&pairs)
+            .into_iter()
+            .map(|r| r.unwrap().score)
+            .collect();
         assert_eq!(scores, vec![1.0, 1.0, 1.0]);
     }
 
     #[test]
     fn infinite_loop_is_killed_and_the_next_sample_is_graded() {
-        let options = GraderOptions { python_timeout: Duration::from_secs(1), ..GraderOptions::default() };
+        let options = GraderOptions {
+            python_timeout: Duration::from_secs(1),
+            ..GraderOptions::default()
+        };
         let g = grader_with(
             "def grade(sample, item):\n    if sample['output_text'] == 'loop':\n        while True: pass\n    return 1\n",
             &options,
         );
-        let pairs: Vec<(Sample, Item)> = ["loop", "ok", "loop", "ok"].iter().map(|t| (Sample::from_text(*t), item("42"))).collect();
+        let pairs: Vec<(Sample, Item)> = ["loop", "ok", "loop", "ok"]
+            .iter()
+            .map(|t| (Sample::from_text(*t), item("42")))
+            .collect();
         let start = Instant::now();
         let results = g.grade_batch(&pairs);
         let elapsed = start.elapsed();
@@ -454,14 +546,26 @@ mod tests {
         }
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
         assert_eq!(grade(&g, "ok").unwrap(), 1.0);
-        assert!(grade(&g, "loop").unwrap_err().contains("timed out after 1s"));
+        assert!(grade(&g, "loop")
+            .unwrap_err()
+            .contains("timed out after 1s"));
     }
 
     #[test]
     fn module_level_hang_is_a_config_error() {
-        let options = GraderOptions { python_timeout: Duration::from_millis(200), ..GraderOptions::default() };
-        let e = Grader::from_config_with(&config("while True: pass\ndef grade(s, i): return 1\n"), &options).unwrap_err();
-        assert!(matches!(&e, GraderError::Config { path, .. } if path == "$.source"), "{e}");
+        let options = GraderOptions {
+            python_timeout: Duration::from_millis(200),
+            ..GraderOptions::default()
+        };
+        let e = Grader::from_config_with(
+            &config("while True: pass\ndef grade(s, i): return 1\n"),
+            &options,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, GraderError::Config { path, .. } if path == "$.source"),
+            "{e}"
+        );
         assert!(e.to_string().contains("did not finish"), "{e}");
     }
 
@@ -489,7 +593,10 @@ mod tests {
         for source in &sources {
             let g = grader_with(source, options);
             let e = grade(&g, "x").unwrap_err();
-            assert!(e.contains("PermissionError") || e.contains("Error"), "{source}: {e}");
+            assert!(
+                e.contains("PermissionError") || e.contains("Error"),
+                "{source}: {e}"
+            );
             assert_no_connection(&listener);
         }
         // At module level too.
@@ -504,7 +611,10 @@ mod tests {
 
     #[test]
     fn network_is_denied_by_the_audit_hook_alone() {
-        let options = GraderOptions { python_network_namespace: false, ..GraderOptions::default() };
+        let options = GraderOptions {
+            python_network_namespace: false,
+            ..GraderOptions::default()
+        };
         let g = grader_with(EXACT, &options);
         assert_eq!(g.python_sandbox(), Some("audit hook only"));
         network_denied(&options);
@@ -516,8 +626,14 @@ mod tests {
         let g = grader_with(EXACT, &options);
         let layers = g.python_sandbox().unwrap();
         eprintln!("python sandbox on this machine: {layers}");
-        let unshare_works = std::process::Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success())
-            || std::process::Command::new("unshare").args(["-rn", "true"]).status().is_ok_and(|s| s.success());
+        let unshare_works = std::process::Command::new("unshare")
+            .args(["-n", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+            || std::process::Command::new("unshare")
+                .args(["-rn", "true"])
+                .status()
+                .is_ok_and(|s| s.success());
         if unshare_works {
             assert!(layers.contains("namespace"), "{layers}");
         }
@@ -537,19 +653,35 @@ mod tests {
         assert!(e.contains("MemoryError"), "{e}");
         // The worker survives for the next sample.
         let g2 = grader("def grade(sample, item):\n    if sample['output_text'] == 'big':\n        b = bytearray(2 << 30)\n    return 1\n");
-        let pairs: Vec<(Sample, Item)> = ["big", "small"].iter().map(|t| (Sample::from_text(*t), item("42"))).collect();
+        let pairs: Vec<(Sample, Item)> = ["big", "small"]
+            .iter()
+            .map(|t| (Sample::from_text(*t), item("42")))
+            .collect();
         let r = g2.grade_batch(&pairs);
-        assert!(r[0].as_ref().unwrap_err().to_string().contains("MemoryError"));
+        assert!(r[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("MemoryError"));
         assert_eq!(r[1].as_ref().unwrap().score, 1.0);
     }
 
     #[test]
     fn non_numbers_are_errors_naming_the_type() {
-        for (ret, ty) in [("'0.5'", "str"), ("None", "NoneType"), ("True", "bool"), ("[1]", "list")] {
+        for (ret, ty) in [
+            ("'0.5'", "str"),
+            ("None", "NoneType"),
+            ("True", "bool"),
+            ("[1]", "list"),
+        ] {
             let g = grader(&format!("def grade(sample, item):\n    return {ret}\n"));
             let e = g.grade(&Sample::from_text("x"), &item("42")).unwrap_err();
             assert!(matches!(e, GraderError::Grading { .. }), "{e}");
-            assert!(e.to_string().contains(&format!("must return a number, got {ty}")), "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("must return a number, got {ty}")),
+                "{e}"
+            );
         }
         let g = grader("def grade(sample, item):\n    return float('nan')\n");
         assert!(grade(&g, "x").unwrap_err().contains("non-finite"));
@@ -589,25 +721,46 @@ mod tests {
 
     #[test]
     fn bad_sources_are_config_errors() {
-        let e = Grader::from_config(&config("def grade(sample, item)\n    return 1\n")).unwrap_err();
-        assert!(matches!(&e, GraderError::Config { path, .. } if path == "$.source"), "{e}");
+        let e =
+            Grader::from_config(&config("def grade(sample, item)\n    return 1\n")).unwrap_err();
+        assert!(
+            matches!(&e, GraderError::Config { path, .. } if path == "$.source"),
+            "{e}"
+        );
         assert!(e.to_string().contains("SyntaxError"), "{e}");
-        let e = Grader::from_config(&config("def score(sample, item):\n    return 1\n")).unwrap_err();
-        assert!(e.to_string().contains("must define a function `grade(sample, item)`"), "{e}");
+        let e =
+            Grader::from_config(&config("def score(sample, item):\n    return 1\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must define a function `grade(sample, item)`"),
+            "{e}"
+        );
         let e = Grader::from_config(&config("raise ValueError('boom')\n")).unwrap_err();
         assert!(e.to_string().contains("ValueError: boom"), "{e}");
-        let e = Grader::from_config(&json!({"type": "python", "name": "p", "source": "x", "extra": 1})).unwrap_err();
+        let e =
+            Grader::from_config(&json!({"type": "python", "name": "p", "source": "x", "extra": 1}))
+                .unwrap_err();
         assert!(e.to_string().contains("$.extra"), "{e}");
         let e = Grader::from_config(&json!({"type": "python", "name": "p"})).unwrap_err();
         assert!(e.to_string().contains("$.source"), "{e}");
-        let options = GraderOptions { python: "/nonexistent/python3".into(), ..GraderOptions::default() };
+        let options = GraderOptions {
+            python: "/nonexistent/python3".into(),
+            ..GraderOptions::default()
+        };
         let e = Grader::from_config_with(&config(EXACT), &options).unwrap_err();
-        assert!(e.to_string().contains("cannot start `/nonexistent/python3`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot start `/nonexistent/python3`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn python_inside_multi_gets_the_options() {
-        let options = GraderOptions { python_timeout: Duration::from_millis(500), ..GraderOptions::default() };
+        let options = GraderOptions {
+            python_timeout: Duration::from_millis(500),
+            ..GraderOptions::default()
+        };
         let c = json!({
             "type": "multi", "name": "m", "calculate_output": "py + exact",
             "graders": {
@@ -616,10 +769,16 @@ mod tests {
             }
         });
         let g = Grader::from_config_with(&c, &options).unwrap();
-        let pairs: Vec<(Sample, Item)> = ["42", "loop"].iter().map(|t| (Sample::from_text(*t), item("42"))).collect();
+        let pairs: Vec<(Sample, Item)> = ["42", "loop"]
+            .iter()
+            .map(|t| (Sample::from_text(*t), item("42")))
+            .collect();
         let r = g.grade_batch(&pairs);
         assert_eq!(r[0].as_ref().unwrap().score, 1.5);
         let e = r[1].as_ref().unwrap_err().to_string();
-        assert!(e.contains("sub-grader `py` failed") && e.contains("timed out after 0.5s"), "{e}");
+        assert!(
+            e.contains("sub-grader `py` failed") && e.contains("timed out after 0.5s"),
+            "{e}"
+        );
     }
 }

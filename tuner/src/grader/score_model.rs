@@ -30,26 +30,35 @@
 //! `score_model.cache.jsonl` there (`{"key", "content"}` lines) and loaded
 //! again by the next grader: a hit makes no HTTP request.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+};
 
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::config::Cfg;
-use super::http::Http;
-use super::template::Template;
-use super::{GraderError, GraderOptions, Scored, snippet};
+use super::{
+    config::Cfg, http::Http, snippet, template::Template, GraderError, GraderOptions, Scored,
+};
 
 pub(crate) const FIELDS: &[&str] = &["input", "model", "range", "sampling_params"];
 const MESSAGE_FIELDS: &[&str] = &["role", "content", "type"];
 const PART_FIELDS: &[&str] = &["type", "text"];
-const SAMPLING_FIELDS: &[&str] =
-    &["temperature", "top_p", "seed", "max_completion_tokens", "max_completions_tokens", "reasoning_effort"];
+const SAMPLING_FIELDS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "seed",
+    "max_completion_tokens",
+    "max_completions_tokens",
+    "reasoning_effort",
+];
 /// The cache file's name inside `cache_dir`.
 pub const CACHE_FILE: &str = "score_model.cache.jsonl";
 /// Judge requests in flight at once in `grade_batch`.
@@ -96,7 +105,10 @@ impl ScoreModel {
             }
             let role = mc.req_str("role")?;
             if !matches!(role, "system" | "developer" | "user" | "assistant") {
-                return Err(mc.err("role", format!("unknown role {role:?} (allowed: system, developer, user, assistant)")));
+                return Err(mc.err(
+                    "role",
+                    format!("unknown role {role:?} (allowed: system, developer, user, assistant)"),
+                ));
             }
             let content = match mc.req("content")? {
                 Value::String(s) => Content::Text(mc.template("content", s)?),
@@ -114,18 +126,26 @@ impl ScoreModel {
                 }
                 _ => return Err(mc.err("content", "must be a string or an array of text parts")),
             };
-            input.push(InputMessage { role: role.to_owned(), content });
+            input.push(InputMessage {
+                role: role.to_owned(),
+                content,
+            });
         }
         let range = match cfg.opt("range") {
             None => (0.0, 1.0),
             Some(v) => {
-                let pair = v.as_array().filter(|a| a.len() == 2).ok_or_else(|| cfg.err("range", "must be [min, max]"))?;
+                let pair = v
+                    .as_array()
+                    .filter(|a| a.len() == 2)
+                    .ok_or_else(|| cfg.err("range", "must be [min, max]"))?;
                 let (lo, hi) = match (pair[0].as_f64(), pair[1].as_f64()) {
                     (Some(lo), Some(hi)) => (lo, hi),
                     _ => return Err(cfg.err("range", "must be two numbers [min, max]")),
                 };
                 if lo >= hi {
-                    return Err(cfg.err("range", format!("min must be below max, got [{lo}, {hi}]")));
+                    return Err(
+                        cfg.err("range", format!("min must be below max, got [{lo}, {hi}]"))
+                    );
                 }
                 (lo, hi)
             }
@@ -151,8 +171,14 @@ impl ScoreModel {
                     if n == 0 {
                         return Err(sp.err(key, "must be positive"));
                     }
-                    if sampling.insert("max_completion_tokens".into(), json!(n)).is_some() {
-                        return Err(sp.err(key, "give max_completion_tokens or max_completions_tokens, not both"));
+                    if sampling
+                        .insert("max_completion_tokens".into(), json!(n))
+                        .is_some()
+                    {
+                        return Err(sp.err(
+                            key,
+                            "give max_completion_tokens or max_completions_tokens, not both",
+                        ));
                     }
                 }
             }
@@ -160,13 +186,17 @@ impl ScoreModel {
                 sampling.insert("reasoning_effort".into(), json!(effort));
             }
         }
-        let cache = Cache::open(options.cache_dir.clone()).map_err(|e| cfg.err("model", format!("score_model cache: {e}")))?;
+        let cache = Cache::open(options.cache_dir.clone())
+            .map_err(|e| cfg.err("model", format!("score_model cache: {e}")))?;
         Ok(Self {
             model,
             input,
             range,
             sampling,
-            url: format!("{}/chat/completions", options.judge_base_url.trim_end_matches('/')),
+            url: format!(
+                "{}/chat/completions",
+                options.judge_base_url.trim_end_matches('/')
+            ),
             api_key: options.judge_api_key.clone(),
             http: Http::new(options.judge_timeout),
             cache,
@@ -174,7 +204,8 @@ impl ScoreModel {
     }
 
     fn render(&self, ctx: &Value) -> Result<Vec<Value>, String> {
-        let render = |t: &Template, i: usize| t.render(ctx).map_err(|e| format!("input.{i}.content: {e}"));
+        let render =
+            |t: &Template, i: usize| t.render(ctx).map_err(|e| format!("input.{i}.content: {e}"));
         self.input
             .iter()
             .enumerate()
@@ -182,7 +213,10 @@ impl ScoreModel {
                 let content = match &m.content {
                     Content::Text(t) => Value::String(render(t, i)?),
                     Content::Parts(parts) => Value::Array(
-                        parts.iter().map(|t| Ok(json!({"type": "text", "text": render(t, i)?}))).collect::<Result<_, String>>()?,
+                        parts
+                            .iter()
+                            .map(|t| Ok(json!({"type": "text", "text": render(t, i)?})))
+                            .collect::<Result<_, String>>()?,
                     ),
                 };
                 Ok(json!({"role": m.role, "content": content}))
@@ -225,20 +259,42 @@ impl ScoreModel {
                 }
             }
         });
-        body.as_object_mut().expect("object").extend(self.sampling.clone());
-        let reply = self.http.post_json(&self.url, &[], self.api_key.as_deref(), &body).map_err(|e| format!("judge: {e}"))?;
+        body.as_object_mut()
+            .expect("object")
+            .extend(self.sampling.clone());
+        let reply = self
+            .http
+            .post_json(&self.url, &[], self.api_key.as_deref(), &body)
+            .map_err(|e| format!("judge: {e}"))?;
         if !reply.ok() {
             return Err(reply.status_error("judge"));
         }
-        let answer: Value =
-            serde_json::from_str(&reply.body).map_err(|e| format!("judge reply is not JSON ({e}): {}", snippet(&reply.body, 200)))?;
-        let message = answer
-            .pointer("/choices/0/message")
-            .ok_or_else(|| format!("judge reply has no choices[0].message: {}", snippet(&reply.body, 200)))?;
+        let answer: Value = serde_json::from_str(&reply.body).map_err(|e| {
+            format!(
+                "judge reply is not JSON ({e}): {}",
+                snippet(&reply.body, 200)
+            )
+        })?;
+        let message = answer.pointer("/choices/0/message").ok_or_else(|| {
+            format!(
+                "judge reply has no choices[0].message: {}",
+                snippet(&reply.body, 200)
+            )
+        })?;
         let Some(content) = message.get("content").and_then(Value::as_str) else {
             // A refusal or an empty answer: the judge answered, uselessly.
             let refusal = message.get("refusal").and_then(Value::as_str).unwrap_or("");
-            return Ok((0.0, format!("judge reply has no text content{}", if refusal.is_empty() { String::new() } else { format!(" (refusal: {})", snippet(refusal, 200)) })));
+            return Ok((
+                0.0,
+                format!(
+                    "judge reply has no text content{}",
+                    if refusal.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (refusal: {})", snippet(refusal, 200))
+                    }
+                ),
+            ));
         };
         let (score, mut reason) = parse_reply(content, self.range);
         if let Err(e) = self.cache.put(key, content) {
@@ -257,19 +313,21 @@ impl ScoreModel {
         let slots: Vec<Mutex<Option<Scored>>> = ctxs.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|s| {
             for _ in 0..CONCURRENCY.min(ctxs.len()) {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(ctx) = ctxs.get(i) else { break };
-                        let r = self.score(ctx);
-                        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                    }
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(ctx) = ctxs.get(i) else { break };
+                    let r = self.score(ctx);
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 });
             }
         });
         slots
             .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err("no result".into())))
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(|| Err("no result".into()))
+            })
             .collect()
     }
 }
@@ -278,7 +336,10 @@ impl ScoreModel {
 /// reason. Returns the normalised score.
 pub(crate) fn parse_reply(content: &str, (lo, hi): (f64, f64)) -> (f64, String) {
     let mut text = content.trim();
-    if let Some(rest) = text.strip_prefix("```json").or_else(|| text.strip_prefix("```")) {
+    if let Some(rest) = text
+        .strip_prefix("```json")
+        .or_else(|| text.strip_prefix("```"))
+    {
         if let Some(inner) = rest.trim_end().strip_suffix("```") {
             text = inner.trim();
         }
@@ -299,7 +360,10 @@ pub(crate) fn parse_reply(content: &str, (lo, hi): (f64, f64)) -> (f64, String) 
     if !(lo..=hi).contains(&x) {
         return (0.0, format!("judge result {x} out of range [{lo}, {hi}]"));
     }
-    ((x - lo) / (hi - lo), format!("judge result {x} in [{lo}, {hi}]"))
+    (
+        (x - lo) / (hi - lo),
+        format!("judge result {x} in [{lo}, {hi}]"),
+    )
 }
 
 /// The content-keyed reply cache.
@@ -314,33 +378,50 @@ impl Cache {
         let file = match dir {
             None => None,
             Some(dir) => {
-                std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                 let path = dir.join(CACHE_FILE);
                 if path.exists() {
-                    let f = File::open(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                    let f = File::open(&path)
+                        .map_err(|e| format!("reading {}: {e}", path.display()))?;
                     // A torn last line (a crash mid-write) is skipped, not fatal.
                     for line in BufReader::new(f).lines().map_while(Result::ok) {
                         if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                            if let (Some(k), Some(c)) = (v.get("key").and_then(Value::as_str), v.get("content").and_then(Value::as_str)) {
+                            if let (Some(k), Some(c)) = (
+                                v.get("key").and_then(Value::as_str),
+                                v.get("content").and_then(Value::as_str),
+                            ) {
                                 map.insert(k.to_owned(), c.to_owned());
                             }
                         }
                     }
                 }
-                let f = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("opening {}: {e}", path.display()))?;
                 Some((path, Mutex::new(f)))
             }
         };
-        Ok(Self { map: Mutex::new(map), file })
+        Ok(Self {
+            map: Mutex::new(map),
+            file,
+        })
     }
 
     fn get(&self, key: &str) -> Option<String> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn put(&self, key: String, content: &str) -> Result<(), String> {
         if let Some((path, file)) = &self.file {
-            let mut line = serde_json::to_vec(&json!({"key": key, "content": content})).map_err(|e| e.to_string())?;
+            let mut line = serde_json::to_vec(&json!({"key": key, "content": content}))
+                .map_err(|e| e.to_string())?;
             line.push(b'\n');
             // One write per line: with O_APPEND, concurrent writers don't interleave.
             file.lock()
@@ -348,26 +429,37 @@ impl Cache {
                 .write_all(&line)
                 .map_err(|e| format!("appending to {}: {e}", path.display()))?;
         }
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(key, content.to_owned());
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, content.to_owned());
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    };
 
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::post;
-    use axum::{Json, Router};
-    use serde_json::{Value, json};
+    use axum::{
+        extract::State,
+        http::{HeaderMap, StatusCode},
+        routing::post,
+        Json, Router,
+    };
+    use serde_json::{json, Value};
 
-    use super::{CACHE_FILE, parse_reply};
-    use crate::grader::testutil::{Server, closed_port};
-    use crate::grader::{Grader, GraderError, GraderOptions};
-    use crate::item::{Item, Message, Sample};
+    use super::{parse_reply, CACHE_FILE};
+    use crate::{
+        grader::{
+            testutil::{closed_port, Server},
+            Grader, GraderError, GraderOptions,
+        },
+        item::{Item, Message, Sample},
+    };
 
     #[derive(Default)]
     struct Judge {
@@ -377,22 +469,42 @@ mod tests {
 
     /// Replies according to the sample text, which the test's template puts
     /// last in the user message: `say:<content>` or `status:<code>`.
-    async fn judge(State(state): State<Arc<Judge>>, headers: HeaderMap, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    async fn judge(
+        State(state): State<Arc<Judge>>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
         state.requests.fetch_add(1, Ordering::SeqCst);
-        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         *state.last.lock().unwrap() = Some((body.clone(), auth));
-        let user = body["messages"][1]["content"].as_str().unwrap_or_default().to_owned();
+        let user = body["messages"][1]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let command = user.rsplit("answer: ").next().unwrap_or_default();
         if let Some(code) = command.strip_prefix("status:") {
-            return (StatusCode::from_u16(code.parse().unwrap()).unwrap(), Json(json!({"error": "boom"})));
+            return (
+                StatusCode::from_u16(code.parse().unwrap()).unwrap(),
+                Json(json!({"error": "boom"})),
+            );
         }
         let content = command.strip_prefix("say:").unwrap_or(command);
-        (StatusCode::OK, Json(json!({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})))
+        (
+            StatusCode::OK,
+            Json(
+                json!({"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}),
+            ),
+        )
     }
 
     fn start() -> (Server, Arc<Judge>) {
         let state = Arc::new(Judge::default());
-        let app = Router::new().route("/v1/chat/completions", post(judge)).with_state(state.clone());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(judge))
+            .with_state(state.clone());
         (Server::start(app), state)
     }
 
@@ -410,7 +522,10 @@ mod tests {
     }
 
     fn options(server: &Server) -> GraderOptions {
-        GraderOptions { judge_base_url: server.url("/v1"), ..GraderOptions::default() }
+        GraderOptions {
+            judge_base_url: server.url("/v1"),
+            ..GraderOptions::default()
+        }
     }
 
     fn item() -> Item {
@@ -426,7 +541,10 @@ mod tests {
     #[test]
     fn numeric_reply_is_normalised_by_the_range() {
         let (server, state) = start();
-        let opts = GraderOptions { judge_api_key: Some("k3y".into()), ..options(&server) };
+        let opts = GraderOptions {
+            judge_api_key: Some("k3y".into()),
+            ..options(&server)
+        };
         let g = Grader::from_config_with(&config(), &opts).unwrap();
         let r = grade(&g, r#"say:{"result": 7}"#).unwrap();
         assert_eq!((r.score, r.passed), (0.7, true));
@@ -439,12 +557,27 @@ mod tests {
         let (body, auth) = state.last.lock().unwrap().clone().unwrap();
         assert_eq!(auth.as_deref(), Some("Bearer k3y"));
         assert_eq!(body["model"], "judge-model");
-        assert_eq!(body["messages"][0], json!({"role": "system", "content": "Score the answer from 0 to 10."}));
-        assert_eq!(body["messages"][1]["content"], r#"question: 2+2? answer: say:{"result": 0}"#);
-        assert_eq!((body["temperature"].as_f64(), body["top_p"].as_f64()), (Some(0.0), Some(1.0)));
-        assert_eq!((&body["seed"], &body["max_completion_tokens"]), (&json!(7), &json!(32)));
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "Score the answer from 0 to 10."})
+        );
+        assert_eq!(
+            body["messages"][1]["content"],
+            r#"question: 2+2? answer: say:{"result": 0}"#
+        );
+        assert_eq!(
+            (body["temperature"].as_f64(), body["top_p"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
+        assert_eq!(
+            (&body["seed"], &body["max_completion_tokens"]),
+            (&json!(7), &json!(32))
+        );
         assert_eq!(body["response_format"]["type"], "json_schema");
-        assert_eq!(body["response_format"]["json_schema"]["schema"]["required"], json!(["result"]));
+        assert_eq!(
+            body["response_format"]["json_schema"]["schema"]["required"],
+            json!(["result"])
+        );
         assert_eq!(state.requests.load(Ordering::SeqCst), 4);
     }
 
@@ -480,7 +613,10 @@ mod tests {
         // Not cached: asking again asks the judge again.
         assert!(grade(&g, "status:500").is_err());
         assert_eq!(state.requests.load(Ordering::SeqCst), 2);
-        let opts = GraderOptions { judge_base_url: format!("http://127.0.0.1:{}/v1", closed_port()), ..GraderOptions::default() };
+        let opts = GraderOptions {
+            judge_base_url: format!("http://127.0.0.1:{}/v1", closed_port()),
+            ..GraderOptions::default()
+        };
         let g = Grader::from_config_with(&config(), &opts).unwrap();
         let e = grade(&g, r#"say:{"result": 7}"#).unwrap_err();
         assert!(matches!(e, GraderError::Grading { .. }), "{e}");
@@ -490,12 +626,19 @@ mod tests {
     fn identical_grades_hit_the_cache_also_across_graders() {
         let (server, state) = start();
         let dir = tempfile::tempdir().unwrap();
-        let opts = GraderOptions { cache_dir: Some(dir.path().join("cache")), ..options(&server) };
+        let opts = GraderOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            ..options(&server)
+        };
         let g = Grader::from_config_with(&config(), &opts).unwrap();
         let first = grade(&g, r#"say:{"result": 8}"#).unwrap();
         assert_eq!(state.requests.load(Ordering::SeqCst), 1);
         let again = grade(&g, r#"say:{"result": 8}"#).unwrap();
-        assert_eq!(state.requests.load(Ordering::SeqCst), 1, "second identical grade must not call the judge");
+        assert_eq!(
+            state.requests.load(Ordering::SeqCst),
+            1,
+            "second identical grade must not call the judge"
+        );
         assert_eq!(again.score, first.score);
         assert!(again.reason.contains("cached"), "{}", again.reason);
         // A useless reply is cached too (the judge did answer).
@@ -529,10 +672,23 @@ mod tests {
     fn batch_grades_concurrently_in_order() {
         let (server, state) = start();
         let g = Grader::from_config_with(&config(), &options(&server)).unwrap();
-        let pairs: Vec<(Sample, Item)> =
-            (0..=10).map(|i| (Sample::from_text(format!(r#"say:{{"result": {i}}}"#)), item())).collect();
-        let scores: Vec<f64> = g.grade_batch(&pairs).into_iter().map(|r| r.unwrap().score).collect();
-        assert_eq!(scores, (0..=10).map(|i| i as f64 / 10.0).collect::<Vec<_>>());
+        let pairs: Vec<(Sample, Item)> = (0..=10)
+            .map(|i| {
+                (
+                    Sample::from_text(format!(r#"say:{{"result": {i}}}"#)),
+                    item(),
+                )
+            })
+            .collect();
+        let scores: Vec<f64> = g
+            .grade_batch(&pairs)
+            .into_iter()
+            .map(|r| r.unwrap().score)
+            .collect();
+        assert_eq!(
+            scores,
+            (0..=10).map(|i| i as f64 / 10.0).collect::<Vec<_>>()
+        );
         assert_eq!(state.requests.load(Ordering::SeqCst), 11);
     }
 
@@ -541,7 +697,10 @@ mod tests {
         let (server, state) = start();
         let mut c = config();
         c["input"][1]["content"] = json!("{{item.nope}}");
-        let e = Grader::from_config_with(&c, &options(&server)).unwrap().grade(&Sample::from_text("x"), &item()).unwrap_err();
+        let e = Grader::from_config_with(&c, &options(&server))
+            .unwrap()
+            .grade(&Sample::from_text("x"), &item())
+            .unwrap_err();
         assert!(e.to_string().contains("item.nope"), "{e}");
         assert_eq!(state.requests.load(Ordering::SeqCst), 0);
     }
@@ -552,15 +711,36 @@ mod tests {
             (json!({"range": [1, 1]}), "$.range"),
             (json!({"range": [0, "10"]}), "$.range"),
             (json!({"range": [0]}), "$.range"),
-            (json!({"sampling_params": {"temprature": 0}}), "$.sampling_params.temprature"),
-            (json!({"sampling_params": {"seed": 1.5}}), "$.sampling_params.seed"),
-            (json!({"sampling_params": {"max_completion_tokens": -1}}), "$.sampling_params.max_completion_tokens"),
+            (
+                json!({"sampling_params": {"temprature": 0}}),
+                "$.sampling_params.temprature",
+            ),
+            (
+                json!({"sampling_params": {"seed": 1.5}}),
+                "$.sampling_params.seed",
+            ),
+            (
+                json!({"sampling_params": {"max_completion_tokens": -1}}),
+                "$.sampling_params.max_completion_tokens",
+            ),
             (json!({"sampling_params": 3}), "$.sampling_params"),
             (json!({"input": []}), "$.input"),
-            (json!({"input": [{"role": "judge", "content": "x"}]}), "$.input.0.role"),
-            (json!({"input": [{"role": "user", "content": "{{ nope }}"}]}), "$.input.0.content"),
-            (json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}), "$.input.0.content.0.image_url"),
-            (json!({"input": [{"role": "user", "content": "x", "extra": 1}]}), "$.input.0.extra"),
+            (
+                json!({"input": [{"role": "judge", "content": "x"}]}),
+                "$.input.0.role",
+            ),
+            (
+                json!({"input": [{"role": "user", "content": "{{ nope }}"}]}),
+                "$.input.0.content",
+            ),
+            (
+                json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+                "$.input.0.content.0.image_url",
+            ),
+            (
+                json!({"input": [{"role": "user", "content": "x", "extra": 1}]}),
+                "$.input.0.extra",
+            ),
             (json!({"model": 3}), "$.model"),
             (json!({"labels": ["a"]}), "$.labels"),
         ];
@@ -570,7 +750,10 @@ mod tests {
                 c[k] = v.clone();
             }
             let e = Grader::from_config(&c).unwrap_err();
-            assert!(matches!(&e, GraderError::Config { path: p, .. } if p == path), "{patch}: {e}");
+            assert!(
+                matches!(&e, GraderError::Config { path: p, .. } if p == path),
+                "{patch}: {e}"
+            );
         }
         // OpenAI's other shapes are accepted.
         let mut c = config();

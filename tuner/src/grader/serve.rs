@@ -22,16 +22,17 @@
 //! `GET /health` answers `ok`. Grading runs on the blocking pool, one
 //! [`Grader::grade_batch`] per request.
 
-use std::future::Future;
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Map, Value, json};
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde_json::{json, Map, Value};
 
 use super::Grader;
 use crate::item::{Item, Message, Sample};
@@ -55,11 +56,17 @@ pub async fn serve(
     grader: Arc<Grader>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(grader)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(grader))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": message }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": message })),
+    )
+        .into_response()
 }
 
 async fn reward(State(grader): State<Arc<Grader>>, body: Bytes) -> Response {
@@ -67,12 +74,17 @@ async fn reward(State(grader): State<Arc<Grader>>, body: Bytes) -> Response {
         Ok(e) => e,
         Err(message) => return bad_request(message),
     };
-    let (ids, pairs): (Vec<String>, Vec<(Sample, Item)>) = entries.into_iter().map(|(id, s, i)| (id, (s, i))).unzip();
+    let (ids, pairs): (Vec<String>, Vec<(Sample, Item)>) =
+        entries.into_iter().map(|(id, s, i)| (id, (s, i))).unzip();
     let g = grader.clone();
     let results = match tokio::task::spawn_blocking(move || g.grade_batch(&pairs)).await {
         Ok(r) => r,
         Err(e) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "error": format!("grading failed: {e}") }))).into_response();
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({ "error": format!("grading failed: {e}") })),
+            )
+                .into_response();
         }
     };
     let out: Vec<Value> = ids
@@ -111,40 +123,69 @@ fn type_name(v: &Value) -> &'static str {
 
 /// The request's `(id, sample, item)`s, or what is wrong with it.
 pub fn parse_request(body: &[u8]) -> Result<Vec<(String, Sample, Item)>, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let Value::Array(list) = value else {
-        return Err(format!("the body must be a JSON array of samples, got {}", type_name(&value)));
+        return Err(format!(
+            "the body must be a JSON array of samples, got {}",
+            type_name(&value)
+        ));
     };
-    list.into_iter().enumerate().map(|(i, entry)| parse_entry(i, entry)).collect()
+    list.into_iter()
+        .enumerate()
+        .map(|(i, entry)| parse_entry(i, entry))
+        .collect()
 }
 
 fn parse_entry(i: usize, entry: Value) -> Result<(String, Sample, Item), String> {
     let Value::Object(mut obj) = entry else {
-        return Err(format!("entry {i}: must be an object, got {}", type_name(&entry)));
+        return Err(format!(
+            "entry {i}: must be an object, got {}",
+            type_name(&entry)
+        ));
     };
     let id = match obj.get("id") {
         Some(Value::String(s)) => s.clone(),
         Some(v @ Value::Number(_)) => v.to_string(),
-        Some(v) => return Err(format!("entry {i}: \"id\" must be a string or a number, got {}", type_name(v))),
+        Some(v) => {
+            return Err(format!(
+                "entry {i}: \"id\" must be a string or a number, got {}",
+                type_name(v)
+            ))
+        }
         None => return Err(format!("entry {i}: missing \"id\"")),
     };
     let at = format!("entry {i} (id {id:?})");
     let messages = match obj.remove("messages") {
         Some(Value::Array(m)) => m,
-        Some(v) => return Err(format!("{at}: \"messages\" must be an array, got {}", type_name(&v))),
+        Some(v) => {
+            return Err(format!(
+                "{at}: \"messages\" must be an array, got {}",
+                type_name(&v)
+            ))
+        }
         None => return Err(format!("{at}: missing \"messages\"")),
     };
     let mut messages = messages
         .into_iter()
         .enumerate()
-        .map(|(j, m)| serde_json::from_value::<Message>(m).map_err(|e| format!("{at}: messages[{j}]: {e}")))
+        .map(|(j, m)| {
+            serde_json::from_value::<Message>(m).map_err(|e| format!("{at}: messages[{j}]: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let answer = match messages.pop() {
         Some(m) if m.role == "assistant" => m,
         Some(m) => {
-            return Err(format!("{at}: the last message must be the assistant's answer to grade, got role {:?}", m.role));
+            return Err(format!(
+                "{at}: the last message must be the assistant's answer to grade, got role {:?}",
+                m.role
+            ));
         }
-        None => return Err(format!("{at}: \"messages\" is empty; the last message must be the assistant's answer")),
+        None => {
+            return Err(format!(
+                "{at}: \"messages\" is empty; the last message must be the assistant's answer"
+            ))
+        }
     };
     let mut sample = Sample::from_text(answer.text());
     if let Some(Value::Array(calls)) = answer.extra.get("tool_calls") {
@@ -152,19 +193,28 @@ fn parse_entry(i: usize, entry: Value) -> Result<(String, Sample, Item), String>
     }
     let reference_answer = obj.remove("reference_answer");
     let extra: Map<String, Value> = obj;
-    Ok((id, sample, Item { messages, reference_answer, extra }))
+    Ok((
+        id,
+        sample,
+        Item {
+            messages,
+            reference_answer,
+            extra,
+        },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use serde_json::{Value, json};
+    use serde_json::{json, Value};
 
     use super::router;
-    use crate::grader::testutil::Server;
-    use crate::grader::{Grader, GraderError};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{testutil::Server, Grader, GraderError},
+        item::{Item, Message, Sample},
+    };
 
     fn reward_server() -> Server {
         let g = Grader::from_config(&json!({
@@ -176,7 +226,10 @@ mod tests {
     }
 
     fn item(id: &str, value: Value) -> Item {
-        let mut item = Item::new(vec![Message::new("user", "2+2?")], Some(json!({"value": value})));
+        let mut item = Item::new(
+            vec![Message::new("user", "2+2?")],
+            Some(json!({"value": value})),
+        );
         item.extra.insert("id".into(), json!(id));
         item
     }
@@ -185,12 +238,18 @@ mod tests {
     fn endpoint_grader_round_trips_through_serve_reward() {
         let server = reward_server();
         for path in ["/", "/reward"] {
-            let g = Grader::from_config(&json!({"type": "endpoint", "name": "remote", "url": server.url(path)})).unwrap();
+            let g = Grader::from_config(
+                &json!({"type": "endpoint", "name": "remote", "url": server.url(path)}),
+            )
+            .unwrap();
             let pairs = vec![
                 (Sample::from_text("4"), item("pass", json!("4"))),
                 (Sample::from_text("5"), item("fail", json!("4"))),
                 // The remote grader can't render its reference: an error, not a 0.
-                (Sample::from_text("4"), Item::new(vec![Message::new("user", "q")], Some(json!("4")))),
+                (
+                    Sample::from_text("4"),
+                    Item::new(vec![Message::new("user", "q")], Some(json!("4"))),
+                ),
             ];
             let r = g.grade_batch(&pairs);
             let pass = r[0].as_ref().unwrap();
@@ -232,8 +291,17 @@ mod tests {
         );
         assert_eq!(body[1]["id"], "7");
         assert_eq!(body[1]["aggregate_reward_score"], 0.0);
-        assert_eq!(body[1]["metrics_list"], json!([{"name": "error", "value": 1, "type": "Metric"}]));
-        assert!(body[1]["error"].as_str().unwrap().contains("item.reference_answer"), "{body}");
+        assert_eq!(
+            body[1]["metrics_list"],
+            json!([{"name": "error", "value": 1, "type": "Metric"}])
+        );
+        assert!(
+            body[1]["error"]
+                .as_str()
+                .unwrap()
+                .contains("item.reference_answer"),
+            "{body}"
+        );
         assert_eq!(post(&server, "[]"), (200, json!([])));
     }
 
@@ -242,15 +310,33 @@ mod tests {
         let server = reward_server();
         for (body, expected) in [
             ("not json", "the body is not JSON"),
-            (r#"{"id": "a"}"#, "must be a JSON array of samples, got an object"),
+            (
+                r#"{"id": "a"}"#,
+                "must be a JSON array of samples, got an object",
+            ),
             ("[3]", "entry 0: must be an object"),
             (r#"[{"messages": []}]"#, "entry 0: missing \"id\""),
-            (r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]}, {"id": "b"}]"#, "entry 1 (id \"b\"): missing \"messages\""),
-            (r#"[{"id": "a", "messages": "hi"}]"#, "\"messages\" must be an array"),
-            (r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}]}]"#, "the last message must be the assistant's answer"),
+            (
+                r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]}, {"id": "b"}]"#,
+                "entry 1 (id \"b\"): missing \"messages\"",
+            ),
+            (
+                r#"[{"id": "a", "messages": "hi"}]"#,
+                "\"messages\" must be an array",
+            ),
+            (
+                r#"[{"id": "a", "messages": [{"role": "user", "content": "q"}]}]"#,
+                "the last message must be the assistant's answer",
+            ),
             (r#"[{"id": "a", "messages": []}]"#, "\"messages\" is empty"),
-            (r#"[{"id": "a", "messages": [{"content": "q"}]}]"#, "messages[0]"),
-            (r#"[{"id": true, "messages": []}]"#, "\"id\" must be a string or a number"),
+            (
+                r#"[{"id": "a", "messages": [{"content": "q"}]}]"#,
+                "messages[0]",
+            ),
+            (
+                r#"[{"id": true, "messages": []}]"#,
+                "\"id\" must be a string or a number",
+            ),
         ] {
             let (status, reply) = post(&server, body);
             assert_eq!(status, 400, "{body}");

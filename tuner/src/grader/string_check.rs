@@ -3,9 +3,7 @@
 
 use serde_json::Value;
 
-use super::config::Cfg;
-use super::template::Template;
-use super::GraderError;
+use super::{config::Cfg, template::Template, GraderError};
 
 pub(crate) const FIELDS: &[&str] = &["input", "reference", "operation"];
 
@@ -32,21 +30,40 @@ impl StringCheck {
             "ne" => Op::Ne,
             "like" => Op::Like,
             "ilike" => Op::Ilike,
-            other => return Err(cfg.err("operation", format!("unknown operation `{other}` (supported: eq, ne, like, ilike)"))),
+            other => {
+                return Err(cfg.err(
+                    "operation",
+                    format!("unknown operation `{other}` (supported: eq, ne, like, ilike)"),
+                ))
+            }
         };
-        Ok(Self { input: cfg.req_template("input")?, reference: cfg.req_template("reference")?, op })
+        Ok(Self {
+            input: cfg.req_template("input")?,
+            reference: cfg.req_template("reference")?,
+            op,
+        })
     }
 
     pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
         let input = self.input.render(ctx).map_err(|e| format!("input: {e}"))?;
-        let reference = self.reference.render(ctx).map_err(|e| format!("reference: {e}"))?;
+        let reference = self
+            .reference
+            .render(ctx)
+            .map_err(|e| format!("reference: {e}"))?;
         let (ok, what) = match self.op {
             Op::Eq => (input == reference, "equals"),
             Op::Ne => (input != reference, "differs from"),
             Op::Like => (input.contains(&reference), "contains"),
-            Op::Ilike => (input.to_lowercase().contains(&reference.to_lowercase()), "contains (ignoring case)"),
+            Op::Ilike => (
+                input.to_lowercase().contains(&reference.to_lowercase()),
+                "contains (ignoring case)",
+            ),
         };
-        let reason = if ok { format!("input {what} reference") } else { format!("input does not satisfy `{what}` reference {reference:?}") };
+        let reason = if ok {
+            format!("input {what} reference")
+        } else {
+            format!("input does not satisfy `{what}` reference {reference:?}")
+        };
         Ok((if ok { 1.0 } else { 0.0 }, reason))
     }
 }
@@ -55,8 +72,10 @@ impl StringCheck {
 mod tests {
     use serde_json::json;
 
-    use crate::grader::{Grader, GraderError};
-    use crate::item::{Item, Message, Sample};
+    use crate::{
+        grader::{Grader, GraderError},
+        item::{Item, Message, Sample},
+    };
 
     fn check(op: &str, output: &str, reference: &str) -> f64 {
         let g = Grader::from_config(&json!({
@@ -85,7 +104,10 @@ mod tests {
     #[test]
     fn bad_operation_is_a_config_error() {
         let e = Grader::from_config(&json!({"type": "string_check", "name": "s", "operation": "contains", "input": "a", "reference": "b"})).unwrap_err();
-        assert!(matches!(&e, GraderError::Config { path, .. } if path == "$.operation"), "{e}");
+        assert!(
+            matches!(&e, GraderError::Config { path, .. } if path == "$.operation"),
+            "{e}"
+        );
     }
 
     #[test]

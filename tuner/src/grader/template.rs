@@ -40,14 +40,18 @@ impl Template {
                 parts.push(Part::Text(rest[..start].to_owned()));
             }
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in template {text:?}"))?;
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unclosed `{{{{` in template {text:?}"))?;
             let inner = after[..end].trim();
             let segments: Vec<String> = inner.split('.').map(|s| s.trim().to_owned()).collect();
             if segments.iter().any(String::is_empty) {
                 return Err(format!("empty path segment in `{{{{ {inner} }}}}`"));
             }
             if !matches!(segments[0].as_str(), "sample" | "item") {
-                return Err(format!("template variable `{inner}` must start with `sample.` or `item.`"));
+                return Err(format!(
+                    "template variable `{inner}` must start with `sample.` or `item.`"
+                ));
             }
             parts.push(Part::Var(segments));
             rest = &after[end + 2..];
@@ -91,15 +95,18 @@ fn lookup<'v>(ctx: &'v Value, path: &[String]) -> Result<&'v Value, MissingField
             Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
             _ => None,
         };
-        cur = next.ok_or_else(|| MissingField { path: path.join(".") })?;
+        cur = next.ok_or_else(|| MissingField {
+            path: path.join("."),
+        })?;
     }
     Ok(cur)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn ctx() -> Value {
         json!({
@@ -125,12 +132,18 @@ mod tests {
     #[test]
     fn non_strings_are_compact_json() {
         assert_eq!(render("{{item.obj}}").unwrap(), r#"{"n":1}"#);
-        assert_eq!(render("{{sample.output_json.tags}}").unwrap(), r#"["x","y"]"#);
+        assert_eq!(
+            render("{{sample.output_json.tags}}").unwrap(),
+            r#"["x","y"]"#
+        );
     }
 
     #[test]
     fn plain_text_passes_through() {
-        assert_eq!(render("no variables here } {").unwrap(), "no variables here } {");
+        assert_eq!(
+            render("no variables here } {").unwrap(),
+            "no variables here } {"
+        );
         assert_eq!(render("").unwrap(), "");
     }
 

@@ -18,9 +18,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::config::Cfg;
-use super::template::Template;
-use super::GraderError;
+use super::{config::Cfg, template::Template, GraderError};
 
 pub(crate) const FIELDS: &[&str] = &["input", "reference", "evaluation_metric"];
 
@@ -56,12 +54,20 @@ impl TextSimilarity {
             }
             other => return Err(cfg.err("evaluation_metric", format!("unknown metric `{other}` (supported: fuzzy_match, bleu, rouge_1..rouge_5, rouge_l)"))),
         };
-        Ok(Self { input: cfg.req_template("input")?, reference: cfg.req_template("reference")?, metric, metric_name: name.to_owned() })
+        Ok(Self {
+            input: cfg.req_template("input")?,
+            reference: cfg.req_template("reference")?,
+            metric,
+            metric_name: name.to_owned(),
+        })
     }
 
     pub fn score(&self, ctx: &Value) -> Result<(f64, String), String> {
         let input = self.input.render(ctx).map_err(|e| format!("input: {e}"))?;
-        let reference = self.reference.render(ctx).map_err(|e| format!("reference: {e}"))?;
+        let reference = self
+            .reference
+            .render(ctx)
+            .map_err(|e| format!("reference: {e}"))?;
         let score = similarity(self.metric, &input, &reference);
         Ok((score, format!("{} = {score:.4}", self.metric_name)))
     }
@@ -77,7 +83,10 @@ fn similarity(metric: Metric, input: &str, reference: &str) -> f64 {
 }
 
 fn tokens(text: &str) -> Vec<String> {
-    text.to_lowercase().split_whitespace().map(str::to_owned).collect()
+    text.to_lowercase()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn fuzzy_match(a: &str, b: &str) -> f64 {
@@ -119,7 +128,10 @@ fn ngrams(toks: &[String], n: usize) -> HashMap<&[String], usize> {
 fn overlap(cand: &[String], reference: &[String], n: usize) -> (usize, usize, usize) {
     let c = ngrams(cand, n);
     let r = ngrams(reference, n);
-    let matched = c.iter().map(|(g, k)| (*k).min(r.get(g).copied().unwrap_or(0))).sum();
+    let matched = c
+        .iter()
+        .map(|(g, k)| (*k).min(r.get(g).copied().unwrap_or(0)))
+        .sum();
     (matched, c.values().sum(), r.values().sum())
 }
 
@@ -130,7 +142,11 @@ fn bleu(cand: &[String], reference: &[String]) -> f64 {
     let mut log_sum = 0.0;
     for n in 1..=4 {
         let (m, total, _) = overlap(cand, reference, n);
-        let p = if n == 1 { m as f64 / total as f64 } else { (m as f64 + 1.0) / (total as f64 + 1.0) };
+        let p = if n == 1 {
+            m as f64 / total as f64
+        } else {
+            (m as f64 + 1.0) / (total as f64 + 1.0)
+        };
         if p == 0.0 {
             return 0.0;
         }
@@ -167,7 +183,11 @@ fn rouge_l(cand: &[String], reference: &[String]) -> f64 {
     let mut cur = vec![0usize; reference.len() + 1];
     for a in cand {
         for (j, b) in reference.iter().enumerate() {
-            cur[j + 1] = if a == b { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+            cur[j + 1] = if a == b {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -176,10 +196,13 @@ fn rouge_l(cand: &[String], reference: &[String]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::grader::Grader;
-    use crate::item::{Item, Message, Sample};
     use serde_json::json;
+
+    use super::*;
+    use crate::{
+        grader::Grader,
+        item::{Item, Message, Sample},
+    };
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
@@ -204,7 +227,10 @@ mod tests {
         assert!(close(bleu(&s, &s), 1.0));
         assert!(bleu(&s, &t("a completely different sentence with other words")) < 1e-9);
         let short = bleu(&t("the quick brown fox"), &s);
-        assert!(short > 0.0 && short < 0.5, "brevity penalty should bite: {short}");
+        assert!(
+            short > 0.0 && short < 0.5,
+            "brevity penalty should bite: {short}"
+        );
     }
 
     #[test]
@@ -221,7 +247,10 @@ mod tests {
     fn rouge_l_hand_computed() {
         // LCS("the cat on the mat", "the cat sat on the mat") = 5 tokens:
         // P = 5/5, R = 5/6, F1 = 2PR/(P+R) = 10/11.
-        assert!(close(rouge_l(&t("the cat on the mat"), &t("The cat sat on the mat")), 10.0 / 11.0));
+        assert!(close(
+            rouge_l(&t("the cat on the mat"), &t("The cat sat on the mat")),
+            10.0 / 11.0
+        ));
         assert!(close(rouge_l(&t("x y"), &t("a b")), 0.0));
     }
 
@@ -240,7 +269,15 @@ mod tests {
         let g = grade("fuzzy_match", 0.5, "kitten", "sitting");
         assert!(g.passed && close(g.score, 4.0 / 7.0));
         assert!(!grade("fuzzy_match", 0.9, "kitten", "sitting").passed);
-        assert!(grade("rouge_l", 0.9, "the cat on the mat", "the cat sat on the mat").passed);
+        assert!(
+            grade(
+                "rouge_l",
+                0.9,
+                "the cat on the mat",
+                "the cat sat on the mat"
+            )
+            .passed
+        );
         assert!(!grade("bleu", 0.5, "nothing alike", "the cat sat").passed);
     }
 

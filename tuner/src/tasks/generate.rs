@@ -40,27 +40,63 @@ pub struct Generated {
 }
 
 const FIRST: &[&str] = &[
-    "Maria", "James", "Aiko", "Oluwaseun", "Priya", "Lars", "Fatima", "Diego", "Chen", "Ingrid", "Kwame", "Sofia",
-    "Mateo", "Amara", "Tomasz", "Leila", "Ravi", "Elena", "Hiroshi", "Nadia",
+    "Maria",
+    "James",
+    "Aiko",
+    "Oluwaseun",
+    "Priya",
+    "Lars",
+    "Fatima",
+    "Diego",
+    "Chen",
+    "Ingrid",
+    "Kwame",
+    "Sofia",
+    "Mateo",
+    "Amara",
+    "Tomasz",
+    "Leila",
+    "Ravi",
+    "Elena",
+    "Hiroshi",
+    "Nadia",
 ];
 const LAST: &[&str] = &[
-    "Lopez", "Okafor", "Tanaka", "Schmidt", "Haddad", "Novak", "Silva", "Kowalski", "Nguyen", "Berg", "Mensah",
-    "Rossi", "Patel", "Ivanova", "Dubois", "Khan",
+    "Lopez", "Okafor", "Tanaka", "Schmidt", "Haddad", "Novak", "Silva", "Kowalski", "Nguyen",
+    "Berg", "Mensah", "Rossi", "Patel", "Ivanova", "Dubois", "Khan",
 ];
 const CITIES: &[&str] = &[
-    "Lisbon", "Oslo", "Nairobi", "Osaka", "Toronto", "Krakow", "Lima", "Hanoi", "Dublin", "Accra", "Porto", "Seville",
-    "Tallinn", "Perth", "Quito", "Ghent",
+    "Lisbon", "Oslo", "Nairobi", "Osaka", "Toronto", "Krakow", "Lima", "Hanoi", "Dublin", "Accra",
+    "Porto", "Seville", "Tallinn", "Perth", "Quito", "Ghent",
 ];
 const JOBS: &[&str] = &[
-    "nurse", "carpenter", "data analyst", "pilot", "baker", "architect", "teacher", "electrician", "pharmacist",
-    "journalist", "welder", "translator",
+    "nurse",
+    "carpenter",
+    "data analyst",
+    "pilot",
+    "baker",
+    "architect",
+    "teacher",
+    "electrician",
+    "pharmacist",
+    "journalist",
+    "welder",
+    "translator",
 ];
 /// What each of [`JOBS`] does, in the same order: extraction texts describe
 /// the work and the answer must name the job.
 const JOB_CLUES: &[&str] = &[
-    "cares for patients on a hospital ward", "builds furniture and roofs from wood", "turns spreadsheets into reports",
-    "flies passenger jets", "makes bread before dawn", "designs buildings", "teaches at a primary school",
-    "wires houses", "dispenses medicine at a pharmacy", "writes for a newspaper", "joins steel beams",
+    "cares for patients on a hospital ward",
+    "builds furniture and roofs from wood",
+    "turns spreadsheets into reports",
+    "flies passenger jets",
+    "makes bread before dawn",
+    "designs buildings",
+    "teaches at a primary school",
+    "wires houses",
+    "dispenses medicine at a pharmacy",
+    "writes for a newspaper",
+    "joins steel beams",
     "turns novels into other languages",
 ];
 
@@ -175,7 +211,13 @@ const TOPICS: &[(&str, &str)] = &[
 pub fn instructions(rng: &mut Rng) -> Generated {
     let (topic, keyword) = *rng.pick(TOPICS);
     let audience = *rng.pick(&[
-        "a beginner", "a child", "a busy parent", "a student", "a retiree", "a nurse on night shifts", "a teenager",
+        "a beginner",
+        "a child",
+        "a busy parent",
+        "a student",
+        "a retiree",
+        "a nurse on night shifts",
+        "a teenager",
         "a new neighbour",
     ]);
     let tone = *rng.pick(&["friendly", "practical", "cheerful", "calm", "short"]);
@@ -252,8 +294,10 @@ pub static TOOL_CALL_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
 /// days written out or named as a period (a week, a fortnight, a weekend),
 /// a unit named indirectly, hourly or daily from a phrase.
 pub fn tool_call(rng: &mut Rng) -> Generated {
-    const WORDS: [&str; 15] =
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen"];
+    const WORDS: [&str; 15] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen",
+    ];
     let city = *rng.pick(CITIES);
     let days = rng.range(1, 14);
     let (unit_phrase, unit) = *rng.pick(&[
@@ -267,11 +311,17 @@ pub fn tool_call(rng: &mut Rng) -> Generated {
         0 => (days, format!("a {days}-day")),
         1 => (days, format!("a {}-day", WORDS[days as usize])),
         _ => {
-            let (d, text) = *rng.pick(&[(7, "a week's"), (14, "a fortnight's"), (2, "a weekend's")]);
+            let (d, text) =
+                *rng.pick(&[(7, "a week's"), (14, "a fortnight's"), (2, "a weekend's")]);
             (d, text.to_owned())
         }
     };
-    let (hourly_text, hourly) = *rng.pick(&[("hour by hour", true), ("with hourly detail", true), ("as a daily summary", false), ("one line per day", false)]);
+    let (hourly_text, hourly) = *rng.pick(&[
+        ("hour by hour", true),
+        ("with hourly detail", true),
+        ("as a daily summary", false),
+        ("one line per day", false),
+    ]);
     let user = match rng.range(0, 1) {
         0 => format!("What will the weather be like in {city}? I need {days_text} forecast {hourly_text}. Temperatures {unit_phrase}."),
         _ => format!("Planning a trip to {city}: {days_text} forecast {hourly_text}, {unit_phrase}."),

@@ -9,12 +9,13 @@
 
 mod generate;
 
+pub use generate::Rng;
 use serde_json::{json, Value};
 
-use crate::dataset::{split_of, Split};
-use crate::item::{Item, Message};
-
-pub use generate::Rng;
+use crate::{
+    dataset::{split_of, Split},
+    item::{Item, Message},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -67,7 +68,13 @@ def grade(sample, item):
 "#;
 
 impl Task {
-    pub const ALL: [Task; 5] = [Task::Extraction, Task::Arithmetic, Task::Instructions, Task::Policy, Task::ToolCall];
+    pub const ALL: [Task; 5] = [
+        Task::Extraction,
+        Task::Arithmetic,
+        Task::Instructions,
+        Task::Policy,
+        Task::ToolCall,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -95,8 +102,13 @@ impl Task {
                 // Exact answers alone are too sparse for a 135M model: every
                 // completion of a group scores the same and the step has no
                 // gradient. Half the content reward is for being close.
-                let mut g = structured("arithmetic", generate::ARITHMETIC_SCHEMA.clone(), json!({"/answer": 1}));
-                g["graders"]["close"] = json!({"type": "python", "name": "close", "source": ARITHMETIC_CLOSENESS});
+                let mut g = structured(
+                    "arithmetic",
+                    generate::ARITHMETIC_SCHEMA.clone(),
+                    json!({"/answer": 1}),
+                );
+                g["graders"]["close"] =
+                    json!({"type": "python", "name": "close", "source": ARITHMETIC_CLOSENESS});
                 g["calculate_output"] = json!("0.25 * format + 0.375 * content + 0.375 * close");
                 g
             }
@@ -113,7 +125,11 @@ impl Task {
                 "calculate_output": "(bullets + lower + keyword) / 3",
                 "pass_threshold": 1.0
             }),
-            Task::Policy => structured("policy", generate::POLICY_SCHEMA.clone(), json!({"/decision": 1})),
+            Task::Policy => structured(
+                "policy",
+                generate::POLICY_SCHEMA.clone(),
+                json!({"/decision": 1}),
+            ),
             Task::ToolCall => structured(
                 "tool_call",
                 generate::TOOL_CALL_SCHEMA.clone(),
@@ -170,25 +186,43 @@ impl Task {
 
     /// Generated items split into train and held-out (20 %, by prompt hash).
     pub fn generate_split(self, seed: u64, n: usize) -> (Vec<Item>, Vec<Item>) {
-        self.generate(seed, n).into_iter().partition(|item| split_of(item, seed, 0.2) == Split::Train)
+        self.generate(seed, n)
+            .into_iter()
+            .partition(|item| split_of(item, seed, 0.2) == Split::Train)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grader::Grader;
-    use crate::item::Sample;
+    use crate::{grader::Grader, item::Sample};
 
     #[test]
     fn generation_is_deterministic_per_seed() {
         for task in Task::ALL {
-            assert_eq!(task.generate(3, 20), task.generate(3, 20), "{}", task.name());
-            assert_ne!(task.generate(3, 20), task.generate(4, 20), "{}", task.name());
+            assert_eq!(
+                task.generate(3, 20),
+                task.generate(3, 20),
+                "{}",
+                task.name()
+            );
+            assert_ne!(
+                task.generate(3, 20),
+                task.generate(4, 20),
+                "{}",
+                task.name()
+            );
             let items = task.generate(3, 50);
-            let distinct: std::collections::HashSet<String> =
-                items.iter().map(crate::dataset::normalized_prompt).collect();
-            assert!(distinct.len() >= 45, "{}: only {} distinct prompts of 50", task.name(), distinct.len());
+            let distinct: std::collections::HashSet<String> = items
+                .iter()
+                .map(crate::dataset::normalized_prompt)
+                .collect();
+            assert!(
+                distinct.len() >= 45,
+                "{}: only {} distinct prompts of 50",
+                task.name(),
+                distinct.len()
+            );
         }
     }
 
@@ -198,15 +232,25 @@ mod tests {
     #[test]
     fn each_task_grader_accepts_its_reference_and_rejects_nonsense() {
         for task in Task::ALL {
-            let grader = Grader::from_config(&task.grader()).unwrap_or_else(|e| panic!("{}: {e}", task.name()));
+            let grader = Grader::from_config(&task.grader())
+                .unwrap_or_else(|e| panic!("{}: {e}", task.name()));
             for item in task.generate(11, 30) {
                 let reference = item.reference_answer.clone().unwrap();
                 let text = crate::item::answer_text(&reference);
-                let good = grader.grade(&Sample::from_text(text.clone()), &item).unwrap();
+                let good = grader
+                    .grade(&Sample::from_text(text.clone()), &item)
+                    .unwrap();
                 assert_eq!(good.score, 1.0, "{}: {text} → {}", task.name(), good.reason);
                 assert!(good.passed);
-                let bad = grader.grade(&Sample::from_text("I cannot help with that."), &item).unwrap();
-                assert!(bad.score < 0.5 && !bad.passed, "{}: {}", task.name(), bad.reason);
+                let bad = grader
+                    .grade(&Sample::from_text("I cannot help with that."), &item)
+                    .unwrap();
+                assert!(
+                    bad.score < 0.5 && !bad.passed,
+                    "{}: {}",
+                    task.name(),
+                    bad.reason
+                );
             }
         }
     }
@@ -217,15 +261,25 @@ mod tests {
     fn arithmetic_rewards_closeness() {
         let grader = Grader::from_config(&Task::Arithmetic.grader()).unwrap();
         let item = Task::Arithmetic.generate(3, 1).remove(0);
-        let want = item.reference_answer.as_ref().unwrap()["answer"].as_i64().unwrap();
+        let want = item.reference_answer.as_ref().unwrap()["answer"]
+            .as_i64()
+            .unwrap();
         let score = |text: String| grader.grade(&Sample::from_text(text), &item).unwrap().score;
         assert_eq!(score(format!("{{\"answer\": {want}}}")), 1.0);
         let near = want + (want.abs() / 10).max(1);
         let rel = (near - want).abs() as f64 / want.abs().max(1) as f64;
         let expected = 0.25 + 0.375 * (1.0 - rel);
         assert!((score(format!("{{\"answer\": {near}}}")) - expected).abs() < 1e-9);
-        assert_eq!(score(format!("{{\"answer\": {}}}", want * 3 + 100)), 0.25, "format only");
-        assert_eq!(score(format!("The answer is {{\"answer\": {want}}}")), 0.75, "content but not format");
+        assert_eq!(
+            score(format!("{{\"answer\": {}}}", want * 3 + 100)),
+            0.25,
+            "format only"
+        );
+        assert_eq!(
+            score(format!("The answer is {{\"answer\": {want}}}")),
+            0.75,
+            "content but not format"
+        );
     }
 
     #[test]
