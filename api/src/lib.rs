@@ -7,9 +7,14 @@
 //! - [`headers`]: the `x-flywheel-*` response headers in which the gateway
 //!   tells a client which variant answered and what the request cost; the
 //!   tuner's offline eval prices a fallback chain from them.
+//! - [`error`]: the OpenAI error envelope every service answers with.
+//! - [`keys`]: hashing of API keys and admin tokens, compared in constant
+//!   time.
 //!
 //! Only plain data and its (de)serialisation live here: no HTTP stack, so
 //! every crate can depend on it without pulling one in.
 
+pub mod error;
 pub mod headers;
+pub mod keys;
 pub mod openai;
