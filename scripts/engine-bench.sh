@@ -9,7 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-/var/tmp/flywheel/target-engine}"
 source scripts/lib.sh
 LLAMA_VENV="${LLAMA_VENV:-$FLYWHEEL_CACHE/venv-llamacpp}"
 REQS="${REQS:-3}"
@@ -20,9 +19,8 @@ GGUF="$FLYWHEEL_CACHE/models/smollm2/model.gguf"
 [ -f "$HF/config.json" ] || scripts/fetch-model.sh smollm2 >/dev/null
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release -p flywheel-engine --bins
+  build_engine
 fi
-ENGINE="$CARGO_TARGET_DIR/release/flywheel-engine"
 
 if [ "${SKIP_MISTRALRS:-0}" != 1 ]; then
   LOG=$(mktemp /tmp/engine-bench.XXXXXX.log)

@@ -5,10 +5,9 @@
 #   scripts/engine-test.sh [cargo test args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${ENGINE_TARGET_DIR:-${FLYWHEEL_CACHE:-/var/tmp/flywheel}/target-engine}"
 source scripts/lib.sh
-log "building flywheel-engine (release, target dir $CARGO_TARGET_DIR)"
-cargo build --release -p flywheel-engine --bins
+build_engine
+export CARGO_TARGET_DIR="$ENGINE_TARGET_DIR"
 log "testing flywheel-engine"
 # Test binaries each start their own engine; two at once is plenty on 2 cores.
-cargo test --release -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"
+cargo test --release $(locked_flag) -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"

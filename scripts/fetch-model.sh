@@ -17,15 +17,7 @@ NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=(smollm2)
 
 if command -v cargo >/dev/null; then
-  # --locked only while Cargo.lock is current (the lead commits it); otherwise
-  # let cargo update it rather than fail.
-  LOCKED=(--locked)
-  if ! cargo metadata --locked --format-version 1 >/dev/null 2>&1; then
-    log "Cargo.lock is not up to date: building without --locked"
-    LOCKED=()
-  fi
-  log "building flywheel-models (release, target dir $CARGO_TARGET_DIR)"
-  cargo build --release ${LOCKED[@]+"${LOCKED[@]}"} -p flywheel-models --bin flywheel-models
+  build_release
 elif [ ! -x "$BIN/flywheel-models" ]; then
   echo "cargo not found and $BIN/flywheel-models not built" >&2
   exit 1

@@ -4,7 +4,7 @@ export FLYWHEEL_CACHE="${FLYWHEEL_CACHE:-/var/tmp/flywheel}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLYWHEEL_CACHE/target}"
 export FLYWHEEL_VENV="${FLYWHEEL_VENV:-$FLYWHEEL_CACHE/venv}"
 # The engine binary the benchmark scripts start (scripts/engine-test.sh builds it).
-ENGINE="${FLYWHEEL_ENGINE_BIN:-$FLYWHEEL_CACHE/target-engine/release/flywheel-engine}"
+ENGINE="${FLYWHEEL_ENGINE_BIN:-${ENGINE_TARGET_DIR:-$FLYWHEEL_CACHE/target-engine}/release/flywheel-engine}"
 BIN="$CARGO_TARGET_DIR/release"
 mkdir -p "$FLYWHEEL_CACHE"
 
@@ -20,15 +20,31 @@ ensure_python() {
   export FLYWHEEL_PYTHON="$FLYWHEEL_VENV/bin/python"
 }
 
-# Usage: build_release [CARGO ARGS]   (default: every binary of the default
-# members). Scripts build the same selection so that cargo's feature
-# unification gives one set of dependency artifacts, built once.
+# Every script builds the same package and target selection, so that cargo's
+# feature unification (which depends on what is selected) gives one set of
+# dependency artifacts, built once: a warm cache stays warm whichever script
+# runs next. `cargo test --release` selects the same units, so the tests
+# reuse them too.
+#   build_release: the workspace's default members (everything but the
+#                  engine), every target (bins, examples, tests), release.
+#   build_engine:  the engine (mistral.rs) with its tests, in its own target
+#                  dir ($ENGINE_TARGET_DIR), so the other crates never wait
+#                  for its ~30 min first build.
+ENGINE_TARGET_DIR="${ENGINE_TARGET_DIR:-$FLYWHEEL_CACHE/target-engine}"
+locked_flag() {
+  # --locked while Cargo.lock is current; otherwise let cargo update it
+  # rather than fail (a lockfile edit in a working tree).
+  if cargo metadata --locked --format-version 1 >/dev/null 2>&1; then echo --locked; fi
+}
 build_release() {
   # pingora's zlib-ng needs cmake; services.sh installs the system packages.
   command -v cmake >/dev/null || bash scripts/services.sh install
-  log "building (release, target dir $CARGO_TARGET_DIR)"
-  if [ $# -eq 0 ]; then set -- --bins; fi
-  cargo build --release --locked "$@"
+  log "building the workspace (release, all targets, target dir $CARGO_TARGET_DIR)"
+  cargo build --release $(locked_flag) --all-targets
+}
+build_engine() {
+  log "building flywheel-engine (release, all targets, target dir $ENGINE_TARGET_DIR)"
+  CARGO_TARGET_DIR="$ENGINE_TARGET_DIR" cargo build --release $(locked_flag) -p flywheel-engine --all-targets
 }
 
 # Starts a binary that prints `listening on ADDR` first; sets $ADDR.

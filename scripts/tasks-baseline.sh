@@ -20,7 +20,7 @@ CONCURRENCY="${CONCURRENCY:-1}"
 MAX_TOKENS="${MAX_TOKENS:-128}"
 SEED="${SEED:-1}"
 OUT="${OUT:-$FLYWHEEL_CACHE/bench/tasks-baseline}"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then build_release -p flywheel-gateway -p flywheel-tuner --bins; fi
+if [ "${SKIP_BUILD:-0}" != 1 ]; then build_release; fi
 mkdir -p "$OUT"
 trap 'stop_started' EXIT
 start_task_bench "$OUT"

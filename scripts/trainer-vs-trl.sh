@@ -19,7 +19,7 @@ if [ ! -x "$TRL_VENV/bin/python" ] || ! "$TRL_VENV/bin/python" -c 'import trl, p
   python3 -m venv "$TRL_VENV"
   "$TRL_VENV/bin/pip" install --quiet --disable-pip-version-check torch transformers trl peft datasets accelerate
 fi
-cargo build --release --locked -p flywheel-trainer --example step_time
+build_release
 ours=$(RAYON_NUM_THREADS=2 "$CARGO_TARGET_DIR/release/examples/step_time" "$STEPS" "$MODEL" | tail -1)
 trl=$(OMP_NUM_THREADS=2 "$TRL_VENV/bin/python" trainer/bench/trl_step_time.py "$MODEL" "$STEPS" 2>/dev/null | tail -1)
 echo "$ours"

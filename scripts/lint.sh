@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Style that CI enforces: rustfmt (nightly, for the import-grouping options
+# of rustfmt.toml) and clippy with every warning an error, on every crate
+# but the engine, whose mistral.rs dependency would add ~15 minutes of
+# checking on a fresh machine (the engine is built with -D warnings
+# instead: scripts/engine-test.sh).
+#
+#   scripts/lint.sh          check
+#   scripts/lint.sh --fix    format in place first
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+if [ "${1:-}" = --fix ]; then cargo +nightly fmt --all; fi
+log "cargo fmt --check"
+cargo +nightly fmt --all --check
+# pingora's zlib-ng build script needs cmake, even to check.
+command -v cmake >/dev/null || bash scripts/services.sh install
+log "cargo clippy --all-targets -D warnings"
+cargo clippy $(locked_flag) --all-targets -- -D warnings
