@@ -28,10 +28,10 @@ pub use validate::Validator;
 
 use crate::{
     error::GatewayError,
-    feedback::{Observed, Owner},
     metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation},
     middleware::Tenant,
     router::{Route, Target},
+    signals::{Observed, Owner},
     upstream::{is_retryable, retry_after, UpstreamError},
     AppState,
 };
