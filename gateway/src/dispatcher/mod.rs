@@ -16,6 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use flywheel_api::openai::StreamOptions;
 use flywheel_feedback::Record;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -124,11 +125,7 @@ impl Call {
     }
 
     /// `stream` and `stream_options.include_usage` of the request.
-    pub fn set_streaming(
-        &mut self,
-        stream: Option<bool>,
-        options: Option<&crate::endpoints::body::StreamOptions>,
-    ) {
+    pub fn set_streaming(&mut self, stream: Option<bool>, options: Option<&StreamOptions>) {
         self.stream = stream.unwrap_or(false);
         self.include_usage = options.is_some_and(|o| o.include_usage);
     }
