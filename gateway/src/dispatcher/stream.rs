@@ -20,13 +20,12 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger,
-    Operation, Outcome, Plan,
+    backoff, exhausted_error, send, AttemptRecord, Call, Failed, Failure, Operation, Plan,
 };
 use crate::{
     config::Continuation,
     error::GatewayError,
-    metering::AttemptOutcome,
+    metering::{self, AttemptOutcome, Ledger, Outcome},
     upstream::sse::{SseEvent, SseParser},
     AppState,
 };
@@ -231,7 +230,7 @@ pub async fn run(
                                     ttft: out.first_byte,
                                     response,
                                 };
-                                finish(&state, &call, ledger, outcome);
+                                metering::record_request(&state, &call, ledger, outcome);
                                 finish_stream(&call, &mut out, tokens).await;
                                 return;
                             }
@@ -259,7 +258,7 @@ pub async fn run(
                         );
                         let ttft = out.first_byte;
                         // 499: the client closed the request (nginx's convention).
-                        finish(
+                        metering::record_request(
                             &state,
                             &call,
                             ledger,
@@ -309,7 +308,7 @@ pub async fn run(
         }
         if let Some((status, body)) = failed.rejected {
             if !out.sent_any() && matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                finish(&state, &call, ledger, Outcome::failed(status, None));
+                metering::record_request(&state, &call, ledger, Outcome::failed(status, None));
                 if let Some(tx) = out.started.take() {
                     let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
                 }
@@ -336,7 +335,7 @@ pub async fn run(
         let body = json!({"error": {"message": error.to_string(), "type": "upstream_error", "param": null, "code": "upstream_failed"}});
         let _ = out.tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
     }
-    finish(&state, &call, ledger, Outcome::failed(status, ttft));
+    metering::record_request(&state, &call, ledger, Outcome::failed(status, ttft));
 }
 
 /// A streamed answer in the shape of a non-streamed one, for capture.

@@ -2,16 +2,14 @@
 
 use std::time::Instant;
 
+use flywheel_api::headers::Totals;
 use http::StatusCode;
 use serde_json::Value;
 
-use super::{
-    backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger,
-    Outcome, Plan, Totals,
-};
+use super::{backoff, exhausted_error, send, usage_of, AttemptRecord, Call, Failed, Failure, Plan};
 use crate::{
     error::GatewayError,
-    metering::{tokens, AttemptOutcome},
+    metering::{self, tokens, AttemptOutcome, Ledger, Outcome},
     AppState,
 };
 
@@ -97,7 +95,7 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
                             ttft: None,
                             response,
                         };
-                        let totals = finish(state, call, ledger, outcome);
+                        let totals = metering::record_request(state, call, ledger, outcome);
                         return (Ok(answer), totals);
                     }
                     Err(reason) => Failed {
@@ -122,7 +120,8 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
         record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, 0);
         if let Some((status, body)) = failed.rejected {
             if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                let totals = finish(state, call, ledger, Outcome::failed(status, None));
+                let totals =
+                    metering::record_request(state, call, ledger, Outcome::failed(status, None));
                 return (Err(GatewayError::UpstreamRejected { status, body }), totals);
             }
         }
@@ -135,7 +134,8 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
         }
     }
     let error = exhausted_error(call, &ledger);
-    let totals = finish(state, call, ledger, Outcome::failed(error.status(), None));
+    let totals =
+        metering::record_request(state, call, ledger, Outcome::failed(error.status(), None));
     (Err(error), totals)
 }
 

@@ -7,7 +7,7 @@ use axum::{
     Extension, Json,
 };
 use bytes::Bytes;
-use flywheel_api::headers as fw;
+use flywheel_api::headers::{self as fw, Totals};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +15,7 @@ use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
 use crate::{
-    dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator},
+    dispatcher::{run_stream, run_unary, Call, Operation, Validator},
     error::GatewayError,
     middleware::{RequestStart, Tenant},
     AppState,
