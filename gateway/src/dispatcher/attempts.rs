@@ -420,3 +420,279 @@ pub fn exhausted_error(call: &Call, ledger: &Ledger) -> GatewayError {
         attempts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::{
+        dispatcher::{testing, Operation},
+        upstream::CircuitState,
+    };
+
+    /// Backoffs of a millisecond, so that retries do not slow the tests.
+    const FAST: &str = "[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 1\n";
+    /// A breaker that opens on one failure.
+    const FRAGILE: &str = "[circuit_breaker]\nwindow = 1\nmin_requests = 1\nerror_ratio = 1.0\n";
+
+    /// Answers attempts from a script: the upstream status and the result.
+    struct Script {
+        steps: VecDeque<(Option<u16>, Result<&'static str, Failed>)>,
+        /// Model of the target of each attempt read.
+        models: Vec<String>,
+        can_reject: bool,
+    }
+
+    impl Script {
+        fn new(
+            steps: impl IntoIterator<Item = (Option<u16>, Result<&'static str, Failed>)>,
+        ) -> Self {
+            Self {
+                steps: steps.into_iter().collect(),
+                models: Vec::new(),
+                can_reject: true,
+            }
+        }
+    }
+
+    impl Reader for Script {
+        type Answer = &'static str;
+
+        async fn read(&mut self, call: &Call, attempt: &mut Attempt<'_>) -> Tried<&'static str> {
+            self.models.push(attempt.target.model.clone());
+            let (status, result) = self.steps.pop_front().expect("a step for every attempt");
+            attempt.status = status;
+            attempt.usage = Some((10, 2));
+            Tried {
+                sent: call.body.clone(),
+                completion_estimate: 0,
+                result,
+            }
+        }
+
+        fn can_reject(&self) -> bool {
+            self.can_reject
+        }
+    }
+
+    fn ok() -> (Option<u16>, Result<&'static str, Failed>) {
+        (Some(200), Ok("answer"))
+    }
+
+    fn fail(status: Option<u16>, failed: Failed) -> (Option<u16>, Result<&'static str, Failed>) {
+        (status, Err(failed))
+    }
+
+    fn rejected(status: u16) -> (Option<u16>, Result<&'static str, Failed>) {
+        let code = StatusCode::from_u16(status).unwrap();
+        fail(
+            Some(status),
+            Failed::rejected(code, Bytes::from_static(b"{\"error\":{}}"), "no"),
+        )
+    }
+
+    fn outcomes(ledger: &Ledger) -> Vec<AttemptOutcome> {
+        ledger.attempts.iter().map(|a| a.outcome).collect()
+    }
+
+    fn chat(extra: &str) -> Call {
+        let body =
+            serde_json::json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
+        testing::call_with(Operation::Chat, body, extra)
+    }
+
+    #[tokio::test]
+    async fn the_first_acceptable_answer_ends_the_attempts() {
+        let call = chat("");
+        let mut script = Script::new([ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(
+            ended,
+            Ended::Answered {
+                answer: "answer",
+                index: 0
+            }
+        ));
+        assert_eq!(outcomes(&ledger), [AttemptOutcome::Ok]);
+        assert_eq!(ledger.attempts[0].prompt_tokens, 10);
+        assert_eq!(script.models, ["ma"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_upstream_blames_on_the_client_goes_back_without_another_attempt() {
+        let call = chat("");
+        let mut script = Script::new([rejected(422)]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        let Ended::Rejected { status, body } = ended else {
+            panic!("a 422 is the client's fault");
+        };
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body, Bytes::from_static(b"{\"error\":{}}"));
+        assert_eq!(script.models, ["ma"]);
+        assert_eq!(outcomes(&ledger), [AttemptOutcome::ErrorStatus]);
+    }
+
+    #[tokio::test]
+    async fn a_rejection_that_blames_the_provider_falls_back_and_leaves_its_circuit_closed() {
+        let call = chat(FRAGILE);
+        let mut script = Script::new([rejected(401), ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 1, .. }));
+        assert_eq!(script.models, ["ma", "mb"]);
+        assert_eq!(ledger.attempts[1].target_index, 1);
+        let a = &call.targets()[0].provider.breaker;
+        assert_eq!(a.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_rejection_once_the_client_has_part_of_a_stream_falls_back() {
+        let call = chat("");
+        let mut script = Script::new([rejected(400), ok()]);
+        script.can_reject = false;
+        let (ended, _) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 1, .. }));
+        assert_eq!(script.models, ["ma", "mb"]);
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_retry_the_target_then_fall_back() {
+        let call = chat(&format!("{FAST}max_retries = 1\n"));
+        let timeout = || fail(None, Failed::retryable(AttemptOutcome::Timeout, "slow"));
+        let mut script = Script::new([timeout(), timeout(), ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 2, .. }));
+        assert_eq!(script.models, ["ma", "ma", "mb"]);
+        let tries: Vec<(u32, u32)> = ledger
+            .attempts
+            .iter()
+            .map(|a| (a.target_index, a.try_index))
+            .collect();
+        assert_eq!(tries, [(0, 0), (0, 1), (1, 0)]);
+        assert_eq!(ledger.attempts[0].reason.as_deref(), Some("slow"));
+    }
+
+    #[tokio::test]
+    async fn an_open_circuit_skips_its_target_without_sending() {
+        let call = chat(FRAGILE);
+        let a = &call.targets()[0].provider.breaker;
+        a.acquire().unwrap().failure();
+        let mut script = Script::new([ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 1, .. }));
+        assert_eq!(script.models, ["mb"]);
+        assert_eq!(
+            outcomes(&ledger),
+            [AttemptOutcome::CircuitOpen, AttemptOutcome::Ok]
+        );
+        let skipped = &ledger.attempts[0];
+        assert_eq!(
+            (skipped.prompt_tokens, skipped.tokens_estimated),
+            (0, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_error_opens_the_circuit_but_a_429_or_a_bad_answer_format_does_not() {
+        let call = chat(&format!("{FAST}{FRAGILE}"));
+        let a = &call.targets()[0].provider.breaker;
+        let throttled = fail(
+            Some(429),
+            Failed::retryable(AttemptOutcome::ErrorStatus, "slow down"),
+        );
+        let invalid = fail(Some(200), Failed::invalid("not JSON"));
+        let mut script = Script::new([throttled, invalid, ok()]);
+        let (ended, _) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 2, .. }));
+        assert_eq!(a.state(), CircuitState::Closed);
+
+        let broken = fail(
+            Some(500),
+            Failed::retryable(AttemptOutcome::ErrorStatus, "oops"),
+        );
+        let mut script = Script::new([broken, ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(a.state(), CircuitState::Open { .. }));
+        // The retry on `a` finds its circuit open and moves on to `b`.
+        assert!(matches!(ended, Ended::Answered { index: 2, .. }));
+        assert_eq!(
+            outcomes(&ledger),
+            [
+                AttemptOutcome::ErrorStatus,
+                AttemptOutcome::CircuitOpen,
+                AttemptOutcome::Ok
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fatal_failure_gives_up_with_targets_left() {
+        let call = chat("");
+        let cut = Failed::retryable(AttemptOutcome::MidStreamFailover, "cut").fatal();
+        let mut script = Script::new([fail(Some(200), cut)]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::GaveUp));
+        assert_eq!(script.models, ["ma"]);
+        assert_eq!(ledger.failovers, 1);
+    }
+
+    #[tokio::test]
+    async fn each_mid_stream_failover_is_counted() {
+        let call = chat(FAST);
+        let cut = || {
+            fail(
+                Some(200),
+                Failed::retryable(AttemptOutcome::MidStreamFailover, "cut"),
+            )
+        };
+        let mut script = Script::new([cut(), cut(), ok()]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::Answered { index: 2, .. }));
+        assert_eq!(ledger.failovers, 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_makes_no_attempt_and_times_out() {
+        let call = chat("[retry]\ntotal_timeout_ms = 1\n");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut script = Script::new([]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::GaveUp));
+        assert!(ledger.attempts.is_empty());
+        let error = exhausted_error(&call, &ledger);
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// The error after every target failed in the given way.
+    async fn exhausted_by(first: Failed, second: Failed) -> GatewayError {
+        let call = chat("[retry]\nmax_retries = 0\n");
+        let mut script = Script::new([fail(None, first), fail(None, second)]);
+        let (ended, ledger) = run(&call, &mut script).await;
+        assert!(matches!(ended, Ended::GaveUp));
+        assert_eq!(ledger.attempts.len(), 2);
+        exhausted_error(&call, &ledger)
+    }
+
+    #[tokio::test]
+    async fn no_reachable_upstream_is_a_503_bad_answers_a_502_and_a_last_timeout_a_504() {
+        let refused = || Failed::retryable(AttemptOutcome::ConnectError, "refused");
+        let error = exhausted_by(refused(), refused()).await;
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let GatewayError::Upstream {
+            message, attempts, ..
+        } = error
+        else {
+            panic!("an upstream error")
+        };
+        assert_eq!(attempts.len(), 2);
+        assert!(message.contains("no upstream is reachable"), "{message}");
+
+        let bad = || Failed::next_target(AttemptOutcome::BadResponse, "not JSON");
+        let error = exhausted_by(refused(), bad()).await;
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+
+        let slow = Failed::retryable(AttemptOutcome::Timeout, "slow");
+        let error = exhausted_by(bad(), slow).await;
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}

@@ -169,3 +169,52 @@ impl Call {
         body
     }
 }
+
+/// Calls on a route of real (never contacted) providers, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::{sync::Arc, time::Instant};
+
+    use serde_json::{json, Value};
+
+    use super::{Call, Operation};
+    use crate::{config::Config, metrics::Metrics, middleware::Tenant, router::Router, upstream};
+
+    /// Route `r`: one variant whose fallback chain is provider `a` (model
+    /// `ma`), then provider `b` (model `mb`). `extra` is more config TOML
+    /// (`[retry]`, `[circuit_breaker]`, ...).
+    pub fn call_with(op: Operation, body: Value, extra: &str) -> Call {
+        let text = format!(
+            r#"
+            [auth]
+            enabled = false
+            [providers.a]
+            base_url = "http://127.0.0.1:1/v1"
+            [providers.b]
+            base_url = "http://127.0.0.1:1/v1"
+            continuation = "restart"
+            [[routes]]
+            name = "r"
+            [[routes.variants]]
+            name = "v"
+            targets = [{{ provider = "a", model = "ma" }}, {{ provider = "b", model = "mb" }}]
+            {extra}
+            "#
+        );
+        let config = Config::parse(&text).unwrap();
+        let providers = upstream::build_providers(&config, &Arc::new(Metrics::new()));
+        let route = Router::new(&config, &providers).get("r").unwrap();
+        let tenant = Tenant {
+            name: "t".into(),
+            key_id: Arc::from("k"),
+            counts_tokens: false,
+        };
+        Call::new(op, tenant, route, body, None, Instant::now())
+    }
+
+    /// A chat call with one user message and default settings.
+    pub fn chat() -> Call {
+        let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
+        call_with(Operation::Chat, body, "")
+    }
+}

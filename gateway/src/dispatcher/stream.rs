@@ -513,3 +513,176 @@ impl<'a> Pump<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::dispatcher::testing;
+
+    fn output(call: &Call) -> (Output, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(4);
+        (Output::new(None, tx, call), rx)
+    }
+
+    /// An upstream chat chunk with one choice.
+    fn delta(index: u64, delta: Value) -> Value {
+        json!({
+            "id": "upstream-id", "object": "chat.completion.chunk", "created": 7,
+            "model": "upstream-model",
+            "choices": [{"index": index, "delta": delta, "finish_reason": null}],
+        })
+    }
+
+    #[test]
+    fn rewrite_names_the_request_and_the_route_and_keeps_the_text() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = delta(0, json!({"content": "Hel"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["id"], call.id.as_str());
+        assert_eq!(chunk["model"], "r");
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "Hel");
+        let mut chunk = delta(0, json!({"content": "lo"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(out.text, "Hello");
+        assert_eq!(pump.chunks_with_text, 2);
+        assert_eq!(out.created, Some(json!(7)));
+        assert!(out.continuable);
+    }
+
+    #[test]
+    fn rewrite_takes_the_usage_out_and_drops_a_usage_only_chunk() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let usage = json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17});
+        let mut chunk = json!({"id": "x", "choices": [], "usage": usage});
+        assert!(!pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(pump.usage, Some((12, 5)));
+
+        let mut chunk = delta(0, json!({"content": "a"}));
+        chunk["usage"] = json!({"prompt_tokens": 13, "completion_tokens": 6});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert!(chunk.get("usage").is_none(), "{chunk}");
+        assert_eq!(pump.usage, Some((13, 6)));
+    }
+
+    #[test]
+    fn rewrite_drops_what_is_not_a_chunk_with_choices() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        assert!(!pump.rewrite(&mut json!([1, 2]), &mut out));
+        assert!(!pump.rewrite(&mut json!({"id": "x"}), &mut out));
+    }
+
+    #[test]
+    fn the_first_attempt_forwards_the_role_chunk() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = delta(0, json!({"role": "assistant", "content": ""}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(pump.chunks_with_text, 0);
+    }
+
+    #[test]
+    fn a_continuation_drops_the_repeated_role_and_empty_deltas() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, true, None);
+        let mut chunk = delta(0, json!({"role": "assistant", "content": ""}));
+        assert!(!pump.rewrite(&mut chunk, &mut out));
+        let mut chunk = delta(0, json!({"role": "assistant", "content": " world"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"], json!({"content": " world"}));
+        // The last chunk carries the finish reason: it goes through.
+        let mut chunk = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+    }
+
+    #[test]
+    fn tool_calls_and_second_choices_cannot_be_continued() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let call_delta = json!({"tool_calls": [{"index": 0, "function": {"name": "f"}}]});
+        assert!(pump.rewrite(&mut delta(0, call_delta), &mut out));
+        assert!(!out.continuable);
+
+        let (mut out, _rx) = output(&call);
+        assert!(pump.rewrite(&mut delta(1, json!({"content": "b"})), &mut out));
+        assert!(!out.continuable);
+        assert_eq!(out.text, "", "only choice 0's text is kept");
+    }
+
+    #[test]
+    fn completions_keep_the_text_field() {
+        let body = json!({"model": "r", "prompt": "Say"});
+        let call = testing::call_with(Operation::Completion, body, "");
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = json!({"choices": [{"index": 0, "text": " hi", "finish_reason": null}]});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(out.text, " hi");
+        assert_eq!(chunk["model"], "r");
+    }
+
+    #[test]
+    fn rewrite_sends_only_the_new_part_of_a_restarted_answer() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        out.text = "Hi".to_owned();
+        let mut pump = Pump::new(&call, true, Some("Hi".to_owned()));
+        assert!(!pump.rewrite(&mut delta(0, json!({"content": "Hi"})), &mut out));
+        let mut chunk = delta(0, json!({"content": " there"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"]["content"], " there");
+        assert_eq!(out.text, "Hi there");
+        assert_eq!(pump.chunks_with_text, 1);
+    }
+
+    #[test]
+    fn restart_drops_the_part_the_client_already_has() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("Hello world".to_owned()));
+        assert_eq!(pump.skip_repeated("Hello"), "");
+        assert_eq!(pump.skip_repeated(" wor"), "");
+        assert_eq!(pump.skip_repeated("ld, again"), ", again");
+        assert_eq!(pump.skip_repeated(" and more"), " and more");
+        assert!(pump.skip.is_none());
+        assert!(!pump.diverged);
+    }
+
+    #[test]
+    fn restart_stops_skipping_exactly_at_the_end_of_the_known_text() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("ab".to_owned()));
+        assert_eq!(pump.skip_repeated("ab"), "");
+        assert!(pump.skip.is_none());
+        assert_eq!(pump.skip_repeated("ab"), "ab");
+        assert!(!pump.diverged);
+    }
+
+    #[test]
+    fn a_restart_that_says_something_else_is_sent_whole_and_marked_diverged() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("Hello world".to_owned()));
+        assert_eq!(pump.skip_repeated("Hello"), "");
+        assert_eq!(pump.skip_repeated(" there"), " there");
+        assert!(pump.diverged);
+        assert_eq!(pump.skip_repeated(" world"), " world", "no more skipping");
+    }
+
+    #[test]
+    fn without_a_restart_nothing_is_skipped() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, None);
+        assert_eq!(pump.skip_repeated("Hello"), "Hello");
+        assert!(!pump.diverged);
+    }
+}

@@ -169,3 +169,89 @@ fn totals(event: &InferenceEvent) -> Totals {
         cost_usd: event.cost_usd,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatcher::testing;
+
+    fn attempt(provider: &str, target_index: u32, outcome: AttemptOutcome) -> AttemptEvent {
+        AttemptEvent {
+            provider: provider.into(),
+            model: format!("m{provider}"),
+            target_index,
+            try_index: 0,
+            outcome,
+            status: Some(200),
+            reason: None,
+            started_ms: 0,
+            latency_ms: 1.0,
+            ttft_ms: None,
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            tokens_estimated: outcome == AttemptOutcome::Ok,
+            cost_usd: 0.5,
+        }
+    }
+
+    fn answered_after_a_failure() -> (Ledger, Outcome) {
+        let ledger = Ledger {
+            attempts: vec![
+                attempt("a", 0, AttemptOutcome::Timeout),
+                attempt("b", 1, AttemptOutcome::Ok),
+            ],
+            waited: Duration::from_secs(3600),
+            failovers: 0,
+            failover_diverged: false,
+        };
+        let outcome = Outcome {
+            status: StatusCode::OK,
+            answered_by: Some(1),
+            tokens: (10, 3),
+            ttft: None,
+            response: Some("{}".into()),
+        };
+        (ledger, outcome)
+    }
+
+    #[test]
+    fn the_event_names_the_attempt_that_answered_and_sums_every_attempt() {
+        let call = testing::chat();
+        let (ledger, outcome) = answered_after_a_failure();
+        let event = inference_event(&call, ledger, outcome, false);
+        assert_eq!((event.provider.as_str(), event.model.as_str()), ("b", "mb"));
+        assert_eq!((event.retries, event.fallback_depth), (1, 1));
+        assert!(event.tokens_estimated);
+        assert_eq!(event.cost_usd, 1.0);
+        assert_eq!(event.validation, Validation::NotRequested);
+        assert_eq!(event.overhead_ms, 0.0, "the wait exceeds the latency");
+        assert_eq!((event.route.as_str(), event.variant.as_str()), ("r", "v"));
+        assert_eq!(event.request_body, None);
+        assert_eq!(event.response_body, None);
+        let totals = totals(&event);
+        assert_eq!((totals.attempts, totals.fallback_depth), (2, 1));
+        assert_eq!((totals.prompt_tokens, totals.completion_tokens), (20, 6));
+    }
+
+    #[test]
+    fn the_event_carries_the_bodies_only_when_they_are_captured() {
+        let call = testing::chat();
+        let (ledger, outcome) = answered_after_a_failure();
+        let event = inference_event(&call, ledger, outcome, true);
+        assert_eq!(event.request_body, Some(call.body.to_string()));
+        assert_eq!(event.response_body.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn a_failed_request_has_no_provider_and_fails_a_requested_validation() {
+        let mut call = testing::chat();
+        call.validator = Some(crate::dispatcher::Validator::JsonObject);
+        let (ledger, _) = answered_after_a_failure();
+        let outcome = Outcome::failed(StatusCode::BAD_GATEWAY, None);
+        let event = inference_event(&call, ledger, outcome, false);
+        assert_eq!(event.status, 502);
+        assert_eq!((event.provider.as_str(), event.fallback_depth), ("", 0));
+        assert_eq!(event.validation, Validation::Failed);
+        assert!(!event.tokens_estimated);
+    }
+}
