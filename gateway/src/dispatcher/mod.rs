@@ -2,7 +2,7 @@
 //! [`Plan`] until one answer is acceptable.
 //!
 //! The request path is: endpoint → [`Call`] → [`run_unary`] or
-//! [`run_stream`] → the attempt loop ([`attempts::run`], shared by both;
+//! [`run_stream`] → the attempt loop (`attempts::run`, shared by both;
 //! each only says how it reads an answer) → response. What happened (the
 //! [`Ledger`](crate::metering::Ledger) of attempts and the
 //! [`Outcome`](crate::metering::Outcome)) goes to
