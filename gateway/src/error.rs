@@ -38,6 +38,9 @@ pub enum GatewayError {
     /// request is at fault, so its answer is returned as it came.
     #[error("upstream rejected the request with status {status}")]
     UpstreamRejected { status: StatusCode, body: Bytes },
+    /// The gateway failed on its own (a panicked or cancelled task).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl GatewayError {
@@ -57,6 +60,7 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream { status, .. } | Self::UpstreamRejected { status, .. } => *status,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -72,6 +76,7 @@ impl GatewayError {
             Self::Upstream { .. } | Self::UpstreamRejected { .. } => {
                 ("upstream_error", Some("upstream_failed"))
             }
+            Self::Internal(_) => ("internal_error", None),
         }
     }
 }

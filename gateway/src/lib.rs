@@ -11,12 +11,12 @@ pub mod coordination;
 pub mod dispatcher;
 pub mod endpoints;
 pub mod error;
-pub mod feedback;
 pub mod metering;
 pub mod metrics;
 pub mod middleware;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod upstream;
 
 use std::{ops::Deref, sync::Arc, time::Duration};
@@ -25,12 +25,12 @@ use axum::Router as HttpRouter;
 use config::Config;
 use coordination::{Limiter, Redis};
 use error::GatewayError;
-use feedback::{RecentInferences, Signals};
 use flywheel_feedback::{BodiesPolicy, Capture};
 use metering::EventSink;
 use metrics::Metrics;
 use middleware::{AdminAuthLayer, ApiKeyLayer, HttpMetricsLayer, Keys};
 use router::Router;
+use signals::{RecentInferences, Signals};
 use tower_http::trace::TraceLayer;
 
 pub struct Shared {
@@ -71,7 +71,7 @@ impl AppState {
             Some(cfg) => {
                 // Inferences still in the log are not in ClickHouse yet:
                 // index their owners so that feedback on them is accepted.
-                feedback::index_unshipped(&cfg.wal_dir, &recent);
+                signals::index_unshipped(&cfg.wal_dir, &recent);
                 let capture = Capture::start(cfg).with_context(|| {
                     format!("cannot start capture (log in {})", cfg.wal_dir.display())
                 })?;
@@ -111,7 +111,7 @@ impl AppState {
     pub async fn owner_of_inference(
         &self,
         id: &str,
-    ) -> Result<Option<feedback::Owner>, GatewayError> {
+    ) -> Result<Option<signals::Owner>, GatewayError> {
         if let Some(owner) = self.recent.inference(id) {
             return Ok(Some(owner));
         }
@@ -123,14 +123,11 @@ impl AppState {
             .inference_owner(id)
             .await
             .map_err(store_unavailable)?;
-        Ok(found.map(feedback::Owner::from))
+        Ok(found.map(signals::Owner::from))
     }
 
     /// Owner of an episode, like [`AppState::owner_of_inference`].
-    pub async fn owner_of_episode(
-        &self,
-        id: &str,
-    ) -> Result<Option<feedback::Owner>, GatewayError> {
+    pub async fn owner_of_episode(&self, id: &str) -> Result<Option<signals::Owner>, GatewayError> {
         if let Some(owner) = self.recent.episode(id) {
             return Ok(Some(owner));
         }
@@ -142,7 +139,7 @@ impl AppState {
             .episode_owner(id)
             .await
             .map_err(store_unavailable)?;
-        Ok(found.map(feedback::Owner::from))
+        Ok(found.map(signals::Owner::from))
     }
 
     /// Whether events carry request and response bodies.

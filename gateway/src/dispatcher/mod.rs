@@ -1,10 +1,15 @@
 //! Serving one client request on upstreams: attempts in the order of the
-//! [`Plan`], each metered, until one answer is acceptable.
+//! [`Plan`] until one answer is acceptable.
 //!
-//! The request path is: endpoint → [`Call`] → [`unary::run`] or
-//! [`stream::run`] → attempts → response, and at the end one
-//! [`InferenceEvent`] to the sink.
+//! The request path is: endpoint → [`Call`] → [`run_unary`] or
+//! [`run_stream`] → the attempt loop (`attempts::run`, shared by both;
+//! each only says how it reads an answer) → response. What happened (the
+//! [`Ledger`](crate::metering::Ledger) of attempts and the
+//! [`Outcome`](crate::metering::Outcome)) goes to
+//! [`metering::record_request`](crate::metering::record_request), which
+//! turns it into the request's one event.
 
+mod attempts;
 mod plan;
 mod stream;
 mod unary;
@@ -12,14 +17,10 @@ pub mod validate;
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
-use flywheel_feedback::Record;
-use http::StatusCode;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use flywheel_api::openai::StreamOptions;
 pub use plan::{Failure, Plan};
 use serde_json::Value;
 pub use stream::run as run_stream;
@@ -27,13 +28,8 @@ pub use unary::run as run_unary;
 pub use validate::Validator;
 
 use crate::{
-    error::GatewayError,
-    feedback::{Observed, Owner},
-    metering::{tokens, AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation},
     middleware::Tenant,
     router::{Route, Target},
-    upstream::{is_retryable, retry_after, UpstreamError},
-    AppState,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +91,12 @@ impl Call {
         let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
         let sticky = episode_id.as_deref().or(user.as_deref());
         let picked = route.pick(sticky);
+        // `pick` returns one of the route's variants.
         let variant = route
             .variants
             .iter()
             .position(|v| std::ptr::eq(v, picked))
-            .expect("picked from this route");
+            .unwrap_or_default();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -124,11 +121,7 @@ impl Call {
     }
 
     /// `stream` and `stream_options.include_usage` of the request.
-    pub fn set_streaming(
-        &mut self,
-        stream: Option<bool>,
-        options: Option<&crate::endpoints::body::StreamOptions>,
-    ) {
+    pub fn set_streaming(&mut self, stream: Option<bool>, options: Option<&StreamOptions>) {
         self.stream = stream.unwrap_or(false);
         self.include_usage = options.is_some_and(|o| o.include_usage);
     }
@@ -177,365 +170,51 @@ impl Call {
     }
 }
 
-/// Attempts made so far and the time spent waiting on upstreams.
-#[derive(Default)]
-pub struct Ledger {
-    pub attempts: Vec<AttemptEvent>,
-    /// Time spent waiting on upstreams or sleeping in backoff: everything
-    /// that is not gateway overhead.
-    pub waited: Duration,
-    pub failovers: u32,
-    pub failover_diverged: bool,
-}
+/// Calls on a route of real (never contacted) providers, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::{sync::Arc, time::Instant};
 
-/// Facts about one attempt, filled in as it runs.
-pub struct AttemptRecord<'a> {
-    pub target: &'a Target,
-    pub target_index: usize,
-    pub try_index: u32,
-    pub started: Instant,
-    pub started_ms: u64,
-    pub ttft: Option<Duration>,
-    pub status: Option<u16>,
-    pub usage: Option<(u64, u64)>,
-}
+    use serde_json::{json, Value};
 
-impl<'a> AttemptRecord<'a> {
-    pub fn begin(call: &Call, plan: &Plan<'_>, target: &'a Target) -> Self {
-        Self {
-            target,
-            target_index: plan.target,
-            try_index: plan.tries,
-            started: Instant::now(),
-            started_ms: call.ts_ms + call.start.elapsed().as_millis() as u64,
-            ttft: None,
-            status: None,
-            usage: None,
-        }
-    }
+    use super::{Call, Operation};
+    use crate::{config::Config, metrics::Metrics, middleware::Tenant, router::Router, upstream};
 
-    /// Closes the attempt. Without upstream usage, tokens are estimated from
-    /// the request and the `completion_estimate` of the answer seen.
-    pub fn finish(
-        self,
-        ledger: &mut Ledger,
-        outcome: AttemptOutcome,
-        reason: Option<String>,
-        sent_body: &Value,
-        completion_estimate: u64,
-    ) {
-        let elapsed = self.started.elapsed();
-        ledger.waited += elapsed;
-        let sent_anything = !matches!(
-            outcome,
-            AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError
+    /// Route `r`: one variant whose fallback chain is provider `a` (model
+    /// `ma`), then provider `b` (model `mb`). `extra` is more config TOML
+    /// (`[retry]`, `[circuit_breaker]`, ...).
+    pub fn call_with(op: Operation, body: Value, extra: &str) -> Call {
+        let text = format!(
+            r#"
+            [auth]
+            enabled = false
+            [providers.a]
+            base_url = "http://127.0.0.1:1/v1"
+            [providers.b]
+            base_url = "http://127.0.0.1:1/v1"
+            continuation = "restart"
+            [[routes]]
+            name = "r"
+            [[routes.variants]]
+            name = "v"
+            targets = [{{ provider = "a", model = "ma" }}, {{ provider = "b", model = "mb" }}]
+            {extra}
+            "#
         );
-        let (prompt, completion, estimated) = match self.usage {
-            Some((p, c)) => (p, c, false),
-            None if sent_anything => (
-                tokens::estimate_prompt(sent_body),
-                completion_estimate,
-                true,
-            ),
-            None => (0, 0, false),
+        let config = Config::parse(&text).unwrap();
+        let providers = upstream::build_providers(&config, &Arc::new(Metrics::new()));
+        let route = Router::new(&config, &providers).get("r").unwrap();
+        let tenant = Tenant {
+            name: "t".into(),
+            key_id: Arc::from("k"),
+            counts_tokens: false,
         };
-        let provider = &self.target.provider;
-        ledger.attempts.push(AttemptEvent {
-            provider: provider.name.clone(),
-            model: self.target.model.clone(),
-            target_index: self.target_index as u32,
-            try_index: self.try_index,
-            outcome,
-            status: self.status,
-            reason,
-            started_ms: self.started_ms,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            ttft_ms: self.ttft.map(|t| t.as_secs_f64() * 1000.0),
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            tokens_estimated: estimated,
-            cost_usd: provider.cost(prompt, completion, elapsed),
-        });
+        Call::new(op, tenant, route, body, None, Instant::now())
     }
-}
 
-/// What an attempt that got no usable answer tells the plan.
-pub struct Failed {
-    pub outcome: AttemptOutcome,
-    pub reason: String,
-    pub failure: Failure,
-    /// The client's request is at fault: return this upstream answer.
-    pub rejected: Option<(StatusCode, Bytes)>,
-}
-
-impl Failed {
-    /// Reports the failure to the provider's circuit breaker. A rejected
-    /// request or a 429 says nothing about the upstream's health.
-    pub fn settle(self, permit: crate::upstream::Permit<'_>, record: &AttemptRecord<'_>) -> Self {
-        if self.rejected.is_some() || record.status == Some(429) {
-            drop(permit);
-        } else {
-            permit.failure();
-        }
-        self
-    }
-}
-
-/// Sends one attempt and returns the response once it is a 200.
-pub async fn send(
-    call: &Call,
-    record: &mut AttemptRecord<'_>,
-    body: &Value,
-    timeout: Duration,
-) -> Result<http::Response<Incoming>, Failed> {
-    let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON value serialises"));
-    let provider = &record.target.provider;
-    let affinity = call
-        .episode_id
-        .as_deref()
-        .or(call.user.as_deref())
-        .unwrap_or(&call.id);
-    let response = match provider
-        .post(call.op.path(), bytes, timeout, affinity.as_bytes())
-        .await
-    {
-        Ok(r) => r,
-        Err(UpstreamError::Timeout) => {
-            return Err(Failed {
-                outcome: AttemptOutcome::Timeout,
-                reason: format!("no response within {} ms", timeout.as_millis()),
-                failure: Failure::Retryable { retry_after: None },
-                rejected: None,
-            })
-        }
-        Err(UpstreamError::Connect(e)) => {
-            return Err(Failed {
-                outcome: AttemptOutcome::ConnectError,
-                reason: e,
-                failure: Failure::Retryable { retry_after: None },
-                rejected: None,
-            })
-        }
-    };
-    let status = response.status();
-    record.status = Some(status.as_u16());
-    if status == StatusCode::OK {
-        return Ok(response);
-    }
-    let wait = retry_after(response.headers());
-    // The error body explains the failure; read a bounded amount of it.
-    let body = read_body(response.into_body(), 64 * 1024, Duration::from_secs(2))
-        .await
-        .unwrap_or_default();
-    let reason = format!(
-        "upstream status {}: {}",
-        status.as_u16(),
-        String::from_utf8_lossy(&body[..body.len().min(300)])
-    );
-    if is_retryable(status) {
-        Err(Failed {
-            outcome: AttemptOutcome::ErrorStatus,
-            reason,
-            failure: Failure::Retryable { retry_after: wait },
-            rejected: None,
-        })
-    } else if status.is_client_error() {
-        Err(Failed {
-            outcome: AttemptOutcome::ErrorStatus,
-            reason,
-            failure: Failure::NextTarget,
-            rejected: Some((status, body)),
-        })
-    } else {
-        // 1xx/3xx and other oddities: try elsewhere.
-        Err(Failed {
-            outcome: AttemptOutcome::BadResponse,
-            reason,
-            failure: Failure::NextTarget,
-            rejected: None,
-        })
-    }
-}
-
-/// Reads a whole body within a size limit and a deadline.
-pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) => Err(format!("reading the answer failed: {e}")),
-        Err(_) => Err("timed out reading the answer".to_owned()),
-    }
-}
-
-/// The error for a request whose every attempt failed: 504 when the last
-/// failure was a deadline, 503 when no upstream could be reached, 502 when
-/// upstreams answered badly.
-pub fn exhausted_error(call: &Call, ledger: &Ledger) -> GatewayError {
-    let attempts: Vec<AttemptSummary> = ledger.attempts.iter().map(AttemptSummary::from).collect();
-    let last = ledger.attempts.last().map(|a| a.outcome);
-    let unreachable = ledger.attempts.iter().all(|a| {
-        matches!(
-            a.outcome,
-            AttemptOutcome::CircuitOpen | AttemptOutcome::ConnectError
-        )
-    });
-    let (status, what) =
-        if last == Some(AttemptOutcome::Timeout) || Instant::now() >= call.deadline() {
-            (StatusCode::GATEWAY_TIMEOUT, "timed out")
-        } else if unreachable {
-            (StatusCode::SERVICE_UNAVAILABLE, "no upstream is reachable")
-        } else {
-            (StatusCode::BAD_GATEWAY, "every upstream attempt failed")
-        };
-    GatewayError::Upstream {
-        status,
-        message: format!(
-            "{what} for model `{}` after {} attempt(s)",
-            call.route.name,
-            attempts.len()
-        ),
-        attempts,
-    }
-}
-
-/// How a request ended, for its event.
-pub struct Outcome {
-    pub status: StatusCode,
-    /// Index in the ledger of the attempt whose answer the client got.
-    pub answered_by: Option<usize>,
-    /// (prompt, completion) tokens of the answer the client got.
-    pub tokens: (u64, u64),
-    pub ttft: Option<Duration>,
-    /// The answer as the client got it (JSON text), for capture.
-    pub response: Option<String>,
-}
-
-impl Outcome {
-    pub fn failed(status: StatusCode, ttft: Option<Duration>) -> Self {
-        Self {
-            status,
-            answered_by: None,
-            tokens: (0, 0),
-            ttft,
-            response: None,
-        }
-    }
-}
-
-/// What a request cost over all its attempts, as the client is told in the
-/// `x-flywheel-*` response headers.
-pub use flywheel_api::headers::Totals;
-
-/// Builds and records the event of a finished request. Callers record it
-/// before the client gets the end of the answer, so that an answered request
-/// always has its event in the log.
-pub fn finish(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
-    let Outcome {
-        status,
-        answered_by,
-        tokens,
-        ttft,
-        response,
-    } = outcome;
-    let latency = call.start.elapsed();
-    if let Some(key) = &call.token_key {
-        state.limiter.record_tokens(key, tokens.0 + tokens.1);
-    }
-    let answered = answered_by.map(|i| &ledger.attempts[i]);
-    let validation = match (&call.validator, answered) {
-        (None, _) => Validation::NotRequested,
-        (Some(_), Some(_)) => Validation::Passed,
-        (Some(_), None) => Validation::Failed,
-    };
-    let event = InferenceEvent {
-        id: call.id.clone(),
-        ts_ms: call.ts_ms,
-        tenant: call.tenant.clone(),
-        endpoint: call.op.name().to_owned(),
-        route: call.route.name.clone(),
-        variant: call.variant_name().to_owned(),
-        provider: answered.map(|a| a.provider.clone()).unwrap_or_default(),
-        model: answered.map(|a| a.model.clone()).unwrap_or_default(),
-        episode_id: call.episode_id.clone(),
-        user: call.user.clone(),
-        stream: call.stream,
-        status: status.as_u16(),
-        prompt_tokens: tokens.0,
-        completion_tokens: tokens.1,
-        tokens_estimated: answered.is_some_and(|a| a.tokens_estimated),
-        ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
-        latency_ms: latency.as_secs_f64() * 1000.0,
-        overhead_ms: latency.saturating_sub(ledger.waited).as_secs_f64() * 1000.0,
-        retries: (ledger.attempts.len() as u32).saturating_sub(1),
-        fallback_depth: answered.map(|a| a.target_index).unwrap_or(0),
-        failovers: ledger.failovers,
-        failover_diverged: ledger.failover_diverged,
-        validation,
-        cost_usd: ledger.attempts.iter().map(|a| a.cost_usd).sum(),
-        attempts: ledger.attempts,
-        request_body: state.capture_bodies().then(|| call.body.to_string()),
-        response_body: response.filter(|_| state.capture_bodies()),
-    };
-    let owner = Owner {
-        tenant: Arc::from(event.tenant.as_str()),
-        route: Arc::from(event.route.as_str()),
-        variant: Arc::from(event.variant.as_str()),
-        episode_id: event.episode_id.as_deref().map(Arc::from),
-    };
-    state.recent.insert(&event.id, owner);
-    let implied = if status == StatusCode::OK && call.op == Operation::Chat {
-        let first_answer = event.attempts.iter().find(|a| {
-            matches!(
-                a.outcome,
-                AttemptOutcome::Ok | AttemptOutcome::ValidationFailed
-            )
-        });
-        state.signals.observe(&Observed {
-            inference_id: &event.id,
-            ts_ms: event.ts_ms,
-            tenant: &event.tenant,
-            route: &event.route,
-            variant: &event.variant,
-            who: call.episode_id.as_deref().or(call.user.as_deref()),
-            messages: call.body.get("messages"),
-            validated_first_try: call
-                .validator
-                .as_ref()
-                .and(first_answer)
-                .map(|a| a.outcome == AttemptOutcome::Ok),
-        })
-    } else {
-        Vec::new()
-    };
-    let totals = Totals {
-        attempts: event.attempts.len() as u32,
-        fallback_depth: event.fallback_depth,
-        prompt_tokens: event.attempts.iter().map(|a| a.prompt_tokens).sum(),
-        completion_tokens: event.attempts.iter().map(|a| a.completion_tokens).sum(),
-        cost_usd: event.cost_usd,
-    };
-    state.sink.record(Record::Inference(event));
-    for feedback in implied {
-        state.sink.record(Record::Feedback(feedback));
-    }
-    totals
-}
-
-/// `usage.{prompt_tokens, completion_tokens}` of an answer, if present.
-pub fn usage_of(answer: &Value) -> Option<(u64, u64)> {
-    let usage = answer.get("usage")?;
-    let prompt = usage.get("prompt_tokens")?.as_u64()?;
-    let completion = usage
-        .get("completion_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    Some((prompt, completion))
-}
-
-/// Sleeps for a backoff, counted as waiting rather than overhead.
-pub async fn backoff(ledger: &mut Ledger, wait: Duration) {
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-        ledger.waited += wait;
+    /// A chat call with one user message and default settings.
+    pub fn chat() -> Call {
+        let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
+        call_with(Operation::Chat, body, "")
     }
 }

@@ -10,9 +10,10 @@
 //! as a whole before the client sees any of it, so chunks are buffered and
 //! replayed once the answer passed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use flywheel_api::error::ErrorBody;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,15 +21,21 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    backoff, exhausted_error, finish, send, AttemptRecord, Call, Failed, Failure, Ledger,
-    Operation, Outcome, Plan,
+    attempts::{self, exhausted_error, send, Attempt, Ended, Failed, Reader, Tried},
+    Call, Operation,
 };
 use crate::{
     config::Continuation,
     error::GatewayError,
-    metering::AttemptOutcome,
+    metering::{self, AttemptOutcome, Outcome},
     upstream::sse::{SseEvent, SseParser},
     AppState,
+};
+
+/// 499: the client closed the request (nginx's convention).
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
 };
 
 /// What the endpoint needs to start the response.
@@ -57,6 +64,24 @@ struct Output {
 }
 
 impl Output {
+    fn new(
+        started: Option<oneshot::Sender<Result<Started, GatewayError>>>,
+        tx: mpsc::Sender<Bytes>,
+        call: &Call,
+    ) -> Self {
+        Self {
+            started,
+            tx,
+            buffered: call.validator.is_some(),
+            buffer: Vec::new(),
+            text: String::new(),
+            closed: false,
+            continuable: call.can_continue,
+            first_byte: None,
+            created: None,
+        }
+    }
+
     fn sent_any(&self) -> bool {
         !self.buffered && self.first_byte.is_some()
     }
@@ -118,225 +143,153 @@ pub async fn run(
     started: oneshot::Sender<Result<Started, GatewayError>>,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let retry = call.route.retry.clone();
-    let targets = call.targets();
-    let mut plan = Plan::new(&retry, targets.len());
-    let mut ledger = Ledger::default();
-    let mut out = Output {
-        started: Some(started),
-        tx,
-        buffered: call.validator.is_some(),
-        buffer: Vec::new(),
-        text: String::new(),
-        closed: false,
-        continuable: call.can_continue,
-        first_byte: None,
-        created: None,
+    let mut streamer = Streamer {
+        out: Output::new(Some(started), tx, &call),
+        first_contributor: None,
+        diverged: false,
     };
-    // Index of the first attempt whose text reached the client, and the
-    // completion tokens of every attempt that contributed text.
-    let mut first_contributor: Option<usize> = None;
-    let mut completion_total = 0u64;
-
-    while !plan.exhausted() {
-        let target = &targets[plan.target];
-        let remaining = call.deadline().saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            break;
+    let (ended, mut ledger) = attempts::run(&call, &mut streamer).await;
+    ledger.failover_diverged = streamer.diverged;
+    let Streamer {
+        mut out,
+        first_contributor,
+        ..
+    } = streamer;
+    match ended {
+        Ended::Answered { index, .. } => {
+            let a = &ledger.attempts[index];
+            // The answer is the text of every attempt that broke after the
+            // client got part of it, then of this one; its prompt is the
+            // first such attempt's.
+            let continued: u64 = ledger
+                .attempts
+                .iter()
+                .filter(|a| a.outcome == AttemptOutcome::MidStreamFailover)
+                .map(|a| a.completion_tokens)
+                .sum();
+            let prompt = ledger.attempts[first_contributor.unwrap_or(index)].prompt_tokens;
+            let tokens = (prompt, continued + a.completion_tokens);
+            if out.buffered {
+                out.flush_buffer(&call, (&a.provider, &a.model)).await;
+            }
+            // The event is in the log before the client sees [DONE].
+            let outcome = Outcome {
+                status: StatusCode::OK,
+                answered_by: Some(index),
+                tokens,
+                ttft: out.first_byte,
+                response: state
+                    .capture_bodies()
+                    .then(|| streamed_answer(&call, &out.text)),
+            };
+            metering::record_request(&state, &call, ledger, outcome);
+            finish_stream(&call, &mut out, tokens).await;
         }
-        let mut record = AttemptRecord::begin(&call, &plan, target);
-        let Some(permit) = target.provider.breaker.acquire() else {
-            record.finish(
-                &mut ledger,
-                AttemptOutcome::CircuitOpen,
-                Some("circuit open".into()),
-                &call.body,
-                0,
-            );
-            plan.next(Failure::NextTarget);
-            continue;
-        };
+        Ended::Rejected { status, body } => {
+            metering::record_request(&state, &call, ledger, Outcome::failed(status, None));
+            if let Some(tx) = out.started.take() {
+                let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
+            }
+        }
+        Ended::GaveUp if out.closed => {
+            let outcome = Outcome::failed(CLIENT_CLOSED, out.first_byte);
+            metering::record_request(&state, &call, ledger, outcome);
+        }
+        Ended::GaveUp => {
+            let error = exhausted_error(&call, &ledger);
+            let status = error.status();
+            if let Some(tx) = out.started.take() {
+                let _ = tx.send(Err(error));
+            } else {
+                // The client already has part of the answer: end the stream
+                // with an error event, as OpenAI does for mid-stream errors.
+                let event = ErrorBody::new("upstream_error", error.to_string())
+                    .code(Some("upstream_failed"))
+                    .to_sse_event();
+                let _ = out.tx.send(Bytes::from(event)).await;
+            }
+            let outcome = Outcome::failed(status, out.first_byte);
+            metering::record_request(&state, &call, ledger, outcome);
+        }
+    }
+}
+
+/// Reads streamed answers into the client's stream, continuing it across
+/// attempts.
+struct Streamer {
+    out: Output,
+    /// Index of the first attempt whose text reached the client.
+    first_contributor: Option<usize>,
+    /// A restarted answer did not start with the text the client had.
+    diverged: bool,
+}
+
+impl Reader for Streamer {
+    type Answer = ();
+
+    async fn read(&mut self, call: &Call, attempt: &mut Attempt<'_>) -> Tried<()> {
+        let Self {
+            out,
+            first_contributor,
+            diverged,
+        } = self;
         let continuing = out.sent_any();
-        let restart = continuing && target.provider.continuation == Continuation::Restart;
+        let restart = continuing && attempt.target.provider.continuation == Continuation::Restart;
         let prefix = (continuing && !restart).then_some(out.text.as_str());
-        let body = call.upstream_body(target, prefix);
-        let timeout = retry.attempt_timeout().min(remaining);
-        let who = (target.provider.name.as_str(), target.model.as_str());
-        // Completion tokens of this attempt when the upstream sends no usage.
-        let mut estimate = 0u64;
-
-        let failed = match send(&call, &mut record, &body, timeout).await {
-            Err(failed) => failed.settle(permit, &record),
-            Ok(response) => {
-                let mut pump = Pump {
-                    call: &call,
-                    continuing,
-                    skip: if restart {
-                        Some(out.text.clone())
-                    } else {
-                        None
-                    },
-                    diverged: false,
-                    chunks_with_text: 0,
-                    usage: None,
-                };
-                let end = pump
-                    .forward(
-                        response.into_body(),
-                        &mut out,
-                        &mut record,
-                        timeout,
-                        &retry,
-                        who,
-                    )
-                    .await;
-                record.usage = pump.usage;
-                let contributed = pump.chunks_with_text > 0;
-                estimate = pump.chunks_with_text;
-                ledger.failover_diverged |= pump.diverged;
-                match end {
-                    StreamEnd::Done => {
-                        let invalid = call
-                            .validator
-                            .as_ref()
-                            .and_then(|v| v.check(&out.text).err());
-                        match invalid {
-                            None => {
-                                permit.success();
-                                record.finish(
-                                    &mut ledger,
-                                    AttemptOutcome::Ok,
-                                    None,
-                                    &body,
-                                    estimate,
-                                );
-                                let index = ledger.attempts.len() - 1;
-                                let a = &ledger.attempts[index];
-                                completion_total += a.completion_tokens;
-                                let prompt_tokens = ledger.attempts
-                                    [first_contributor.unwrap_or(index)]
-                                .prompt_tokens;
-                                if out.buffered {
-                                    out.flush_buffer(&call, who).await;
-                                }
-                                // The event is in the log before the client sees [DONE].
-                                let tokens = (prompt_tokens, completion_total);
-                                let response = state
-                                    .capture_bodies()
-                                    .then(|| streamed_answer(&call, &out.text));
-                                let outcome = Outcome {
-                                    status: StatusCode::OK,
-                                    answered_by: Some(index),
-                                    tokens,
-                                    ttft: out.first_byte,
-                                    response,
-                                };
-                                finish(&state, &call, ledger, outcome);
-                                finish_stream(&call, &mut out, tokens).await;
-                                return;
-                            }
-                            Some(reason) => {
-                                permit.success();
-                                out.buffer.clear();
-                                out.text.clear();
-                                Failed {
-                                    outcome: AttemptOutcome::ValidationFailed,
-                                    reason,
-                                    failure: Failure::Validation,
-                                    rejected: None,
-                                }
-                            }
-                        }
-                    }
-                    StreamEnd::ClientClosed => {
-                        drop(permit);
-                        record.finish(
-                            &mut ledger,
-                            AttemptOutcome::ClientClosed,
-                            None,
-                            &body,
-                            estimate,
-                        );
-                        let ttft = out.first_byte;
-                        // 499: the client closed the request (nginx's convention).
-                        finish(
-                            &state,
-                            &call,
-                            ledger,
-                            Outcome::failed(StatusCode::from_u16(499).expect("valid"), ttft),
-                        );
-                        return;
-                    }
-                    StreamEnd::Broken { outcome, reason } => {
-                        permit.failure();
-                        if contributed && !out.buffered {
-                            first_contributor.get_or_insert(ledger.attempts.len());
-                        }
-                        if out.buffered {
-                            // Nothing was sent: start over on the next attempt.
-                            out.buffer.clear();
-                            out.text.clear();
-                        }
-                        let outcome = if out.sent_any() {
-                            AttemptOutcome::MidStreamFailover
-                        } else {
-                            outcome
-                        };
-                        Failed {
-                            outcome,
-                            reason,
-                            failure: Failure::Retryable { retry_after: None },
-                            rejected: None,
-                        }
-                    }
+        let sent = call.upstream_body(attempt.target, prefix);
+        let response = match send(call, attempt, &sent).await {
+            Ok(response) => response,
+            Err(failed) => {
+                return Tried {
+                    sent,
+                    completion_estimate: 0,
+                    result: Err(failed),
                 }
             }
         };
-        let was_midstream = failed.outcome == AttemptOutcome::MidStreamFailover;
-        record.finish(
-            &mut ledger,
-            failed.outcome,
-            Some(failed.reason),
-            &body,
-            estimate,
-        );
-        if was_midstream {
-            ledger.failovers += 1;
-            completion_total += ledger.attempts.last().map_or(0, |a| a.completion_tokens);
-            if !out.continuable {
-                break;
-            }
-        }
-        if let Some((status, body)) = failed.rejected {
-            if !out.sent_any() && matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                finish(&state, &call, ledger, Outcome::failed(status, None));
-                if let Some(tx) = out.started.take() {
-                    let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
+        let mut pump = Pump::new(call, continuing, restart.then(|| out.text.clone()));
+        let end = pump.forward(response.into_body(), out, attempt).await;
+        attempt.usage = pump.usage;
+        *diverged |= pump.diverged;
+        let result = match end {
+            StreamEnd::Done => match call.validator.as_ref().map(|v| v.check(&out.text)) {
+                Some(Err(reason)) => {
+                    out.buffer.clear();
+                    out.text.clear();
+                    Err(Failed::invalid(reason))
                 }
-                return;
+                None | Some(Ok(())) => Ok(()),
+            },
+            StreamEnd::ClientClosed => Err(Failed::client_closed()),
+            StreamEnd::Broken { outcome, reason } => {
+                if pump.chunks_with_text > 0 && !out.buffered {
+                    first_contributor.get_or_insert(attempt.index);
+                }
+                if out.buffered {
+                    // Nothing was sent: start over on the next attempt.
+                    out.buffer.clear();
+                    out.text.clear();
+                }
+                Err(if !out.sent_any() {
+                    Failed::retryable(outcome, reason)
+                } else if out.continuable {
+                    Failed::retryable(AttemptOutcome::MidStreamFailover, reason)
+                } else {
+                    // A tool call or several choices cannot be continued.
+                    Failed::retryable(AttemptOutcome::MidStreamFailover, reason).fatal()
+                })
             }
-        }
-        if let Some(wait) = plan.next(failed.failure) {
-            backoff(
-                &mut ledger,
-                wait.min(call.deadline().saturating_duration_since(Instant::now())),
-            )
-            .await;
+        };
+        Tried {
+            sent,
+            completion_estimate: pump.chunks_with_text,
+            result,
         }
     }
 
-    let error = exhausted_error(&call, &ledger);
-    let status = error.status();
-    let ttft = out.first_byte;
-    if let Some(tx) = out.started.take() {
-        let _ = tx.send(Err(error));
-    } else {
-        // The client already has part of the answer: end the stream with an
-        // OpenAI-style error event, as OpenAI does for mid-stream errors.
-        let body = json!({"error": {"message": error.to_string(), "type": "upstream_error", "param": null, "code": "upstream_failed"}});
-        let _ = out.tx.send(Bytes::from(format!("data: {body}\n\n"))).await;
+    fn can_reject(&self) -> bool {
+        !self.out.sent_any()
     }
-    finish(&state, &call, ledger, Outcome::failed(status, ttft));
 }
 
 /// A streamed answer in the shape of a non-streamed one, for capture.
@@ -378,23 +331,33 @@ struct Pump<'a> {
     usage: Option<(u64, u64)>,
 }
 
-impl Pump<'_> {
+impl<'a> Pump<'a> {
+    fn new(call: &'a Call, continuing: bool, skip: Option<String>) -> Self {
+        Self {
+            call,
+            continuing,
+            skip,
+            diverged: false,
+            chunks_with_text: 0,
+            usage: None,
+        }
+    }
+
     async fn forward(
         &mut self,
         mut body: Incoming,
         out: &mut Output,
-        record: &mut AttemptRecord<'_>,
-        attempt_timeout: Duration,
-        retry: &crate::config::RetryConfig,
-        who: (&str, &str),
+        attempt: &mut Attempt<'_>,
     ) -> StreamEnd {
+        let target = attempt.target;
+        let who = (target.provider.name.as_str(), target.model.as_str());
         let mut parser = SseParser::default();
         loop {
             // Until the first chunk the attempt deadline applies; after it,
             // the idle deadline detects stalls.
-            let wait = match record.ttft {
-                None => attempt_timeout.saturating_sub(record.started.elapsed()),
-                Some(_) => retry.stream_idle_timeout(),
+            let wait = match attempt.ttft {
+                None => attempt.timeout.saturating_sub(attempt.started.elapsed()),
+                Some(_) => self.call.route.retry.stream_idle_timeout(),
             };
             let frame = match tokio::time::timeout(wait, body.frame()).await {
                 Err(_) => {
@@ -448,10 +411,11 @@ impl Pump<'_> {
                         reason: format!("error event in stream: {error}"),
                     };
                 }
-                record.ttft.get_or_insert_with(|| record.started.elapsed());
+                attempt
+                    .ttft
+                    .get_or_insert_with(|| attempt.started.elapsed());
                 if self.rewrite(&mut chunk, out) {
-                    let bytes = serde_json::to_vec(&chunk).expect("JSON value serialises");
-                    out.emit(self.call, &bytes, who).await;
+                    out.emit(self.call, chunk.to_string().as_bytes(), who).await;
                     if out.closed {
                         return StreamEnd::ClientClosed;
                     }
@@ -460,8 +424,9 @@ impl Pump<'_> {
         }
     }
 
-    /// Takes usage out of a chunk, tracks choice 0's text, and returns the
-    /// whether anything is left to forward.
+    /// Takes usage out of a chunk, names the request and the route in it,
+    /// tracks choice 0's text, and returns whether anything is left to
+    /// forward.
     fn rewrite(&mut self, chunk: &mut Value, out: &mut Output) -> bool {
         let Some(obj) = chunk.as_object_mut() else {
             return false;
@@ -546,5 +511,178 @@ impl Pump<'_> {
             self.diverged = true;
             text.to_owned()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::dispatcher::testing;
+
+    fn output(call: &Call) -> (Output, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(4);
+        (Output::new(None, tx, call), rx)
+    }
+
+    /// An upstream chat chunk with one choice.
+    fn delta(index: u64, delta: Value) -> Value {
+        json!({
+            "id": "upstream-id", "object": "chat.completion.chunk", "created": 7,
+            "model": "upstream-model",
+            "choices": [{"index": index, "delta": delta, "finish_reason": null}],
+        })
+    }
+
+    #[test]
+    fn rewrite_names_the_request_and_the_route_and_keeps_the_text() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = delta(0, json!({"content": "Hel"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["id"], call.id.as_str());
+        assert_eq!(chunk["model"], "r");
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "Hel");
+        let mut chunk = delta(0, json!({"content": "lo"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(out.text, "Hello");
+        assert_eq!(pump.chunks_with_text, 2);
+        assert_eq!(out.created, Some(json!(7)));
+        assert!(out.continuable);
+    }
+
+    #[test]
+    fn rewrite_takes_the_usage_out_and_drops_a_usage_only_chunk() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let usage = json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17});
+        let mut chunk = json!({"id": "x", "choices": [], "usage": usage});
+        assert!(!pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(pump.usage, Some((12, 5)));
+
+        let mut chunk = delta(0, json!({"content": "a"}));
+        chunk["usage"] = json!({"prompt_tokens": 13, "completion_tokens": 6});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert!(chunk.get("usage").is_none(), "{chunk}");
+        assert_eq!(pump.usage, Some((13, 6)));
+    }
+
+    #[test]
+    fn rewrite_drops_what_is_not_a_chunk_with_choices() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        assert!(!pump.rewrite(&mut json!([1, 2]), &mut out));
+        assert!(!pump.rewrite(&mut json!({"id": "x"}), &mut out));
+    }
+
+    #[test]
+    fn the_first_attempt_forwards_the_role_chunk() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = delta(0, json!({"role": "assistant", "content": ""}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(pump.chunks_with_text, 0);
+    }
+
+    #[test]
+    fn a_continuation_drops_the_repeated_role_and_empty_deltas() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, true, None);
+        let mut chunk = delta(0, json!({"role": "assistant", "content": ""}));
+        assert!(!pump.rewrite(&mut chunk, &mut out));
+        let mut chunk = delta(0, json!({"role": "assistant", "content": " world"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"], json!({"content": " world"}));
+        // The last chunk carries the finish reason: it goes through.
+        let mut chunk = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+    }
+
+    #[test]
+    fn tool_calls_and_second_choices_cannot_be_continued() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let call_delta = json!({"tool_calls": [{"index": 0, "function": {"name": "f"}}]});
+        assert!(pump.rewrite(&mut delta(0, call_delta), &mut out));
+        assert!(!out.continuable);
+
+        let (mut out, _rx) = output(&call);
+        assert!(pump.rewrite(&mut delta(1, json!({"content": "b"})), &mut out));
+        assert!(!out.continuable);
+        assert_eq!(out.text, "", "only choice 0's text is kept");
+    }
+
+    #[test]
+    fn completions_keep_the_text_field() {
+        let body = json!({"model": "r", "prompt": "Say"});
+        let call = testing::call_with(Operation::Completion, body, "");
+        let (mut out, _rx) = output(&call);
+        let mut pump = Pump::new(&call, false, None);
+        let mut chunk = json!({"choices": [{"index": 0, "text": " hi", "finish_reason": null}]});
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(out.text, " hi");
+        assert_eq!(chunk["model"], "r");
+    }
+
+    #[test]
+    fn rewrite_sends_only_the_new_part_of_a_restarted_answer() {
+        let call = testing::chat();
+        let (mut out, _rx) = output(&call);
+        out.text = "Hi".to_owned();
+        let mut pump = Pump::new(&call, true, Some("Hi".to_owned()));
+        assert!(!pump.rewrite(&mut delta(0, json!({"content": "Hi"})), &mut out));
+        let mut chunk = delta(0, json!({"content": " there"}));
+        assert!(pump.rewrite(&mut chunk, &mut out));
+        assert_eq!(chunk["choices"][0]["delta"]["content"], " there");
+        assert_eq!(out.text, "Hi there");
+        assert_eq!(pump.chunks_with_text, 1);
+    }
+
+    #[test]
+    fn restart_drops_the_part_the_client_already_has() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("Hello world".to_owned()));
+        assert_eq!(pump.skip_repeated("Hello"), "");
+        assert_eq!(pump.skip_repeated(" wor"), "");
+        assert_eq!(pump.skip_repeated("ld, again"), ", again");
+        assert_eq!(pump.skip_repeated(" and more"), " and more");
+        assert!(pump.skip.is_none());
+        assert!(!pump.diverged);
+    }
+
+    #[test]
+    fn restart_stops_skipping_exactly_at_the_end_of_the_known_text() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("ab".to_owned()));
+        assert_eq!(pump.skip_repeated("ab"), "");
+        assert!(pump.skip.is_none());
+        assert_eq!(pump.skip_repeated("ab"), "ab");
+        assert!(!pump.diverged);
+    }
+
+    #[test]
+    fn a_restart_that_says_something_else_is_sent_whole_and_marked_diverged() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, Some("Hello world".to_owned()));
+        assert_eq!(pump.skip_repeated("Hello"), "");
+        assert_eq!(pump.skip_repeated(" there"), " there");
+        assert!(pump.diverged);
+        assert_eq!(pump.skip_repeated(" world"), " world", "no more skipping");
+    }
+
+    #[test]
+    fn without_a_restart_nothing_is_skipped() {
+        let call = testing::chat();
+        let mut pump = Pump::new(&call, true, None);
+        assert_eq!(pump.skip_repeated("Hello"), "Hello");
+        assert!(!pump.diverged);
     }
 }

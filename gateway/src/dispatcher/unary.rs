@@ -1,17 +1,16 @@
 //! Non-streaming requests: the first acceptable answer wins.
 
-use std::time::Instant;
-
+use flywheel_api::headers::Totals;
 use http::StatusCode;
 use serde_json::Value;
 
 use super::{
-    backoff, exhausted_error, finish, send, usage_of, AttemptRecord, Call, Failed, Failure, Ledger,
-    Outcome, Plan, Totals,
+    attempts::{self, exhausted_error, read_body, send, Attempt, Ended, Failed, Reader, Tried},
+    Call,
 };
 use crate::{
     error::GatewayError,
-    metering::{tokens, AttemptOutcome},
+    metering::{self, tokens, AttemptOutcome, Outcome},
     AppState,
 };
 
@@ -27,116 +26,89 @@ pub struct Answer {
 
 /// The answer or the error, and in both cases what the attempts cost.
 pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>, Totals) {
-    let retry = &call.route.retry;
-    let targets = call.targets();
-    let mut plan = Plan::new(retry, targets.len());
-    let mut ledger = Ledger::default();
-    while !plan.exhausted() {
-        let target = &targets[plan.target];
-        let remaining = call.deadline().saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            break;
+    let (ended, ledger) = attempts::run(call, &mut Unary).await;
+    let error = match ended {
+        Ended::Answered {
+            answer: body,
+            index,
+        } => {
+            let a = &ledger.attempts[index];
+            let outcome = Outcome {
+                status: StatusCode::OK,
+                answered_by: Some(index),
+                tokens: (a.prompt_tokens, a.completion_tokens),
+                ttft: None,
+                response: state.capture_bodies().then(|| body.to_string()),
+            };
+            let answer = Answer {
+                body,
+                provider: a.provider.clone(),
+                model: a.model.clone(),
+            };
+            let totals = metering::record_request(state, call, ledger, outcome);
+            return (Ok(answer), totals);
         }
-        let mut record = AttemptRecord::begin(call, &plan, target);
-        let Some(permit) = target.provider.breaker.acquire() else {
-            record.finish(
-                &mut ledger,
-                AttemptOutcome::CircuitOpen,
-                Some("circuit open".into()),
-                &call.body,
-                0,
-            );
-            plan.next(Failure::NextTarget);
-            continue;
-        };
-        let body = call.upstream_body(target, None);
-        let timeout = retry.attempt_timeout().min(remaining);
-        let result = match send(call, &mut record, &body, timeout).await {
-            Ok(response) => {
-                // The attempt timeout covers reading the answer too.
-                let left = timeout.saturating_sub(record.started.elapsed());
-                match super::read_body(response.into_body(), MAX_ANSWER_BYTES, left).await {
-                    Ok(bytes) => Ok(bytes),
-                    Err(reason) => Err(Failed {
-                        outcome: AttemptOutcome::Timeout,
-                        reason,
-                        failure: Failure::Retryable { retry_after: None },
-                        rejected: None,
-                    }),
-                }
-            }
-            Err(failed) => Err(failed),
-        };
-        let failed = match result.map(|bytes| serde_json::from_slice::<Value>(&bytes)) {
-            Ok(Ok(answer)) if answer.get("choices").is_some() || answer.get("data").is_some() => {
-                permit.success();
-                record.usage = usage_of(&answer);
-                match validate(call, &answer) {
-                    Ok(()) => {
-                        let completion_estimate = estimate_completion(&answer);
-                        record.finish(
-                            &mut ledger,
-                            AttemptOutcome::Ok,
-                            None,
-                            &body,
-                            completion_estimate,
-                        );
-                        let a = ledger.attempts.last().expect("just recorded");
-                        let tokens = (a.prompt_tokens, a.completion_tokens);
-                        let answered = ledger.attempts.len() - 1;
-                        let response = state.capture_bodies().then(|| answer.to_string());
-                        let answer = Answer {
-                            body: answer,
-                            provider: a.provider.clone(),
-                            model: a.model.clone(),
-                        };
-                        let outcome = Outcome {
-                            status: StatusCode::OK,
-                            answered_by: Some(answered),
-                            tokens,
-                            ttft: None,
-                            response,
-                        };
-                        let totals = finish(state, call, ledger, outcome);
-                        return (Ok(answer), totals);
-                    }
-                    Err(reason) => Failed {
-                        outcome: AttemptOutcome::ValidationFailed,
-                        reason,
-                        failure: Failure::Validation,
-                        rejected: None,
-                    },
-                }
-            }
-            Ok(Ok(_)) | Ok(Err(_)) => {
-                permit.failure();
-                Failed {
-                    outcome: AttemptOutcome::BadResponse,
-                    reason: "upstream answered 200 with a body that is not an OpenAI answer".into(),
-                    failure: Failure::Retryable { retry_after: None },
-                    rejected: None,
-                }
-            }
-            Err(failed) => failed.settle(permit, &record),
-        };
-        record.finish(&mut ledger, failed.outcome, Some(failed.reason), &body, 0);
-        if let Some((status, body)) = failed.rejected {
-            if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-                let totals = finish(state, call, ledger, Outcome::failed(status, None));
-                return (Err(GatewayError::UpstreamRejected { status, body }), totals);
-            }
-        }
-        if let Some(wait) = plan.next(failed.failure) {
-            backoff(
-                &mut ledger,
-                wait.min(call.deadline().saturating_duration_since(Instant::now())),
-            )
-            .await;
+        Ended::Rejected { status, body } => GatewayError::UpstreamRejected { status, body },
+        Ended::GaveUp => exhausted_error(call, &ledger),
+    };
+    let outcome = Outcome::failed(error.status(), None);
+    let totals = metering::record_request(state, call, ledger, outcome);
+    (Err(error), totals)
+}
+
+/// Reads a whole JSON answer.
+struct Unary;
+
+impl Reader for Unary {
+    type Answer = Value;
+
+    async fn read(&mut self, call: &Call, attempt: &mut Attempt<'_>) -> Tried<Value> {
+        let sent = call.upstream_body(attempt.target, None);
+        let result = read_answer(call, attempt, &sent).await;
+        let completion_estimate = result.as_ref().map_or(0, estimate_completion);
+        Tried {
+            sent,
+            completion_estimate,
+            result,
         }
     }
-    let error = exhausted_error(call, &ledger);
-    let totals = finish(state, call, ledger, Outcome::failed(error.status(), None));
-    (Err(error), totals)
+}
+
+/// Sends `body` and reads an OpenAI answer that passes validation.
+async fn read_answer(
+    call: &Call,
+    attempt: &mut Attempt<'_>,
+    body: &Value,
+) -> Result<Value, Failed> {
+    let response = send(call, attempt, body).await?;
+    // The attempt timeout covers reading the answer too.
+    let left = attempt.timeout.saturating_sub(attempt.started.elapsed());
+    let bytes = read_body(response.into_body(), MAX_ANSWER_BYTES, left)
+        .await
+        .map_err(|reason| Failed::retryable(AttemptOutcome::Timeout, reason))?;
+    let answer = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(answer) if answer.get("choices").is_some() || answer.get("data").is_some() => answer,
+        Ok(_) | Err(_) => {
+            return Err(Failed::retryable(
+                AttemptOutcome::BadResponse,
+                "upstream answered 200 with a body that is not an OpenAI answer",
+            ))
+        }
+    };
+    attempt.usage = usage_of(&answer);
+    validate(call, &answer).map_err(Failed::invalid)?;
+    Ok(answer)
+}
+
+/// `usage.{prompt_tokens, completion_tokens}` of an answer, if present.
+fn usage_of(answer: &Value) -> Option<(u64, u64)> {
+    let usage = answer.get("usage")?;
+    let prompt = usage.get("prompt_tokens")?.as_u64()?;
+    let completion = usage
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some((prompt, completion))
 }
 
 /// Every choice with text content must pass the requested validation.

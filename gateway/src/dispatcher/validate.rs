@@ -1,9 +1,10 @@
 //! Output validation for `response_format`: the answer must parse as JSON
 //! (`json_object`) and, for `json_schema`, conform to the schema.
 
+use flywheel_api::openai::ResponseFormat;
 use serde_json::Value;
 
-use crate::{endpoints::body::ResponseFormat, error::GatewayError};
+use crate::error::GatewayError;
 
 pub enum Validator {
     JsonObject,
@@ -64,10 +65,10 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use flywheel_api::openai::JsonSchemaSpec;
     use serde_json::json;
 
     use super::*;
-    use crate::endpoints::body::JsonSchemaSpec;
 
     #[test]
     fn schema_validation() {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use flywheel_api::openai::{ResponseFormat, Stop, StreamOptions};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
@@ -62,8 +63,6 @@ pub fn view<T: DeserializeOwned>(body: &Value) -> Result<T, GatewayError> {
         GatewayError::invalid(message, Some(&param))
     })
 }
-
-pub use flywheel_api::openai::{JsonSchemaSpec, ResponseFormat, Stop, StreamOptions};
 
 #[derive(Debug, Deserialize)]
 pub struct Message {

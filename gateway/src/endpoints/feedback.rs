@@ -25,8 +25,8 @@ use super::body::{read_json, view};
 use crate::{
     config::{MetricKind, MetricLevel},
     error::GatewayError,
-    feedback::Owner,
     middleware::Tenant,
+    signals::Owner,
     AppState,
 };
 

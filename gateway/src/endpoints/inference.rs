@@ -7,7 +7,7 @@ use axum::{
     Extension, Json,
 };
 use bytes::Bytes;
-use flywheel_api::headers as fw;
+use flywheel_api::headers::{self as fw, Totals};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +15,7 @@ use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
 use crate::{
-    dispatcher::{run_stream, run_unary, Call, Operation, Totals, Validator},
+    dispatcher::{run_stream, run_unary, Call, Operation, Validator},
     error::GatewayError,
     middleware::{RequestStart, Tenant},
     AppState,
@@ -169,9 +169,7 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
         let result = run_unary(&state, &call).await;
         (call, result)
     });
-    let (call, (result, totals)) = task
-        .await
-        .map_err(|e| GatewayError::invalid(format!("internal error: {e}"), None))?;
+    let (call, (result, totals)) = task.await.map_err(task_failed)?;
     let mut answer = match result {
         Ok(answer) => answer,
         Err(e) => {
@@ -198,6 +196,17 @@ async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> 
     Ok(response)
 }
 
+/// A dispatch task that panicked or was cancelled: the gateway's fault, not
+/// the client's.
+fn task_failed(e: tokio::task::JoinError) -> GatewayError {
+    let what = if e.is_panic() {
+        "panicked"
+    } else {
+        "was cancelled"
+    };
+    GatewayError::Internal(format!("the dispatch task {what}"))
+}
+
 async fn respond_stream(state: AppState, call: Call) -> Result<Response, GatewayError> {
     let (started_tx, started_rx) = oneshot::channel();
     // A small buffer: backpressure from a slow client reaches the upstream.
@@ -208,12 +217,7 @@ async fn respond_stream(state: AppState, call: Call) -> Result<Response, Gateway
     let started = match started_rx.await {
         Ok(Ok(started)) => started,
         Ok(Err(e)) => return Ok(error_response(e, &id)),
-        Err(_) => {
-            return Err(GatewayError::invalid(
-                "internal error: stream task ended",
-                None,
-            ))
-        }
+        Err(_) => return Err(GatewayError::Internal("the stream task ended early".into())),
     };
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
@@ -226,4 +230,40 @@ async fn respond_stream(state: AppState, call: Call) -> Result<Response, Gateway
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     flywheel_headers(h, &id, &variant, &started.provider, &started.model);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_dispatch_task_is_a_500_internal_error() {
+        let join = tokio::spawn(async { panic!("boom") }).await;
+        let Err(e) = join else {
+            panic!("the task panicked, so joining it fails");
+        };
+        let response = task_failed(e).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "internal_error");
+        assert_eq!(
+            body["error"]["message"],
+            "internal error: the dispatch task panicked"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_dispatch_task_is_a_500_internal_error() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let Err(e) = task.await else {
+            panic!("an aborted task does not finish");
+        };
+        let error = task_failed(e);
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.to_string().contains("cancelled"), "{error}");
+    }
 }

@@ -1,13 +1,17 @@
 //! Metering: one event per client request, with one record per upstream
-//! attempt. Events go to an [`EventSink`]; the Prometheus metrics are fed
-//! from the same events so that the two can never disagree.
+//! attempt. The dispatcher hands over what happened ([`Ledger`],
+//! [`Outcome`]) and [`record_request`] turns it into the event. Events go to
+//! an [`EventSink`]; the Prometheus metrics are fed from the same events so
+//! that the two can never disagree.
 
+mod record;
 mod sink;
 pub mod tokens;
 
 pub use flywheel_feedback::{
     AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation,
 };
+pub use record::{record_request, Ledger, Outcome};
 pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NullSink, WalSink};
 
 /// USD cost of `prompt` + `completion` tokens at per-1M-token prices.
