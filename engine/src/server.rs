@@ -541,7 +541,7 @@ async fn stream_task(
                 Some(r) => r,
                 None => {
                     let e = ApiError::internal("the engine ended the stream early");
-                    let _ = out.send(sse(&e.body())).await;
+                    let _ = out.send(Bytes::from(e.body().to_sse_event())).await;
                     return;
                 }
             },
@@ -645,7 +645,7 @@ async fn stream_task(
             }
             other => {
                 if let Some(e) = engine_error(other) {
-                    let _ = out.send(sse(&e.body())).await;
+                    let _ = out.send(Bytes::from(e.body().to_sse_event())).await;
                     return;
                 }
             }
