@@ -12,6 +12,7 @@ use axum::{
     Json, Router,
 };
 use either::Either;
+use flywheel_api::keys;
 use indexmap::IndexMap;
 use mistralrs::{
     core::{MistralRs, RequestMessage, TokenizationRequest},
@@ -19,7 +20,6 @@ use mistralrs::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -35,20 +35,6 @@ pub struct AppState {
     pub admin_sha256: Option<[u8; 32]>,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
-}
-
-/// Parses a lower- or upper-case hex sha256.
-pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hex = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(hex, 16).ok()?;
-    }
-    Some(out)
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -678,25 +664,15 @@ async fn stream_task(
 // ---------------------------------------------------------------- admin routes
 
 fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = st.admin_sha256 else {
+    let Some(expected) = &st.admin_sha256 else {
         return Err(ApiError::not_found("no such route"));
     };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(keys::bearer)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-    let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    // Constant-time comparison.
-    let diff = got
-        .iter()
-        .zip(expected.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff != 0 {
+    if !keys::token_matches(token, expected) {
         return Err(ApiError::unauthorized("invalid admin token"));
     }
     Ok(())
