@@ -1,10 +1,12 @@
-//! OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
+//! OpenAI-style errors with an HTTP status. The body is the shared envelope
+//! [`flywheel_api::error::ErrorBody`] (`{"error": {"message", "type", "param", "code"}}`),
+//! the one every Flywheel service answers with.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use flywheel_api::error::ErrorBody;
 
 /// An error returned to an HTTP client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -78,15 +80,12 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        })
+    /// The OpenAI error envelope of this error (the HTTP body, or an SSE error event once a
+    /// stream has started).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.kind, self.message.as_str())
+            .param(self.param)
+            .code(self.code)
     }
 }
 
@@ -99,5 +98,48 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    async fn parts(e: ApiError) -> (StatusCode, Option<HeaderValue>, Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let auth = resp.headers().get(header::WWW_AUTHENTICATE).cloned();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, auth, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn responds_with_the_openai_envelope() {
+        let (status, auth, v) = parts(ApiError::model_not_found("m")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(auth, None);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "The model `m` does not exist or is not loaded",
+                "type": "not_found_error", "param": "model", "code": "model_not_found"}})
+        );
+        let (_, _, v) = parts(ApiError::internal("boom")).await;
+        assert_eq!(
+            v,
+            json!({"error": {"message": "boom", "type": "server_error", "param": null,
+                "code": null}})
+        );
+    }
+
+    #[tokio::test]
+    async fn unauthorized_asks_for_a_bearer_token() {
+        let (status, auth, v) = parts(ApiError::unauthorized("missing bearer token")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(auth, Some(HeaderValue::from_static("Bearer")));
+        assert_eq!(v["error"]["type"], "authentication_error");
     }
 }

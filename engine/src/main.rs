@@ -9,9 +9,10 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flywheel_api::keys::parse_sha256_hex;
 use flywheel_engine::{
     registry::{Deployment, EngineOptions, Registry},
-    server::{parse_sha256_hex, router, AppState},
+    server::{router, AppState},
 };
 use mistralrs::ModelDType;
 
@@ -117,10 +118,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Parsed once here; each admin request compares its token's digest with it.
     let admin_sha256 = match args.admin_token_sha256.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(h) => Some(parse_sha256_hex(h).ok_or_else(|| {
-            anyhow::anyhow!("--admin-token-sha256 / FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256 must be 64 hex characters")
+            let found = match h.chars().count() {
+                64 => "a character that is not a hex digit".to_string(),
+                n => format!("{n} characters"),
+            };
+            anyhow::anyhow!(
+                "--admin-token-sha256 / FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256 must be 64 hex digits \
+                 (the sha256 of the admin token, as `printf %s TOKEN | sha256sum` prints it), \
+                 found {found}"
+            )
         })?),
     };
     if args.default_max_tokens == 0 {

@@ -229,12 +229,14 @@ fn content_text(content: &Option<Value>) -> Result<String, ApiError> {
                             out.push_str(t);
                         }
                     }
-                    Some(other) => return Err(ApiError::bad_param(
-                        "messages",
-                        format!(
+                    Some(other) => {
+                        return Err(ApiError::bad_param(
+                            "messages",
+                            format!(
                             "content parts of type `{other}` are not supported by this text model"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(out)
