@@ -64,8 +64,8 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let metrics = Arc::new(Metrics::new());
-        let providers = upstream::build_providers(&config, &metrics);
-        let router = Arc::new(Router::new(&config, &providers));
+        let providers = upstream::build_providers(&config, &metrics)?;
+        let router = Arc::new(Router::new(&config, &providers)?);
         let recent = RecentInferences::new(config.feedback.recent_capacity);
         let capture = match &config.capture {
             Some(cfg) => {
@@ -83,8 +83,11 @@ impl AppState {
             .context("cannot open the metering sink")?;
         let redis = Redis::connect(&config.redis, metrics.clone()).context("invalid redis.url")?;
         if let Some(redis) = &redis {
-            let every = Duration::from_millis(config.redis.weights_poll_ms);
-            coordination::spawn_weight_sync(redis.clone(), router.clone(), every);
+            coordination::spawn_weight_sync(
+                redis.clone(),
+                router.clone(),
+                config.redis.weights_poll,
+            );
         }
         let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
         let signals = Signals::new(config.feedback.implicit.clone());
@@ -151,7 +154,7 @@ impl AppState {
     }
 
     pub fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.server.body_read_timeout_ms)
+        self.config.server.body_read_timeout
     }
 }
 
@@ -174,9 +177,8 @@ pub fn app(state: AppState) -> HttpRouter {
         state.limiter.clone(),
         state.metrics.clone(),
     ));
-    let admin = endpoints::admin().route_layer(AdminAuthLayer::new(
-        state.config.admin.token_sha256.as_deref(),
-    ));
+    let admin =
+        endpoints::admin().route_layer(AdminAuthLayer::new(state.config.admin.token_sha256));
     HttpRouter::new()
         .merge(api)
         .merge(admin)

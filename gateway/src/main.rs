@@ -98,7 +98,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(capture) = state.capture.clone() {
         // Ship what can be shipped now; the rest stays in the log for the
         // next start.
-        let deadline = std::time::Duration::from_millis(server_cfg.shutdown_grace_ms.min(10_000));
+        let deadline = server_cfg
+            .shutdown_grace
+            .min(std::time::Duration::from_secs(10));
         match std::sync::Arc::try_unwrap(capture) {
             Ok(capture) => {
                 let report = capture.shutdown(deadline).await;

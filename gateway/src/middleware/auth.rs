@@ -12,9 +12,9 @@ use axum::{
     body::Body,
     response::{IntoResponse, Response},
 };
+use flywheel_api::keys;
 use futures_util::future::BoxFuture;
 use http::{header, Request};
-use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use crate::{
@@ -35,8 +35,7 @@ pub struct Tenant {
 }
 
 pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    keys::sha256_hex(token)
 }
 
 fn bearer(req: &Request<Body>) -> Option<&str> {
@@ -53,7 +52,7 @@ struct Key {
 /// The configured API keys, by hash.
 pub struct Keys {
     enabled: bool,
-    by_hash: HashMap<String, Key>,
+    by_hash: HashMap<[u8; 32], Key>,
 }
 
 impl Keys {
@@ -64,14 +63,14 @@ impl Keys {
             .map(|k| {
                 let tenant = Tenant {
                     name: k.tenant.clone(),
-                    key_id: Arc::from(&k.sha256[..16]),
+                    key_id: Arc::from(keys::hex(&k.sha256[..8])),
                     counts_tokens: k.tokens_per_minute > 0,
                 };
                 let limits = KeyLimits {
                     requests_per_minute: k.requests_per_minute,
                     tokens_per_minute: k.tokens_per_minute,
                 };
-                (k.sha256.clone(), Key { tenant, limits })
+                (k.sha256, Key { tenant, limits })
             })
             .collect();
         Self {
@@ -83,7 +82,7 @@ impl Keys {
     fn check(&self, req: &Request<Body>) -> Result<&Key, GatewayError> {
         let token = bearer(req).ok_or(GatewayError::Unauthorized)?;
         self.by_hash
-            .get(&hash_token(token))
+            .get(&keys::digest(token))
             .ok_or(GatewayError::Unauthorized)
     }
 }
@@ -174,14 +173,12 @@ where
 /// Without a configured token the admin API answers 404, as if absent.
 #[derive(Clone)]
 pub struct AdminAuthLayer {
-    token_sha256: Option<Arc<str>>,
+    token_sha256: Option<[u8; 32]>,
 }
 
 impl AdminAuthLayer {
-    pub fn new(token_sha256: Option<&str>) -> Self {
-        Self {
-            token_sha256: token_sha256.map(Arc::from),
-        }
+    pub fn new(token_sha256: Option<[u8; 32]>) -> Self {
+        Self { token_sha256 }
     }
 }
 
@@ -189,7 +186,7 @@ impl<S> Layer<S> for AdminAuthLayer {
     type Service = AdminAuth<S>;
     fn layer(&self, inner: S) -> Self::Service {
         AdminAuth {
-            token_sha256: self.token_sha256.clone(),
+            token_sha256: self.token_sha256,
             inner,
         }
     }
@@ -197,7 +194,7 @@ impl<S> Layer<S> for AdminAuthLayer {
 
 #[derive(Clone)]
 pub struct AdminAuth<S> {
-    token_sha256: Option<Arc<str>>,
+    token_sha256: Option<[u8; 32]>,
     inner: S,
 }
 
@@ -220,7 +217,7 @@ where
                 "the admin API is disabled (admin.token_sha256 is unset)".into(),
             )),
             Some(expected) => match bearer(&req) {
-                Some(token) if hash_token(token) == **expected => Ok(()),
+                Some(token) if keys::token_matches(token, expected) => Ok(()),
                 _ => Err(GatewayError::Unauthorized),
             },
         };
