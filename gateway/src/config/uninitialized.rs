@@ -1,5 +1,5 @@
 //! The config file as TOML gives it: serde structs with the defaults, before
-//! any check. [`UninitializedConfig::load`](super::validate) turns them into
+//! any check. [`UninitializedConfig::load`] turns them into
 //! the runtime [`Config`](super::Config) once; nothing else reads them.
 //!
 //! Tables whose values need no parsing (numbers, enums, plain strings) are
