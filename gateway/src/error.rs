@@ -1,9 +1,10 @@
-//! The gateway's error type, mapped once to OpenAI-style JSON errors.
+//! The gateway's error type, mapped once to OpenAI-style JSON errors (the
+//! envelope shared with the engine and the mock, [`ErrorBody`]).
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flywheel_api::error::ErrorBody;
 use http::{header, HeaderValue, StatusCode};
-use serde::Serialize;
 
 use crate::metering::AttemptSummary;
 
@@ -81,22 +82,6 @@ impl GatewayError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorObject<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorObject<'a> {
-    message: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    attempts: &'a [AttemptSummary],
-}
-
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -115,15 +100,12 @@ impl IntoResponse for GatewayError {
             Self::Upstream { attempts, .. } => (None, attempts.as_slice()),
             _ => (None, &[][..]),
         };
-        let body = ErrorBody {
-            error: ErrorObject {
-                message: self.to_string(),
-                kind,
-                param,
-                code,
-                attempts,
-            },
-        };
+        let mut body = ErrorBody::new(kind, self.to_string())
+            .param(param)
+            .code(code);
+        if !attempts.is_empty() {
+            body = body.with("attempts", attempts);
+        }
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::RateLimited { retry_after_s } = self {
             response
@@ -131,5 +113,71 @@ impl IntoResponse for GatewayError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::metering::AttemptOutcome;
+
+    async fn body_of(e: GatewayError) -> (StatusCode, Value) {
+        let response = e.into_response();
+        let status = response.status();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_keep_openai_shape_with_nulls() {
+        let (status, v) = body_of(GatewayError::invalid("bad", Some("messages"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "bad", "type": "invalid_request_error",
+                "param": "messages", "code": null}})
+        );
+        let (_, v) = body_of(GatewayError::Unauthorized).await;
+        assert_eq!(
+            v,
+            json!({"error": {"message": "missing or invalid API key",
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn upstream_errors_list_their_attempts_only_when_any() {
+        let attempt = AttemptSummary {
+            provider: "p".into(),
+            model: "m".into(),
+            outcome: AttemptOutcome::Timeout,
+            status: None,
+            reason: Some("slow".into()),
+        };
+        let (status, v) = body_of(GatewayError::Upstream {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: "deadline".into(),
+            attempts: vec![attempt],
+        })
+        .await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "deadline", "type": "upstream_error", "param": null,
+                "code": "upstream_failed", "attempts": [{"provider": "p", "model": "m",
+                "outcome": "timeout", "status": null, "reason": "slow"}]}})
+        );
+        let (_, v) = body_of(GatewayError::Upstream {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "down".into(),
+            attempts: Vec::new(),
+        })
+        .await;
+        assert!(v["error"].get("attempts").is_none(), "{v}");
     }
 }

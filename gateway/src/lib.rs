@@ -3,8 +3,9 @@
 //! retries, circuit breakers, output validation, mid-stream failover and
 //! per-attempt metering.
 //!
-//! Data path: request → auth layer → endpoint (parse, route) → dispatcher
-//! (attempts) → response; every request → one event → sink and metrics.
+//! Data path: request → layers (see [`app`]) → endpoint (parse, route) →
+//! dispatcher (attempts) → response; every request → one event → sink and
+//! metrics.
 
 pub mod config;
 pub mod coordination;
@@ -21,14 +22,16 @@ pub mod upstream;
 
 use std::{ops::Deref, sync::Arc, time::Duration};
 
-use axum::Router as HttpRouter;
+use axum::{middleware::from_fn_with_state, Router as HttpRouter};
 use config::Config;
 use coordination::{Limiter, Redis};
 use error::GatewayError;
 use flywheel_feedback::{BodiesPolicy, Capture};
 use metering::EventSink;
 use metrics::Metrics;
-use middleware::{AdminAuthLayer, ApiKeyLayer, HttpMetricsLayer, Keys};
+use middleware::{
+    record_http_metrics, require_admin_token, require_api_key, AdminToken, ApiKeyAuth, Keys,
+};
 use router::Router;
 use signals::{RecentInferences, Signals};
 use tower_http::trace::TraceLayer;
@@ -64,8 +67,8 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let metrics = Arc::new(Metrics::new());
-        let providers = upstream::build_providers(&config, &metrics);
-        let router = Arc::new(Router::new(&config, &providers));
+        let providers = upstream::build_providers(&config, &metrics)?;
+        let router = Arc::new(Router::new(&config, &providers)?);
         let recent = RecentInferences::new(config.feedback.recent_capacity);
         let capture = match &config.capture {
             Some(cfg) => {
@@ -83,8 +86,11 @@ impl AppState {
             .context("cannot open the metering sink")?;
         let redis = Redis::connect(&config.redis, metrics.clone()).context("invalid redis.url")?;
         if let Some(redis) = &redis {
-            let every = Duration::from_millis(config.redis.weights_poll_ms);
-            coordination::spawn_weight_sync(redis.clone(), router.clone(), every);
+            coordination::spawn_weight_sync(
+                redis.clone(),
+                router.clone(),
+                config.redis.weights_poll,
+            );
         }
         let limiter = Arc::new(Limiter::new(redis.clone(), metrics.clone()));
         let signals = Signals::new(config.feedback.implicit.clone());
@@ -148,7 +154,7 @@ impl AppState {
     }
 
     pub fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.server.body_read_timeout_ms)
+        self.config.server.body_read_timeout
     }
 }
 
@@ -164,15 +170,55 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 }
 
 /// The HTTP application: endpoints with their layers.
+///
+/// A request passes these layers in order, outermost first (each is added
+/// with `.layer` / `.route_layer`, so the one added last runs first):
+///
+/// 1. **`TraceLayer`** (tower-http): one `tracing` span per request with
+///    method, URI and the response status and latency. Reads and adds no
+///    extensions.
+/// 2. **[`record_http_metrics`]** (`from_fn_with_state`, [`Metrics`]):
+///    counts `flywheel_http_requests_total` and times
+///    `flywheel_http_request_duration_seconds` by a bounded path label and
+///    status, for every request including 404s. **Inserts
+///    [`RequestStart`](middleware::RequestStart)**, the instant the metering clock starts from, so that
+///    auth and body parsing count as gateway overhead.
+/// 3. **Routing** (the axum router). A path no route matches goes to the
+///    fallback, a 404 in the OpenAI envelope ([`GatewayError::NotFound`]),
+///    without passing any of the per-group layers below (they are
+///    `route_layer`s, run only for a matched route).
+/// 4. Per route group, one of:
+///    - `/v1/*` ([`endpoints::api`]): **[`require_api_key`]**
+///      (`from_fn_with_state`, [`ApiKeyAuth`]: the keys, the [`Limiter`],
+///      the metrics). Looks the bearer token's SHA-256 up among
+///      `auth.keys` (401 if absent), counts the request against the key's
+///      `requests_per_minute` / `tokens_per_minute` (429 with
+///      `Retry-After`), and **inserts [`Tenant`](middleware::Tenant)**. With
+///      `auth.enabled = false` it inserts the `anonymous` tenant and checks
+///      nothing.
+///    - `/admin/*` ([`endpoints::admin`]): **[`require_admin_token`]**
+///      (`from_fn_with_state`, [`AdminToken`]): the bearer token must hash
+///      to `admin.token_sha256`, compared in constant time (401); unset,
+///      the admin API answers 404. Adds no extensions.
+///    - `/metrics`, `/health` ([`endpoints::ops`]): no layer.
+/// 5. **Handlers** read the body themselves, bounded by
+///    `server.max_body_bytes` (413) and `server.body_read_timeout_ms` (408).
+///    The inference handlers need both [`Tenant`](middleware::Tenant) and [`RequestStart`](middleware::RequestStart)
+///    (`Extension` extractors: a missing one would be a 500, so they only
+///    sit behind layers 2 and 4); `POST /v1/feedback` needs [`Tenant`](middleware::Tenant).
+///
+/// Header read and keep-alive timeouts are the connection's, set in
+/// [`server::serve`], outside this stack.
 pub fn app(state: AppState) -> HttpRouter {
-    let keys = Arc::new(Keys::new(&state.config.auth));
-    let api = endpoints::api().route_layer(ApiKeyLayer::new(
-        keys,
-        state.limiter.clone(),
-        state.metrics.clone(),
-    ));
-    let admin = endpoints::admin().route_layer(AdminAuthLayer::new(
-        state.config.admin.token_sha256.as_deref(),
+    let api_keys = ApiKeyAuth {
+        keys: Arc::new(Keys::new(&state.config.auth)),
+        limiter: state.limiter.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let api = endpoints::api().route_layer(from_fn_with_state(api_keys, require_api_key));
+    let admin = endpoints::admin().route_layer(from_fn_with_state(
+        AdminToken(state.config.admin.token_sha256),
+        require_admin_token,
     ));
     HttpRouter::new()
         .merge(api)
@@ -181,7 +227,10 @@ pub fn app(state: AppState) -> HttpRouter {
         .fallback(|uri: http::Uri| async move {
             GatewayError::NotFound(format!("no route for {}", uri.path()))
         })
-        .layer(HttpMetricsLayer::new(state.metrics.clone()))
+        .layer(from_fn_with_state(
+            state.metrics.clone(),
+            record_http_metrics,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,7 +1,8 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use flywheel_gateway::{app, config::Config, middleware, server, AppState};
+use flywheel_api::keys;
+use flywheel_gateway::{app, config::Config, server, AppState};
 use tracing_subscriber::EnvFilter;
 
 /// Flywheel's OpenAI-compatible LLM gateway.
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::HashKey { token }) = &cli.command {
-        println!("{}", middleware::hash_token(token));
+        println!("{}", keys::sha256_hex(token));
         return ExitCode::SUCCESS;
     }
     let mut config = match Config::load(&cli.config) {
@@ -63,10 +64,16 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the Tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,7 +105,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(capture) = state.capture.clone() {
         // Ship what can be shipped now; the rest stays in the log for the
         // next start.
-        let deadline = std::time::Duration::from_millis(server_cfg.shutdown_grace_ms.min(10_000));
+        let deadline = server_cfg
+            .shutdown_grace
+            .min(std::time::Duration::from_secs(10));
         match std::sync::Arc::try_unwrap(capture) {
             Ok(capture) => {
                 let report = capture.shutdown(deadline).await;

@@ -22,7 +22,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .header_read_timeout(cfg.header_read_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -52,11 +52,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    tracing::info!(
-        grace_ms = cfg.shutdown_grace_ms,
-        "shutting down: draining in-flight requests"
-    );
+    let grace = cfg.shutdown_grace;
+    tracing::info!(?grace, "shutting down: draining in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

@@ -1,10 +1,20 @@
 //! The gateway's one TOML config file.
 //!
-//! Every key has a default (documented on the field and in the README's
-//! configuration reference) except the ones that have no sensible default:
-//! providers, routes and API keys. Unknown keys are rejected so that a typo
-//! is an error that names the key instead of a silently ignored setting.
+//! Two forms, as in TensorZero: the file parses into the serde structs of
+//! [`uninitialized`] (every key with its default, documented on the field
+//! and in the README's configuration reference), and
+//! [`UninitializedConfig::load`] checks them and yields [`Config`], the
+//! runtime form: base URLs as [`Uri`]s, provider headers as [`HeaderMap`]s,
+//! timeouts as [`Duration`]s, key hashes as 32-byte digests, each route's
+//! retry policy resolved. Whatever can be wrong in a config is therefore
+//! found at start (and by `check-config`), with an error that names the key;
+//! code that runs later reads parsed values and has nothing left to check.
+//!
+//! Only providers, routes and API keys have no sensible default. Unknown keys
+//! are rejected so that a typo is an error that names the key instead of a
+//! silently ignored setting.
 
+pub mod uninitialized;
 mod validate;
 
 use std::{
@@ -14,466 +24,134 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use http::{HeaderMap, HeaderValue, Uri};
+pub use uninitialized::{
+    CircuitBreakerConfig, Continuation, FeedbackConfig, ImplicitConfig, MeteringConfig,
+    MetricConfig, MetricKind, MetricLevel, Optimize, RetryConfig, SinkKind, TargetConfig,
+    UninitializedConfig, VariantConfig,
+};
 pub use validate::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The validated config the gateway runs on.
+#[derive(Debug, Clone)]
 pub struct Config {
-    #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
     pub auth: AuthConfig,
-    #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
     pub metering: MeteringConfig,
-    #[serde(default)]
     pub redis: RedisConfig,
-    #[serde(default)]
     pub feedback: FeedbackConfig,
     /// Lossless capture: write-ahead log shipped to ClickHouse. Absent = no
     /// capture (events go to `[metering]` only).
-    #[serde(default)]
     pub capture: Option<flywheel_feedback::CaptureConfig>,
-    /// Defaults for every route; a route may override any of them.
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
     /// Upstreams by name.
-    #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Public model names that clients send in `model`.
-    #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[server]`.
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address to listen on.
     pub listen: SocketAddr,
-    /// Largest accepted request body; larger bodies get 413.
+    /// Larger request bodies get 413 (> 0).
     pub max_body_bytes: usize,
-    /// Time allowed for a client to send the request headers. It also bounds
-    /// how long an idle keep-alive connection is held open.
-    pub header_read_timeout_ms: u64,
-    /// Time allowed to receive the whole request body once headers arrived.
-    pub body_read_timeout_ms: u64,
-    /// On SIGINT/SIGTERM, stop accepting and wait this long for in-flight
-    /// requests to finish before exiting anyway.
-    pub shutdown_grace_ms: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_grace: Duration,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".parse().expect("static address"),
-            max_body_bytes: 4 * 1024 * 1024,
-            header_read_timeout_ms: 30_000,
-            body_read_timeout_ms: 30_000,
-            shutdown_grace_ms: 30_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[auth]`.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// When false, requests need no API key and are attributed to the
-    /// tenant `anonymous`. Meant for local development only.
+    /// False: no key needed, every request is tenant `anonymous`.
     pub enabled: bool,
+    /// Not empty when `enabled`.
     pub keys: Vec<ApiKeyConfig>,
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            keys: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone)]
 pub struct ApiKeyConfig {
-    /// Tenant that requests with this key are attributed to.
+    /// Not empty.
     pub tenant: String,
-    /// Lower-case hex SHA-256 of the bearer token. The token itself is never
-    /// stored: `flywheel-gateway hash-key TOKEN` prints this value.
-    pub sha256: String,
-    /// Requests per minute allowed for this key; 0 = no limit. Shared by
-    /// all gateway processes through Redis, per process without it.
-    #[serde(default)]
+    /// SHA-256 of the bearer token.
+    pub sha256: [u8; 32],
+    /// 0 = no limit.
     pub requests_per_minute: u32,
-    /// Prompt + completion tokens per minute for this key; 0 = no limit. A
-    /// request is refused once the minute's tokens reached the limit.
-    #[serde(default)]
+    /// 0 = no limit.
     pub tokens_per_minute: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[admin]`.
+#[derive(Debug, Clone, Default)]
 pub struct AdminConfig {
-    /// Hex SHA-256 of the admin bearer token for `/admin/*`. Unset = the
-    /// admin API is disabled (404).
-    pub token_sha256: Option<String>,
+    /// SHA-256 of the admin bearer token; `None` = admin API disabled (404).
+    pub token_sha256: Option<[u8; 32]>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[redis]`.
+#[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://127.0.0.1:6379/0`; unset = no Redis (per-process limits,
-    /// weights from the config and the admin API only).
-    pub url: Option<String>,
-    /// Prefix of every key the gateway reads or writes.
+    /// The parsed `redis.url`; `None` = no Redis.
+    pub url: Option<redis::ConnectionInfo>,
     pub key_prefix: String,
-    /// Timeout of one Redis command; past it the request falls back to the
-    /// per-process limit. Keep it well below request latencies.
-    pub command_timeout_ms: u64,
-    /// How often route weights are read from Redis.
-    pub weights_poll_ms: u64,
+    pub command_timeout: Duration,
+    pub weights_poll: Duration,
 }
 
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            key_prefix: "flywheel:".into(),
-            command_timeout_ms: 50,
-            weights_poll_ms: 1000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeedbackConfig {
-    /// Recent inferences whose owner is kept in memory for feedback
-    /// authorization (older ones are looked up in ClickHouse).
-    pub recent_capacity: usize,
-    /// Metrics that `POST /v1/feedback` accepts.
-    pub metrics: Vec<MetricConfig>,
-    pub implicit: ImplicitConfig,
-}
-
-impl Default for FeedbackConfig {
-    fn default() -> Self {
-        Self {
-            recent_capacity: 500_000,
-            metrics: Vec::new(),
-            implicit: ImplicitConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricConfig {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: MetricKind,
-    /// Whether feedback targets one inference or a whole episode.
-    #[serde(default)]
-    pub level: MetricLevel,
-    /// Which direction is better; the tuner and the canary read it.
-    #[serde(default)]
-    pub optimize: Optimize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricKind {
-    /// JSON `true`/`false` (thumbs up/down, task success).
-    Boolean,
-    /// A JSON number (a score, a rating).
-    Float,
-    /// A text comment.
-    Comment,
-    /// The ideal answer: an assistant message, or its content as a string.
-    Demonstration,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricLevel {
-    #[default]
-    Inference,
-    Episode,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Optimize {
-    #[default]
-    Max,
-    Min,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ImplicitConfig {
-    /// Record implicit signals (re-ask, regeneration, validation) as feedback.
-    pub enabled: bool,
-    /// A repeat within this many seconds of the previous turn counts.
-    pub window_s: u64,
-    /// Word-set Jaccard similarity at or above which a new question is a
-    /// re-ask of the previous one.
-    pub reask_similarity: f64,
-    /// Users/episodes tracked at once per process.
-    pub max_tracked: usize,
-}
-
-impl Default for ImplicitConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            window_s: 300,
-            reask_similarity: 0.8,
-            max_tracked: 100_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MeteringConfig {
-    /// `jsonl` appends one JSON event per request to `path`; `none` only
-    /// updates Prometheus metrics.
-    pub sink: SinkKind,
-    pub path: PathBuf,
-}
-
-impl Default for MeteringConfig {
-    fn default() -> Self {
-        Self {
-            sink: SinkKind::None,
-            path: PathBuf::from("flywheel-events.jsonl"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    None,
-    Jsonl,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Retries on the same target after a retryable failure (connect error,
-    /// timeout, 429, 5xx, cut stream) before moving down the fallback chain.
-    pub max_retries: u32,
-    /// Retries on the same target after an answer failed output validation.
-    pub validation_retries: u32,
-    /// First backoff; doubled on each retry, with full jitter.
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    /// Longest `Retry-After` the gateway honours; a longer one moves on to
-    /// the next target instead of waiting.
-    pub max_retry_after_ms: u64,
-    /// Deadline of one upstream attempt (non-streaming: the whole answer;
-    /// streaming: until the first token).
-    pub attempt_timeout_ms: u64,
-    /// Deadline of the whole request, all attempts and backoffs included.
-    pub total_timeout_ms: u64,
-    /// A stream that sends nothing for this long is treated as stalled and
-    /// continued on the next attempt.
-    pub stream_idle_timeout_ms: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_retries: 2,
-            validation_retries: 1,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 2_000,
-            max_retry_after_ms: 10_000,
-            attempt_timeout_ms: 60_000,
-            total_timeout_ms: 120_000,
-            stream_idle_timeout_ms: 20_000,
-        }
-    }
-}
-
-impl RetryConfig {
-    pub fn attempt_timeout(&self) -> Duration {
-        Duration::from_millis(self.attempt_timeout_ms)
-    }
-    pub fn total_timeout(&self) -> Duration {
-        Duration::from_millis(self.total_timeout_ms)
-    }
-    pub fn stream_idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.stream_idle_timeout_ms)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CircuitBreakerConfig {
-    /// Number of most recent attempts per provider the error ratio is taken over.
-    pub window: usize,
-    /// The breaker needs at least this many attempts in the window to open.
-    pub min_requests: usize,
-    /// Error ratio (0..1] that opens the breaker.
-    pub error_ratio: f64,
-    /// How long an open breaker rejects attempts before letting probes through.
-    pub open_ms: u64,
-    /// Concurrent probe attempts allowed while half-open.
-    pub half_open_probes: u32,
-}
-
-impl Default for CircuitBreakerConfig {
-    fn default() -> Self {
-        Self {
-            window: 20,
-            min_requests: 10,
-            error_ratio: 0.5,
-            open_ms: 5_000,
-            half_open_probes: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[providers.NAME]` table.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
-    /// OpenAI-compatible base URL including the version prefix, for example
-    /// `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// Environment variable that holds the provider's API key; unset = no
-    /// `Authorization` header is sent.
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// Extra headers sent with every request to this provider.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// USD per 1M prompt tokens.
-    #[serde(default)]
+    /// `http` or `https`, with a host; the path is the version prefix.
+    pub base_url: Uri,
+    /// `Bearer <value of api_key_env>`, marked sensitive; `None` when
+    /// `api_key_env` is unset.
+    pub authorization: Option<HeaderValue>,
+    /// The configured extra headers.
+    pub headers: HeaderMap,
+    pub connect_timeout: Duration,
+    /// USD per 1M prompt tokens (≥ 0).
     pub price_input_per_1m: f64,
-    /// USD per 1M completion tokens.
-    #[serde(default)]
+    /// USD per 1M completion tokens (≥ 0).
     pub price_output_per_1m: f64,
-    /// USD per second of an attempt's upstream time (connect to last byte),
-    /// for self-hosted engines priced by compute: e.g. a $0.10/hour CPU
-    /// replica serving one request at a time is 0.10 / 3600. Added to the
-    /// token prices.
-    #[serde(default)]
+    /// USD per second of upstream time (≥ 0).
     pub price_per_second: f64,
-    /// Send the client's `response_format` to this provider. `false`: the
-    /// gateway still validates the answer against it (and retries or falls
-    /// back on failure), but the provider answers unconstrained, as a
-    /// provider without structured outputs would.
-    #[serde(default = "default_true")]
     pub forward_response_format: bool,
-    /// How a stream cut mid-answer is continued on this provider.
-    #[serde(default)]
     pub continuation: Continuation,
-    /// A pool of replicas (`IP:PORT`) serving this provider, e.g. engine
-    /// replicas. Requests go to the replica of their episode (consistent
-    /// hashing), `base_url` then gives only the scheme and path prefix.
-    #[serde(default)]
-    pub replicas: Vec<String>,
-    /// Path of the replicas' health check (any 200 is healthy).
-    #[serde(default = "default_health_path")]
+    /// Replica addresses; empty = `base_url`'s host serves the provider.
+    pub replicas: Vec<SocketAddr>,
+    /// Starts with `/`.
     pub health_path: String,
-    /// How often replicas are health-checked.
-    #[serde(default = "default_health_check_ms")]
-    pub health_check_ms: u64,
+    /// > 0.
+    pub health_check: Duration,
 }
 
-fn default_true() -> bool {
-    true
-}
-
-fn default_health_path() -> String {
-    "/health".to_owned()
-}
-
-fn default_health_check_ms() -> u64 {
-    1_000
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    2_000
-}
-
-/// How the gateway continues a stream that broke after it already sent part
-/// of the answer to the client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Continuation {
-    /// Resend the conversation with the partial answer as a final assistant
-    /// message; the provider continues from it (assistant prefill, as served
-    /// by vLLM, llama.cpp, mistral.rs and the mock).
-    #[default]
-    AssistantPrefix,
-    /// Ask again from scratch and drop the part of the new answer that the
-    /// client already has. If the new answer does not start with it, the
-    /// rest is sent anyway and the event records `failover_diverged`.
-    Restart,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[routes]]` entry. Every target names a provider of
+/// [`Config::providers`]; at least one variant has a weight > 0.
+#[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// Public model name.
     pub name: String,
     pub variants: Vec<VariantConfig>,
-    /// Overrides of the global `[retry]` table for this route.
-    #[serde(default)]
-    pub retry: Option<RetryConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VariantConfig {
-    pub name: String,
-    /// Relative share of traffic; 0 takes the variant out of the split.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// Ordered fallback chain: the first target is tried first.
-    pub targets: Vec<TargetConfig>,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    /// Name of a `[providers.*]` entry.
-    pub provider: String,
-    /// Model name sent to that provider.
-    pub model: String,
+    /// The route's own `[retry]` table, or the global one.
+    pub retry: RetryConfig,
 }
 
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
+            path: PathBuf::from(path),
             source,
         })?;
         Self::parse(&text)
     }
 
+    /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The retry policy of a route: its own table, or the global one.
-    pub fn retry_for(&self, route: &RouteConfig) -> RetryConfig {
-        route.retry.clone().unwrap_or_else(|| self.retry.clone())
+        let config: UninitializedConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.load()
     }
 }

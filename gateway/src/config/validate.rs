@@ -1,9 +1,27 @@
-//! Checks that serde cannot express: references between tables, ranges.
-//! Each error names the key that is wrong.
+//! [`UninitializedConfig::load`]: the checks serde cannot express
+//! (references between tables, ranges) and the parsing of every string the
+//! runtime needs as a typed value (URLs, headers, addresses, digests), done
+//! once. Each error names the key that is wrong.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
-use super::Config;
+use flywheel_api::keys::parse_sha256_hex;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use redis::IntoConnectionInfo;
+
+use super::{
+    uninitialized::{
+        UninitializedApiKeyConfig, UninitializedAuthConfig, UninitializedConfig,
+        UninitializedProviderConfig, UninitializedRedisConfig, UninitializedServerConfig,
+    },
+    AdminConfig, ApiKeyConfig, AuthConfig, Config, ProviderConfig, RedisConfig, RouteConfig,
+    ServerConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,45 +43,29 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// 64 lower-case hex digits (what `sha256sum` and `hash-key` print) as a
+/// digest.
+fn sha256_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    parse_sha256_hex(hex)
 }
 
-impl Config {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
-        }
-        if self.auth.enabled && self.auth.keys.is_empty() {
-            return Err(invalid(
-                "auth.keys",
-                "no API keys configured; add [[auth.keys]] or set auth.enabled = false",
-            ));
-        }
-        for (i, key) in self.auth.keys.iter().enumerate() {
-            if !is_sha256_hex(&key.sha256) {
-                return Err(invalid(
-                    format!("auth.keys[{i}].sha256"),
-                    "must be 64 lower-case hex characters (flywheel-gateway hash-key TOKEN)",
-                ));
-            }
-            if key.tenant.is_empty() {
-                return Err(invalid(
-                    format!("auth.keys[{i}].tenant"),
-                    "must not be empty",
-                ));
-            }
-        }
-        if let Some(token) = &self.admin.token_sha256 {
-            if !is_sha256_hex(token) {
-                return Err(invalid(
-                    "admin.token_sha256",
-                    "must be 64 lower-case hex characters",
-                ));
-            }
-        }
+impl UninitializedConfig {
+    /// Checks the config and converts it to its runtime form.
+    pub fn load(self) -> Result<Config, ConfigError> {
+        let server = load_server(self.server)?;
+        let auth = load_auth(self.auth)?;
+        let admin = AdminConfig {
+            token_sha256: match &self.admin.token_sha256 {
+                None => None,
+                Some(token) => Some(sha256_digest(token).ok_or_else(|| {
+                    invalid("admin.token_sha256", "must be 64 lower-case hex characters")
+                })?),
+            },
+        };
+        let redis = load_redis(self.redis)?;
         let cb = &self.circuit_breaker;
         if !(cb.error_ratio > 0.0 && cb.error_ratio <= 1.0) {
             return Err(invalid("circuit_breaker.error_ratio", "must be in (0, 1]"));
@@ -80,59 +82,14 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for (name, p) in &self.providers {
-            let key = format!("providers.{name}.base_url");
-            let uri: http::Uri = p
-                .base_url
-                .parse()
-                .map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
-            match uri.scheme_str() {
-                Some("http") | Some("https") => {}
-                _ => return Err(invalid(key, "must start with http:// or https://")),
-            }
-            if uri.host().is_none() {
-                return Err(invalid(key, "has no host"));
-            }
-            if let Some(var) = &p.api_key_env {
-                if std::env::var_os(var).is_none() {
-                    return Err(invalid(
-                        format!("providers.{name}.api_key_env"),
-                        format!("environment variable {var} is not set"),
-                    ));
-                }
-            }
-            for (h, v) in &p.headers {
-                if http::HeaderName::from_bytes(h.as_bytes()).is_err()
-                    || http::HeaderValue::from_str(v).is_err()
-                {
-                    return Err(invalid(
-                        format!("providers.{name}.headers.{h}"),
-                        "not a valid HTTP header",
-                    ));
-                }
-            }
-            for (i, r) in p.replicas.iter().enumerate() {
-                if r.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(invalid(
-                        format!("providers.{name}.replicas[{i}]"),
-                        "must be IP:PORT",
-                    ));
-                }
-            }
-            if !p.health_path.starts_with('/') || p.health_check_ms == 0 {
-                return Err(invalid(
-                    format!("providers.{name}.health_path"),
-                    "must start with / (and health_check_ms must be > 0)",
-                ));
-            }
-            if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0
-            {
-                return Err(invalid(
-                    format!("providers.{name}.price_*"),
-                    "prices must not be negative",
-                ));
-            }
-        }
+        let providers = self
+            .providers
+            .into_iter()
+            .map(|(name, p)| {
+                let provider = load_provider(&name, p)?;
+                Ok((name, provider))
+            })
+            .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
         let mut metric_names = HashSet::new();
         for (i, m) in self.feedback.metrics.iter().enumerate() {
             if m.name.is_empty() || m.name.starts_with("implicit_") {
@@ -190,7 +147,7 @@ impl Config {
                     ));
                 }
                 for (t, target) in variant.targets.iter().enumerate() {
-                    if !self.providers.contains_key(&target.provider) {
+                    if !providers.contains_key(&target.provider) {
                         return Err(invalid(
                             format!("routes[{r}].variants[{v}].targets[{t}].provider"),
                             format!("unknown provider `{}`", target.provider),
@@ -210,8 +167,190 @@ impl Config {
         if self.retry.total_timeout_ms == 0 || self.retry.attempt_timeout_ms == 0 {
             return Err(invalid("retry", "timeouts must be greater than 0"));
         }
-        Ok(())
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|route| RouteConfig {
+                name: route.name,
+                variants: route.variants,
+                retry: route.retry.unwrap_or_else(|| self.retry.clone()),
+            })
+            .collect();
+        Ok(Config {
+            server,
+            auth,
+            admin,
+            metering: self.metering,
+            redis,
+            feedback: self.feedback,
+            capture: self.capture,
+            circuit_breaker: self.circuit_breaker,
+            providers,
+            routes,
+        })
     }
+}
+
+fn load_server(s: UninitializedServerConfig) -> Result<ServerConfig, ConfigError> {
+    if s.max_body_bytes == 0 {
+        return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+    }
+    Ok(ServerConfig {
+        listen: s.listen,
+        max_body_bytes: s.max_body_bytes,
+        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+        shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+    })
+}
+
+fn load_auth(a: UninitializedAuthConfig) -> Result<AuthConfig, ConfigError> {
+    if a.enabled && a.keys.is_empty() {
+        return Err(invalid(
+            "auth.keys",
+            "no API keys configured; add [[auth.keys]] or set auth.enabled = false",
+        ));
+    }
+    let keys = a
+        .keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let UninitializedApiKeyConfig {
+                tenant,
+                sha256,
+                requests_per_minute,
+                tokens_per_minute,
+            } = key;
+            let sha256 = sha256_digest(&sha256).ok_or_else(|| {
+                invalid(
+                    format!("auth.keys[{i}].sha256"),
+                    "must be 64 lower-case hex characters (flywheel-gateway hash-key TOKEN)",
+                )
+            })?;
+            if tenant.is_empty() {
+                return Err(invalid(
+                    format!("auth.keys[{i}].tenant"),
+                    "must not be empty",
+                ));
+            }
+            Ok(ApiKeyConfig {
+                tenant,
+                sha256,
+                requests_per_minute,
+                tokens_per_minute,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AuthConfig {
+        enabled: a.enabled,
+        keys,
+    })
+}
+
+fn load_redis(r: UninitializedRedisConfig) -> Result<RedisConfig, ConfigError> {
+    let url = match r.url {
+        None => None,
+        Some(url) => Some(
+            url.as_str()
+                .into_connection_info()
+                .map_err(|e| invalid("redis.url", e.to_string()))?,
+        ),
+    };
+    Ok(RedisConfig {
+        url,
+        key_prefix: r.key_prefix,
+        command_timeout: Duration::from_millis(r.command_timeout_ms),
+        weights_poll: Duration::from_millis(r.weights_poll_ms),
+    })
+}
+
+fn load_provider(
+    name: &str,
+    p: UninitializedProviderConfig,
+) -> Result<ProviderConfig, ConfigError> {
+    let key = format!("providers.{name}.base_url");
+    let base_url: Uri = p
+        .base_url
+        .parse()
+        .map_err(|e| invalid(&key, format!("not a URL: {e}")))?;
+    match base_url.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(invalid(key, "must start with http:// or https://")),
+    }
+    if base_url.host().is_none() {
+        return Err(invalid(key, "has no host"));
+    }
+    let authorization = match &p.api_key_env {
+        None => None,
+        Some(var) => {
+            let key = format!("providers.{name}.api_key_env");
+            let secret = std::env::var_os(var)
+                .ok_or_else(|| invalid(&key, format!("environment variable {var} is not set")))?;
+            let mut value = b"Bearer ".to_vec();
+            value.extend_from_slice(secret.as_encoded_bytes());
+            let mut value = HeaderValue::from_bytes(&value).map_err(|_| {
+                invalid(
+                    key,
+                    format!("environment variable {var} is not a valid header value"),
+                )
+            })?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
+    let mut headers = HeaderMap::new();
+    for (h, v) in &p.headers {
+        match (
+            HeaderName::from_bytes(h.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(h), Ok(v)) => {
+                headers.insert(h, v);
+            }
+            _ => {
+                return Err(invalid(
+                    format!("providers.{name}.headers.{h}"),
+                    "not a valid HTTP header",
+                ))
+            }
+        }
+    }
+    let replicas = p
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse::<SocketAddr>()
+                .map_err(|_| invalid(format!("providers.{name}.replicas[{i}]"), "must be IP:PORT"))
+        })
+        .collect::<Result<_, _>>()?;
+    if !p.health_path.starts_with('/') || p.health_check_ms == 0 {
+        return Err(invalid(
+            format!("providers.{name}.health_path"),
+            "must start with / (and health_check_ms must be > 0)",
+        ));
+    }
+    if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0 {
+        return Err(invalid(
+            format!("providers.{name}.price_*"),
+            "prices must not be negative",
+        ));
+    }
+    Ok(ProviderConfig {
+        base_url,
+        authorization,
+        headers,
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        price_input_per_1m: p.price_input_per_1m,
+        price_output_per_1m: p.price_output_per_1m,
+        price_per_second: p.price_per_second,
+        forward_response_format: p.forward_response_format,
+        continuation: p.continuation,
+        replicas,
+        health_path: p.health_path,
+        health_check: Duration::from_millis(p.health_check_ms),
+    })
 }
 
 #[cfg(test)]
@@ -264,8 +403,69 @@ mod tests {
             "{PROVIDERS}\n[[routes]]\nname = \"r\"\n[[routes.variants]]\nname = \"a\"\ntargets = [{{ provider = \"p\", model = \"m\" }}]\n"
         ))
         .unwrap();
-        assert_eq!(c.retry.max_retries, 2);
+        assert_eq!(c.routes[0].retry.max_retries, 2);
         assert_eq!(c.routes[0].variants[0].weight, 1);
         assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn strings_are_parsed_once_with_defaults() {
+        let c = Config::parse(&format!(
+            "{PROVIDERS}headers = {{ x-a = \"1\" }}\nreplicas = [\"127.0.0.1:9\"]\n\
+             [admin]\ntoken_sha256 = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n\
+             [[routes]]\nname = \"r\"\nretry = {{ max_retries = 5 }}\n\
+             [[routes.variants]]\nname = \"a\"\ntargets = [{{ provider = \"p\", model = \"m\" }}]\n",
+            flywheel_api::keys::sha256_hex("admin")
+        ))
+        .unwrap();
+        let p = &c.providers["p"];
+        assert_eq!(p.base_url.path(), "/v1");
+        assert_eq!(p.headers["x-a"], "1");
+        assert!(p.authorization.is_none());
+        assert_eq!(p.replicas, ["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(p.connect_timeout, Duration::from_millis(2_000));
+        assert_eq!(p.health_check, Duration::from_millis(1_000));
+        assert_eq!(p.health_path, "/health");
+        assert!(flywheel_api::keys::token_matches(
+            "admin",
+            &c.admin.token_sha256.unwrap()
+        ));
+        assert!(c.redis.url.is_some());
+        assert_eq!(c.redis.command_timeout, Duration::from_millis(50));
+        assert_eq!(c.redis.weights_poll, Duration::from_millis(1_000));
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        // A route's own [retry] table replaces the global one, defaults included.
+        assert_eq!(c.routes[0].retry.max_retries, 5);
+        assert_eq!(c.routes[0].retry.total_timeout_ms, 120_000);
+    }
+
+    #[test]
+    fn unparsable_values_are_named() {
+        for (text, key) in [
+            ("[providers.p]\nbase_url = \"ftp://x/v1\"\n", "providers.p.base_url"),
+            ("[providers.p]\nbase_url = \"http://x/v1\"\nheaders = { \"a b\" = \"1\" }\n", "providers.p.headers.a b"),
+            ("[providers.p]\nbase_url = \"http://x/v1\"\nreplicas = [\"host:1\"]\n", "providers.p.replicas[0]"),
+            ("[providers.p]\nbase_url = \"http://x/v1\"\napi_key_env = \"FLYWHEEL_TEST_UNSET_VAR\"\n", "providers.p.api_key_env"),
+            ("[admin]\ntoken_sha256 = \"abc\"\n", "admin.token_sha256"),
+            ("[redis]\nurl = \"http://x\"\n", "redis.url"),
+        ] {
+            let e = err(&format!("[auth]\nenabled = false\n{text}"));
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+        }
+        // Upper-case hex is refused, as before: keys are compared as printed.
+        let upper = flywheel_api::keys::sha256_hex("k").to_uppercase();
+        let e = err(&format!(
+            "[[auth.keys]]\ntenant = \"t\"\nsha256 = \"{upper}\"\n"
+        ));
+        assert!(e.contains("auth.keys[0].sha256"), "{e}");
+    }
+
+    #[test]
+    fn example_configs_load() {
+        Config::parse(include_str!("../../../config/flywheel.example.toml")).unwrap();
+        Config::parse(include_str!("../../../config/tasks-bench.toml")).unwrap();
     }
 }

@@ -39,8 +39,8 @@ impl Redis {
         metrics: Arc<Metrics>,
     ) -> Result<Option<Arc<Self>>, redis::RedisError> {
         let Some(url) = &cfg.url else { return Ok(None) };
-        let client = redis::Client::open(url.as_str())?;
-        let timeout = Duration::from_millis(cfg.command_timeout_ms);
+        let client = redis::Client::open(url.clone())?;
+        let timeout = cfg.command_timeout;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(timeout))

@@ -1,21 +1,17 @@
-//! Bearer-token authentication. Keys are stored as SHA-256 hashes, so the
-//! config file holds no usable secret; each key maps to a tenant and may
-//! carry request and token limits (enforced by [`Limiter`]).
+//! Bearer-token authentication, as `axum::middleware::from_fn_with_state`
+//! functions. Keys are stored as SHA-256 digests ([`flywheel_api::keys`]),
+//! so the config file holds no usable secret; each key maps to a tenant and
+//! may carry request and token limits (enforced by [`Limiter`]).
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    body::Body,
+    extract::{Request, State},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
-use futures_util::future::BoxFuture;
-use http::{header, Request};
-use sha2::{Digest, Sha256};
-use tower::{Layer, Service};
+use flywheel_api::keys;
+use http::{header, HeaderMap};
 
 use crate::{
     config::AuthConfig,
@@ -34,15 +30,20 @@ pub struct Tenant {
     pub counts_tokens: bool,
 }
 
-pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+impl Tenant {
+    /// Every request's tenant while `auth.enabled = false`.
+    fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            key_id: Arc::from("anonymous"),
+            counts_tokens: false,
+        }
+    }
 }
 
-fn bearer(req: &Request<Body>) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The bearer token of a request, if it sent one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    keys::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 struct Key {
@@ -50,197 +51,209 @@ struct Key {
     limits: KeyLimits,
 }
 
-/// The configured API keys, by hash.
+/// The configured API keys, by digest. Looking a presented token up by its
+/// digest reveals nothing about stored secrets through timing: the lookup
+/// key is a hash of what the client sent, not a prefix of a secret.
 pub struct Keys {
     enabled: bool,
-    by_hash: HashMap<String, Key>,
+    by_digest: HashMap<[u8; 32], Key>,
 }
 
 impl Keys {
     pub fn new(config: &AuthConfig) -> Self {
-        let by_hash = config
+        let by_digest = config
             .keys
             .iter()
             .map(|k| {
                 let tenant = Tenant {
                     name: k.tenant.clone(),
-                    key_id: Arc::from(&k.sha256[..16]),
+                    key_id: Arc::from(keys::hex(&k.sha256[..8])),
                     counts_tokens: k.tokens_per_minute > 0,
                 };
                 let limits = KeyLimits {
                     requests_per_minute: k.requests_per_minute,
                     tokens_per_minute: k.tokens_per_minute,
                 };
-                (k.sha256.clone(), Key { tenant, limits })
+                (k.sha256, Key { tenant, limits })
             })
             .collect();
         Self {
             enabled: config.enabled,
-            by_hash,
+            by_digest,
         }
     }
 
-    fn check(&self, req: &Request<Body>) -> Result<&Key, GatewayError> {
-        let token = bearer(req).ok_or(GatewayError::Unauthorized)?;
-        self.by_hash
-            .get(&hash_token(token))
+    fn check(&self, headers: &HeaderMap) -> Result<&Key, GatewayError> {
+        let token = bearer(headers).ok_or(GatewayError::Unauthorized)?;
+        self.by_digest
+            .get(&keys::digest(token))
             .ok_or(GatewayError::Unauthorized)
     }
 }
 
+/// State of [`require_api_key`].
+#[derive(Clone)]
+pub struct ApiKeyAuth {
+    pub keys: Arc<Keys>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Rejects requests without a valid API key (401) or over their key's
-/// limits (429), and attaches the [`Tenant`] to the request.
-#[derive(Clone)]
-pub struct ApiKeyLayer {
-    keys: Arc<Keys>,
-    limiter: Arc<Limiter>,
-    metrics: Arc<Metrics>,
-}
-
-impl ApiKeyLayer {
-    pub fn new(keys: Arc<Keys>, limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            keys,
-            limiter,
-            metrics,
-        }
+/// limits (429), and attaches the [`Tenant`] to the request. With
+/// `auth.enabled = false` every request is tenant `anonymous`, unlimited.
+pub async fn require_api_key(
+    State(auth): State<ApiKeyAuth>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !auth.keys.enabled {
+        req.extensions_mut().insert(Tenant::anonymous());
+        return next.run(req).await;
     }
-}
-
-impl<S> Layer<S> for ApiKeyLayer {
-    type Service = ApiKey<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ApiKey {
-            layer: self.clone(),
-            inner,
-        }
+    let (tenant, limits) = match auth.keys.check(req.headers()) {
+        Ok(key) => (key.tenant.clone(), key.limits),
+        Err(e) => return e.into_response(),
+    };
+    if let Verdict::Limited { retry_after_s } = auth.limiter.admit(&tenant.key_id, limits).await {
+        auth.metrics
+            .rate_limited
+            .with_label_values(&[&tenant.name])
+            .inc();
+        return GatewayError::RateLimited { retry_after_s }.into_response();
     }
+    req.extensions_mut().insert(tenant);
+    next.run(req).await
 }
 
-#[derive(Clone)]
-pub struct ApiKey<S> {
-    layer: ApiKeyLayer,
-    inner: S,
-}
+/// State of [`require_admin_token`]: the digest of `admin.token_sha256`.
+#[derive(Clone, Copy)]
+pub struct AdminToken(pub Option<[u8; 32]>);
 
-impl<S> Service<Request<Body>> for ApiKey<S>
-where
-    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if !self.layer.keys.enabled {
-            req.extensions_mut().insert(Tenant {
-                name: "anonymous".into(),
-                key_id: Arc::from("anonymous"),
-                counts_tokens: false,
-            });
-            return Box::pin(self.inner.call(req));
-        }
-        let (tenant, limits) = match self.layer.keys.check(&req) {
-            Ok(key) => (key.tenant.clone(), key.limits),
-            Err(e) => return Box::pin(async move { Ok(e.into_response()) }),
-        };
-        // The service that was made ready is the one to call; keep a fresh
-        // clone for the next request (tower's documented pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiter = self.layer.limiter.clone();
-        let metrics = self.layer.metrics.clone();
-        Box::pin(async move {
-            if let Verdict::Limited { retry_after_s } = limiter.admit(&tenant.key_id, limits).await
-            {
-                metrics
-                    .rate_limited
-                    .with_label_values(&[&tenant.name])
-                    .inc();
-                return Ok(GatewayError::RateLimited { retry_after_s }.into_response());
-            }
-            req.extensions_mut().insert(tenant);
-            inner.call(req).await
-        })
-    }
-}
-
-/// Guards `/admin`: the bearer token must hash to `admin.token_sha256`.
-/// Without a configured token the admin API answers 404, as if absent.
-#[derive(Clone)]
-pub struct AdminAuthLayer {
-    token_sha256: Option<Arc<str>>,
-}
-
-impl AdminAuthLayer {
-    pub fn new(token_sha256: Option<&str>) -> Self {
-        Self {
-            token_sha256: token_sha256.map(Arc::from),
-        }
-    }
-}
-
-impl<S> Layer<S> for AdminAuthLayer {
-    type Service = AdminAuth<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AdminAuth {
-            token_sha256: self.token_sha256.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AdminAuth<S> {
-    token_sha256: Option<Arc<str>>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for AdminAuth<S>
-where
-    S: Service<Request<Body>, Response = Response> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let verdict = match &self.token_sha256 {
-            None => Err(GatewayError::NotFound(
-                "the admin API is disabled (admin.token_sha256 is unset)".into(),
-            )),
-            Some(expected) => match bearer(&req) {
-                Some(token) if hash_token(token) == **expected => Ok(()),
-                _ => Err(GatewayError::Unauthorized),
-            },
-        };
-        match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => Box::pin(async move { Ok(e.into_response()) }),
-        }
+/// Guards `/admin`: the bearer token must hash to `admin.token_sha256`
+/// (compared in constant time). Without a configured token the admin API
+/// answers 404, as if absent.
+pub async fn require_admin_token(
+    State(AdminToken(expected)): State<AdminToken>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = expected else {
+        return GatewayError::NotFound(
+            "the admin API is disabled (admin.token_sha256 is unset)".into(),
+        )
+        .into_response();
+    };
+    match bearer(req.headers()) {
+        Some(token) if keys::token_matches(token, &expected) => next.run(req).await,
+        _ => GatewayError::Unauthorized.into_response(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::{body::Body, routing::get, Extension, Router};
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
 
-    #[test]
-    fn hashes_like_sha256sum() {
-        // printf abc | sha256sum
+    use super::*;
+    use crate::config::ApiKeyConfig;
+
+    async fn status(app: &Router, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::get(path);
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn api(enabled: bool) -> Router {
+        let metrics = Arc::new(Metrics::new());
+        let config = AuthConfig {
+            enabled,
+            keys: vec![ApiKeyConfig {
+                tenant: "acme".into(),
+                sha256: keys::digest("sk-1"),
+                requests_per_minute: 1,
+                tokens_per_minute: 0,
+            }],
+        };
+        let auth = ApiKeyAuth {
+            keys: Arc::new(Keys::new(&config)),
+            limiter: Arc::new(Limiter::new(None, metrics.clone())),
+            metrics,
+        };
+        Router::new()
+            .route(
+                "/v1/x",
+                get(|Extension(t): Extension<Tenant>| async move { format!("{} {}", t.name, t.key_id) }),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(auth, require_api_key))
+    }
+
+    #[tokio::test]
+    async fn api_keys_attach_the_tenant_and_limit() {
+        let app = api(true);
         assert_eq!(
-            hash_token("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            status(&app, "/v1/x", None).await.0,
+            StatusCode::UNAUTHORIZED
         );
+        assert_eq!(
+            status(&app, "/v1/x", Some("sk-2")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let key_id = &keys::sha256_hex("sk-1")[..16];
+        assert_eq!(
+            status(&app, "/v1/x", Some("sk-1")).await,
+            (StatusCode::OK, format!("acme {key_id}"))
+        );
+        // One request per minute: the second is refused.
+        assert_eq!(
+            status(&app, "/v1/x", Some("sk-1")).await.0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let anonymous = api(false);
+        assert_eq!(
+            status(&anonymous, "/v1/x", None).await,
+            (StatusCode::OK, "anonymous anonymous".into())
+        );
+    }
+
+    fn admin(token: Option<&str>) -> Router {
+        Router::new()
+            .route("/admin/x", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                AdminToken(token.map(keys::digest)),
+                require_admin_token,
+            ))
+    }
+
+    #[tokio::test]
+    async fn admin_token_is_checked_and_its_absence_hides_the_api() {
+        let app = admin(Some("root"));
+        assert_eq!(
+            status(&app, "/admin/x", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/admin/x", Some("roo")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/admin/x", Some("root")).await.0,
+            StatusCode::OK
+        );
+        let (code, body) = status(&admin(None), "/admin/x", Some("root")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(body.contains("admin.token_sha256"), "{body}");
     }
 }

@@ -2,16 +2,13 @@
 //! bounded to the known routes so that scanners cannot blow up the label
 //! cardinality.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
-use axum::{body::Body, response::Response};
-use futures_util::future::BoxFuture;
-use http::Request;
-use tower::{Layer, Service};
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
 
 use crate::metrics::Metrics;
 
@@ -42,65 +39,25 @@ fn path_label(path: &str) -> &'static str {
 #[derive(Clone, Copy, Debug)]
 pub struct RequestStart(pub Instant);
 
-#[derive(Clone)]
-pub struct HttpMetricsLayer {
-    metrics: Arc<Metrics>,
-}
-
-impl HttpMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetrics<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics {
-            metrics: self.metrics.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct HttpMetrics<S> {
-    metrics: Arc<Metrics>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for HttpMetrics<S>
-where
-    S: Service<Request<Body>, Response = Response> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let path = path_label(req.uri().path());
-        let start = Instant::now();
-        req.extensions_mut().insert(RequestStart(start));
-        let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let response = fut.await?;
-            // For streams this is the time to the response head; the full
-            // duration is in flywheel_request_latency_seconds.
-            metrics
-                .http_duration
-                .with_label_values(&[path])
-                .observe(start.elapsed().as_secs_f64());
-            metrics
-                .http_requests
-                .with_label_values(&[path, response.status().as_str()])
-                .inc();
-            Ok(response)
-        })
-    }
+/// Counts every request by path label and status, and times it to the
+/// response head (for streams, the full duration is in
+/// `flywheel_request_latency_seconds`). Inserts [`RequestStart`].
+pub async fn record_http_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = path_label(req.uri().path());
+    let start = Instant::now();
+    req.extensions_mut().insert(RequestStart(start));
+    let response = next.run(req).await;
+    metrics
+        .http_duration
+        .with_label_values(&[path])
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[path, response.status().as_str()])
+        .inc();
+    response
 }

@@ -1,8 +1,10 @@
-//! Cross-cutting concerns as tower layers: API keys and per-key limits on
-//! the client API, the admin token on `/admin`, HTTP metrics everywhere.
+//! Cross-cutting concerns as `axum::middleware::from_fn_with_state`
+//! functions: API keys and per-key limits on the client API, the admin
+//! token on `/admin`, HTTP metrics everywhere. [`crate::app`] lists the
+//! whole stack in order.
 
 mod auth;
 mod http_metrics;
 
-pub use auth::{hash_token, AdminAuthLayer, ApiKeyLayer, Keys, Tenant};
-pub use http_metrics::{HttpMetricsLayer, RequestStart};
+pub use auth::{require_admin_token, require_api_key, AdminToken, ApiKeyAuth, Keys, Tenant};
+pub use http_metrics::{record_http_metrics, RequestStart};

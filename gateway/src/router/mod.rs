@@ -65,46 +65,55 @@ pub enum WeightsError {
     AllZero,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("a route targets the unknown provider `{0}`")]
+pub struct UnknownProvider(String);
+
 pub struct Router {
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
 }
 
 impl Router {
-    pub fn new(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Self {
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let variants = r
-                    .variants
+    /// The routes of a config over its providers. Fails only if a target
+    /// names a provider missing from `providers` (config load checked that
+    /// every target names one of the config's providers).
+    pub fn new(
+        config: &Config,
+        providers: &HashMap<String, Arc<Provider>>,
+    ) -> Result<Self, UnknownProvider> {
+        let mut routes = HashMap::new();
+        for r in &config.routes {
+            let mut variants = Vec::with_capacity(r.variants.len());
+            for v in &r.variants {
+                let targets = v
+                    .targets
                     .iter()
-                    .map(|v| Variant {
-                        name: v.name.clone(),
-                        weight: v.weight,
-                        targets: v
-                            .targets
-                            .iter()
-                            .map(|t| Target {
-                                // Validated in config: every target names a provider.
-                                provider: providers[&t.provider].clone(),
-                                model: t.model.clone(),
-                            })
-                            .collect(),
+                    .map(|t| {
+                        let provider = providers
+                            .get(&t.provider)
+                            .ok_or_else(|| UnknownProvider(t.provider.clone()))?;
+                        Ok(Target {
+                            provider: provider.clone(),
+                            model: t.model.clone(),
+                        })
                     })
-                    .collect();
-                (
-                    r.name.clone(),
-                    Arc::new(Route {
-                        name: r.name.clone(),
-                        variants,
-                        retry: config.retry_for(r),
-                    }),
-                )
-            })
-            .collect();
-        Self {
-            routes: ArcSwap::from_pointee(routes),
+                    .collect::<Result<_, UnknownProvider>>()?;
+                variants.push(Variant {
+                    name: v.name.clone(),
+                    weight: v.weight,
+                    targets,
+                });
+            }
+            let route = Route {
+                name: r.name.clone(),
+                variants,
+                retry: r.retry.clone(),
+            };
+            routes.insert(r.name.clone(), Arc::new(route));
         }
+        Ok(Self {
+            routes: ArcSwap::from_pointee(routes),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {

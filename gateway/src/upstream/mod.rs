@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 pub use circuit::{CircuitBreaker, CircuitState, Permit};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -17,7 +17,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-pub use pool::ReplicaPool;
+pub use pool::{BadReplica, ReplicaPool};
 
 use crate::{
     config::{CircuitBreakerConfig, Config, Continuation, ProviderConfig},
@@ -55,11 +55,11 @@ impl Provider {
         cfg: &ProviderConfig,
         cb: &CircuitBreakerConfig,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> Result<Self, BadReplica> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        http.set_connect_timeout(Some(cfg.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -74,37 +74,27 @@ impl Provider {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(var) = &cfg.api_key_env {
-            // Checked at config validation; a key that is not a valid header
-            // value is a config error worth failing loudly on.
-            let key = std::env::var(var).unwrap_or_default();
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-                .expect("API key is a valid header value");
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
+        if let Some(authorization) = &cfg.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
         }
         for (k, v) in &cfg.headers {
-            headers.insert(
-                HeaderName::from_bytes(k.as_bytes()).expect("validated header name"),
-                HeaderValue::from_str(v).expect("validated header value"),
-            );
+            headers.insert(k.clone(), v.clone());
         }
-        let uri: http::Uri = cfg.base_url.parse().expect("validated base_url");
         let replica_base = (
-            uri.scheme_str().unwrap_or("http").to_owned(),
-            uri.path().trim_end_matches('/').to_owned(),
+            cfg.base_url.scheme_str().unwrap_or("http").to_owned(),
+            cfg.base_url.path().trim_end_matches('/').to_owned(),
         );
-        let pool = (!cfg.replicas.is_empty()).then(|| {
-            ReplicaPool::new(
-                &cfg.replicas,
+        let pool = match cfg.replicas.as_slice() {
+            [] => None,
+            replicas => Some(ReplicaPool::new(
+                replicas,
                 &cfg.health_path,
-                Duration::from_millis(cfg.health_check_ms),
-            )
-            .expect("validated replicas")
-        });
-        Self {
+                cfg.health_check,
+            )?),
+        };
+        Ok(Self {
             name: name.to_owned(),
-            base_url: cfg.base_url.trim_end_matches('/').to_owned(),
+            base_url: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
             replica_base,
             pool,
             headers,
@@ -115,7 +105,7 @@ impl Provider {
             continuation: cfg.continuation,
             breaker: CircuitBreaker::new(name, cb, metrics),
             client,
-        }
+        })
     }
 
     /// POSTs a JSON body to `{base_url}{path}` (with replicas: on the
@@ -187,20 +177,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-pub fn build_providers(config: &Config, metrics: &Arc<Metrics>) -> HashMap<String, Arc<Provider>> {
+/// The providers by name. Fails only if the load balancer refuses a replica
+/// address (they are parsed at config load).
+pub fn build_providers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<HashMap<String, Arc<Provider>>, BadReplica> {
     config
         .providers
         .iter()
         .map(|(name, p)| {
-            (
-                name.clone(),
-                Arc::new(Provider::new(
-                    name,
-                    p,
-                    &config.circuit_breaker,
-                    metrics.clone(),
-                )),
-            )
+            let provider = Provider::new(name, p, &config.circuit_breaker, metrics.clone())?;
+            Ok((name.clone(), Arc::new(provider)))
         })
         .collect()
 }

@@ -30,16 +30,15 @@ pub struct BadReplica(String);
 
 impl ReplicaPool {
     pub fn new(
-        replicas: &[String],
+        replicas: &[SocketAddr],
         health_path: &str,
         check_every: Duration,
     ) -> Result<Arc<Self>, BadReplica> {
-        for r in replicas {
-            r.parse::<SocketAddr>().map_err(|_| BadReplica(r.clone()))?;
-        }
-        let mut lb =
-            LoadBalancer::<KetamaHashing>::try_from_iter(replicas.iter().map(String::as_str))
-                .map_err(|_| BadReplica(replicas.join(",")))?;
+        let mut lb = LoadBalancer::<KetamaHashing>::try_from_iter(replicas.iter().copied())
+            .map_err(|_| {
+                let list: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+                BadReplica(list.join(","))
+            })?;
         let mut check = HttpHealthCheck::new("localhost", false);
         if let Ok(mut req) = pingora_http::RequestHeader::build("GET", health_path.as_bytes(), None)
         {

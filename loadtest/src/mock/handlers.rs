@@ -8,6 +8,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use flywheel_api::error::ErrorBody;
 use http::{
     header::{CONTENT_TYPE, RETRY_AFTER},
     HeaderValue, Method, Request, Response, StatusCode,
@@ -620,17 +621,10 @@ fn sse_response(body: MockBody) -> Resp {
     resp
 }
 
-/// An OpenAI-style error: `{"error":{"message","type","param","code"}}`.
+/// An OpenAI-style error: `{"error":{"message","type","param","code"}}`,
+/// the envelope the gateway and the engine answer with too.
 pub fn error_response(status: StatusCode, message: &str, kind: &str, param: Option<&str>) -> Resp {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message,
-            kind,
-            param,
-            code: None,
-        },
-    };
-    json_response(status, serde_json::to_vec(&body).expect("serialise error"))
+    json_response(status, ErrorBody::new(kind, message).param(param).to_vec())
 }
 
 fn bad_request(message: &str, param: Option<&str>) -> Resp {

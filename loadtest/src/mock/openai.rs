@@ -153,20 +153,6 @@ impl Usage {
 }
 
 #[derive(Serialize)]
-pub struct ErrorBody<'a> {
-    pub error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-pub struct ErrorDetail<'a> {
-    pub message: &'a str,
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub param: Option<&'a str>,
-    pub code: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 pub struct ToolCall<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
