@@ -202,8 +202,8 @@ pub(crate) mod testing {
             "#
         );
         let config = Config::parse(&text).unwrap();
-        let providers = upstream::build_providers(&config, &Arc::new(Metrics::new()));
-        let route = Router::new(&config, &providers).get("r").unwrap();
+        let providers = upstream::build_providers(&config, &Arc::new(Metrics::new())).unwrap();
+        let route = Router::new(&config, &providers).unwrap().get("r").unwrap();
         let tenant = Tenant {
             name: "t".into(),
             key_id: Arc::from("k"),
