@@ -101,6 +101,9 @@ mod tests {
         let event = ErrorBody::new("upstream_error", "cut").to_sse_event();
         let text = String::from_utf8(event).unwrap();
         assert!(text.starts_with("data: {\"error\":"), "{text}");
-        assert!(text.ends_with("}\n\n") && text.matches('\n').count() == 2, "{text}");
+        assert!(
+            text.ends_with("}\n\n") && text.matches('\n').count() == 2,
+            "{text}"
+        );
     }
 }

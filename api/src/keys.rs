@@ -36,7 +36,10 @@ pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
 
 /// Equal digests, compared in time independent of where they differ.
 pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
 

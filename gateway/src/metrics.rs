@@ -48,6 +48,10 @@ struct CaptureMetrics {
 }
 
 impl CaptureMetrics {
+    #[expect(
+        clippy::expect_used,
+        reason = "static metric names and labels: a failure is a programming error that every test hits at start"
+    )]
     fn new(registry: &Registry) -> Self {
         let gauge = |name: &str, help: &str| {
             let g = prometheus::IntGauge::new(name, help).expect("metric");
@@ -102,6 +106,10 @@ impl CaptureMetrics {
     }
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "static metric names and labels: a failure is a programming error that every test hits at start"
+)]
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     HistogramVec::new(
         HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
@@ -111,6 +119,10 @@ fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 }
 
 impl Metrics {
+    #[expect(
+        clippy::expect_used,
+        reason = "static metric names and labels: a failure is a programming error that every test hits at start"
+    )]
     pub fn new() -> Self {
         let rv = &["route", "variant"];
         let registry = Registry::new();
@@ -326,10 +338,10 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding never fails");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 }
 

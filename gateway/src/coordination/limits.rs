@@ -4,9 +4,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use parking_lot::Mutex;
 
 use super::Redis;
 use crate::metrics::Metrics;
@@ -97,7 +99,7 @@ impl Limiter {
             }
             self.metrics.rate_limit_fallbacks.inc();
         }
-        let mut local = self.local.lock().expect("limiter lock");
+        let mut local = self.local.lock();
         let w = local.entry(key.clone()).or_default();
         if w.minute != minute {
             *w = LocalWindow {
@@ -116,7 +118,7 @@ impl Limiter {
         }
         let (minute, _) = now_minute();
         {
-            let mut local = self.local.lock().expect("limiter lock");
+            let mut local = self.local.lock();
             let w = local.entry(key.clone()).or_default();
             if w.minute != minute {
                 *w = LocalWindow {

@@ -1,14 +1,11 @@
 //! Where events go. Recording never blocks the request path: sinks hand the
 //! event to a background writer.
 
-use std::{
-    io::Write,
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{io::Write, path::Path, sync::Arc};
 
 use flywheel_feedback::{Capture, Record};
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -75,15 +72,15 @@ impl JsonlSink {
 
 impl EventSink for JsonlSink {
     fn record(&self, record: Record) {
-        if let Some(tx) = self.tx.lock().expect("sink lock").as_ref() {
+        if let Some(tx) = self.tx.lock().as_ref() {
             let _ = tx.send(record);
         }
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         // Dropping the sender ends the writer loop after it drained the queue.
-        self.tx.lock().expect("sink lock").take();
-        let writer = self.writer.lock().expect("sink lock").take();
+        self.tx.lock().take();
+        let writer = self.writer.lock().take();
         Box::pin(async move {
             if let Some(w) = writer {
                 let _ = w.await;

@@ -15,11 +15,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use flywheel_feedback::event::{feedback_source, FeedbackEvent, FeedbackTarget, FeedbackValue};
+use parking_lot::Mutex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -145,7 +145,7 @@ impl Signals {
         let words = normalized_words(&last_user_text(messages));
         let window = Duration::from_secs(self.cfg.window_s);
         let now = Instant::now();
-        let mut last = self.last.lock().expect("signals lock");
+        let mut last = self.last.lock();
         if let Some(prev) = last
             .get(&key)
             .filter(|p| now.duration_since(p.at) <= window)

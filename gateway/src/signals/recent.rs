@@ -8,8 +8,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 /// Who an inference belongs to, and where it was routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +53,7 @@ impl RecentInferences {
 
     pub fn insert(&self, id: &str, owner: Owner) {
         let Some(k) = key(id) else { return };
-        let mut inner = self.inner.lock().expect("recent lock");
+        let mut inner = self.inner.lock();
         if let Some(ep) = &owner.episode_id {
             inner
                 .episodes
@@ -82,19 +84,13 @@ impl RecentInferences {
 
     pub fn inference(&self, id: &str) -> Option<Owner> {
         let k = key(id)?;
-        self.inner
-            .lock()
-            .expect("recent lock")
-            .inferences
-            .get(&k)
-            .cloned()
+        self.inner.lock().inferences.get(&k).cloned()
     }
 
     /// Tenant, route and variant of an episode's first indexed inference.
     pub fn episode(&self, id: &str) -> Option<Owner> {
         self.inner
             .lock()
-            .expect("recent lock")
             .episodes
             .get(id)
             .map(|(owner, _)| owner.clone())

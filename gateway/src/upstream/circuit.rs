@@ -5,9 +5,11 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 use crate::{config::CircuitBreakerConfig, metrics::Metrics};
 
@@ -55,7 +57,7 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.reported && self.probe {
-            let mut inner = self.breaker.inner.lock().expect("breaker lock");
+            let mut inner = self.breaker.inner.lock();
             if let CircuitState::HalfOpen { probes_in_flight } = &mut inner.state {
                 *probes_in_flight = probes_in_flight.saturating_sub(1);
             }
@@ -79,12 +81,12 @@ impl CircuitBreaker {
     }
 
     pub fn state(&self) -> CircuitState {
-        self.inner.lock().expect("breaker lock").state
+        self.inner.lock().state
     }
 
     /// `None` while the breaker is open (or half-open with all probes taken).
     pub fn acquire(&self) -> Option<Permit<'_>> {
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self.inner.lock();
         let probe = match &mut inner.state {
             CircuitState::Closed => false,
             CircuitState::Open { until } => {
@@ -113,7 +115,7 @@ impl CircuitBreaker {
     }
 
     fn report(&self, probe: bool, failed: bool) {
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self.inner.lock();
         if probe {
             inner.outcomes.clear();
             inner.failures = 0;

@@ -9,10 +9,11 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use pingora_load_balancing::{
     health_check::HttpHealthCheck, selection::consistent::KetamaHashing, Backend, LoadBalancer,
 };
@@ -63,7 +64,7 @@ impl ReplicaPool {
                 pool.lb.backends().run_health_check(true).await;
                 // A replica that passed its check is trusted again.
                 let backends = pool.lb.backends().get_backend();
-                let mut benched = pool.benched.lock().expect("pool lock");
+                let mut benched = pool.benched.lock();
                 benched.retain(|addr, _| {
                     !backends
                         .iter()
@@ -78,7 +79,7 @@ impl ReplicaPool {
     /// healthy one. `None` when no replica is healthy.
     pub fn pick(&self, key: &[u8]) -> Option<SocketAddr> {
         let now = Instant::now();
-        let benched = self.benched.lock().expect("pool lock").clone();
+        let benched = self.benched.lock().clone();
         let accept = |b: &Backend, healthy: bool| {
             healthy
                 && b.addr
@@ -95,7 +96,6 @@ impl ReplicaPool {
         tracing::warn!(%addr, "replica unreachable; taken out of the pool until it passes a health check");
         self.benched
             .lock()
-            .expect("pool lock")
             .insert(addr, Instant::now() + self.bench_for);
     }
 }

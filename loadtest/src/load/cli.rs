@@ -93,7 +93,7 @@ impl LoadArgs {
             if self.stream {
                 body["stream"] = Value::Bool(true);
             }
-            return Ok(serde_json::to_vec(&body).expect("serialise body").into());
+            return Ok(body.to_string().into_bytes().into());
         };
         let raw = std::fs::read(path).map_err(|source| BodyError::Read {
             path: path.clone(),
@@ -102,7 +102,7 @@ impl LoadArgs {
         if self.stream {
             if let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&raw) {
                 obj.insert("stream".into(), Value::Bool(true));
-                return Ok(serde_json::to_vec(&obj).expect("serialise body").into());
+                return Ok(Value::Object(obj).to_string().into_bytes().into());
             }
         }
         Ok(raw.into())

@@ -98,6 +98,9 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let handle = tokio::runtime::Handle::current();
 
+    // Without a thread the run cannot happen at all; the OS refusing one is
+    // fatal for a load generator.
+    #[expect(clippy::expect_used, reason = "no scheduler thread, no run")]
     let scheduler = std::thread::Builder::new()
         .name("flywheel-load-scheduler".into())
         .spawn(move || {
@@ -107,6 +110,8 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
                 let at = start + Duration::from_secs_f64(i as f64 / rate);
                 let now = Instant::now();
                 if at > now {
+                    // A plain thread, not a runtime worker: sleeping is its job.
+                    #[expect(clippy::disallowed_methods, reason = "dedicated scheduler thread")]
                     std::thread::sleep(at - now);
                 }
                 let measured = i >= warm;
@@ -149,10 +154,15 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
             Err(e) => *error_kinds.entry(e.to_string()).or_default() += 1,
         }
     }
-    let (sent, dropped) =
-        tokio::task::spawn_blocking(move || scheduler.join().expect("scheduler thread"))
-            .await
-            .expect("join scheduler");
+    // The scheduler thread only sleeps and sends: a panic there is a bug,
+    // and passing it on is the honest report.
+    let joined = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    let (sent, dropped) = match joined {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => (0, 0),
+    };
 
     let duration_s = args.duration.as_secs_f64();
     Report {
@@ -179,11 +189,10 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
 async fn one(t: &Target, scheduled: Instant) -> Sample {
     let mut ttft = None;
     let work = async {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(t.uri.clone())
-            .body(Full::new(t.body.clone()))
-            .expect("valid request");
+        // Method, URI and headers were checked when the target was built.
+        let mut req = Request::new(Full::new(t.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = t.uri.clone();
         *req.headers_mut() = t.headers.clone();
         let resp = t.client.request(req).await.map_err(|e| {
             if e.is_connect() {

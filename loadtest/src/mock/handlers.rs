@@ -60,20 +60,16 @@ where
             state.admit(&knobs.scenario, None);
             json_response(
                 StatusCode::OK,
-                serde_json::to_vec(&serde_json::json!({
+                &serde_json::json!({
                     "object": "list",
                     "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "flywheel-mock"}],
-                }))
-                .expect("serialise models"),
+                }),
             )
         }
-        (&Method::GET, "/mock/stats") => json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&state.stats()).expect("serialise stats"),
-        ),
+        (&Method::GET, "/mock/stats") => json_response(StatusCode::OK, &state.stats()),
         (&Method::POST, "/mock/reset") => {
             state.reset();
-            json_response(StatusCode::OK, b"{\"reset\":true}".to_vec())
+            json_bytes(StatusCode::OK, b"{\"reset\":true}".to_vec())
         }
         (&Method::GET, "/health") => Response::new(full(Bytes::from_static(b"ok"))),
         (
@@ -272,10 +268,7 @@ async fn chat(state: &MockState, p: Prepared) -> Resp {
             choices,
             usage: (!k.no_usage).then_some(usage),
         };
-        return json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&body).expect("serialise completion"),
-        );
+        return json_response(StatusCode::OK, &body);
     }
 
     let include_usage = !k.no_usage
@@ -457,10 +450,7 @@ async fn completions(state: &MockState, p: Prepared) -> Resp {
             choices: &choices,
             usage: (!k.no_usage).then_some(usage),
         };
-        return json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&body).expect("serialise completion"),
-        );
+        return json_response(StatusCode::OK, &body);
     }
     let include_usage = !k.no_usage
         && req
@@ -521,15 +511,13 @@ async fn embeddings(state: &MockState, p: Prepared) -> Resp {
     let inputs: Vec<Cow<'_, [u8]>> = match &req.input {
         Value::String(s) => vec![Cow::Borrowed(s.as_bytes())],
         Value::Array(items) if items.first().is_some_and(Value::is_number) => {
-            vec![Cow::Owned(
-                serde_json::to_vec(&req.input).expect("serialise input"),
-            )]
+            vec![Cow::Owned(req.input.to_string().into_bytes())]
         }
         Value::Array(items) if !items.is_empty() => items
             .iter()
             .map(|i| match i {
                 Value::String(s) => Cow::Borrowed(s.as_bytes()),
-                other => Cow::Owned(serde_json::to_vec(other).expect("serialise input")),
+                other => Cow::Owned(other.to_string().into_bytes()),
             })
             .collect(),
         _ => return bad_request("input must be a non-empty string or array", Some("input")),
@@ -564,10 +552,7 @@ async fn embeddings(state: &MockState, p: Prepared) -> Resp {
             total_tokens: tokens,
         },
     };
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).expect("serialise embeddings"),
-    )
+    json_response(StatusCode::OK, &body)
 }
 
 /// Deterministic unit vector derived from an FNV-1a hash of the input, so
@@ -602,7 +587,19 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Resp {
+/// A JSON response; a value that cannot be serialised (a bug) is a 500.
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, bytes),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorBody::new("server_error", format!("cannot serialise the answer: {e}")).to_vec(),
+        ),
+    };
+    json_bytes(status, bytes)
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Resp {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -624,7 +621,7 @@ fn sse_response(body: MockBody) -> Resp {
 /// An OpenAI-style error: `{"error":{"message","type","param","code"}}`,
 /// the envelope the gateway and the engine answer with too.
 pub fn error_response(status: StatusCode, message: &str, kind: &str, param: Option<&str>) -> Resp {
-    json_response(status, ErrorBody::new(kind, message).param(param).to_vec())
+    json_bytes(status, ErrorBody::new(kind, message).param(param).to_vec())
 }
 
 fn bad_request(message: &str, param: Option<&str>) -> Resp {

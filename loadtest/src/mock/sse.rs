@@ -35,8 +35,11 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 /// Appends `data: <json>\n\n`.
 pub fn push_event(buf: &mut BytesMut, value: &impl Serialize) {
     buf.put_slice(b"data: ");
-    // Serialising our own structs into memory cannot fail.
-    serde_json::to_writer((&mut *buf).writer(), value).expect("serialise SSE event");
+    // Serialising our own structs into memory cannot fail; were it to, the
+    // event is an empty object and the client sees a malformed chunk.
+    if serde_json::to_writer((&mut *buf).writer(), value).is_err() {
+        buf.put_slice(b"{}");
+    }
     buf.put_slice(b"\n\n");
 }
 
