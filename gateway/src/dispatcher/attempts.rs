@@ -6,6 +6,10 @@
 //! arrives) is the [`Reader`]'s business; what each attempt tells the plan
 //! is a [`Failed`].
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use std::{
     future::Future,
     time::{Duration, Instant},
@@ -368,7 +372,7 @@ pub async fn send(
     let reason = format!(
         "upstream status {}: {}",
         status.as_u16(),
-        String::from_utf8_lossy(&body[..body.len().min(300)])
+        String::from_utf8_lossy(body.get(..body.len().min(300)).unwrap_or_default())
     );
     Err(if is_retryable(status) {
         Failed::retryable(AttemptOutcome::ErrorStatus, reason).after(wait)

@@ -10,6 +10,10 @@
 //! as a whole before the client sees any of it, so chunks are buffered and
 //! replayed once the answer passed.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -157,6 +161,10 @@ pub async fn run(
     } = streamer;
     match ended {
         Ended::Answered { index, .. } => {
+            #[expect(
+                clippy::indexing_slicing,
+                reason = "the index is the ledger's own, from attempts::run"
+            )]
             let a = &ledger.attempts[index];
             // The answer is the text of every attempt that broke after the
             // client got part of it, then of this one; its prompt is the
@@ -167,6 +175,10 @@ pub async fn run(
                 .filter(|a| a.outcome == AttemptOutcome::MidStreamFailover)
                 .map(|a| a.completion_tokens)
                 .sum();
+            #[expect(
+                clippy::indexing_slicing,
+                reason = "the index is the ledger's own, from attempts::run"
+            )]
             let prompt = ledger.attempts[first_contributor.unwrap_or(index)].prompt_tokens;
             let tokens = (prompt, continued + a.completion_tokens);
             if out.buffered {

@@ -1,5 +1,9 @@
 //! Non-streaming requests: the first acceptable answer wins.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use flywheel_api::headers::Totals;
 use http::StatusCode;
 use serde_json::Value;
@@ -32,6 +36,10 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
             answer: body,
             index,
         } => {
+            #[expect(
+                clippy::indexing_slicing,
+                reason = "the index is the ledger's own, from attempts::run"
+            )]
             let a = &ledger.attempts[index];
             let outcome = Outcome {
                 status: StatusCode::OK,

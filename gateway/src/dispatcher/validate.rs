@@ -1,6 +1,10 @@
 //! Output validation for `response_format`: the answer must parse as JSON
 //! (`json_object`) and, for `json_schema`, conform to the schema.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use flywheel_api::openai::ResponseFormat;
 use serde_json::Value;
 

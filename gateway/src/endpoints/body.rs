@@ -1,6 +1,10 @@
 //! Reading and checking request bodies. Every problem becomes a 4xx that
 //! names the field, so a client can fix its request without guessing.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use std::time::Duration;
 
 use axum::body::Body;

@@ -11,6 +11,10 @@
 //! (inferences still in the write-ahead log included). A repeated
 //! `idempotency_key` stores the feedback once.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use axum::{body::Body, extract::State, Extension, Json};

@@ -1,5 +1,9 @@
 //! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use axum::{
     body::Body,
     extract::State,

@@ -2,6 +2,10 @@
 //! OpenAI-compatible providers send one JSON object per event and end with
 //! `data: [DONE]`.
 
+// Untrusted bytes (client bodies, upstream answers): a malformed input
+// must become an error, never a panic.
+#![deny(clippy::indexing_slicing, clippy::panic)]
+
 use bytes::{Buf, BytesMut};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,10 +32,8 @@ impl SseParser {
             let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
                 return Ok(None);
             };
-            let mut line = &self.buf[..nl];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
+            let line = self.buf.get(..nl).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             let line = std::str::from_utf8(line)?.to_owned();
             self.buf.advance(nl + 1);
             if line.is_empty() {
