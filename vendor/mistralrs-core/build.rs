@@ -73,6 +73,16 @@ fn main() {
 }
 
 fn set_git_revision() {
+    // Not a git checkout of mistral.rs (the published crate, vendored): the revision is
+    // "unknown", as when built from crates.io. Without this, the git command below reports
+    // the enclosing repository's HEAD, and `rerun-if-changed=.git/HEAD` names a file that
+    // does not exist here, which makes cargo rerun this script and rebuild the crate on
+    // every build.
+    if !std::path::Path::new(".git").exists() {
+        println!("cargo:rustc-env=MISTRALRS_GIT_REVISION=unknown");
+        println!("cargo:rerun-if-changed=build.rs");
+        return;
+    }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()

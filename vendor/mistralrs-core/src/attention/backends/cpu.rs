@@ -972,4 +972,103 @@ mod tests {
         }
         Ok(())
     }
+
+    /// Batched decode (q_len == 1, b > 1): every sequence of the batch must get
+    /// the output it gets when run alone, and the attention it would get from a
+    /// plain softmax reference. kv_len spans several tiles of TILE_KV positions
+    /// (the last one partial), K/V are the strided (b, kv_len, heads, d) views
+    /// that `Sdpa::run_attention` passes, and 4 query heads share 2 KV heads.
+    #[test]
+    fn test_flash_attn_cpu_single_q_batch_matches_solo() -> CandleResult<()> {
+        let (b, h, kv_h, d, kv_len) = (3, 4, 2, 8, 3 * TILE_KV + 5);
+        // Deterministic inputs that differ between the sequences of the batch.
+        let data = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
+        };
+        let (q_vec, k_vec, v_vec) = (
+            data(b * h * d, 0.1),
+            data(b * kv_h * kv_len * d, 1.3),
+            data(b * kv_h * kv_len * d, 2.9),
+        );
+        // (b, heads, seq, d) as the attention layers hold them, viewed as (b, seq, heads, d).
+        let q = Tensor::from_vec(q_vec.clone(), (b, h, 1, d), &Device::Cpu)?.transpose(1, 2)?;
+        let k =
+            Tensor::from_vec(k_vec.clone(), (b, kv_h, kv_len, d), &Device::Cpu)?.transpose(1, 2)?;
+        let v =
+            Tensor::from_vec(v_vec.clone(), (b, kv_h, kv_len, d), &Device::Cpu)?.transpose(1, 2)?;
+        let sdpa = SdpaParams {
+            softmax_scale: 1.0 / (d as f32).sqrt(),
+            softcap: None,
+            n_kv_groups: h / kv_h,
+            sliding_window: None,
+            sinks: None,
+        };
+
+        let batched = run_flash_attn_cpu::<f32>(&q, &k, &v, None, &sdpa)?;
+        assert_eq!(batched.dims(), &[b, h, 1, d]);
+        let batched = batched.flatten_all()?.to_vec1::<f32>()?;
+
+        let max_abs_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let mut solos = Vec::new();
+        for b_i in 0..b {
+            let row = &batched[b_i * h * d..(b_i + 1) * h * d];
+            let solo = run_flash_attn_cpu::<f32>(
+                &q.narrow(0, b_i, 1)?,
+                &k.narrow(0, b_i, 1)?,
+                &v.narrow(0, b_i, 1)?,
+                None,
+                &sdpa,
+            )?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+            let diff = max_abs_diff(row, &solo);
+            assert!(
+                diff < EPS,
+                "sequence {b_i} of {b}: max abs diff {diff} from the same sequence run alone"
+            );
+
+            // Plain softmax(q.k * scale) @ v for this sequence.
+            let mut reference = vec![0f32; h * d];
+            for h_i in 0..h {
+                let kv_head = h_i / (h / kv_h);
+                let q_row = &q_vec[(b_i * h + h_i) * d..][..d];
+                let kv_row = |buf: &[f32], pos: usize| -> Vec<f32> {
+                    buf[((b_i * kv_h + kv_head) * kv_len + pos) * d..][..d].to_vec()
+                };
+                let scores: Vec<f32> = (0..kv_len)
+                    .map(|pos| {
+                        let k_row = kv_row(&k_vec, pos);
+                        q_row.iter().zip(&k_row).map(|(x, y)| x * y).sum::<f32>()
+                            * sdpa.softmax_scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f32 = weights.iter().sum();
+                for (pos, w) in weights.iter().enumerate() {
+                    for (o, v) in reference[h_i * d..][..d]
+                        .iter_mut()
+                        .zip(kv_row(&v_vec, pos))
+                    {
+                        *o += w / total * v;
+                    }
+                }
+            }
+            let diff = max_abs_diff(row, &reference);
+            assert!(
+                diff < EPS,
+                "sequence {b_i} of {b}: max abs diff {diff} from the reference attention"
+            );
+            solos.push(solo);
+        }
+        // The sequences really differ, so a batch that gave them all one
+        // sequence's output could not pass.
+        assert!(max_abs_diff(&solos[0], &solos[b - 1]) > 0.01);
+        Ok(())
+    }
 }
