@@ -10,6 +10,10 @@
 //! (each with one attempt row) from the first shipment until the log is
 //! empty.
 
+// A benchmark/test harness: setup failures should fail loudly, so it may
+// unwrap outside #[test] functions (clippy.toml only exempts those).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -487,7 +487,10 @@ impl Task {
         };
         let mut next = groups.first().map(|g| prepare(g));
         for (i, group) in groups.iter().enumerate() {
-            let mut pending = next.take().expect("started");
+            // Started before the loop or by the previous iteration.
+            let Some(mut pending) = next.take() else {
+                break;
+            };
             let prepared = (&mut pending.0).await??;
             next = groups.get(i + 1).map(|g| prepare(g));
             self.ship_group(group, prepared).await?;

@@ -1,5 +1,9 @@
 //! Shipper tests against a real ClickHouse: outage, recovery, replays.
 
+// A benchmark/test harness: setup failures should fail loudly, so it may
+// unwrap outside #[test] functions (clippy.toml only exempts those).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 mod common;
 
 use std::{fs, sync::Arc, time::Duration};

@@ -131,6 +131,10 @@ impl Store {
     ///
     /// Panics if the database name is not a plain identifier (it is
     /// interpolated into DDL); [`Store::try_new`] returns an error instead.
+    #[allow(
+        clippy::expect_used,
+        reason = "documented panic for fixed names; try_new returns the error"
+    )]
     pub fn new(cfg: &StoreConfig) -> Store {
         Self::try_new(cfg).expect("valid database name")
     }

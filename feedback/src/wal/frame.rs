@@ -62,8 +62,13 @@ fn decode_at(buf: &[u8], pos: usize) -> Decoded {
     let Some(header) = buf.get(pos..pos + FRAME_HEADER_LEN) else {
         return Decoded::Incomplete;
     };
-    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
-    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let Ok(&[l0, l1, l2, l3, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7]) =
+        <&[u8; FRAME_HEADER_LEN]>::try_from(header)
+    else {
+        return Decoded::Incomplete;
+    };
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let crc = u32::from_le_bytes([c0, c1, c2, c3]);
     if len > MAX_PAYLOAD_LEN {
         return Decoded::Invalid;
     }
@@ -72,15 +77,15 @@ fn decode_at(buf: &[u8], pos: usize) -> Decoded {
         return Decoded::Incomplete;
     };
     let mut h = crc32fast::Hasher::new();
-    h.update(&header[0..4]);
-    h.update(&header[8..16]);
+    h.update(&[l0, l1, l2, l3]);
+    h.update(&[t0, t1, t2, t3, t4, t5, t6, t7]);
     h.update(payload);
     if h.finalize() != crc {
         return Decoded::Invalid;
     }
     Decoded::Frame(Frame {
         offset: pos,
-        ts_ms: u64::from_le_bytes(header[8..16].try_into().unwrap()),
+        ts_ms: u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
         payload_start,
         payload_end: payload_start + len,
     })
