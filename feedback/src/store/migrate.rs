@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tuner",
         sql: include_str!("../../migrations/0004_tuner.sql"),
     },
+    Migration {
+        version: 5,
+        name: "canary",
+        sql: include_str!("../../migrations/0005_canary.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.
