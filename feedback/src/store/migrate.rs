@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "canary",
         sql: include_str!("../../migrations/0005_canary.sql"),
     },
+    Migration {
+        version: 6,
+        name: "shadow",
+        sql: include_str!("../../migrations/0006_shadow.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.
