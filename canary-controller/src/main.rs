@@ -204,6 +204,11 @@ struct CreateArgs {
     /// Graded requests per arm before anything but a rollback.
     #[arg(long, default_value_t = 100)]
     min_samples: u64,
+    /// Graded requests (quality) or requests (cost) per arm before a proven
+    /// quality or cost regression rolls back (smaller samples have
+    /// unreliable variances; error rates need no minimum).
+    #[arg(long, default_value_t = 10)]
+    min_rollback_samples: u64,
     /// Minimum time on a step before a promotion, s.
     #[arg(long, default_value_t = 3600)]
     min_step_secs: u64,
@@ -498,6 +503,7 @@ fn spec_of(args: &CreateArgs) -> anyhow::Result<Spec> {
             primary_margin: args.primary_margin,
             quality_margin: args.quality_margin,
             min_samples_per_arm: args.min_samples,
+            min_rollback_samples: args.min_rollback_samples,
             min_step_secs: args.min_step_secs,
             max_step_secs: args.max_step_secs,
             srm_threshold: args.srm_threshold,
