@@ -39,7 +39,8 @@ use crate::{
 };
 
 /// Ended experiments are looked at (to write their final weights once)
-/// for this long after their last change.
+/// for this long after their last change, unless a newer experiment on the
+/// same route supersedes them.
 const ENDED_LOOKBACK_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Debug, Clone)]
@@ -153,8 +154,25 @@ impl Controller {
         };
         report.redis_down = !redis_up;
         let now = now_ms();
+        // The newest experiment of each route: an ended experiment's final
+        // weights are written only while no newer one owns the route.
+        let mut newest: std::collections::HashMap<&str, (u64, &str)> = Default::default();
+        for e in &experiments {
+            let slot = newest.entry(e.route.as_str()).or_insert((0, ""));
+            if (e.created_ms, e.id.as_str()) >= (slot.0, slot.1) {
+                *slot = (e.created_ms, e.id.as_str());
+            }
+        }
+        let superseded: std::collections::HashSet<String> = experiments
+            .iter()
+            .filter(|e| newest.get(e.route.as_str()).is_some_and(|n| n.1 != e.id))
+            .map(|e| e.id.clone())
+            .collect();
         for exp in experiments {
-            if !exp.status.is_active() && now.saturating_sub(exp.updated_ms) > ENDED_LOOKBACK_MS {
+            if !exp.status.is_active()
+                && (now.saturating_sub(exp.updated_ms) > ENDED_LOOKBACK_MS
+                    || superseded.contains(&exp.id))
+            {
                 continue;
             }
             let id = exp.id.clone();
