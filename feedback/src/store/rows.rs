@@ -54,6 +54,11 @@ pub struct InferenceRow {
     pub attempt_count: u32,
     pub request_body: String,
     pub response_body: String,
+    /// A canary mirror (migration 0006), never returned nor billed.
+    pub shadow: bool,
+    /// The served request's id on both halves of a mirrored pair; empty
+    /// otherwise.
+    pub pair_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -351,6 +356,8 @@ impl InferenceRow {
             attempt_count: attempts.len() as u32,
             request_body: apply_bodies_owned(e.request_body, bodies),
             response_body: apply_bodies_owned(e.response_body, bodies),
+            shadow: e.shadow,
+            pair_id: e.pair_id.unwrap_or_default(),
         };
         (row, attempts)
     }
@@ -524,6 +531,8 @@ mod tests {
             ],
             request_body: Some(r#"{"messages":[{"role":"user","content":"x"}]}"#.into()),
             response_body: None,
+            shadow: true,
+            pair_id: Some("served".into()),
         };
         for bodies in [
             BodiesPolicy::Store,
@@ -562,6 +571,7 @@ mod tests {
                 (1, 1, true, 2)
             );
             assert_eq!(row.validation, validation_code(Validation::Passed));
+            assert_eq!((row.shadow, row.pair_id.as_str()), (true, "served"));
             assert_eq!(
                 row.request_body,
                 apply_bodies(e.request_body.as_deref(), bodies)
