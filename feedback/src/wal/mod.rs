@@ -54,9 +54,9 @@ use std::{
 };
 
 use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{config::FsyncPolicy, event::Record};
+use crate::event::Record;
 
 const SEGMENT_EXT: &str = "wal";
 const MARKER_EXT: &str = "shipping";
@@ -100,6 +100,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     move |source| WalError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// When the write-ahead log calls `fsync`.
+///
+/// Every append is written to the file (the page cache) before it returns,
+/// so a killed process (SIGKILL, panic) loses nothing under any policy;
+/// fsync only matters for a kernel crash or power loss.
+///
+/// TOML: `fsync = "always"`, `fsync = "never"`, `fsync = { interval_ms = 100 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync each append batch before `append` returns (slowest, safest).
+    Always,
+    /// A background thread fsyncs the active segment every N ms when it
+    /// has unsynced data: at most N ms of events lost on power loss.
+    IntervalMs(u64),
+    /// Never fsync (the OS writes back eventually); sealed segments are not
+    /// synced either.
+    Never,
+}
+
+impl Default for FsyncPolicy {
+    fn default() -> Self {
+        Self::IntervalMs(100)
     }
 }
 
