@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::{
     error::{Context, Error, Result},
-    fetch,
     gguf::{Arch, Hparams, Meta},
+    hash,
     tokenizer::{build_tokenizer_json, tokenizer_config_json, GgufVocab},
     ModelId,
 };
@@ -489,12 +489,12 @@ fn gguf_sha256(gguf: &Path, given: Option<&str>) -> Result<(String, u64)> {
     if let Some(sha) = given {
         return Ok((sha.to_ascii_lowercase(), size));
     }
-    if let Some((sha, marker_size)) = fetch::read_marker(gguf) {
+    if let Some((sha, marker_size)) = hash::read_marker(gguf) {
         if marker_size == size {
             return Ok((sha, size));
         }
     }
-    Ok((fetch::sha256_file(gguf)?, size))
+    Ok((hash::sha256_file(gguf)?, size))
 }
 
 /// [`convert`] with options.
