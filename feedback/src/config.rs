@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     shipper::{BodiesPolicy, ShipperConfig},
-    store::{Store, StoreConfig},
+    store::{Store, StoreConfig, StoreError},
     wal::{FsyncPolicy, WalConfig},
 };
 
@@ -87,8 +87,10 @@ impl CaptureConfig {
         }
     }
 
-    pub fn store(&self) -> Store {
-        Store::new(&self.store_config())
+    /// The store of this config; an error if `database` is not a plain
+    /// identifier.
+    pub fn store(&self) -> Result<Store, StoreError> {
+        Store::try_new(&self.store_config())
     }
 
     pub fn shipper_config(&self) -> ShipperConfig {

@@ -567,11 +567,11 @@ impl Task {
                 self.cfg.bodies,
             )))
         };
-        let mut next = groups.first().map(|g| prepare(g));
-        for (i, group) in groups.iter().enumerate() {
-            let mut pending = next.take().expect("started");
+        let mut groups = groups.iter();
+        let mut next = groups.next().map(|g| (g, prepare(g)));
+        while let Some((group, mut pending)) = next.take() {
             let prepared = (&mut pending.0).await??;
-            next = groups.get(i + 1).map(|g| prepare(g));
+            next = groups.next().map(|g| (g, prepare(g)));
             self.ship_group(group, prepared).await?;
         }
         Ok(())
