@@ -330,17 +330,19 @@ fn config_json(
         "use_cache": true,
         "torch_dtype": "float32",
     });
-    let obj = cfg.as_object_mut().expect("object");
-    match hp.arch {
-        Arch::Llama => {
-            obj.insert("attention_bias".into(), json!(bias));
-            obj.insert("mlp_bias".into(), json!(false));
-            obj.insert("pretraining_tp".into(), json!(1));
-        }
-        Arch::Qwen2 => {
-            obj.insert("use_sliding_window".into(), json!(false));
-            obj.insert("sliding_window".into(), json!(null));
-            obj.insert("max_window_layers".into(), json!(hp.n_layer));
+    // A literal object: `as_object_mut` is always `Some`.
+    if let Some(obj) = cfg.as_object_mut() {
+        match hp.arch {
+            Arch::Llama => {
+                obj.insert("attention_bias".into(), json!(bias));
+                obj.insert("mlp_bias".into(), json!(false));
+                obj.insert("pretraining_tp".into(), json!(1));
+            }
+            Arch::Qwen2 => {
+                obj.insert("use_sliding_window".into(), json!(false));
+                obj.insert("sliding_window".into(), json!(null));
+                obj.insert("max_window_layers".into(), json!(hp.n_layer));
+            }
         }
     }
     cfg

