@@ -115,13 +115,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .await;
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("report.md"), report.to_markdown())?;
-        std::fs::write(out.join("report.json"), report.to_json())?;
+        std::fs::write(out.join("report.json"), report.to_json()?)?;
         print!("{}", report.to_markdown());
         if let Some(store) = &store {
             // Idempotent; creates eval_results on a database the capture never migrated.
             store.migrate().await.context("migrating ClickHouse")?;
             store
-                .insert_rows("eval_results", &report.rows())
+                .insert_rows("eval_results", &report.rows()?)
                 .await
                 .context("storing eval_results")?;
             println!(
