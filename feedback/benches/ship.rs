@@ -10,6 +10,10 @@
 //! (each with one attempt row) from the first shipment until the log is
 //! empty.
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

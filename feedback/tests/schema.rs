@@ -2,6 +2,10 @@
 //! with every column set (validation is off on 18.16, so a Rust/ClickHouse
 //! type mismatch would corrupt silently), and migrations are idempotent.
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

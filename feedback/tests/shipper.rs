@@ -1,5 +1,9 @@
 //! Shipper tests against a real ClickHouse: outage, recovery, replays.
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::{fs, sync::Arc, time::Duration};

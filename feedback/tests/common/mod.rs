@@ -2,6 +2,9 @@
 //! `scripts/services.sh start`; each test gets its own database so tests
 //! run in parallel.
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::{
@@ -32,12 +35,13 @@ pub fn fresh_db(tag: &str) -> String {
 }
 
 pub fn store_for(db: &str) -> Store {
-    Store::new(&StoreConfig {
+    Store::try_new(&StoreConfig {
         url: clickhouse_url(),
         database: db.into(),
         user: None,
         password: None,
     })
+    .unwrap()
 }
 
 /// A store on a fresh, migrated database.
@@ -69,12 +73,13 @@ pub fn unreachable_store(db: &str) -> Store {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    Store::new(&StoreConfig {
+    Store::try_new(&StoreConfig {
         url: format!("http://127.0.0.1:{port}"),
         database: db.into(),
         user: None,
         password: None,
     })
+    .unwrap()
 }
 
 pub fn uuid() -> String {
