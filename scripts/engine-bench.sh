@@ -39,10 +39,20 @@ if [ "${SKIP_MISTRALRS:-0}" != 1 ]; then
 fi
 
 if [ "${SKIP_LLAMA:-0}" != 1 ]; then
-  if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-    log "installing llama-cpp-python 0.3.36 into $LLAMA_VENV (compiles llama.cpp: several minutes)"
+  # Built with explicit kernels, not -march=native: a native build of 0.3.36
+  # crashed at the first token on this kind of VM (general protection fault
+  # in libggml-cpu's AVX-512/AMX path). AVX2 + FMA + F16C runs on every
+  # machine of this kind; --no-cache-dir keeps pip from reusing a native
+  # wheel it built before. The marker file records the flags the venv has.
+  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp' 2>/dev/null \
+     || [ "$(cat "$LLAMA_VENV/.ggml-flags" 2>/dev/null)" != "$LLAMA_FLAGS" ]; then
+    log "installing llama-cpp-python 0.3.36 into $LLAMA_VENV (compiles llama.cpp, AVX2 kernels: several minutes)"
+    rm -rf "$LLAMA_VENV"
     python3 -m venv "$LLAMA_VENV"
-    "$LLAMA_VENV/bin/pip" install --quiet --disable-pip-version-check llama-cpp-python==0.3.36
+    CMAKE_ARGS="$LLAMA_FLAGS" "$LLAMA_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==0.3.36
+    echo "$LLAMA_FLAGS" >"$LLAMA_VENV/.ggml-flags"
   fi
   for prompt in short long; do
     for c in 1 8; do

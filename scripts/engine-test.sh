@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 build_engine
 export CARGO_TARGET_DIR="$ENGINE_TARGET_DIR"
+# The vendored mistralrs-core's CPU attention kernel tests, among them the batched-decode
+# regression test (vendor/PATCHES.md). Selecting flywheel-engine too keeps the engine's
+# dependency features, so only the test harness is compiled (~2 min on 2 cores).
+log "testing the vendored mistralrs-core's CPU attention kernel"
+cargo test --release $(locked_flag) -p mistralrs-core -p flywheel-engine --lib attention::backends::cpu::
 log "testing flywheel-engine"
 # Test binaries each start their own engine; two at once is plenty on 2 cores.
 cargo test --release $(locked_flag) -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"

@@ -42,9 +42,19 @@ build_release() {
   log "building the workspace (release, all targets, target dir $CARGO_TARGET_DIR)"
   cargo build --release $(locked_flag) --all-targets
 }
+# The engine's own code must build without warnings (clippy would re-check
+# all of mistral.rs, ~15 minutes on a fresh machine): cargo replays the
+# warnings of cached crates, so this holds on warm builds too.
 build_engine() {
   log "building flywheel-engine (release, all targets, target dir $ENGINE_TARGET_DIR)"
-  CARGO_TARGET_DIR="$ENGINE_TARGET_DIR" cargo build --release $(locked_flag) -p flywheel-engine --all-targets
+  local out; out=$(mktemp)
+  CARGO_TARGET_DIR="$ENGINE_TARGET_DIR" cargo build --release $(locked_flag) -p flywheel-engine --all-targets 2>&1 | tee "$out" >&2
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then rm -f "$out"; return "$rc"; fi
+  if grep -q '^warning: `flywheel-engine`' "$out"; then
+    rm -f "$out"; echo "flywheel-engine builds with warnings (see above)" >&2; return 1
+  fi
+  rm -f "$out"
 }
 
 # Starts a binary that prints `listening on ADDR` first; sets $ADDR.

@@ -2,8 +2,8 @@
 # Style that CI enforces: rustfmt (nightly, for the import-grouping options
 # of rustfmt.toml) and clippy with every warning an error, on every crate
 # but the engine, whose mistral.rs dependency would add ~15 minutes of
-# checking on a fresh machine (the engine is built with -D warnings
-# instead: scripts/engine-test.sh).
+# checking on a fresh machine (scripts/engine-test.sh fails instead when
+# the engine's own code builds with any warning).
 #
 #   scripts/lint.sh          check
 #   scripts/lint.sh --fix    format in place first

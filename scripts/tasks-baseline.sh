@@ -12,10 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 LIMIT="${LIMIT:-20}"
-# One request at a time: mistral.rs 0.8.1 decodes concurrent requests in a
-# batch whose greedy answers differ from (and here score worse than) the same
-# requests alone (extraction, 10 items, temperature 0: 0.53 at concurrency 4
-# against 0.76 at 1), and on 2 cores the batch is not faster either.
+# One request at a time, as the published numbers were measured (BENCHMARKS
+# §4/§5; they predate the batched-decode fix of vendor/PATCHES.md, which
+# makes concurrent answers equal to solo ones). On 2 cores a batch is not
+# faster either.
 CONCURRENCY="${CONCURRENCY:-1}"
 MAX_TOKENS="${MAX_TOKENS:-128}"
 SEED="${SEED:-1}"

@@ -65,11 +65,10 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DType,
     /// Most sequences decoded together per version (mistral.rs max_num_seqs).
-    /// Keep 1: mistral.rs 0.8.1 on the CPU mixes the content of sequences
-    /// decoded in one batch (another request's text appears in an answer;
-    /// engine test `concurrent_requests_get_their_own_answers`). With 1,
-    /// concurrent requests queue and each is decoded alone.
-    #[arg(long, default_value_t = 1)]
+    /// Batched answers equal the ones given alone (engine test
+    /// `concurrent_requests_get_their_own_answers`; mistral.rs 0.8.1 needed
+    /// the fix in vendor/PATCHES.md for that). 1 decodes one request at a time.
+    #[arg(long, default_value_t = 32)]
     max_seqs: usize,
     /// Sequences kept in mistral.rs's prefix cache per version (0: off).
     #[arg(long, default_value_t = 16)]

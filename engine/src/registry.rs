@@ -32,9 +32,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub dtype: ModelDType,
-    /// Most sequences one version runs at once (mistral.rs `max_num_seqs`).
-    /// 1 by default: batched sequences contaminate each other in mistral.rs
-    /// 0.8.1 on the CPU (see the `--max-seqs` help).
+    /// Most sequences one version decodes in one batch (mistral.rs
+    /// `max_num_seqs`); the same default as `--max-seqs`.
     pub max_seqs: usize,
     /// Sequences kept in mistral.rs's prefix cache; 0 disables it.
     pub prefix_cache_n: usize,
@@ -46,7 +45,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             dtype: ModelDType::F32,
-            max_seqs: 1,
+            max_seqs: 32,
             prefix_cache_n: 16,
             force_cpu: false,
         }

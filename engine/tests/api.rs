@@ -71,13 +71,31 @@ async fn chat_stream_ends_with_usage_then_done() {
     assert_eq!(text, content(&v));
 }
 
-/// Concurrent requests get the answers they get alone. mistral.rs 0.8.1 on the
-/// CPU mixes the content of sequences decoded in one batch (with
-/// `--max-seqs 32`, a haiku's answer contained another request's JSON), so the
-/// engine decodes one sequence at a time by default; this test keeps it so.
+/// Concurrent requests get the answers they get alone, decoded together in one
+/// batch. mistral.rs 0.8.1's CPU decode kernel gave every sequence of a batch
+/// the attention output of the batch's last sequence (a haiku's answer
+/// contained another request's JSON); `vendor/PATCHES.md` has the fix. Short
+/// prompts of equal and of different lengths and two long ones (several
+/// hundred tokens, so many KV tiles), greedy, sent together several rounds in
+/// a different order each time so that each request takes other places in
+/// the batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_their_own_answers() {
-    let http = engine().client();
+    const ROUNDS: usize = 5;
+    // Its own engine, batched explicitly whatever the default.
+    let dir = smollm2_dir();
+    let engine = Engine::spawn(
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--name",
+            "base",
+            "--max-seqs",
+            "32",
+        ],
+        &[],
+    );
+    let http = engine.client();
     let ask = |content: &str, format: Value| {
         let mut body = json!({
             "model": "base",
@@ -90,39 +108,67 @@ async fn concurrent_requests_get_their_own_answers() {
         }
         body
     };
+    let long = |subject: &str| {
+        let facts: String = (1..=40)
+            .map(|i| format!("Fact {i}: {subject} number {i} lives in zone {}.\n", i % 13))
+            .collect();
+        format!("{facts}In which zone does {subject} number 17 live?")
+    };
+    let json_object = json!({"type": "json_object"});
     let bodies = [
-        ask(
-            "Extract the name and age as JSON: 'Alice is 31 years old.'",
-            json!({"type": "json_object"}),
-        ),
-        france(json!({})),
+        ask("What is the capital of France?", Value::Null),
+        ask("What is the capital of Spain?", Value::Null),
+        ask("What is the capital of Italy?", Value::Null),
         ask("Write a haiku about the sea.", Value::Null),
         ask(
-            "Give me a JSON object describing a cat.",
-            json!({"type": "json_object"}),
+            "Extract the name and age as JSON: 'Alice is 31 years old.'",
+            json_object.clone(),
         ),
+        ask("Give me a JSON object describing a cat.", json_object),
+        ask(&long("cat"), Value::Null),
+        ask(&long("dog"), Value::Null),
     ];
+    let n = bodies.len();
     let mut alone = Vec::new();
     for b in &bodies {
         let (status, v) = http.post("/v1/chat/completions", b).await;
         assert_eq!(status, 200, "{v}");
         alone.push(content(&v));
-    }
-    for round in 0..2 {
-        let together = futures_util::future::join_all(bodies.iter().map(|b| {
-            let http = http.clone();
-            async move { http.post("/v1/chat/completions", b).await }
-        }))
-        .await;
-        for (i, (status, v)) in together.iter().enumerate() {
-            assert_eq!(*status, 200, "{v}");
-            assert_eq!(
-                content(v),
-                alone[i],
-                "round {round}, request {i}: concurrent answer differs from the one alone"
-            );
+        if b["messages"][0]["content"].as_str().unwrap().len() > 1000 {
+            let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+            assert!(prompt_tokens > 400, "long prompt of {prompt_tokens} tokens");
         }
     }
+    let mut differ = Vec::new();
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..n).map(|i| (i + 3 * round) % n).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let together = futures_util::future::join_all(order.iter().map(|&i| {
+            let http = http.clone();
+            let body = &bodies[i];
+            async move { (i, http.post("/v1/chat/completions", body).await) }
+        }))
+        .await;
+        for (i, (status, v)) in together {
+            assert_eq!(status, 200, "{v}");
+            let text = content(&v);
+            if text != alone[i] {
+                differ.push(format!(
+                    "round {round}, request {i}: {text:?} (alone: {:?})",
+                    alone[i]
+                ));
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} concurrent answers differ from the ones given alone:\n{}",
+        differ.len(),
+        ROUNDS * n,
+        differ.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,10 @@
 //! profile and target directory), so `cargo test` must build them first:
 //! the README's test command does (`cargo build --release --bins`).
 
+// A test harness: a failed setup step should fail the test loudly, so it
+// may unwrap and sleep (clippy.toml only exempts #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,

@@ -121,7 +121,9 @@ pub fn merged_weights(model: &CausalLm) -> anyhow::Result<HashMap<String, Tensor
     let mut out = HashMap::new();
     for (i, layer) in model.layers.iter().enumerate() {
         for name in crate::lora::ALL_TARGETS {
-            let p = layer.proj(name).unwrap();
+            let p = layer
+                .proj(name)
+                .ok_or_else(|| anyhow::anyhow!("layer {i} has no projection {name}"))?;
             if p.lora.is_some() {
                 out.insert(
                     format!("model.layers.{i}.{}.{name}.weight", module_group(name)),

@@ -164,7 +164,10 @@ impl LoraLinear {
                     dev,
                 )?;
                 let b = Var::zeros((out, cfg.rank), DType::F32, dev)?;
-                let mut data = varmap.data().lock().unwrap();
+                let mut data = varmap
+                    .data()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 data.insert(name_a, a.clone());
                 data.insert(name_b, b.clone());
                 Some(LoraAdapter {
@@ -203,7 +206,7 @@ impl LoraLinear {
         };
         // 2-D matmuls against the transposed (strided) factors: a 3-D `broadcast_matmul`
         // would materialise A^T and B^T once per batch row on every call.
-        let in_dim = *x.dims().last().unwrap();
+        let in_dim = x.dims().last().copied().unwrap_or(1);
         let x2 = xin.reshape(((), in_dim))?;
         let h = x2.matmul(&l.a.as_tensor().t()?)?;
         let d = h.matmul(&l.b.as_tensor().t()?)?;

@@ -191,7 +191,9 @@ impl CausalLm {
         for i in 0..cfg.num_hidden_layers {
             let lp = format!("model.layers.{i}");
             let mut mk = |group: &str, name: &str, bias: bool| -> anyhow::Result<LoraLinear> {
-                let (out, inp) = cfg.proj_shape(name).unwrap();
+                let (out, inp) = cfg
+                    .proj_shape(name)
+                    .ok_or_else(|| anyhow::anyhow!("unknown projection {name}"))?;
                 let w = vb.get((out, inp), &format!("{lp}.{group}.{name}.weight"))?;
                 let b = if bias {
                     Some(vb.get(out, &format!("{lp}.{group}.{name}.bias"))?)
@@ -244,7 +246,11 @@ impl CausalLm {
 
     /// The LoRA variables sorted by name (a stable order for the optimizer and checkpoints).
     pub fn lora_vars(&self) -> Vec<(String, candle_core::Var)> {
-        let data = self.varmap.data().lock().unwrap();
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

@@ -121,7 +121,9 @@ impl CustomOp1 for FrozenMatmul {
             candle_core::bail!("frozen-matmul: input must be contiguous");
         }
         let dims = layout.dims();
-        let k = *dims.last().unwrap();
+        let Some(&k) = dims.last() else {
+            candle_core::bail!("frozen-matmul: input has no dimensions");
+        };
         let m = layout.shape().elem_count() / k.max(1);
         let (out, inp) = self.w.dims2()?;
         if inp != k {
@@ -151,7 +153,9 @@ impl CustomOp1 for FrozenMatmul {
             storage.matmul(ws, (1, m, out, k), &x_l, &wt_l)?
         };
         let mut shape = dims.to_vec();
-        *shape.last_mut().unwrap() = out;
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
         Ok((res, shape.into()))
     }
 
@@ -159,7 +163,9 @@ impl CustomOp1 for FrozenMatmul {
         let (out, inp) = self.w.dims2()?;
         let mut shape = grad.dims().to_vec();
         let m = grad.elem_count() / out;
-        *shape.last_mut().unwrap() = inp;
+        if let Some(last) = shape.last_mut() {
+            *last = inp;
+        }
         let g = grad.contiguous()?.reshape((m, out))?.matmul(&self.w)?;
         Ok(Some(g.reshape(shape)?))
     }

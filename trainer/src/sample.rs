@@ -269,7 +269,8 @@ pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> (u32
         }
         u -= p;
     }
-    let i = *idx.last().unwrap();
+    // Rounding left u above zero: the last candidate takes the rest.
+    let i = idx.last().copied().unwrap_or(0);
     (i, logp(i as usize))
 }
 

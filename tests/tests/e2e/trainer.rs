@@ -97,8 +97,10 @@ async fn trainer_greedy_tokens_match_the_engine() {
 #[tokio::test]
 async fn trained_and_merged_checkpoint_deploys_and_answers() {
     let engine = start_engine();
-    let mut cfg = TrainerConfig::default();
-    cfg.num_generations = 2;
+    let mut cfg = TrainerConfig {
+        num_generations: 2,
+        ..TrainerConfig::default()
+    };
     cfg.sampling.max_new_tokens = 8;
     cfg.optim.lr = 1e-2;
     let mut trainer = Trainer::new(model_dir(), cfg).unwrap();
