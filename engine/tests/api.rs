@@ -171,8 +171,36 @@ async fn concurrent_requests_get_their_own_answers() {
     );
 }
 
+/// Whitespace outside JSON strings in `text` (the engine's constrained output is one-line
+/// JSON with `", "` and `": "` separators): the longest run of it.
+fn longest_ws_run_outside_strings(text: &str) -> usize {
+    let (mut in_str, mut escaped, mut run, mut longest) = (false, false, 0, 0);
+    for c in text.chars() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+            in_str = c == '"';
+        }
+    }
+    longest
+}
+
+/// A constrained JSON answer stops right after its object closes (`finish_reason: "stop"`,
+/// not `"length"` with the rest of `max_tokens` spent on invisible end-of-text tokens), and
+/// it is one-line JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_schema_output_validates() {
+async fn json_schema_output_validates_and_stops() {
     let http = engine().client();
     let schema = json!({
         "type": "object",
@@ -180,22 +208,57 @@ async fn json_schema_output_validates() {
         "required": ["name", "age"],
         "additionalProperties": false
     });
+    let max_tokens = 48;
     let body = json!({
         "model": "base",
         "messages": [{"role": "user", "content": "Extract the name and age as JSON with keys name and age: 'Alice is 31 years old.'"}],
         "temperature": 0,
-        "max_tokens": 48,
+        "max_tokens": max_tokens,
         "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}}
     });
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
+    assert_shape("CreateChatCompletionResponse", &v);
     let text = content(&v);
     let parsed: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
     let validator = jsonschema::validator_for(&schema).unwrap();
     assert!(validator.is_valid(&parsed), "{parsed} does not validate");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(
+        !text.contains('\n') && longest_ws_run_outside_strings(&text) <= 1,
+        "not one-line JSON: {text:?}"
+    );
+    // Counted: the object's tokens and the end-of-turn token, far fewer than max_tokens.
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((5..max_tokens).contains(&completion), "{v}");
 
-    // json_object: any JSON object.
+    // Sampled at the default temperature (where runs of dozens of spaces used to appear),
+    // with a schema whose every answer fits in max_tokens: it stops, one-line, each time.
+    let bounded = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"],
+        "additionalProperties": false
+    });
+    for _ in 0..3 {
+        let body = json!({
+            "model": "base",
+            "messages": [{"role": "user", "content": "Alice is 31 years old. Give her name and age as JSON."}],
+            "max_tokens": 64,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": bounded}}
+        });
+        let (status, v) = http.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+        let text = content(&v);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let parsed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert!(jsonschema::is_valid(&bounded, &parsed), "{text:?}");
+        assert!(longest_ws_run_outside_strings(&text) <= 1, "{text:?}");
+    }
+
+    // json_object: any JSON object, one-line as well.
     let body = json!({
         "model": "base",
         "messages": [{"role": "user", "content": "Give me a JSON object describing a cat."}],
@@ -206,13 +269,28 @@ async fn json_schema_output_validates() {
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let text = content(&v);
+    assert!(text.starts_with('{'), "{text:?}");
+    assert!(longest_ws_run_outside_strings(&text) <= 1, "{text:?}");
     if v["choices"][0]["finish_reason"] == "stop" {
         let parsed: Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
         assert!(parsed.is_object());
     } else {
-        assert!(text.trim_start().starts_with('{'), "{text:?}");
+        // A long object may run into max_tokens; it is then a cut, not a stop.
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 48, "{v}");
     }
+}
+
+#[test]
+fn whitespace_runs_are_measured_outside_strings() {
+    assert_eq!(
+        longest_ws_run_outside_strings(r#"{"a": "x    y", "b": 1}"#),
+        1
+    );
+    assert_eq!(longest_ws_run_outside_strings("{\"a\":    1}"), 4);
+    assert_eq!(longest_ws_run_outside_strings(r#"{"a\"  ": 2}"#), 1);
+    assert_eq!(longest_ws_run_outside_strings("{\n  \"a\": 1}"), 3);
 }
 
 /// Every answer shape validates against OpenAI's published schema
