@@ -332,6 +332,8 @@ async fn responses_have_openai_shapes() {
         if body["n"] == 2 {
             let top = &v["choices"][0]["logprobs"]["content"][0]["top_logprobs"];
             assert!(top[0]["token"].is_string(), "{v}");
+            // The token id, as an extension field.
+            assert!(top[0]["token_id"].is_u64(), "{v}");
         }
 
         for include_usage in [false, true] {

@@ -12,7 +12,8 @@
 //! * a choice's `logprobs` is `{"content": [...]}` without the required `refusal`, and a
 //!   stream chunk's is one bare token logprob instead of `{"content": [..], "refusal": ..}`;
 //! * a top logprob is `{"token": <id>, "bytes": "<text>"}` where the schema has the token's
-//!   text and its UTF-8 bytes as integers.
+//!   text and its UTF-8 bytes as integers. The id stays, as the extension field `token_id`
+//!   (the schema allows extra fields; the trainer's tests compare token ids with it).
 //!
 //! `tests/fixtures/openai-response-shapes.json` holds the schema these are tested against.
 
@@ -40,6 +41,7 @@ fn top_logprob(t: &TopLogprob) -> Value {
         "token": text,
         "logprob": logprob_value(t.logprob),
         "bytes": t.bytes.as_ref().map(|s| s.as_bytes().to_vec()),
+        "token_id": t.token,
     })
 }
 
@@ -255,7 +257,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
-                "top_logprobs": [{"token": "é", "logprob": -9999.0, "bytes": [195, 169]}]}],
+                "top_logprobs": [{"token": "é", "logprob": -9999.0, "bytes": [195, 169], "token_id": 7}]}],
                 "refusal": null})
         );
         assert_eq!(
