@@ -5,8 +5,8 @@
 //! # Rules, in order
 //!
 //! 1. **No traffic** in either arm → hold.
-//! 2. **Critical guardrail** → roll back at once (no minimum samples or
-//!    duration: the bounds are always valid). A guardrail is critical when
+//! 2. **Critical guardrail** → roll back at once (no minimum duration and
+//!    no `min_samples_per_arm`: the bounds are always valid). A guardrail is critical when
 //!    the candidate is significantly worse (always-valid lower bound of
 //!    the increase above 0; for latency the Hodges-Lehmann lower bound of
 //!    the shift) **and** the estimated increase exceeds the critical
@@ -14,7 +14,12 @@
 //! 3. **Quality regression**: the always-valid upper bound of the quality
 //!    difference is below `−quality_margin` (the candidate is proven worse)
 //!    → roll back. Quality is the guardrail of quality per dollar: a cheap
-//!    model with poor answers has a fine ratio and must not ship.
+//!    model with poor answers has a fine ratio and must not ship. Needs
+//!    `min_rollback_samples` graded requests per arm: the bounds are
+//!    asymptotic in the estimated variance, and two or three equal scores
+//!    have a sample variance of 0 (two failures of a good candidate would
+//!    otherwise be a "certain" regression). The cost-per-request guardrail
+//!    needs as many requests per arm to be critical, for the same reason.
 //! 4. **Sample-ratio mismatch** → hold (the comparison cannot be trusted).
 //! 5. **No data**: fewer than two graded requests in an arm, or no
 //!    positive mean cost → hold. Missing quality is never read as zero
@@ -130,6 +135,11 @@ pub struct Settings {
     pub quality_margin: f64,
     /// Graded requests per arm before anything but a rollback.
     pub min_samples_per_arm: u64,
+    /// Graded requests (quality) or requests (cost per request) per arm
+    /// before their regression can roll back: below it the sample variance
+    /// is too unreliable for the asymptotic bounds (rates are smoothed and
+    /// latencies need [`MIN_LATENCY_SAMPLES`] instead).
+    pub min_rollback_samples: u64,
     pub min_step_secs: u64,
     pub max_step_secs: u64,
     /// Sample-ratio mismatch below this p-value.
@@ -149,6 +159,7 @@ impl Default for Settings {
             primary_margin: 0.0,
             quality_margin: 0.0,
             min_samples_per_arm: 100,
+            min_rollback_samples: 10,
             min_step_secs: 3600,
             max_step_secs: 72 * 3600,
             srm_threshold: srm::DEFAULT_THRESHOLD,
@@ -166,7 +177,7 @@ pub enum SettingsError {
     NStar(f64),
     #[error("margins must be finite and quality_margin ≥ 0")]
     Margin,
-    #[error("min_samples_per_arm must be at least 2")]
+    #[error("min_samples_per_arm and min_rollback_samples must be at least 2")]
     MinSamples,
     #[error("min_step_secs must not exceed max_step_secs")]
     Duration,
@@ -197,7 +208,7 @@ impl Settings {
         {
             return Err(SettingsError::Margin);
         }
-        if self.min_samples_per_arm < 2 {
+        if self.min_samples_per_arm < 2 || self.min_rollback_samples < 2 {
             return Err(SettingsError::MinSamples);
         }
         if self.min_step_secs > self.max_step_secs {
@@ -555,8 +566,11 @@ fn rule(settings: &Settings, input: &Input<'_>, e: &Evidence) -> Outcome {
             guardrails: critical,
         });
     }
+    let rollback_n = settings.min_rollback_samples;
     if e.quality
         .is_some_and(|q| q.upper < -settings.quality_margin)
+        && inc.graded.n >= rollback_n
+        && cand.graded.n >= rollback_n
     {
         return Outcome::Rollback(Reason::QualityRegression);
     }
@@ -644,7 +658,9 @@ fn guardrail(
                 g.lower_bound = Some(b.lower);
                 g.p_value = Some(b.p_value);
             }
-            let significant = g.lower_bound.is_some_and(|l| l > 0.0);
+            let enough = cand.cost.n >= settings.min_rollback_samples
+                && inc.cost.n >= settings.min_rollback_samples;
+            let significant = enough && g.lower_bound.is_some_and(|l| l > 0.0);
             g.judge(significant);
         }
         GuardrailKind::P95Latency | GuardrailKind::Ttft => {
@@ -819,6 +835,41 @@ mod tests {
             g.lower_bound.unwrap() > 0.0 && g.estimate.unwrap() > 0.05,
             "{g:?}"
         );
+    }
+
+    /// Two failures of a candidate as good as the incumbent have a sample
+    /// variance of 0: not proof of a regression until `min_rollback_samples`.
+    #[test]
+    fn a_few_equal_scores_do_not_prove_a_regression() {
+        let mut i = ArmSummary::default();
+        for k in 0..400 {
+            i.record(&Request {
+                cost_usd: 0.002,
+                quality: Some(if k % 10 == 0 { 0.0 } else { 1.0 }),
+                error: false,
+                fallback: false,
+            });
+        }
+        let mut c = ArmSummary::default();
+        let fail = Request {
+            cost_usd: 0.002,
+            quality: Some(0.0),
+            error: false,
+            fallback: false,
+        };
+        let step = RampStep::live(1.0);
+        for n in 1..=12 {
+            c.record(&fail);
+            let d = decide_on(&Settings::default(), &step, 60, &i, &c);
+            let q = d.evidence().quality;
+            if n < 10 {
+                assert_ne!(d.action(), Action::Rollback, "{n}: {d:#?}");
+            } else {
+                // Ten failures in a row against 90 %: proven worse.
+                assert!(q.unwrap().upper < 0.0);
+                assert_eq!(d.reason(), Some(&Reason::QualityRegression), "{n}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ mod common;
 use common::*;
 use flywheel_feedback::store::{
     rows::{
-        AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+        canary_action, experiment_status, AttemptRow, CanaryEvaluationRow, EvalResultRow,
+        ExperimentRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
     },
     Migration, MIGRATIONS,
 };
@@ -350,5 +351,215 @@ async fn add_column_migration_is_idempotent() {
     )
     .await;
     assert_eq!(n, 1);
+    drop_db(&store).await;
+}
+
+fn experiment_row() -> ExperimentRow {
+    ExperimentRow {
+        id: "exp-0190c0de".into(),
+        revision: 1_700_000_000_123_456,
+        route: "chat".into(),
+        incumbent: "base".into(),
+        candidate: "tuned-v3".into(),
+        spec_json: "{\"settings\":{\"alpha\":0.05},\"steps\":[\"shadow\",\"1%\"]}".into(),
+        step: 2,
+        step_name: "5%".into(),
+        candidate_percent: 5.0,
+        step_started_ms: 1_700_000_000_500,
+        status: experiment_status::KEPT_INCUMBENT,
+        status_reason: "inconclusive at the maximum duration".into(),
+        origin: "tuner:run-7".into(),
+        created_ms: 1_700_000_000_100,
+        updated_ms: 1_700_000_000_900,
+    }
+}
+
+fn evaluation_row() -> CanaryEvaluationRow {
+    CanaryEvaluationRow {
+        id: "0190c0de-0000-7000-8000-0000000000e1".into(),
+        experiment_id: "exp-0190c0de".into(),
+        ts_ms: 1_700_000_000_999,
+        date: 19675,
+        revision: 1_700_000_000_123_457,
+        route: "chat".into(),
+        step: 2,
+        step_name: "5%".into(),
+        candidate_percent: 5.0,
+        elapsed_secs: 3_601,
+        action: canary_action::CREATE,
+        manual: true,
+        actor: "cli:o'perator".into(),
+        reason_kind: "guardrail_critical".into(),
+        reason_json: "{\"kind\":\"guardrail_critical\",\"guardrails\":[\"error_rate\"]}".into(),
+        evidence_json: "{\"step\":\"5%\"}".into(),
+        step_after: 3,
+        status_after: experiment_status::ROLLED_BACK,
+        incumbent_weight: 9_500,
+        candidate_weight: 500,
+        incumbent_requests: 12_345_678_901,
+        candidate_requests: 650,
+        incumbent_graded: 6_000,
+        candidate_graded: 321,
+        incumbent_quality: Some(0.875),
+        candidate_quality: Some(0.5),
+        incumbent_cost_per_request: Some(0.000_125),
+        candidate_cost_per_request: Some(0.25),
+        incumbent_quality_per_dollar: Some(7000.0),
+        candidate_quality_per_dollar: Some(2.0),
+        qpd_advantage: Some(-0.75),
+        qpd_lower: Some(-0.875),
+        qpd_upper: Some(-0.625),
+        qpd_p_value: Some(1.0),
+        quality_difference: Some(-0.375),
+        quality_lower: Some(-0.5),
+        quality_upper: Some(-0.25),
+        srm_p_value: Some(0.0625),
+        guardrails_failing: vec!["error_rate:critical".into(), "ttft:no_data".into()],
+    }
+}
+
+/// The canary controller's tables: every column round-trips, the Enum8
+/// codes are the names the migration gives them, and `FINAL` keeps the
+/// highest revision of an experiment.
+#[tokio::test]
+async fn canary_tables_round_trip() {
+    let store = migrated_store("canary").await;
+    round_trip(&store, "experiments", experiment_row()).await;
+    round_trip(&store, "canary_evaluations", evaluation_row()).await;
+    let db = store.database();
+
+    // Nones as NULLs, no guardrails as an empty array.
+    let empty = CanaryEvaluationRow {
+        id: "none-row".into(),
+        incumbent_quality: None,
+        candidate_quality: None,
+        incumbent_cost_per_request: None,
+        candidate_cost_per_request: None,
+        incumbent_quality_per_dollar: None,
+        candidate_quality_per_dollar: None,
+        qpd_advantage: None,
+        qpd_lower: None,
+        qpd_upper: None,
+        qpd_p_value: None,
+        quality_difference: None,
+        quality_lower: None,
+        quality_upper: None,
+        srm_p_value: None,
+        guardrails_failing: vec![],
+        ..evaluation_row()
+    };
+    store
+        .insert_rows("canary_evaluations", std::slice::from_ref(&empty))
+        .await
+        .unwrap();
+    let back: CanaryEvaluationRow = store
+        .client()
+        .query(&format!(
+            "SELECT ?fields FROM {db}.canary_evaluations WHERE id = 'none-row'"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(back, empty);
+    let nulls: u64 = count(
+        &store,
+        "SELECT count() FROM {db}.canary_evaluations WHERE isNull(incumbent_quality) AND isNull(srm_p_value)",
+    )
+    .await;
+    assert_eq!(nulls, 1);
+
+    // Every status and action code is the name the migration gives it.
+    let statuses = [
+        (experiment_status::RUNNING, "running"),
+        (experiment_status::PAUSED, "paused"),
+        (experiment_status::COMPLETED, "completed"),
+        (experiment_status::ROLLED_BACK, "rolled_back"),
+        (experiment_status::KEPT_INCUMBENT, "kept_incumbent"),
+    ];
+    let rows: Vec<ExperimentRow> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, (code, _))| ExperimentRow {
+            id: format!("status-{i}"),
+            status: *code,
+            ..experiment_row()
+        })
+        .collect();
+    store.insert_rows("experiments", &rows).await.unwrap();
+    let names: Vec<String> = store
+        .client()
+        .query(&format!(
+            "SELECT toString(status) FROM {db}.experiments WHERE id LIKE 'status-%' ORDER BY id"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        names,
+        statuses
+            .iter()
+            .map(|(_, n)| n.to_string())
+            .collect::<Vec<_>>()
+    );
+    let actions = [
+        (canary_action::PROMOTE, "promote"),
+        (canary_action::HOLD, "hold"),
+        (canary_action::ROLLBACK, "rollback"),
+        (canary_action::KEEP_INCUMBENT, "keep_incumbent"),
+        (canary_action::PAUSE, "pause"),
+        (canary_action::RESUME, "resume"),
+        (canary_action::CREATE, "create"),
+    ];
+    let rows: Vec<CanaryEvaluationRow> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, (code, _))| CanaryEvaluationRow {
+            id: format!("action-{i}"),
+            action: *code,
+            status_after: statuses[i % statuses.len()].0,
+            ..evaluation_row()
+        })
+        .collect();
+    store
+        .insert_rows("canary_evaluations", &rows)
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = store
+        .client()
+        .query(&format!(
+            "SELECT toString(action), toString(status_after) FROM {db}.canary_evaluations \
+             WHERE id LIKE 'action-%' ORDER BY id"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    for (i, ((_, action), (got_action, got_status))) in actions.iter().zip(&got).enumerate() {
+        assert_eq!(action, got_action);
+        assert_eq!(statuses[i % statuses.len()].1, got_status);
+    }
+    assert_eq!(got.len(), actions.len());
+
+    // Later revisions replace earlier ones under FINAL, whatever the
+    // insertion order.
+    let v = |revision, step| ExperimentRow {
+        id: "versioned".into(),
+        revision,
+        step,
+        ..experiment_row()
+    };
+    store
+        .insert_rows("experiments", &[v(3, 3), v(1, 1)])
+        .await
+        .unwrap();
+    store.insert_rows("experiments", &[v(2, 2)]).await.unwrap();
+    let latest: ExperimentRow = store
+        .client()
+        .query(&format!(
+            "SELECT ?fields FROM {db}.experiments FINAL WHERE id = 'versioned'"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!((latest.revision, latest.step), (3, 3));
     drop_db(&store).await;
 }

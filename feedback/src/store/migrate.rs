@@ -45,6 +45,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tuner",
         sql: include_str!("../../migrations/0004_tuner.sql"),
     },
+    Migration {
+        version: 5,
+        name: "canary",
+        sql: include_str!("../../migrations/0005_canary.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "shadow",
+        sql: include_str!("../../migrations/0006_shadow.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.

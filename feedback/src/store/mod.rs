@@ -18,7 +18,8 @@ use std::{collections::HashSet, time::Duration};
 use clickhouse::Client;
 pub use migrate::{Migration, MIGRATIONS};
 pub use rows::{
-    AttemptRow, EvalResultRow, FeedbackRow, InferenceRow, TrainingStepRow, TrainingUsageRow,
+    AttemptRow, CanaryEvaluationRow, EvalResultRow, ExperimentRow, FeedbackRow, InferenceRow,
+    TrainingStepRow, TrainingUsageRow,
 };
 use serde::{Deserialize, Serialize};
 

@@ -159,6 +159,106 @@ pub struct TrainingStepRow {
     pub heldout_reward: Option<f64>,
 }
 
+/// One version of a canary experiment (`experiments`, read with `FINAL`:
+/// the highest `revision` wins).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct ExperimentRow {
+    pub id: String,
+    /// Version of the row; every change writes a higher one.
+    pub revision: u64,
+    pub route: String,
+    pub incumbent: String,
+    pub candidate: String,
+    /// The definition (settings, quality metrics, ramp) as JSON.
+    pub spec_json: String,
+    /// Index of the current ramp step (the last one evaluated once ended).
+    pub step: u32,
+    pub step_name: String,
+    pub candidate_percent: f64,
+    pub step_started_ms: u64,
+    /// Enum8, see [`experiment_status`].
+    pub status: i8,
+    pub status_reason: String,
+    /// Who created it (`cli:USER`, `tuner:RUN`, …).
+    pub origin: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Codes of `experiments.status` and `canary_evaluations.status_after`.
+pub mod experiment_status {
+    pub const RUNNING: i8 = 1;
+    pub const PAUSED: i8 = 2;
+    pub const COMPLETED: i8 = 3;
+    pub const ROLLED_BACK: i8 = 4;
+    pub const KEPT_INCUMBENT: i8 = 5;
+}
+
+/// Codes of `canary_evaluations.action`.
+pub mod canary_action {
+    pub const PROMOTE: i8 = 1;
+    pub const HOLD: i8 = 2;
+    pub const ROLLBACK: i8 = 3;
+    pub const KEEP_INCUMBENT: i8 = 4;
+    pub const PAUSE: i8 = 5;
+    pub const RESUME: i8 = 6;
+    pub const CREATE: i8 = 7;
+}
+
+/// One evaluation of an experiment, or one manual action
+/// (`canary_evaluations`). `None` is "no data", never a zero.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct CanaryEvaluationRow {
+    pub id: String,
+    pub experiment_id: String,
+    pub ts_ms: u64,
+    pub date: u16,
+    /// The experiment revision this row produced (transitions) or saw.
+    pub revision: u64,
+    pub route: String,
+    pub step: u32,
+    pub step_name: String,
+    pub candidate_percent: f64,
+    pub elapsed_secs: u64,
+    /// Enum8, see [`canary_action`].
+    pub action: i8,
+    pub manual: bool,
+    pub actor: String,
+    pub reason_kind: String,
+    pub reason_json: String,
+    /// The decision's `Evidence` as JSON; empty for manual actions taken
+    /// without a look at the data.
+    pub evidence_json: String,
+    pub step_after: u32,
+    /// Enum8, see [`experiment_status`].
+    pub status_after: i8,
+    /// Weights in force after the row (what was written to Redis).
+    pub incumbent_weight: u32,
+    pub candidate_weight: u32,
+    pub incumbent_requests: u64,
+    pub candidate_requests: u64,
+    pub incumbent_graded: u64,
+    pub candidate_graded: u64,
+    pub incumbent_quality: Option<f64>,
+    pub candidate_quality: Option<f64>,
+    pub incumbent_cost_per_request: Option<f64>,
+    pub candidate_cost_per_request: Option<f64>,
+    pub incumbent_quality_per_dollar: Option<f64>,
+    pub candidate_quality_per_dollar: Option<f64>,
+    /// `R_C/R_I − 1` and its always-valid bounds and p-value.
+    pub qpd_advantage: Option<f64>,
+    pub qpd_lower: Option<f64>,
+    pub qpd_upper: Option<f64>,
+    pub qpd_p_value: Option<f64>,
+    /// `q_C − q_I` and its always-valid bounds.
+    pub quality_difference: Option<f64>,
+    pub quality_lower: Option<f64>,
+    pub quality_upper: Option<f64>,
+    pub srm_p_value: Option<f64>,
+    /// Guardrails whose verdict is not pass (`error_rate:critical`, …).
+    pub guardrails_failing: Vec<String>,
+}
+
 pub fn validation_code(v: Validation) -> i8 {
     match v {
         Validation::NotRequested => 1,

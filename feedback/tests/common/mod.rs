@@ -2,10 +2,10 @@
 //! `scripts/services.sh start`; each test gets its own database so tests
 //! run in parallel.
 
-// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
-// functions unwrap; this extends that to the helpers here.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
+// Test setup: a failed step should fail the test loudly, so helpers may
+// unwrap (clippy.toml only exempts #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::{
     collections::BTreeMap,

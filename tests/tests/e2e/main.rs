@@ -7,6 +7,7 @@
 
 mod ab_split;
 mod api;
+mod canary;
 mod capture;
 mod engine;
 mod errors;
