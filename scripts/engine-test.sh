@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 build_engine
 export CARGO_TARGET_DIR="$ENGINE_TARGET_DIR"
-# The vendored mistralrs-core's CPU attention kernel tests, among them the batched-decode
-# regression test (vendor/PATCHES.md). Selecting flywheel-engine too keeps the engine's
-# dependency features, so only the test harness is compiled (~2 min on 2 cores).
-log "testing the vendored mistralrs-core's CPU attention kernel"
-cargo test --release $(locked_flag) -p mistralrs-core -p flywheel-engine --lib attention::backends::cpu::
+# The vendored mistralrs-core's tests of what it patches (vendor/PATCHES.md): the CPU
+# attention kernel, among them the batched-decode regression test, and llguidance's EOS
+# tokens. Selecting flywheel-engine too keeps the engine's dependency features, so only the
+# test harness is compiled (~2 min on 2 cores).
+log "testing the vendored mistralrs-core's CPU attention kernel and llguidance factory"
+cargo test --release $(locked_flag) -p mistralrs-core -p flywheel-engine --lib -- attention::backends::cpu:: pipeline::llg::
 log "testing flywheel-engine"
 # Test binaries each start their own engine; two at once is plenty on 2 cores.
 cargo test --release $(locked_flag) -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"

@@ -45,12 +45,13 @@ fn unique(tag: &str) -> String {
 }
 
 async fn fresh_store(tag: &str) -> Store {
-    let store = Store::new(&StoreConfig {
+    let store = Store::try_new(&StoreConfig {
         url: clickhouse_url(),
         database: unique(&format!("canarytest_{tag}")),
         user: None,
         password: None,
-    });
+    })
+    .unwrap();
     store.migrate().await.unwrap_or_else(|e| {
         panic!("migrations (is ClickHouse up? scripts/services.sh start): {e}")
     });
@@ -647,12 +648,13 @@ async fn outages_hold() {
         row.reason_json
     );
 
-    let dead_ch = Store::new(&StoreConfig {
+    let dead_ch = Store::try_new(&StoreConfig {
         url: format!("http://127.0.0.1:{}", closed_port()),
         database: store.database().into(),
         user: None,
         password: None,
-    });
+    })
+    .unwrap();
     let report = controller(&dead_ch, w.clone()).tick().await;
     assert!(report.clickhouse_down && report.looks.is_empty());
     assert_eq!(cs.evaluations(&exp.id, 10).await.unwrap().len(), 2);

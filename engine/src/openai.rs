@@ -194,22 +194,53 @@ impl Sampling {
     }
 }
 
+/// llguidance's JSON compile options for the engine's constrained output, read from the
+/// schema's top-level `"x-guidance"` (`llguidance::json::JsonCompileOptions`).
+///
+/// llguidance's default (`whitespace_flexible: true`) lets the model put any run of
+/// whitespace between tokens (`[\x20\x0A\x0D\x09]+`, unbounded); sampled at the default
+/// temperature, constrained objects carried runs of dozens of spaces. Without flexible
+/// whitespace, and with OpenAI's `", "` / `": "` separators, the output is one-line JSON
+/// like `{"name": "Alice", "age": 31}`: whitespace only inside strings.
+pub fn json_compile_options() -> Value {
+    serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    })
+}
+
+/// `schema` with [`json_compile_options`] as its `"x-guidance"`, unless the client's schema
+/// gives its own (then it is the client's choice). The schema `true` (anything) becomes
+/// `{}`, which means the same and can carry the options; `false` stays (nothing matches).
+fn with_compile_options(schema: &Value) -> Value {
+    let mut schema = match schema {
+        Value::Bool(true) => Value::Object(serde_json::Map::new()),
+        other => other.clone(),
+    };
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance").or_insert_with(json_compile_options);
+    }
+    schema
+}
+
 /// `response_format` → a mistral.rs (llguidance) constraint.
 pub fn constraint(format: &Option<ResponseFormat>) -> Result<Constraint, ApiError> {
+    let object = || with_compile_options(&serde_json::json!({"type": "object"}));
     Ok(match format {
         None | Some(ResponseFormat::Text) => Constraint::None,
-        Some(ResponseFormat::JsonObject) => {
-            Constraint::JsonSchema(serde_json::json!({"type": "object"}))
-        }
+        Some(ResponseFormat::JsonObject) => Constraint::JsonSchema(object()),
         Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
-            Some(s) if s.is_object() || s.is_boolean() => Constraint::JsonSchema(s.clone()),
+            Some(s) if s.is_object() || s.is_boolean() => {
+                Constraint::JsonSchema(with_compile_options(s))
+            }
             Some(_) => {
                 return Err(ApiError::bad_param(
                     "response_format",
                     "response_format.json_schema.schema must be a JSON object",
                 ))
             }
-            None => Constraint::JsonSchema(serde_json::json!({"type": "object"})),
+            None => Constraint::JsonSchema(object()),
         },
     })
 }
@@ -329,5 +360,118 @@ pub fn tool_choice(choice: &Option<Value>, tools: &[Tool]) -> Result<Option<Tool
             "tool_choice",
             format!("unsupported tool_choice {other}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flywheel_api::openai::JsonSchemaSpec;
+    use mistralrs::core::llguidance::{
+        api::TopLevelGrammar, toktrie::ApproximateTokEnv, Matcher, ParserFactory,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    /// Whether llguidance's grammar for the JSON schema `schema` accepts exactly `text`
+    /// (a byte-level token environment: one token per byte).
+    fn accepts(schema: &Value, text: &str) -> bool {
+        let factory = ParserFactory::new_simple(&ApproximateTokEnv::single_byte_env()).unwrap();
+        let parser = factory.create_parser(TopLevelGrammar::from_json_schema(schema.clone()));
+        let mut m = Matcher::new(parser);
+        let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
+        m.validate_tokens(&tokens).unwrap() == tokens.len()
+            && m.consume_tokens(&tokens).is_ok()
+            && m.is_accepting().unwrap()
+    }
+
+    fn schema_of(format: ResponseFormat) -> Value {
+        match constraint(&Some(format)).unwrap() {
+            Constraint::JsonSchema(s) => s,
+            _ => panic!("not a JSON schema constraint"),
+        }
+    }
+
+    fn json_schema(schema: Value) -> ResponseFormat {
+        ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaSpec {
+                name: Some("person".into()),
+                schema: Some(schema),
+                strict: Some(true),
+            },
+        }
+    }
+
+    fn person() -> Value {
+        json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+               "required": ["name", "age"], "additionalProperties": false})
+    }
+
+    #[test]
+    fn llguidance_reads_the_compile_options() {
+        // The keys are JsonCompileOptions' (which denies unknown fields).
+        let opts: mistralrs::core::llguidance::JsonCompileOptions =
+            serde_json::from_value(json_compile_options()).unwrap();
+        assert!(!opts.whitespace_flexible);
+        // Without them, llguidance lets any run of whitespace through: the bug.
+        assert!(accepts(
+            &person(),
+            "{\"name\":      \"Alice\",\n\n\"age\": 31   }"
+        ));
+    }
+
+    #[test]
+    fn json_schema_output_is_canonical_one_line_json() {
+        let s = schema_of(json_schema(person()));
+        assert_eq!(s["x-guidance"], json_compile_options());
+        assert_eq!(s["required"], json!(["name", "age"]), "the schema is kept");
+        assert!(accepts(&s, r#"{"name": "Alice", "age": 31}"#));
+        // Whitespace only where the separators put it, and inside strings.
+        assert!(accepts(&s, r#"{"name": "Alice  Smith", "age": 31}"#));
+        for bad in [
+            r#"{"name":      "Alice", "age": 31}"#,
+            "{\n  \"name\": \"Alice\",\n  \"age\": 31\n}",
+            r#"{"name":"Alice","age":31}"#,
+            r#"{"name": "Alice", "age": 31} "#,
+            r#" {"name": "Alice", "age": 31}"#,
+        ] {
+            assert!(!accepts(&s, bad), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_object_output_is_canonical_one_line_json() {
+        let s = schema_of(ResponseFormat::JsonObject);
+        assert_eq!(
+            s,
+            json!({"type": "object", "x-guidance": json_compile_options()})
+        );
+        assert!(accepts(&s, r#"{"a": [1, 2, {"b": null}], "c": "x  y"}"#));
+        assert!(!accepts(&s, r#"{"a": [1,   2]}"#));
+        assert!(!accepts(&s, "{\"a\":\n1}"));
+        // No schema in a json_schema format: any object, the same way.
+        let none = ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaSpec {
+                name: None,
+                schema: None,
+                strict: None,
+            },
+        };
+        assert_eq!(schema_of(none), s);
+    }
+
+    #[test]
+    fn a_client_x_guidance_and_boolean_schemas() {
+        let mut own = person();
+        own["x-guidance"] = json!({"whitespace_flexible": true});
+        assert_eq!(
+            schema_of(json_schema(own.clone()))["x-guidance"],
+            own["x-guidance"]
+        );
+        let any = schema_of(json_schema(json!(true)));
+        assert_eq!(any, json!({"x-guidance": json_compile_options()}));
+        assert!(accepts(&any, r#"[1, "two", {"three": 3}]"#));
+        assert_eq!(schema_of(json_schema(json!(false))), json!(false));
+        assert!(constraint(&Some(json_schema(json!([1])))).is_err());
     }
 }

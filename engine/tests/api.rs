@@ -171,8 +171,36 @@ async fn concurrent_requests_get_their_own_answers() {
     );
 }
 
+/// Whitespace outside JSON strings in `text` (the engine's constrained output is one-line
+/// JSON with `", "` and `": "` separators): the longest run of it.
+fn longest_ws_run_outside_strings(text: &str) -> usize {
+    let (mut in_str, mut escaped, mut run, mut longest) = (false, false, 0, 0);
+    for c in text.chars() {
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+            in_str = c == '"';
+        }
+    }
+    longest
+}
+
+/// A constrained JSON answer stops right after its object closes (`finish_reason: "stop"`,
+/// not `"length"` with the rest of `max_tokens` spent on invisible end-of-text tokens), and
+/// it is one-line JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_schema_output_validates() {
+async fn json_schema_output_validates_and_stops() {
     let http = engine().client();
     let schema = json!({
         "type": "object",
@@ -180,22 +208,57 @@ async fn json_schema_output_validates() {
         "required": ["name", "age"],
         "additionalProperties": false
     });
+    let max_tokens = 48;
     let body = json!({
         "model": "base",
         "messages": [{"role": "user", "content": "Extract the name and age as JSON with keys name and age: 'Alice is 31 years old.'"}],
         "temperature": 0,
-        "max_tokens": 48,
+        "max_tokens": max_tokens,
         "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}}
     });
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
+    assert_shape("CreateChatCompletionResponse", &v);
     let text = content(&v);
     let parsed: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
     let validator = jsonschema::validator_for(&schema).unwrap();
     assert!(validator.is_valid(&parsed), "{parsed} does not validate");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(
+        !text.contains('\n') && longest_ws_run_outside_strings(&text) <= 1,
+        "not one-line JSON: {text:?}"
+    );
+    // Counted: the object's tokens and the end-of-turn token, far fewer than max_tokens.
+    let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((5..max_tokens).contains(&completion), "{v}");
 
-    // json_object: any JSON object.
+    // Sampled at the default temperature (where runs of dozens of spaces used to appear),
+    // with a schema whose every answer fits in max_tokens: it stops, one-line, each time.
+    let bounded = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"],
+        "additionalProperties": false
+    });
+    for _ in 0..3 {
+        let body = json!({
+            "model": "base",
+            "messages": [{"role": "user", "content": "Alice is 31 years old. Give her name and age as JSON."}],
+            "max_tokens": 64,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": bounded}}
+        });
+        let (status, v) = http.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+        let text = content(&v);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let parsed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert!(jsonschema::is_valid(&bounded, &parsed), "{text:?}");
+        assert!(longest_ws_run_outside_strings(&text) <= 1, "{text:?}");
+    }
+
+    // json_object: any JSON object, one-line as well.
     let body = json!({
         "model": "base",
         "messages": [{"role": "user", "content": "Give me a JSON object describing a cat."}],
@@ -206,13 +269,201 @@ async fn json_schema_output_validates() {
     let (status, v) = http.post("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let text = content(&v);
+    assert!(text.starts_with('{'), "{text:?}");
+    assert!(longest_ws_run_outside_strings(&text) <= 1, "{text:?}");
     if v["choices"][0]["finish_reason"] == "stop" {
         let parsed: Value =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
         assert!(parsed.is_object());
     } else {
-        assert!(text.trim_start().starts_with('{'), "{text:?}");
+        // A long object may run into max_tokens; it is then a cut, not a stop.
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 48, "{v}");
     }
+}
+
+#[test]
+fn whitespace_runs_are_measured_outside_strings() {
+    assert_eq!(
+        longest_ws_run_outside_strings(r#"{"a": "x    y", "b": 1}"#),
+        1
+    );
+    assert_eq!(longest_ws_run_outside_strings("{\"a\":    1}"), 4);
+    assert_eq!(longest_ws_run_outside_strings(r#"{"a\"  ": 2}"#), 1);
+    assert_eq!(longest_ws_run_outside_strings("{\n  \"a\": 1}"), 3);
+}
+
+/// Every answer shape validates against OpenAI's published schema
+/// (`tests/fixtures/openai-response-shapes.json`): chat, chat stream chunks (with and
+/// without usage, logprobs, tools, response_format), continuations and text completions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_have_openai_shapes() {
+    let http = engine().client();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let chats = [
+        france(json!({"max_tokens": 4})),
+        france(
+            json!({"max_tokens": 3, "logprobs": true, "top_logprobs": 2, "n": 2, "temperature": 0.8}),
+        ),
+        france(json!({"max_tokens": 24, "tools": tools})),
+        france(json!({"max_tokens": 24, "response_format": {"type": "json_object"}})),
+        // An assistant prefix: answered from a token prompt.
+        json!({"model": "base", "max_tokens": 4, "temperature": 0, "logprobs": true,
+               "messages": [{"role": "user", "content": "What is the capital of France?"},
+                            {"role": "assistant", "content": "The capital"}]}),
+    ];
+    for body in &chats {
+        let (status, v) = http.post("/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_shape("CreateChatCompletionResponse", &v);
+        for c in v["choices"].as_array().unwrap() {
+            // Present (null) although the schema allows null: it is required.
+            assert_eq!(c["message"].get("refusal"), Some(&Value::Null), "{v}");
+            // Absent, not null, without calls.
+            assert_ne!(c["message"].get("tool_calls"), Some(&Value::Null), "{v}");
+            if body["logprobs"] == true {
+                let lp = &c["logprobs"]["content"][0];
+                assert!(lp["token"].is_string() && lp["bytes"].is_array(), "{v}");
+            } else {
+                assert_eq!(c["logprobs"], Value::Null, "{v}");
+            }
+        }
+        if body["n"] == 2 {
+            let top = &v["choices"][0]["logprobs"]["content"][0]["top_logprobs"];
+            assert!(top[0]["token"].is_string(), "{v}");
+            // The token id, as an extension field.
+            assert!(top[0]["token_id"].is_u64(), "{v}");
+        }
+
+        for include_usage in [false, true] {
+            let mut sbody = body.clone();
+            sbody["stream"] = json!(true);
+            sbody.as_object_mut().unwrap().remove("n");
+            if include_usage {
+                sbody["stream_options"] = json!({"include_usage": true});
+            }
+            let (status, reader) = http.post_stream("/v1/chat/completions", &sbody).await;
+            assert_eq!(status, 200);
+            let events = reader.collect().await;
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+            let chunks: Vec<Value> = events[..events.len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            assert!(chunks.len() >= 2, "{events:?}");
+            for (i, chunk) in chunks.iter().enumerate() {
+                assert_shape("CreateChatCompletionStreamResponse", chunk);
+                let last = i + 1 == chunks.len();
+                for c in chunk["choices"].as_array().unwrap() {
+                    assert_ne!(c["delta"].get("tool_calls"), Some(&Value::Null), "{chunk}");
+                }
+                match (include_usage, last) {
+                    // No usage asked for: no usage field at all.
+                    (false, _) => assert!(chunk.get("usage").is_none(), "{chunk}"),
+                    // Asked for: null until the last chunk, which has it and no choices.
+                    (true, false) => assert_eq!(chunk.get("usage"), Some(&Value::Null)),
+                    (true, true) => {
+                        assert_eq!(chunk["choices"], json!([]), "{chunk}");
+                        assert!(chunk["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+                    }
+                }
+            }
+        }
+    }
+
+    let prompt = json!({"model": "base", "prompt": "The capital of France is", "temperature": 0, "max_tokens": 4});
+    let (status, v) = http.post("/v1/completions", &prompt).await;
+    assert_eq!(status, 200, "{v}");
+    assert_shape("CreateCompletionResponse", &v);
+    for include_usage in [false, true] {
+        let mut sbody = prompt.clone();
+        sbody["stream"] = json!(true);
+        if include_usage {
+            sbody["stream_options"] = json!({"include_usage": true});
+        }
+        let (status, reader) = http.post_stream("/v1/completions", &sbody).await;
+        assert_eq!(status, 200);
+        let events = reader.collect().await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        for e in &events[..events.len() - 1] {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            assert_shape("CreateCompletionStreamResponse", &chunk);
+            if !include_usage {
+                assert!(chunk.get("usage").is_none(), "{chunk}");
+            }
+        }
+    }
+}
+
+/// The fixture rejects what OpenAI does not send (so the shape tests above can fail):
+/// each mutation of a valid answer is one departure the engine used to make.
+#[test]
+fn openai_shapes_reject_departures() {
+    let chat = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "base",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "content": "Paris", "refusal": null}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    });
+    assert_shape("CreateChatCompletionResponse", &chat);
+    let chat_shape = shape("CreateChatCompletionResponse");
+    // (object, field, value): sets `field` of the object at the JSON pointer `object`.
+    let departures: [(&str, &str, Value); 7] = [
+        ("/choices/0/message", "tool_calls", Value::Null),
+        ("/choices/0", "finish_reason", json!("model_length")),
+        ("", "object", json!("chat.completion.chunk")),
+        ("/choices/0", "logprobs", json!({"content": []})),
+        (
+            "/choices/0",
+            "logprobs",
+            json!({"content": [{"token": "P", "logprob": -0.1, "bytes": [80],
+                   "top_logprobs": [{"token": 47, "logprob": -0.1, "bytes": "P"}]}], "refusal": null}),
+        ),
+        ("", "usage", json!({"prompt_tokens": 1})),
+        ("", "created", json!("now")),
+    ];
+    for (object, field, value) in departures {
+        let mut bad = chat.clone();
+        bad.pointer_mut(object).unwrap()[field] = value.clone();
+        assert!(
+            !chat_shape.is_valid(&bad),
+            "accepted {object}/{field} = {value}"
+        );
+    }
+    let mut no_refusal = chat.clone();
+    no_refusal["choices"][0]["message"]
+        .as_object_mut()
+        .unwrap()
+        .remove("refusal");
+    assert!(!chat_shape.is_valid(&no_refusal));
+
+    let chunk = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "base",
+        "choices": [{"index": 0, "finish_reason": null, "logprobs": null,
+                     "delta": {"role": "assistant", "content": "Pa"}}]
+    });
+    assert_shape("CreateChatCompletionStreamResponse", &chunk);
+    let chunk_shape = shape("CreateChatCompletionStreamResponse");
+    let mut null_calls = chunk.clone();
+    null_calls["choices"][0]["delta"]["tool_calls"] = Value::Null;
+    assert!(!chunk_shape.is_valid(&null_calls));
+    let mut bare_logprob = chunk.clone();
+    bare_logprob["choices"][0]["logprobs"] =
+        json!({"token": "Pa", "logprob": -0.1, "bytes": [80, 97], "top_logprobs": []});
+    assert!(!chunk_shape.is_valid(&bare_logprob));
+    let mut call_without_index = chunk.clone();
+    call_without_index["choices"][0]["delta"]["tool_calls"] =
+        json!([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+    assert!(!chunk_shape.is_valid(&call_without_index));
+
+    let completion = json!({
+        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "base",
+        "choices": [{"index": 0, "text": " Paris", "finish_reason": null, "logprobs": null}]
+    });
+    assert_shape("CreateCompletionStreamResponse", &completion);
+    // Non-streamed, a completion has its finish_reason.
+    assert!(!shape("CreateCompletionResponse").is_valid(&completion));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,51 +7,10 @@ use std::{path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    shipper::ShipperConfig,
-    store::{Store, StoreConfig},
-    wal::WalConfig,
+    shipper::{BodiesPolicy, ShipperConfig},
+    store::{Store, StoreConfig, StoreError},
+    wal::{FsyncPolicy, WalConfig},
 };
-
-/// When the write-ahead log calls `fsync`.
-///
-/// Every append is written to the file (the page cache) before it returns,
-/// so a killed process (SIGKILL, panic) loses nothing under any policy;
-/// fsync only matters for a kernel crash or power loss.
-///
-/// TOML: `fsync = "always"`, `fsync = "never"`, `fsync = { interval_ms = 100 }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsyncPolicy {
-    /// fsync each append batch before `append` returns (slowest, safest).
-    Always,
-    /// A background thread fsyncs the active segment every N ms when it
-    /// has unsynced data: at most N ms of events lost on power loss.
-    IntervalMs(u64),
-    /// Never fsync (the OS writes back eventually); sealed segments are not
-    /// synced either.
-    Never,
-}
-
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        Self::IntervalMs(100)
-    }
-}
-
-/// What happens to request and response bodies on their way to ClickHouse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BodiesPolicy {
-    /// Store them verbatim (needed to build training datasets).
-    #[default]
-    Store,
-    /// Keep the JSON structure and the non-content fields (role, model,
-    /// type, finish_reason, numbers, booleans), replace every other string
-    /// with `"[redacted]"`. A body that is not JSON becomes `"[redacted]"`.
-    Redact,
-    /// Store empty strings.
-    Skip,
-}
 
 /// The `[capture]` table. Defaults are listed per field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,8 +87,10 @@ impl CaptureConfig {
         }
     }
 
-    pub fn store(&self) -> Store {
-        Store::new(&self.store_config())
+    /// The store of this config; an error if `database` is not a plain
+    /// identifier.
+    pub fn store(&self) -> Result<Store, StoreError> {
+        Store::try_new(&self.store_config())
     }
 
     pub fn shipper_config(&self) -> ShipperConfig {

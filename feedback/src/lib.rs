@@ -95,7 +95,7 @@ pub mod store;
 pub mod wal;
 
 pub use capture::{Capture, CaptureError, CaptureStats};
-pub use config::{BodiesPolicy, CaptureConfig, FsyncPolicy};
+pub use config::CaptureConfig;
 pub use event::{
     feedback_source, AttemptEvent, AttemptOutcome, AttemptSummary, FeedbackEvent, FeedbackTarget,
     FeedbackValue, InferenceEvent, Record, Validation,
@@ -103,9 +103,11 @@ pub use event::{
 pub use queries::{
     InferenceOwner, MetricStats, MinutePoint, TimeWindow, VariantComparison, VariantSummary,
 };
-pub use shipper::{Shipper, ShipperConfig, ShipperHandle, ShipperStats, ShutdownReport};
+pub use shipper::{
+    BodiesPolicy, Shipper, ShipperConfig, ShipperHandle, ShipperStats, ShutdownReport,
+};
 pub use store::{Store, StoreConfig, StoreError};
-pub use wal::{Wal, WalConfig, WalError, WalStats};
+pub use wal::{FsyncPolicy, Wal, WalConfig, WalError, WalStats};
 
 /// Unix time now, milliseconds.
 pub fn now_ms() -> u64 {

@@ -21,18 +21,93 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{watch, Notify},
     task::JoinHandle,
 };
 
 use crate::{
-    config::BodiesPolicy,
     event::Record,
     store::{AttemptRow, FeedbackRow, IdTable, InferenceRow, Store, StoreError},
     wal::{self, SegmentMeta, Wal, WalError, WalStats},
 };
+
+/// What happens to request and response bodies on their way to ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodiesPolicy {
+    /// Store them verbatim (needed to build training datasets).
+    #[default]
+    Store,
+    /// Keep the JSON structure and the non-content fields (role, model,
+    /// type, finish_reason, numbers, booleans), replace every other string
+    /// with `"[redacted]"`. A body that is not JSON becomes `"[redacted]"`.
+    Redact,
+    /// Store empty strings.
+    Skip,
+}
+
+/// A body as the `bodies` policy wants it stored.
+pub fn apply_bodies(body: Option<&str>, policy: BodiesPolicy) -> String {
+    match (body, policy) {
+        (None, _) | (_, BodiesPolicy::Skip) => String::new(),
+        (Some(b), BodiesPolicy::Store) => b.to_owned(),
+        (Some(b), BodiesPolicy::Redact) => redact(b),
+    }
+}
+
+/// [`apply_bodies`] of an owned body (no copy when stored as is).
+pub fn apply_bodies_owned(body: Option<String>, policy: BodiesPolicy) -> String {
+    match (body, policy) {
+        (Some(b), BodiesPolicy::Store) => b,
+        (body, policy) => apply_bodies(body.as_deref(), policy),
+    }
+}
+
+/// Keys whose string values describe structure, not content; kept by
+/// `redact`.
+pub const KEEP_KEYS: &[&str] = &[
+    "role",
+    "model",
+    "type",
+    "finish_reason",
+    "object",
+    "id",
+    "stop_reason",
+    "system_fingerprint",
+    "service_tier",
+];
+
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces every string in a JSON body with `[redacted]`, except the
+/// values of [`KEEP_KEYS`]; numbers, booleans and the shape survive (token
+/// counts, message count, tool-call structure). Non-JSON becomes
+/// `[redacted]`.
+pub fn redact(body: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = REDACTED.to_owned(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o.iter_mut() {
+                    if !(v.is_string() && KEEP_KEYS.contains(&k.as_str())) {
+                        walk(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            walk(&mut v);
+            v.to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
@@ -123,7 +198,14 @@ impl BatchRows {
     /// Adds a record's rows; its strings move into them.
     pub fn push(&mut self, record: Record, bodies: BodiesPolicy) {
         match record {
-            Record::Inference(e) => self.inferences.push(InferenceRow::from_owned(e, bodies)),
+            Record::Inference(mut e) => {
+                let request_body = apply_bodies_owned(e.request_body.take(), bodies);
+                let response_body = apply_bodies_owned(e.response_body.take(), bodies);
+                let (mut row, attempts) = InferenceRow::from_owned(e);
+                row.request_body = request_body;
+                row.response_body = response_body;
+                self.inferences.push((row, attempts));
+            }
             Record::Feedback(e) => self.feedback.push(FeedbackRow::from_event(&e)),
         }
     }
@@ -485,14 +567,11 @@ impl Task {
                 self.cfg.bodies,
             )))
         };
-        let mut next = groups.first().map(|g| prepare(g));
-        for (i, group) in groups.iter().enumerate() {
-            // Started before the loop or by the previous iteration.
-            let Some(mut pending) = next.take() else {
-                break;
-            };
+        let mut groups = groups.iter();
+        let mut next = groups.next().map(|g| (g, prepare(g)));
+        while let Some((group, mut pending)) = next.take() {
             let prepared = (&mut pending.0).await??;
-            next = groups.get(i + 1).map(|g| prepare(g));
+            next = groups.next().map(|g| (g, prepare(g)));
             self.ship_group(group, prepared).await?;
         }
         Ok(())
@@ -658,4 +737,76 @@ async fn prepare_group(
         replay,
         took: t.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{InferenceEvent, Validation};
+
+    #[test]
+    fn redact_keeps_structure_and_roles() {
+        let body =
+            r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"n":2,"stream":true}"#;
+        let v: serde_json::Value = serde_json::from_str(&redact(body)).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["messages"][0]["role"], "user");
+        assert_eq!(v["messages"][0]["content"], REDACTED);
+        assert_eq!(v["n"], 2);
+        assert_eq!(v["stream"], true);
+        assert_eq!(redact("not json"), REDACTED);
+    }
+
+    #[test]
+    fn bodies_policy() {
+        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Store), "{}");
+        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Skip), "");
+        assert_eq!(apply_bodies(None, BodiesPolicy::Store), "");
+    }
+
+    #[test]
+    fn batch_rows_apply_the_bodies_policy() {
+        let body = r#"{"messages":[{"role":"user","content":"x"}]}"#;
+        let event = InferenceEvent {
+            id: "id".into(),
+            ts_ms: 1_700_000_000_123,
+            tenant: "t".into(),
+            endpoint: "e".into(),
+            route: "r".into(),
+            variant: "v".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            episode_id: None,
+            user: None,
+            stream: false,
+            status: 200,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            tokens_estimated: false,
+            ttft_ms: None,
+            latency_ms: 3.0,
+            overhead_ms: 0.1,
+            retries: 0,
+            fallback_depth: 0,
+            failovers: 0,
+            failover_diverged: false,
+            validation: Validation::Passed,
+            cost_usd: 0.5,
+            attempts: vec![],
+            request_body: Some(body.into()),
+            response_body: None,
+            shadow: false,
+            pair_id: None,
+        };
+        for bodies in [
+            BodiesPolicy::Store,
+            BodiesPolicy::Redact,
+            BodiesPolicy::Skip,
+        ] {
+            let rows = BatchRows::from_records([Record::Inference(event.clone())], bodies);
+            let (row, _) = &rows.inferences[0];
+            assert_eq!(row.request_body, apply_bodies(Some(body), bodies));
+            assert_eq!(row.response_body, "");
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Write-ahead log tests (no ClickHouse needed).
 
-// A test harness: setup failures should fail loudly, so helpers may
-// unwrap outside #[test] functions (clippy.toml only exempts those).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -62,6 +62,7 @@ fn append_and_read_back() {
         assert_eq!(st.records_pending, 6);
         assert_eq!(st.sealed_segments, 0);
         assert_eq!(st.oldest_unshipped_ts_ms, Some(1_600_000_000_000));
+        #[allow(clippy::disallowed_methods)] // a plain test thread
         std::thread::sleep(Duration::from_millis(20));
         w.seal().unwrap();
         let segs = w.sealed_segments();
@@ -212,6 +213,7 @@ fn seal_if_older_seals_a_quiet_segment() {
     assert!(!w.seal_if_older(Duration::ZERO).unwrap(), "nothing to seal");
     w.append(&records(1, 1, "chat", "a")).unwrap();
     assert!(!w.seal_if_older(Duration::from_secs(60)).unwrap());
+    #[allow(clippy::disallowed_methods)] // a plain test thread
     std::thread::sleep(Duration::from_millis(30));
     assert!(w.seal_if_older(Duration::from_millis(20)).unwrap());
     assert_eq!(w.sealed_segments().len(), 1);

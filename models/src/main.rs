@@ -113,7 +113,11 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
         } => {
             let cache = cache.unwrap_or_else(default_cache);
-            let opts = FetchOptions { force, quiet };
+            let opts = FetchOptions {
+                force,
+                quiet,
+                ..FetchOptions::default()
+            };
             for m in models {
                 let id = ModelId::from(m);
                 let out = if no_convert {

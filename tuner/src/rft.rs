@@ -240,7 +240,12 @@ pub fn run(
         let prompts: Vec<PromptItem> = batch.iter().map(|&i| prompt_of(&train[i], i)).collect();
         let g = grader.clone();
         let metrics = trainer.step(&prompts, move |p, text| {
-            let item = &train[p.id.parse::<usize>().expect("index id")];
+            // `prompt_of` made the id from the item's index in `train`.
+            let item =
+                p.id.parse::<usize>()
+                    .ok()
+                    .and_then(|i| train.get(i))
+                    .with_context(|| format!("prompt id {:?} is no train item", p.id))?;
             Ok(g.grade(&Sample::from_text(text), item)
                 .with_context(|| format!("grading train item {}", item.id()))?
                 .score)
@@ -257,8 +262,8 @@ pub fn run(
         tps += metrics.tokens_per_sec;
         let step = trainer.step_count();
         let last = step >= cfg.steps;
-        let due =
-            !heldout.is_empty() && (last || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
+        let due = !heldout.is_empty()
+            && (last || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)));
         let heldout_reward = if due { Some(evaluate(trainer)?) } else { None };
         trainer.save_checkpoint(cfg.out.join("checkpoint"))?;
         on_step(&StepRecord {
@@ -330,8 +335,10 @@ mod tests {
             Some(&real_model_dir()),
         )
         .unwrap();
-        let mut cfg = TrainerConfig::default();
-        cfg.num_generations = 4;
+        let mut cfg = TrainerConfig {
+            num_generations: 4,
+            ..TrainerConfig::default()
+        };
         cfg.sampling.max_new_tokens = 6;
         cfg.optim.lr = 1e-2;
         Trainer::new(dir.join("model"), cfg).unwrap()

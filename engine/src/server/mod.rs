@@ -36,6 +36,8 @@
 //! * [`runner`]: what they send to mistral.rs (tokenization, generation) and its errors.
 //! * [`reply`]: the engine's answer to one request as a JSON response or (via [`stream`]) an
 //!   SSE stream.
+//! * [`wire`]: mistral.rs's answers as OpenAI's wire shapes (as published in OpenAI's
+//!   OpenAPI schema; `tests/fixtures/openai-response-shapes.json` is what tests check).
 //! * [`admin`]: the admin-token check and the runtime-deploy routes.
 
 use std::sync::Arc;
@@ -54,6 +56,7 @@ mod info;
 mod reply;
 mod runner;
 mod stream;
+mod wire;
 
 /// Shared state of the server.
 pub struct AppState {

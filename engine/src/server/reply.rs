@@ -9,7 +9,7 @@ use axum::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{runner, stream};
+use super::{runner, stream, wire};
 use crate::{error::ApiError, registry::Lease};
 
 /// How engine responses map onto the HTTP response.
@@ -59,11 +59,7 @@ pub(super) async fn finish(
         }
         match resp {
             R::Done(done) => {
-                let mut v =
-                    serde_json::to_value(&done).map_err(|e| ApiError::internal(e.to_string()))?;
-                v["id"] = json!(job.id);
-                v["model"] = json!(model);
-                v["object"] = json!("chat.completion");
+                let v = wire::chat_completion(&done, &job.id, &model, job.client_logprobs);
                 return Ok(Json(v).into_response());
             }
             R::CompletionDone(mut done) => {
@@ -86,9 +82,11 @@ pub(super) async fn finish(
                         .map(|c| {
                             json!({
                                 "index": c.index,
-                                "message": {"role": "assistant", "content": c.text},
+                                "message": {"role": "assistant", "content": c.text, "refusal": null},
                                 "finish_reason": c.finish_reason,
-                                "logprobs": c.logprobs,
+                                "logprobs": wire::choice_logprobs(
+                                    c.logprobs.as_ref().map(|l| l.content.iter().flatten())
+                                ),
                             })
                         })
                         .collect();

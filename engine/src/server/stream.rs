@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{
     reply::{leading_ws, Job, Mode},
-    runner,
+    runner, wire,
 };
 use crate::error::ApiError;
 
@@ -96,13 +96,9 @@ async fn stream_task(
                 created = chunk.created;
                 finished = !chunk.choices.is_empty()
                     && chunk.choices.iter().all(|c| c.finish_reason.is_some());
-                let mut v = serde_json::to_value(&chunk).unwrap_or(Value::Null);
-                v["id"] = json!(job.id);
-                v["model"] = json!(model);
-                if let Some(u) = v.as_object_mut().and_then(|o| o.remove("usage")) {
-                    if !u.is_null() {
-                        usage = Some(u);
-                    }
+                let mut v = wire::chat_chunk(&chunk, &job.id, &model, job.client_logprobs);
+                if let Some(u) = &chunk.usage {
+                    usage = serde_json::to_value(u).ok();
                 }
                 if job.include_usage {
                     v["usage"] = Value::Null;
@@ -144,7 +140,9 @@ async fn stream_task(
                                     "index": c.index,
                                     "delta": {"role": "assistant", "content": c.text},
                                     "finish_reason": c.finish_reason,
-                                    "logprobs": c.logprobs,
+                                    "logprobs": wire::choice_logprobs(
+                                        c.logprobs.as_ref().map(std::iter::once)
+                                    ),
                                 })
                             })
                             .collect(),

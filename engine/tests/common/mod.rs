@@ -251,3 +251,30 @@ pub fn content(v: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The JSON Schema of OpenAI's response shapes (`tests/fixtures/openai-response-shapes.json`,
+/// transcribed from OpenAI's OpenAPI schema).
+pub fn openai_shapes() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/openai-response-shapes.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A validator of one shape of the fixture (`CreateChatCompletionResponse`, ...).
+pub fn shape(name: &str) -> jsonschema::Validator {
+    let mut schema = openai_shapes();
+    assert!(schema["$defs"][name].is_object(), "no shape {name}");
+    schema["$ref"] = Value::String(format!("#/$defs/{name}"));
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// Panics with every error if `v` is not a valid `name`.
+pub fn assert_shape(name: &str, v: &Value) {
+    let errors: Vec<String> = shape(name)
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "not a valid {name}: {errors:?}\n{v}");
+}

@@ -128,18 +128,9 @@ pub fn placeholders(n: usize) -> String {
 }
 
 impl Store {
-    /// A store for `cfg`. Connects lazily; nothing is checked here.
-    ///
-    /// Panics if the database name is not a plain identifier (it is
-    /// interpolated into DDL); [`Store::try_new`] returns an error instead.
-    #[allow(
-        clippy::expect_used,
-        reason = "documented panic for fixed names; try_new returns the error"
-    )]
-    pub fn new(cfg: &StoreConfig) -> Store {
-        Self::try_new(cfg).expect("valid database name")
-    }
-
+    /// A store for `cfg`. Connects lazily: only the database name is
+    /// checked here (it must be a plain identifier, since it is
+    /// interpolated into DDL).
     pub fn try_new(cfg: &StoreConfig) -> Result<Store> {
         check_identifier(&cfg.database)?;
         let mut client = Client::default()

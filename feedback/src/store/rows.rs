@@ -10,10 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::BodiesPolicy,
-    event::{AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation},
-};
+use crate::event::{AttemptOutcome, FeedbackEvent, FeedbackValue, InferenceEvent, Validation};
 
 const MS_PER_DAY: u64 = 86_400_000;
 
@@ -296,8 +293,10 @@ pub const VALUE_DEMONSTRATION: i8 = 4;
 
 impl InferenceRow {
     /// The inference row and the attempt rows of an event, taken by value:
-    /// its strings move into the rows instead of being copied.
-    pub fn from_owned(e: InferenceEvent, bodies: BodiesPolicy) -> (InferenceRow, Vec<AttemptRow>) {
+    /// its strings move into the rows instead of being copied. The bodies
+    /// are stored as the event holds them (a missing one as `""`): the
+    /// shipper applies the `bodies` policy to the event first.
+    pub fn from_owned(e: InferenceEvent) -> (InferenceRow, Vec<AttemptRow>) {
         let date = date_of(e.ts_ms);
         let attempts = e
             .attempts
@@ -354,8 +353,8 @@ impl InferenceRow {
             validation: validation_code(e.validation),
             cost_usd: e.cost_usd,
             attempt_count: attempts.len() as u32,
-            request_body: apply_bodies_owned(e.request_body, bodies),
-            response_body: apply_bodies_owned(e.response_body, bodies),
+            request_body: e.request_body.unwrap_or_default(),
+            response_body: e.response_body.unwrap_or_default(),
             shadow: e.shadow,
             pair_id: e.pair_id.unwrap_or_default(),
         };
@@ -392,91 +391,10 @@ impl FeedbackRow {
     }
 }
 
-/// A body as the `bodies` policy wants it stored.
-pub fn apply_bodies(body: Option<&str>, policy: BodiesPolicy) -> String {
-    match (body, policy) {
-        (None, _) | (_, BodiesPolicy::Skip) => String::new(),
-        (Some(b), BodiesPolicy::Store) => b.to_owned(),
-        (Some(b), BodiesPolicy::Redact) => redact(b),
-    }
-}
-
-/// [`apply_bodies`] of an owned body (no copy when stored as is).
-pub fn apply_bodies_owned(body: Option<String>, policy: BodiesPolicy) -> String {
-    match (body, policy) {
-        (Some(b), BodiesPolicy::Store) => b,
-        (body, policy) => apply_bodies(body.as_deref(), policy),
-    }
-}
-
-/// Keys whose string values describe structure, not content; kept by
-/// `redact`.
-pub const KEEP_KEYS: &[&str] = &[
-    "role",
-    "model",
-    "type",
-    "finish_reason",
-    "object",
-    "id",
-    "stop_reason",
-    "system_fingerprint",
-    "service_tier",
-];
-
-pub const REDACTED: &str = "[redacted]";
-
-/// Replaces every string in a JSON body with `[redacted]`, except the
-/// values of [`KEEP_KEYS`]; numbers, booleans and the shape survive (token
-/// counts, message count, tool-call structure). Non-JSON becomes
-/// `[redacted]`.
-pub fn redact(body: &str) -> String {
-    fn walk(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::String(s) => *s = REDACTED.to_owned(),
-            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
-            serde_json::Value::Object(o) => {
-                for (k, v) in o.iter_mut() {
-                    if !(v.is_string() && KEEP_KEYS.contains(&k.as_str())) {
-                        walk(v);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(mut v) => {
-            walk(&mut v);
-            v.to_string()
-        }
-        Err(_) => REDACTED.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::AttemptEvent;
-
-    #[test]
-    fn redact_keeps_structure_and_roles() {
-        let body =
-            r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"n":2,"stream":true}"#;
-        let v: serde_json::Value = serde_json::from_str(&redact(body)).unwrap();
-        assert_eq!(v["model"], "m");
-        assert_eq!(v["messages"][0]["role"], "user");
-        assert_eq!(v["messages"][0]["content"], REDACTED);
-        assert_eq!(v["n"], 2);
-        assert_eq!(v["stream"], true);
-        assert_eq!(redact("not json"), REDACTED);
-    }
-
-    #[test]
-    fn bodies_policy() {
-        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Store), "{}");
-        assert_eq!(apply_bodies(Some("{}"), BodiesPolicy::Skip), "");
-        assert_eq!(apply_bodies(None, BodiesPolicy::Store), "");
-    }
 
     #[test]
     fn event_maps_to_rows() {
@@ -534,81 +452,72 @@ mod tests {
             shadow: true,
             pair_id: Some("served".into()),
         };
-        for bodies in [
-            BodiesPolicy::Store,
-            BodiesPolicy::Redact,
-            BodiesPolicy::Skip,
-        ] {
-            let (row, attempts) = InferenceRow::from_owned(e.clone(), bodies);
+        let (row, attempts) = InferenceRow::from_owned(e.clone());
+        assert_eq!(
+            (row.id.as_str(), row.ts_ms, row.date),
+            ("id", e.ts_ms, date_of(e.ts_ms))
+        );
+        assert_eq!(
+            (
+                row.tenant.as_str(),
+                row.route.as_str(),
+                row.variant.as_str()
+            ),
+            ("t", "r", "v")
+        );
+        assert_eq!(
+            (
+                row.episode_id.as_deref(),
+                row.user.as_deref(),
+                row.stream,
+                row.status
+            ),
+            (Some("ep"), None, true, 200)
+        );
+        assert_eq!(
+            (
+                row.retries,
+                row.failovers,
+                row.failover_diverged,
+                row.attempt_count
+            ),
+            (1, 1, true, 2)
+        );
+        assert_eq!(row.validation, validation_code(Validation::Passed));
+        assert_eq!((row.shadow, row.pair_id.as_str()), (true, "served"));
+        assert_eq!(Some(row.request_body.as_str()), e.request_body.as_deref());
+        assert_eq!(row.response_body, "");
+        assert_eq!(attempts.len(), 2);
+        for (seq, (r, a)) in attempts.iter().zip(&e.attempts).enumerate() {
             assert_eq!(
-                (row.id.as_str(), row.ts_ms, row.date),
-                ("id", e.ts_ms, date_of(e.ts_ms))
+                (r.inference_id.as_str(), r.seq, r.ts_ms, r.date),
+                ("id", seq as u32, e.ts_ms, row.date)
             );
             assert_eq!(
-                (
-                    row.tenant.as_str(),
-                    row.route.as_str(),
-                    row.variant.as_str()
-                ),
+                (r.tenant.as_str(), r.route.as_str(), r.variant.as_str()),
                 ("t", "r", "v")
             );
             assert_eq!(
                 (
-                    row.episode_id.as_deref(),
-                    row.user.as_deref(),
-                    row.stream,
-                    row.status
+                    r.provider.as_str(),
+                    r.model.as_str(),
+                    r.target_index,
+                    r.try_index
                 ),
-                (Some("ep"), None, true, 200)
+                ("p", "m", 1, 2)
             );
             assert_eq!(
-                (
-                    row.retries,
-                    row.failovers,
-                    row.failover_diverged,
-                    row.attempt_count
-                ),
-                (1, 1, true, 2)
+                (r.outcome, r.status, r.reason.as_deref()),
+                (outcome_code(a.outcome), a.status, Some("slow"))
             );
-            assert_eq!(row.validation, validation_code(Validation::Passed));
-            assert_eq!((row.shadow, row.pair_id.as_str()), (true, "served"));
             assert_eq!(
-                row.request_body,
-                apply_bodies(e.request_body.as_deref(), bodies)
+                (r.started_ms, r.latency_ms, r.ttft_ms, r.cost_usd),
+                (5, 1.5, Some(0.5), 0.25)
             );
-            assert_eq!(row.response_body, "");
-            assert_eq!(attempts.len(), 2);
-            for (seq, (r, a)) in attempts.iter().zip(&e.attempts).enumerate() {
-                assert_eq!(
-                    (r.inference_id.as_str(), r.seq, r.ts_ms, r.date),
-                    ("id", seq as u32, e.ts_ms, row.date)
-                );
-                assert_eq!(
-                    (r.tenant.as_str(), r.route.as_str(), r.variant.as_str()),
-                    ("t", "r", "v")
-                );
-                assert_eq!(
-                    (
-                        r.provider.as_str(),
-                        r.model.as_str(),
-                        r.target_index,
-                        r.try_index
-                    ),
-                    ("p", "m", 1, 2)
-                );
-                assert_eq!(
-                    (r.outcome, r.status, r.reason.as_deref()),
-                    (outcome_code(a.outcome), a.status, Some("slow"))
-                );
-                assert_eq!(
-                    (r.started_ms, r.latency_ms, r.ttft_ms, r.cost_usd),
-                    (5, 1.5, Some(0.5), 0.25)
-                );
-                assert_eq!(
-                    (r.prompt_tokens, r.completion_tokens, r.tokens_estimated),
-                    (3, 4, true)
-                );
-            }
+            assert_eq!(
+                (r.prompt_tokens, r.completion_tokens, r.tokens_estimated),
+                (3, 4, true)
+            );
         }
     }
 

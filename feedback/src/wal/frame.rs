@@ -15,6 +15,11 @@
 //! JSON was chosen over a compact binary form because the log is short-lived
 //! (shipped within seconds), `wal-inspect` and humans can read it, and the
 //! event model evolves with `serde(default)` fields without a format bump.
+//!
+//! Segment bytes are untrusted (torn writes, bit rot, any file dropped into
+//! the directory): nothing here indexes or panics, a bad frame is reported.
+
+#![deny(clippy::indexing_slicing, clippy::panic)]
 
 use crate::event::Record;
 
@@ -58,36 +63,46 @@ enum Decoded {
     Invalid,
 }
 
+/// A frame header's fields: `len`, `crc`, `ts_ms` (little-endian).
+fn split_header(header: [u8; FRAME_HEADER_LEN]) -> ([u8; 4], [u8; 4], [u8; 8]) {
+    let [l0, l1, l2, l3, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7] = header;
+    (
+        [l0, l1, l2, l3],
+        [c0, c1, c2, c3],
+        [t0, t1, t2, t3, t4, t5, t6, t7],
+    )
+}
+
 fn decode_at(buf: &[u8], pos: usize) -> Decoded {
-    let Some(header) = buf.get(pos..pos + FRAME_HEADER_LEN) else {
-        return Decoded::Incomplete;
-    };
-    let Ok(&[l0, l1, l2, l3, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7]) =
-        <&[u8; FRAME_HEADER_LEN]>::try_from(header)
+    let Some(header) = pos
+        .checked_add(FRAME_HEADER_LEN)
+        .and_then(|end| buf.get(pos..end))
+        .and_then(|h| <[u8; FRAME_HEADER_LEN]>::try_from(h).ok())
     else {
         return Decoded::Incomplete;
     };
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-    let crc = u32::from_le_bytes([c0, c1, c2, c3]);
+    let (len_bytes, crc, ts) = split_header(header);
+    let len = u32::from_le_bytes(len_bytes) as usize;
     if len > MAX_PAYLOAD_LEN {
         return Decoded::Invalid;
     }
     let payload_start = pos + FRAME_HEADER_LEN;
-    let Some(payload) = buf.get(payload_start..payload_start + len) else {
+    let payload_end = payload_start + len;
+    let Some(payload) = buf.get(payload_start..payload_end) else {
         return Decoded::Incomplete;
     };
     let mut h = crc32fast::Hasher::new();
-    h.update(&[l0, l1, l2, l3]);
-    h.update(&[t0, t1, t2, t3, t4, t5, t6, t7]);
+    h.update(&len_bytes);
+    h.update(&ts);
     h.update(payload);
-    if h.finalize() != crc {
+    if h.finalize() != u32::from_le_bytes(crc) {
         return Decoded::Invalid;
     }
     Decoded::Frame(Frame {
         offset: pos,
-        ts_ms: u64::from_le_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
+        ts_ms: u64::from_le_bytes(ts),
         payload_start,
-        payload_end: payload_start + len,
+        payload_end,
     })
 }
 
@@ -117,9 +132,9 @@ impl Scan {
 
 /// Scans a whole segment (header included). After an invalid frame it
 /// resynchronizes on the next offset that holds a valid frame, so one bad
-/// record does not hide the records behind it.
-///
-/// Panics if `buf` is shorter than the header; callers check the header.
+/// record does not hide the records behind it. The header is not checked
+/// here (callers do): scanning starts after it, and a `buf` no longer than
+/// the header holds no frames.
 pub fn scan(buf: &[u8]) -> Scan {
     let mut scan = Scan::default();
     let mut pos = HEADER_LEN;
@@ -151,15 +166,25 @@ pub fn scan(buf: &[u8]) -> Scan {
 fn resync(buf: &[u8], from: usize) -> Option<usize> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN + 2)?;
     (from..=last).find(|&q| {
-        buf[q + FRAME_HEADER_LEN] == b'{'
-            && buf[q + FRAME_HEADER_LEN + 1] == b'"'
+        let payload = q + FRAME_HEADER_LEN;
+        buf.get(payload..payload + 2) == Some(b"{\"".as_slice())
             && matches!(decode_at(buf, q), Decoded::Frame(_))
     })
 }
 
-/// Decodes a frame's payload.
+/// Decodes a frame's payload (a frame that does not lie within `buf` is an
+/// error too).
 pub fn decode_record(buf: &[u8], frame: &Frame) -> Result<Record, serde_json::Error> {
-    serde_json::from_slice(&buf[frame.payload_start..frame.payload_end])
+    let payload = buf
+        .get(frame.payload_start..frame.payload_end)
+        .ok_or_else(|| {
+            <serde_json::Error as serde::de::Error>::custom(format!(
+                "frame at {} lies outside the segment ({} bytes)",
+                frame.offset,
+                buf.len()
+            ))
+        })?;
+    serde_json::from_slice(payload)
 }
 
 #[cfg(test)]
@@ -199,6 +224,30 @@ mod tests {
         );
         assert_eq!(s.corrupt, vec![(second, second + FRAME_HEADER_LEN + 7)]);
         assert!(s.tail.is_none());
+    }
+
+    #[test]
+    fn short_and_garbage_input_is_not_a_panic() {
+        for len in 0..HEADER_LEN + FRAME_HEADER_LEN + 4 {
+            let buf = segment(&[b"{\"a\":1}"]);
+            let s = scan(&buf[..len.min(buf.len())]);
+            assert!(s.frames.is_empty());
+        }
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let s = scan(&garbage);
+        assert!(s.frames.is_empty());
+        let bogus = Frame {
+            offset: 8,
+            ts_ms: 0,
+            payload_start: 10,
+            payload_end: 100,
+        };
+        assert!(decode_record(&garbage[..50], &bogus).is_err());
+        // A length field near u32::MAX is refused, not added past the buffer.
+        let mut buf = SEGMENT_MAGIC.to_vec();
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        buf.extend_from_slice(&[0; 12]);
+        assert_eq!(scan(&buf).frames.len(), 0);
     }
 
     #[test]

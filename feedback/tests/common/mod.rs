@@ -35,12 +35,13 @@ pub fn fresh_db(tag: &str) -> String {
 }
 
 pub fn store_for(db: &str) -> Store {
-    Store::new(&StoreConfig {
+    Store::try_new(&StoreConfig {
         url: clickhouse_url(),
         database: db.into(),
         user: None,
         password: None,
     })
+    .unwrap()
 }
 
 /// A store on a fresh, migrated database.
@@ -72,12 +73,13 @@ pub fn unreachable_store(db: &str) -> Store {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    Store::new(&StoreConfig {
+    Store::try_new(&StoreConfig {
         url: format!("http://127.0.0.1:{port}"),
         database: db.into(),
         user: None,
         password: None,
     })
+    .unwrap()
 }
 
 pub fn uuid() -> String {

@@ -240,6 +240,7 @@ async fn chat(state: &MockState, p: Prepared) -> Resp {
                 message: AssistantMessage {
                     role: "assistant",
                     content: if tool.is_some() { None } else { Some(out.text) },
+                    refusal: None,
                     tool_calls: tool.as_deref().map(|name| {
                         [ToolCall {
                             index: None,

@@ -8,5 +8,7 @@ pub mod handlers;
 pub mod knobs;
 pub mod openai;
 pub mod server;
+#[cfg(test)]
+mod shape_tests;
 pub mod sse;
 pub mod state;

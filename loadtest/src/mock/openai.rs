@@ -193,6 +193,8 @@ pub struct ChatChoice<'a> {
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
     pub content: Option<&'a str>,
+    /// Always `null` here, but present: OpenAI's schema requires it.
+    pub refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<[ToolCall<'a>; 1]>,
 }

@@ -1,5 +1,9 @@
 //! Shared test helpers.
 
+// Test code: a failed unwrap is a failed test. clippy.toml lets `#[test]`
+// functions unwrap; this extends that to the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{collections::HashMap, path::Path};
 
 use candle_core::{DType, Device, Tensor, D};

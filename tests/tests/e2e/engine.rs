@@ -181,3 +181,29 @@ async fn a_killed_replica_is_taken_out_and_requests_succeed() {
         assert_eq!(r.status(), 200, "episode-{i} failed after a replica died");
     }
 }
+
+/// The official `openai` Python SDK's structured-output helper (`parse()` with a Pydantic
+/// model) through the gateway to the real model: the parsed object comes back, the answer
+/// stops when the object closes (the SDK refuses a `"length"` answer as truncated) and it is
+/// one-line JSON. The interpreter is `$FLYWHEEL_PYTHON` (a virtualenv with `openai`), else
+/// `python3`; a missing SDK fails the test.
+#[tokio::test]
+async fn openai_sdk_parse_gets_a_stopped_one_line_object_from_the_real_model() {
+    let engine = start_engine();
+    let gw = start_gateway(&config(&[&engine], BASE_ONLY));
+    let python = std::env::var("FLYWHEEL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/structured_output.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("OPENAI_BASE_URL", gw.url("/v1"))
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("ALL OK"), "{stdout}");
+    // The answers, for `--nocapture`.
+    println!("{stdout}");
+}

@@ -1,5 +1,6 @@
 //! Compatibility with the official `openai` Python SDK, unchanged: chat,
-//! streaming with usage, and `json_schema` structured output.
+//! streaming with usage, and `json_schema` structured output (also through the SDK's
+//! `parse()` helper with a Pydantic model).
 //!
 //! The interpreter is `$FLYWHEEL_PYTHON` (the test script points it at a
 //! virtualenv with `openai` installed), else `python3`; a missing SDK fails

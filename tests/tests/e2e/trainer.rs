@@ -57,7 +57,8 @@ async fn trainer_greedy_tokens_match_the_engine() {
         let chosen: Vec<u32> = content
             .iter()
             .map(|c| {
-                c["top_logprobs"][0]["token"]
+                // The engine's extension field: OpenAI's `token` is the token's text.
+                c["top_logprobs"][0]["token_id"]
                     .as_u64()
                     .unwrap_or_else(|| panic!("{c}")) as u32
             })

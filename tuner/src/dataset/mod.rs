@@ -57,8 +57,9 @@ pub fn split_of(item: &Item, seed: u64, heldout_fraction: f64) -> Split {
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
     h.update(normalized_prompt(item).as_bytes());
-    let d = h.finalize();
-    let x = u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    let d: [u8; 32] = h.finalize().into();
+    let [d0, d1, d2, d3, d4, d5, d6, d7, ..] = d;
+    let x = u64::from_le_bytes([d0, d1, d2, d3, d4, d5, d6, d7]) as f64 / u64::MAX as f64;
     if x < heldout_fraction {
         Split::Heldout
     } else {

@@ -41,22 +41,22 @@ impl PiiFilter {
                 "EMAIL",
                 r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
                 None,
-            ),
+            )?,
             // Keys before phones and cards: a key's digits must not be masked
             // piecewise as a phone number first.
             builtin(
                 "SECRET_KEY",
                 r"\b(?:sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})\b",
                 None,
-            ),
-            builtin("CARD_NUMBER", r"\b(?:\d[ -]?){12,18}\d\b", Some(luhn_ok)),
+            )?,
+            builtin("CARD_NUMBER", r"\b(?:\d[ -]?){12,18}\d\b", Some(luhn_ok))?,
             // International or North-American style numbers with separators;
             // bare digit runs are too often ids to count.
             builtin(
                 r"PHONE",
                 r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b",
                 None,
-            ),
+            )?,
         ];
         for (name, pattern) in extra {
             detectors.push(Detector {
@@ -124,12 +124,16 @@ impl PiiFilter {
     }
 }
 
-fn builtin(name: &str, pattern: &str, check: Option<fn(&str) -> bool>) -> Detector {
-    Detector {
+fn builtin(
+    name: &str,
+    pattern: &str,
+    check: Option<fn(&str) -> bool>,
+) -> Result<Detector, regex::Error> {
+    Ok(Detector {
         name: name.to_owned(),
-        regex: Regex::new(pattern).expect("built-in pattern"),
+        regex: Regex::new(pattern)?,
         check,
-    }
+    })
 }
 
 fn luhn_ok(candidate: &str) -> bool {
@@ -153,7 +157,7 @@ fn luhn_ok(candidate: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]

@@ -26,9 +26,9 @@ fn qpd(x: Option<f64>) -> String {
 }
 
 impl Report {
-    pub fn to_json(&self) -> String {
+    pub fn to_json(&self) -> serde_json::Result<String> {
         // NaN (an empty configuration) has no JSON form: serde_json writes null.
-        serde_json::to_string_pretty(self).expect("a report serializes")
+        serde_json::to_string_pretty(self)
     }
 
     pub fn to_markdown(&self) -> String {
@@ -73,34 +73,36 @@ impl Report {
 
     /// One row per configuration; the row's `report_json` is that
     /// configuration's summary.
-    pub fn rows(&self) -> Vec<EvalResultRow> {
+    pub fn rows(&self) -> serde_json::Result<Vec<EvalResultRow>> {
         self.configs
             .iter()
-            .map(|c| EvalResultRow {
-                run_id: self.run_id.clone(),
-                ts_ms: self.ts_ms,
-                dataset: self.dataset.clone(),
-                grader: self.grader.clone(),
-                config: c.config.clone(),
-                model: c.model.clone(),
-                requests: c.requests as u64,
-                request_errors: c.request_errors as u64,
-                grader_errors: c.grader_errors as u64,
-                mean_score: c.mean_score.value,
-                mean_score_low: c.mean_score.low,
-                mean_score_high: c.mean_score.high,
-                pass_rate: c.pass_rate.value,
-                pass_rate_low: c.pass_rate.low,
-                pass_rate_high: c.pass_rate.high,
-                tokens_per_request: c.tokens_per_request,
-                retries_per_request: c.retries_per_request,
-                fallbacks_per_request: c.fallbacks_per_request,
-                latency_p50_ms: c.latency_p50_ms,
-                latency_p95_ms: c.latency_p95_ms,
-                cost_per_request_usd: c.cost_per_request_usd,
-                // Unpriced: 0 in the table (the JSON says null).
-                quality_per_dollar: c.quality_per_dollar.unwrap_or(0.0),
-                report_json: serde_json::to_string(c).expect("a summary serializes"),
+            .map(|c| {
+                Ok(EvalResultRow {
+                    run_id: self.run_id.clone(),
+                    ts_ms: self.ts_ms,
+                    dataset: self.dataset.clone(),
+                    grader: self.grader.clone(),
+                    config: c.config.clone(),
+                    model: c.model.clone(),
+                    requests: c.requests as u64,
+                    request_errors: c.request_errors as u64,
+                    grader_errors: c.grader_errors as u64,
+                    mean_score: c.mean_score.value,
+                    mean_score_low: c.mean_score.low,
+                    mean_score_high: c.mean_score.high,
+                    pass_rate: c.pass_rate.value,
+                    pass_rate_low: c.pass_rate.low,
+                    pass_rate_high: c.pass_rate.high,
+                    tokens_per_request: c.tokens_per_request,
+                    retries_per_request: c.retries_per_request,
+                    fallbacks_per_request: c.fallbacks_per_request,
+                    latency_p50_ms: c.latency_p50_ms,
+                    latency_p95_ms: c.latency_p95_ms,
+                    cost_per_request_usd: c.cost_per_request_usd,
+                    // Unpriced: 0 in the table (the JSON says null).
+                    quality_per_dollar: c.quality_per_dollar.unwrap_or(0.0),
+                    report_json: serde_json::to_string(c)?,
+                })
             })
             .collect()
     }

@@ -1,6 +1,12 @@
 //! Strict reading of one grader config object: every error names the JSON
 //! path of the field at fault, because configs are hand-written and a bare
 //! "invalid config" wastes a training run's setup time.
+//!
+//! Configs are untrusted input (hand-written, read by the trainer, the eval
+//! and the reward server): nothing here indexes or panics, a bad field is
+//! an error.
+
+#![deny(clippy::indexing_slicing, clippy::panic)]
 
 use serde_json::{Map, Value};
 

@@ -110,6 +110,10 @@ impl Endpoint {
                 slot - now
             };
             if !wait.is_zero() {
+                // Graders are synchronous and run on blocking threads
+                // (`spawn_blocking` in the reward server and the eval, the
+                // trainer's own thread), never on a runtime worker.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(wait);
             }
         }

@@ -233,9 +233,14 @@ impl PythonGrader {
             .stderr(Stdio::piped());
         sandbox(&mut cmd, self.isolation);
         let mut child = cmd.spawn().map_err(SpawnError::Start)?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            // Cannot happen (all three are piped above); an error, not a panic.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SpawnError::Worker("the worker's stdio is not piped".into()));
+        };
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -391,7 +396,9 @@ impl Worker {
             .wait()
             .map(|s| s.to_string())
             .unwrap_or_else(|e| e.to_string());
-        // The stderr reader may still be draining the last lines.
+        // The stderr reader may still be draining the last lines. Graders
+        // run on blocking threads, never on a runtime worker.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(50));
         let tail: Vec<u8> = self
             .stderr_tail
@@ -569,6 +576,8 @@ mod tests {
         assert!(e.to_string().contains("did not finish"), "{e}");
     }
 
+    // A plain test thread, waiting for a connection that must not come.
+    #[allow(clippy::disallowed_methods)]
     fn assert_no_connection(listener: &std::net::TcpListener) {
         std::thread::sleep(Duration::from_millis(200));
         match listener.accept() {
@@ -714,8 +723,16 @@ mod tests {
 
     #[test]
     fn environment_is_not_inherited() {
-        std::env::set_var("FLYWHEEL_TEST_SECRET", "s3cret");
-        let g = grader("import os\ndef grade(sample, item):\n    return 1 if 'FLYWHEEL_TEST_SECRET' in os.environ else 0\n");
+        // A variable this process has (cargo sets CARGO_MANIFEST_DIR for
+        // tests; HOME is there otherwise), rather than one set here:
+        // set_var races the other tests' threads.
+        let name = ["CARGO_MANIFEST_DIR", "HOME", "USER"]
+            .into_iter()
+            .find(|n| std::env::var_os(n).is_some())
+            .expect("an environment variable to check");
+        let g = grader(&format!(
+            "import os\ndef grade(sample, item):\n    return 1 if '{name}' in os.environ else 0\n"
+        ));
         assert_eq!(grade(&g, "x").unwrap(), 0.0);
     }
 

@@ -259,9 +259,9 @@ impl ScoreModel {
                 }
             }
         });
-        body.as_object_mut()
-            .expect("object")
-            .extend(self.sampling.clone());
+        if let Some(body) = body.as_object_mut() {
+            body.extend(self.sampling.clone());
+        }
         let reply = self
             .http
             .post_json(&self.url, &[], self.api_key.as_deref(), &body)

@@ -886,7 +886,6 @@ impl Loader for MultimodalLoader {
         };
 
         let max_seq_len = model.max_seq_len();
-        let llg_factory = build_llg_factory(tokenizer.clone())?;
         let num_hidden_layers = match model.cache() {
             EitherCache::Full(full) => full.lock().len(),
             EitherCache::Normal(normal) => normal.lock().unwrap().0.len(),
@@ -896,6 +895,7 @@ impl Loader for MultimodalLoader {
             .as_ref()
             .and_then(GenerationConfig::generation_defaults);
         let eos = calculate_eos_tokens(&chat_template, gen_conf.as_ref(), &tokenizer);
+        let llg_factory = build_llg_factory(tokenizer.clone(), &eos)?;
         let sliding_window = model.config().sliding_window;
         Ok(Arc::new(Mutex::new(MultimodalPipeline {
             model,

@@ -1,0 +1,120 @@
+//! Flag groups that several subcommands flatten into their own: the
+//! graders' outside reach ([`GraderArgs`]) and the capture's ClickHouse
+//! ([`ClickHouseArgs`]).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Result};
+use flywheel_tuner::grader::GraderOptions;
+
+/// Where graders that reach outside the process go: the `score_model`
+/// judge, the `python` interpreter and its limits, `endpoint` timeouts.
+#[derive(clap::Args)]
+pub struct GraderArgs {
+    /// OpenAI-compatible API that `score_model` graders call (the Flywheel gateway by default).
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+    judge_url: String,
+    /// Bearer key for the judge.
+    #[arg(long, env = "FLYWHEEL_API_KEY", hide_env_values = true)]
+    judge_api_key: Option<String>,
+    /// Seconds before a judge request is abandoned (a grading error).
+    #[arg(long, default_value_t = 120.0)]
+    judge_timeout_secs: f64,
+    /// Directory for the `score_model` reply cache (`score_model.cache.jsonl`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Interpreter for `python` graders.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// Wall-clock limit per sample for `python` graders.
+    #[arg(long, default_value_t = 10.0)]
+    python_timeout_secs: f64,
+    /// Address-space limit of a `python` grader worker, in MiB.
+    #[arg(long, default_value_t = 512)]
+    python_memory_mib: u64,
+    /// Seconds before an `endpoint` request is abandoned.
+    #[arg(long, default_value_t = 60.0)]
+    endpoint_timeout_secs: f64,
+}
+
+impl GraderArgs {
+    pub fn options(&self) -> Result<GraderOptions> {
+        let secs = |name: &str, s: f64| {
+            if s.is_finite() && s > 0.0 {
+                Ok(Duration::from_secs_f64(s))
+            } else {
+                bail!("--{name} must be a positive number of seconds")
+            }
+        };
+        Ok(GraderOptions {
+            judge_base_url: self.judge_url.clone(),
+            judge_api_key: self.judge_api_key.clone().filter(|k| !k.is_empty()),
+            judge_timeout: secs("judge-timeout-secs", self.judge_timeout_secs)?,
+            cache_dir: self.cache_dir.clone(),
+            python: self.python.clone(),
+            python_timeout: secs("python-timeout-secs", self.python_timeout_secs)?,
+            python_memory_bytes: self.python_memory_mib << 20,
+            endpoint_timeout: secs("endpoint-timeout-secs", self.endpoint_timeout_secs)?,
+            ..GraderOptions::default()
+        })
+    }
+}
+
+/// The ClickHouse of the capture (same variables as `flywheel-feedback`).
+#[derive(clap::Args)]
+pub struct ClickHouseArgs {
+    #[arg(
+        long = "clickhouse-url",
+        env = "FLYWHEEL_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    url: String,
+    #[arg(
+        long = "clickhouse-database",
+        env = "FLYWHEEL_CLICKHOUSE_DATABASE",
+        default_value = "flywheel"
+    )]
+    database: String,
+    #[arg(long = "clickhouse-user", env = "FLYWHEEL_CLICKHOUSE_USER")]
+    user: Option<String>,
+    #[arg(
+        long = "clickhouse-password",
+        env = "FLYWHEEL_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+}
+
+impl ClickHouseArgs {
+    pub fn store(&self) -> Result<flywheel_feedback::Store> {
+        Ok(flywheel_feedback::Store::try_new(
+            &flywheel_feedback::StoreConfig {
+                url: self.url.clone(),
+                database: self.database.clone(),
+                user: self.user.clone(),
+                password: self.password.clone(),
+            },
+        )?)
+    }
+}
+
+/// A `--pattern NAME=REGEX` value (an extra PII detector).
+pub fn parse_pattern(p: &str) -> Result<(String, String), String> {
+    p.split_once('=')
+        .map(|(n, r)| (n.to_owned(), r.to_owned()))
+        .ok_or_else(|| "--pattern takes NAME=REGEX".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert_eq!(
+            parse_pattern("ssn=\\d{3}-\\d{2}").unwrap(),
+            ("ssn".to_owned(), "\\d{3}-\\d{2}".to_owned())
+        );
+        assert!(parse_pattern("no-equals").is_err());
+    }
+}
