@@ -108,6 +108,8 @@ fn inference(id: &str, ts_ms: u64, variant: &str, cost: f64) -> InferenceRow {
         attempt_count: 1,
         request_body: String::new(),
         response_body: String::new(),
+        shadow: false,
+        pair_id: String::new(),
     }
 }
 

@@ -126,6 +126,15 @@ pub struct InferenceEvent {
     /// assembled answer), when the gateway captures bodies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
+    /// A shadow request: the canary's mirror of a served request to the
+    /// candidate variant. Its answer was never returned and it counts
+    /// against no tenant limit; `tenant` says whose request it mirrored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// Joins a shadow request to the served request it mirrors: the served
+    /// request's id, on both events. None for requests without a mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_id: Option<String>,
 }
 
 /// What a feedback event is about: one inference, or a whole episode (a

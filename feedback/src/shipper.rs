@@ -795,6 +795,8 @@ mod tests {
             attempts: vec![],
             request_body: Some(body.into()),
             response_body: None,
+            shadow: false,
+            pair_id: None,
         };
         for bodies in [
             BodiesPolicy::Store,

@@ -65,6 +65,8 @@ fn inference_row() -> InferenceRow {
         attempt_count: 4,
         request_body: "{\"messages\":[\"héllo\\n\"]}".into(),
         response_body: "{\"a\":1}".into(),
+        shadow: true,
+        pair_id: "0190c0de-0000-7000-8000-000000000000".into(),
     }
 }
 
@@ -233,6 +235,8 @@ async fn schema_round_trip_every_table() {
     row.episode_id = None;
     row.user = None;
     row.ttft_ms = None;
+    row.shadow = false;
+    row.pair_id = String::new();
     store
         .insert_rows("inferences", &[row.clone()])
         .await

@@ -51,6 +51,11 @@ pub struct InferenceRow {
     pub attempt_count: u32,
     pub request_body: String,
     pub response_body: String,
+    /// A canary mirror (migration 0006), never returned nor billed.
+    pub shadow: bool,
+    /// The served request's id on both halves of a mirrored pair; empty
+    /// otherwise.
+    pub pair_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -350,6 +355,8 @@ impl InferenceRow {
             attempt_count: attempts.len() as u32,
             request_body: e.request_body.unwrap_or_default(),
             response_body: e.response_body.unwrap_or_default(),
+            shadow: e.shadow,
+            pair_id: e.pair_id.unwrap_or_default(),
         };
         (row, attempts)
     }
@@ -442,6 +449,8 @@ mod tests {
             ],
             request_body: Some(r#"{"messages":[{"role":"user","content":"x"}]}"#.into()),
             response_body: None,
+            shadow: true,
+            pair_id: Some("served".into()),
         };
         let (row, attempts) = InferenceRow::from_owned(e.clone());
         assert_eq!(
@@ -475,6 +484,7 @@ mod tests {
             (1, 1, true, 2)
         );
         assert_eq!(row.validation, validation_code(Validation::Passed));
+        assert_eq!((row.shadow, row.pair_id.as_str()), (true, "served"));
         assert_eq!(Some(row.request_body.as_str()), e.request_body.as_deref());
         assert_eq!(row.response_body, "");
         assert_eq!(attempts.len(), 2);

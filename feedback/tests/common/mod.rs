@@ -142,6 +142,8 @@ pub fn inference(id: &str, ts_ms: u64, route: &str, variant: &str) -> InferenceE
         response_body: Some(
             r#"{"choices":[{"message":{"role":"assistant","content":"hello"}}]}"#.into(),
         ),
+        shadow: false,
+        pair_id: None,
     }
 }
 

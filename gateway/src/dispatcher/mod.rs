@@ -77,6 +77,11 @@ pub struct Call {
     pub validator: Option<Validator>,
     pub episode_id: Option<String>,
     pub user: Option<String>,
+    /// A shadow mirror of another call ([`Call::mirror`]): metered, never
+    /// answered to anyone, counted against no tenant limit.
+    pub shadow: bool,
+    /// The served call's id on both calls of a mirrored pair.
+    pub pair_id: Option<String>,
 }
 
 impl Call {
@@ -117,6 +122,35 @@ impl Call {
             validator: None,
             episode_id,
             user,
+            shadow: false,
+            pair_id: None,
+        }
+    }
+
+    /// The shadow twin of this call on the route's variant `variant`: the
+    /// same body, streaming and clock (so latency and TTFT compare), its own
+    /// id, paired with this call (whose `pair_id` is set too). It counts
+    /// against no token limit: the tenant is not billed for it.
+    pub fn mirror(&mut self, variant: usize, validator: Option<Validator>) -> Call {
+        self.pair_id = Some(self.id.clone());
+        Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts_ms: self.ts_ms,
+            start: self.start,
+            tenant: self.tenant.clone(),
+            token_key: None,
+            op: self.op,
+            route: self.route.clone(),
+            variant,
+            body: self.body.clone(),
+            stream: self.stream,
+            include_usage: self.include_usage,
+            can_continue: self.can_continue,
+            validator,
+            episode_id: self.episode_id.clone(),
+            user: self.user.clone(),
+            shadow: true,
+            pair_id: Some(self.id.clone()),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Live routing changes: `GET /admin/routes` shows the weights,
+//! Live routing changes: `GET /admin/routes` shows the weights (and the
+//! canary's shadow mirrors),
 //! `PUT /admin/routes/{route}/weights` with `{"weights": {"variant": 10}}`
 //! changes them for the next request, without a restart.
 
@@ -16,7 +17,13 @@ use super::body::{read_json, view};
 use crate::{error::GatewayError, router::WeightsError, AppState};
 
 pub async fn list_routes(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"routes": state.router.weights()}))
+    let mirrors: BTreeMap<String, Value> = state
+        .router
+        .mirrors()
+        .into_iter()
+        .map(|(route, m)| (route, json!({"variant": m.variant, "fraction": m.fraction})))
+        .collect();
+    Json(json!({"routes": state.router.weights(), "mirrors": mirrors}))
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,15 @@
 //! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+//!
+//! # Shadow mirrors
+//!
+//! While a route has a mirror (the canary's shadow step, polled from
+//! Redis: [`crate::router::Mirror`]), a sampled fraction of its chat and
+//! completion requests served by another variant is also sent to the
+//! mirror's variant, in a task of its own: same body, same streaming (the
+//! mirror streams when the original does, read at the upstream's pace, so
+//! TTFTs compare), same clock. Its event is marked `shadow` and both events
+//! carry the served request's id as `pair_id`; its answer goes nowhere, and
+//! it counts against no token limit (the tenant is not billed for it).
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
@@ -47,7 +58,12 @@ pub async fn chat_completions(
     call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1;
     call.validator = Validator::for_format(request.response_format.as_ref())?;
-    respond(state, call).await
+    let mirror = mirror_of(&state, &mut call, || {
+        Validator::for_format(request.response_format.as_ref())
+            .ok()
+            .flatten()
+    });
+    respond(state, call, mirror).await
 }
 
 pub async fn completions(
@@ -69,7 +85,8 @@ pub async fn completions(
     )?;
     call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
-    respond(state, call).await
+    let mirror = mirror_of(&state, &mut call, || None);
+    respond(state, call, mirror).await
 }
 
 pub async fn embeddings(
@@ -94,7 +111,7 @@ pub async fn embeddings(
         value,
         &headers,
     )?;
-    respond(state, call).await
+    respond(state, call, None).await
 }
 
 /// The body as JSON (forwarded as it came) and its checked typed view.
@@ -131,6 +148,44 @@ fn new_call(
     Ok(Call::new(op, tenant, route, body, episode, start.0))
 }
 
+/// The shadow twin of `call`, when its route has a mirror on another
+/// variant and this request is in the sampled fraction (module docs).
+fn mirror_of(
+    state: &AppState,
+    call: &mut Call,
+    validator: impl FnOnce() -> Option<Validator>,
+) -> Option<Call> {
+    let mirror = state.router.mirror(&call.route.name)?;
+    let index = call
+        .route
+        .variants
+        .iter()
+        .position(|v| v.name == mirror.variant)?;
+    if index == call.variant || rand::random::<f64>() >= mirror.fraction {
+        return None;
+    }
+    Some(call.mirror(index, validator()))
+}
+
+/// Runs a shadow call to its end in its own task; its answer is read and
+/// dropped.
+fn spawn_mirror(state: AppState, call: Call) {
+    tokio::spawn(async move {
+        if call.stream {
+            let (started_tx, started_rx) = oneshot::channel();
+            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            // Read like a client, so the mirror streams at the upstream's pace.
+            let reader = tokio::spawn(async move {
+                let _ = tokio::join!(started_rx, async { while rx.recv().await.is_some() {} });
+            });
+            run_stream(state, call, started_tx, tx).await;
+            let _ = reader.await;
+        } else {
+            let _ = run_unary(&state, &call).await;
+        }
+    });
+}
+
 /// Tells the client which request id, variant and upstream served it.
 fn flywheel_headers(headers: &mut HeaderMap, id: &str, variant: &str, provider: &str, model: &str) {
     for (name, value) in [
@@ -163,7 +218,14 @@ fn error_response(error: GatewayError, id: &str) -> Response {
     response
 }
 
-async fn respond(state: AppState, call: Call) -> Result<Response, GatewayError> {
+async fn respond(
+    state: AppState,
+    call: Call,
+    mirror: Option<Call>,
+) -> Result<Response, GatewayError> {
+    if let Some(mirror) = mirror {
+        spawn_mirror(state.clone(), mirror);
+    }
     if call.stream {
         return respond_stream(state, call).await;
     }

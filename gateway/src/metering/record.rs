@@ -56,6 +56,7 @@ impl Outcome {
 /// the client gets the end of the answer, so that an answered request always
 /// has its event in the log.
 pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
+    // A shadow call has no token key: the tenant is not billed for it.
     if let Some(key) = &call.token_key {
         state
             .limiter
@@ -70,7 +71,8 @@ pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Ou
         episode_id: event.episode_id.as_deref().map(Arc::from),
     };
     state.recent.insert(&event.id, owner);
-    let implied = if status == StatusCode::OK && call.op == Operation::Chat {
+    // A mirror repeats its served request: not a user's regeneration.
+    let implied = if status == StatusCode::OK && call.op == Operation::Chat && !call.shadow {
         state.signals.observe(&observed(call, &event))
     } else {
         Vec::new()
@@ -132,6 +134,8 @@ fn inference_event(
         attempts: ledger.attempts,
         request_body: capture_bodies.then(|| call.body.to_string()),
         response_body: response.filter(|_| capture_bodies),
+        shadow: call.shadow,
+        pair_id: call.pair_id.clone(),
     }
 }
 
@@ -240,6 +244,27 @@ mod tests {
         let event = inference_event(&call, ledger, outcome, true);
         assert_eq!(event.request_body, Some(call.body.to_string()));
         assert_eq!(event.response_body.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn a_mirror_is_paired_marked_shadow_and_bills_no_key() {
+        let mut call = testing::chat();
+        call.token_key = Some(Arc::from("key"));
+        let mirror = call.mirror(0, None);
+        assert!(mirror.shadow && !call.shadow);
+        assert_eq!(mirror.token_key, None, "no token limit counts a mirror");
+        assert_ne!(mirror.id, call.id);
+        assert_eq!(mirror.pair_id.as_deref(), Some(call.id.as_str()));
+        assert_eq!(call.pair_id.as_deref(), Some(call.id.as_str()));
+        assert_eq!((mirror.ts_ms, mirror.start), (call.ts_ms, call.start));
+        let (ledger, outcome) = answered_after_a_failure();
+        let event = inference_event(&mirror, ledger, outcome, false);
+        assert!(event.shadow);
+        assert_eq!(event.pair_id, call.pair_id);
+        let (ledger, outcome) = answered_after_a_failure();
+        let served = inference_event(&call, ledger, outcome, false);
+        assert!(!served.shadow);
+        assert_eq!(served.pair_id.as_deref(), Some(served.id.as_str()));
     }
 
     #[test]

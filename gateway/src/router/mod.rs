@@ -63,6 +63,8 @@ pub enum WeightsError {
     UnknownVariant(String),
     #[error("at least one variant needs a weight > 0")]
     AllZero,
+    #[error("a mirror's fraction must be in (0, 1], got {0}")]
+    Fraction(f64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,18 @@ pub struct UnknownProvider(String);
 
 pub struct Router {
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
+    /// Shadow mirrors per route (the canary's shadow step), from Redis.
+    mirrors: ArcSwap<HashMap<String, Mirror>>,
+}
+
+/// A route's shadow mirror: a sampled `fraction` of its requests served by
+/// another variant is also sent to `variant`, whose answer is metered
+/// (marked shadow, paired with the served request) and never returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub variant: String,
+    /// In (0, 1].
+    pub fraction: f64,
 }
 
 impl Router {
@@ -113,6 +127,7 @@ impl Router {
         }
         Ok(Self {
             routes: ArcSwap::from_pointee(routes),
+            mirrors: ArcSwap::from_pointee(HashMap::new()),
         })
     }
 
@@ -186,5 +201,114 @@ impl Router {
         // and the last write wins, which is what an operator expects.
         self.routes.store(Arc::new(next));
         Ok(())
+    }
+
+    /// The route's shadow mirror, if any.
+    pub fn mirror(&self, route: &str) -> Option<Mirror> {
+        self.mirrors.load().get(route).cloned()
+    }
+
+    /// Every route's mirror.
+    pub fn mirrors(&self) -> BTreeMap<String, Mirror> {
+        self.mirrors
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Sets (or, with `None`, removes) a route's mirror.
+    pub fn set_mirror(&self, route: &str, mirror: Option<Mirror>) -> Result<(), WeightsError> {
+        let current = self.routes.load();
+        let r = current
+            .get(route)
+            .ok_or_else(|| WeightsError::UnknownRoute(route.to_owned()))?;
+        let mut next = HashMap::clone(&self.mirrors.load());
+        match mirror {
+            Some(m) => {
+                if !r.variants.iter().any(|v| v.name == m.variant) {
+                    return Err(WeightsError::UnknownVariant(m.variant));
+                }
+                if !(m.fraction > 0.0 && m.fraction <= 1.0) {
+                    return Err(WeightsError::Fraction(m.fraction));
+                }
+                next.insert(route.to_owned(), m);
+            }
+            None => {
+                next.remove(route);
+            }
+        }
+        self.mirrors.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let config = Config::parse(
+            r#"
+            [auth]
+            enabled = false
+            [providers.a]
+            base_url = "http://127.0.0.1:1/v1"
+            [[routes]]
+            name = "r"
+            [[routes.variants]]
+            name = "base"
+            targets = [{ provider = "a", model = "m" }]
+            [[routes.variants]]
+            name = "cand"
+            weight = 0
+            targets = [{ provider = "a", model = "m2" }]
+            "#,
+        )
+        .unwrap();
+        let providers =
+            crate::upstream::build_providers(&config, &Arc::new(crate::metrics::Metrics::new()))
+                .unwrap();
+        Router::new(&config, &providers).unwrap()
+    }
+
+    #[test]
+    fn mirrors_are_checked_set_and_removed() {
+        let r = router();
+        assert_eq!(r.mirror("r"), None);
+        let m = Mirror {
+            variant: "cand".into(),
+            fraction: 0.25,
+        };
+        r.set_mirror("r", Some(m.clone())).unwrap();
+        assert_eq!(r.mirror("r"), Some(m.clone()));
+        assert_eq!(r.mirrors().len(), 1);
+        assert!(matches!(
+            r.set_mirror(
+                "r",
+                Some(Mirror {
+                    variant: "nope".into(),
+                    ..m.clone()
+                })
+            ),
+            Err(WeightsError::UnknownVariant(_))
+        ));
+        assert!(matches!(
+            r.set_mirror(
+                "r",
+                Some(Mirror {
+                    fraction: 0.0,
+                    ..m.clone()
+                })
+            ),
+            Err(WeightsError::Fraction(_))
+        ));
+        assert!(matches!(
+            r.set_mirror("x", Some(m.clone())),
+            Err(WeightsError::UnknownRoute(_))
+        ));
+        assert_eq!(r.mirror("r"), Some(m), "failed sets change nothing");
+        r.set_mirror("r", None).unwrap();
+        assert_eq!(r.mirror("r"), None);
     }
 }

@@ -379,6 +379,60 @@ impl Load {
     }
 }
 
+/// The online grader of the shadow step: feedback on every mirrored answer
+/// (which no user saw) with the candidate's pass rate, found in ClickHouse
+/// by its shadow flag.
+struct Grader {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Grader {
+    fn start(gateway: &Proc, services: &Services, rate: f64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let feedback_url = gateway.url("/v1/feedback");
+        let ch = services.clickhouse_url();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = client();
+            let mut graded = std::collections::HashSet::new();
+            let mut k = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let Ok(r) = client
+                    .post(&ch)
+                    .body("SELECT id FROM flywheel.inferences WHERE shadow = 1 AND status = 200")
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let text = r.text().await.unwrap_or_default();
+                for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if !graded.insert(id.to_owned()) {
+                        continue;
+                    }
+                    let value = ((k + 1) as f64 * rate).ceil() > (k as f64 * rate).ceil();
+                    k += 1;
+                    let _ = client
+                        .post(&feedback_url)
+                        .bearer_auth(KEY)
+                        .json(&json!({"inference_id": id, "metric": "thumbs_up", "value": value}))
+                        .send()
+                        .await;
+                }
+            }
+            graded.len()
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(0)
+    }
+}
+
 fn actions(evals: &[Value]) -> Vec<(String, String, String)> {
     evals
         .iter()
@@ -404,25 +458,30 @@ fn transitions(evals: &[Value]) -> Vec<(String, String, String)> {
 async fn a_better_and_cheaper_candidate_is_promoted_through_every_step() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start().await;
+    // The default ramp: shadow, 1, 5, 25, 50, 100.
     let id = stack.create(
         "base",
         "good",
-        "1,5,25,50,100",
+        "shadow,1,5,25,50,100",
         &["--min-step-secs", "1", "--max-step-secs", "120"],
     );
-    assert_eq!(stack.weights()["good"], 100, "1 % of 10000");
+    assert_eq!(stack.weights()["good"], 0, "shadow serves no user");
     stack.start_controller();
     let load = Load::start(&stack.gateway, &[("base", 0.5), ("good", 0.95)], 6);
+    let grader = Grader::start(&stack.gateway, &stack.services, 0.95);
     let e = stack
         .wait_status(&id, "completed", Duration::from_secs(150))
         .await;
     let counts = load.stop().await;
+    let graded = grader.stop().await;
+    assert!(graded >= 15, "shadow answers graded: {graded}");
     assert_eq!(e["step_name"], "100%");
     let evals = stack.evaluations(&id).await;
     assert_eq!(
         transitions(&evals),
         [
-            ("1%", "create", "created"),
+            ("shadow", "create", "created"),
+            ("shadow", "promote", "promote"),
             ("1%", "promote", "promote"),
             ("5%", "promote", "promote"),
             ("25%", "promote", "promote"),
@@ -438,6 +497,23 @@ async fn a_better_and_cheaper_candidate_is_promoted_through_every_step() {
             "{p}"
         );
     }
+    // The shadow step compared the mirrors with the requests they mirrored.
+    let shadow = &evals
+        .iter()
+        .find(|e| e["action"] == "promote" && e["step_name"] == "shadow")
+        .unwrap();
+    let (i, c) = (
+        num(&shadow["incumbent_requests"]),
+        num(&shadow["candidate_requests"]),
+    );
+    assert!(c > 0 && i.abs_diff(c) <= 5 + i / 20, "pairs {i}/{c}");
+    assert_eq!(
+        stack
+            .services
+            .redis_cli(&["EXISTS", "flywheel:shadow:chat"]),
+        "0",
+        "no mirror after the shadow step"
+    );
     // The candidate is the route's incumbent: all weight, in Redis...
     let w = stack.weights();
     assert_eq!((w["base"], w["good"]), (0, 10_000));
@@ -805,6 +881,179 @@ async fn an_injected_sample_ratio_mismatch_holds() {
     assert!(num(&recent[0]["candidate_graded"]) >= 15, "{}", recent[0]);
     let w = stack.weights();
     assert_eq!((w["base"], w["good"]), (5_000, 5_000));
+}
+
+/// The gateway side of the shadow step, without the controller: a sampled
+/// half of the requests (unary and streamed) is mirrored to the candidate;
+/// clients only ever get the incumbent's answers and costs; each mirror is
+/// recorded as shadow, paired with its served request, streamed when it
+/// was (with a TTFT), and billed to nobody's limit.
+#[tokio::test]
+async fn the_shadow_step_mirrors_a_sample_of_requests_without_answering_or_billing_them() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let id = stack.create(
+        "base",
+        "good",
+        "shadow,50,100",
+        &["--shadow-fraction", "0.5"],
+    );
+    assert_eq!(
+        stack
+            .services
+            .redis_cli(&["HGET", "flywheel:shadow:chat", "variant"]),
+        "good"
+    );
+    let routes = || async {
+        client()
+            .get(stack.gateway.url("/admin/routes"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            routes().await["mirrors"]["chat"]["variant"] == "good"
+        })
+        .await
+    );
+    assert_eq!(routes().await["mirrors"]["chat"]["fraction"], 0.5);
+    let url = stack.gateway.url("/v1/chat/completions");
+    let mut served = vec![];
+    for i in 0..300 {
+        let mut body = chat("chat", &format!("question {i}"));
+        if i % 3 == 0 {
+            body["stream"] = json!(true);
+        }
+        let r = client()
+            .post(&url)
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-flywheel-variant"], "base");
+        let rid = r.headers()["x-flywheel-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let cost = r
+            .headers()
+            .get("x-flywheel-cost-usd")
+            .map(|v| v.to_str().unwrap().parse::<f64>().unwrap());
+        let text = r.text().await.unwrap();
+        if i % 3 == 0 {
+            assert!(text.ends_with("data: [DONE]\n\n"));
+        }
+        served.push((rid, cost));
+    }
+    // Every event reached ClickHouse (the mirrors finish after their pair).
+    let stored = || async {
+        stack
+            .count(
+                "SELECT count() FROM flywheel.inferences FINAL WHERE shadow = 0 AND pair_id != ''",
+            )
+            .await
+            == stack
+                .count("SELECT count() FROM flywheel.inferences FINAL WHERE shadow = 1")
+                .await
+            && stack
+                .count("SELECT count() FROM flywheel.inferences FINAL WHERE shadow = 0")
+                .await
+                >= 301
+    };
+    assert!(eventually(Duration::from_secs(30), stored).await);
+    let mirrors = stack
+        .rows(
+            "SELECT id, pair_id, variant, stream, ttft_ms, status FROM flywheel.inferences FINAL WHERE shadow = 1",
+        )
+        .await;
+    // About half (binomial, n = 300: 150 ± 9).
+    assert!(
+        (110..=190).contains(&mirrors.len()),
+        "{} mirrors",
+        mirrors.len()
+    );
+    let served_ids: std::collections::HashSet<&str> =
+        served.iter().map(|(id, _)| id.as_str()).collect();
+    let pairs = stack
+        .rows("SELECT id, pair_id, variant FROM flywheel.inferences FINAL WHERE shadow = 0 AND pair_id != ''")
+        .await;
+    for p in &pairs {
+        assert_eq!(
+            p["id"], p["pair_id"],
+            "a served request's pair id is its own id"
+        );
+        assert_eq!(p["variant"], "base");
+    }
+    let paired: std::collections::HashSet<&str> =
+        pairs.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    for m in &mirrors {
+        let pair = m["pair_id"].as_str().unwrap();
+        assert!(served_ids.contains(pair) && paired.contains(pair), "{m}");
+        assert_eq!(
+            (m["variant"].as_str(), num(&m["status"])),
+            (Some("good"), 200)
+        );
+        if num(&m["stream"]) == 1 {
+            assert!(
+                m["ttft_ms"].as_f64().is_some(),
+                "a streamed mirror has a TTFT: {m}"
+            );
+        }
+    }
+    assert!(
+        mirrors.iter().any(|m| num(&m["stream"]) == 1),
+        "streamed mirrors"
+    );
+    assert!(
+        mirrors.iter().any(|m| num(&m["stream"]) == 0),
+        "unary mirrors"
+    );
+    // The client's costs are the served requests' own: mirrors add nothing.
+    let costs = stack
+        .rows("SELECT id, cost_usd FROM flywheel.inferences FINAL WHERE shadow = 0 AND stream = 0 AND pair_id != ''")
+        .await;
+    for c in &costs {
+        let (_, header) = served
+            .iter()
+            .find(|(id, _)| c["id"] == id.as_str())
+            .unwrap();
+        let header = header.expect("unary answers carry their cost");
+        assert!(
+            (header - c["cost_usd"].as_f64().unwrap()).abs() < 1e-9,
+            "{c}"
+        );
+    }
+    // The controller's shadow arms: the mirrors against the requests they
+    // mirrored, counts equal (no sample-ratio mismatch).
+    let out = canary_cmd(&stack.services)
+        .args(["run", "--once", "--settle-ms", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let evals = stack.evaluations(&id).await;
+    let look = evals.last().unwrap();
+    assert_eq!(look["step_name"], "shadow");
+    assert_eq!(
+        num(&look["incumbent_requests"]),
+        num(&look["candidate_requests"]),
+        "{look}"
+    );
+    assert_eq!(num(&look["candidate_requests"]), mirrors.len() as u64);
+    // Ending the shadow step removes the mirror from the gateway.
+    stack.cli(&["promote", &id]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            routes().await["mirrors"].get("chat").is_none()
+        })
+        .await
+    );
 }
 
 fn flywheel_now() -> u64 {
