@@ -338,15 +338,12 @@ impl Services {
 
     fn command(&self, command: &str) -> Command {
         let mut cmd = Command::new("bash");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/services.sh"
-        ))
-        .arg(command)
-        .env("FLYWHEEL_SERVICES_DIR", &self.dir)
-        .env("FLYWHEEL_CH_HTTP_PORT", self.ch_http.to_string())
-        .env("FLYWHEEL_CH_TCP_PORT", self.ch_tcp.to_string())
-        .env("FLYWHEEL_REDIS_PORT", self.redis.to_string());
+        cmd.arg(manifest_dir().join("../scripts/services.sh"))
+            .arg(command)
+            .env("FLYWHEEL_SERVICES_DIR", &self.dir)
+            .env("FLYWHEEL_CH_HTTP_PORT", self.ch_http.to_string())
+            .env("FLYWHEEL_CH_TCP_PORT", self.ch_tcp.to_string())
+            .env("FLYWHEEL_REDIS_PORT", self.redis.to_string());
         cmd
     }
 
@@ -497,4 +494,13 @@ pub fn start_engine() -> Proc {
         ])
         .env("RUST_LOG", "warn");
     spawn_listening(cmd, scratch_dir("engine"))
+}
+
+/// This crate's directory, read when the test runs: cargo sets
+/// `CARGO_MANIFEST_DIR` then too, and that stays right when cargo reuses a
+/// test binary built from another checkout of the same sources (a shared
+/// target dir), where the compile-time value names that other checkout.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -255,11 +255,17 @@ pub fn content(v: &Value) -> String {
 /// The JSON Schema of OpenAI's response shapes (`tests/fixtures/openai-response-shapes.json`,
 /// transcribed from OpenAI's OpenAPI schema).
 pub fn openai_shapes() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/openai-response-shapes.json"
-    );
+    let path = manifest_dir().join("../tests/fixtures/openai-response-shapes.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// This crate's directory, read when the test runs: cargo sets
+/// `CARGO_MANIFEST_DIR` then too, and that stays right when cargo reuses a
+/// test binary built from another checkout of the same sources (a shared
+/// target dir), where the compile-time value names that other checkout.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
 
 /// A validator of one shape of the fixture (`CreateChatCompletionResponse`, ...).

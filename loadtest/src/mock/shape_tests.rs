@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use super::{handlers::handle, knobs::Knobs, state::MockState};
 
 fn shapes() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/openai-response-shapes.json"
-    );
+    // Read when the test runs (see the engine's tests/common `manifest_dir`).
+    let dir: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into);
+    let path = dir.join("../tests/fixtures/openai-response-shapes.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -192,7 +192,7 @@ async fn openai_sdk_parse_gets_a_stopped_one_line_object_from_the_real_model() {
     let engine = start_engine();
     let gw = start_gateway(&config(&[&engine], BASE_ONLY));
     let python = std::env::var("FLYWHEEL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/structured_output.py");
+    let script = manifest_dir().join("python/structured_output.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
         .env("OPENAI_BASE_URL", gw.url("/v1"))

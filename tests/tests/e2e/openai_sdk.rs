@@ -19,7 +19,7 @@ async fn official_openai_sdk_works_unchanged() {
     );
     let gw = start_gateway(&cfg);
     let python = std::env::var("FLYWHEEL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_compat.py");
+    let script = manifest_dir().join("python/openai_compat.py");
     let out = Command::new(python)
         .arg(script)
         .env("OPENAI_BASE_URL", gw.url("/v1"))
