@@ -92,7 +92,7 @@ async fn outage_accumulates_then_ships_exactly_once() {
         wal.append(chunk).unwrap();
     }
     assert!(
-        eventually(3.0, async || down.stats().ship_failures >= 2
+        eventually(PATIENCE, async || down.stats().ship_failures >= 2
             && wal.stats().sealed_segments >= 1)
         .await
     );
@@ -101,8 +101,10 @@ async fn outage_accumulates_then_ships_exactly_once() {
     assert_eq!(st.inferences_shipped, 0);
     let t = std::time::Instant::now();
     let report = down.shutdown(Duration::from_millis(300)).await;
+    // ClickHouse never answers, so only the 300 ms deadline can end the
+    // shutdown; the bound leaves room for a loaded machine.
     assert!(
-        t.elapsed() < Duration::from_millis(800),
+        t.elapsed() < Duration::from_secs(5),
         "shutdown honours its deadline: {:?}",
         t.elapsed()
     );
@@ -114,7 +116,7 @@ async fn outage_accumulates_then_ships_exactly_once() {
     let store = store_for(&db);
     let up = Shipper::spawn(Arc::clone(&wal), store.clone(), fast());
     assert!(
-        eventually(4.0, async || wal.stats().records_pending == 0).await,
+        eventually(PATIENCE, async || wal.stats().records_pending == 0).await,
         "{:?}",
         up.stats()
     );
@@ -166,7 +168,7 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
             ..fast()
         },
     );
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     assert!(s.shutdown(Duration::from_secs(1)).await.drained);
     drop(wal);
     let once = totals(&store).await;
@@ -187,7 +189,7 @@ async fn replaying_a_shipped_segment_does_not_double_count() {
             ..fast()
         },
     );
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(st.duplicates_skipped, 26);
     assert_eq!(st.inferences_shipped + st.feedback_shipped, 0);
@@ -231,7 +233,7 @@ async fn marker_decides_the_existence_check() {
     wal.append(&events(20)).unwrap();
     wal.seal().unwrap();
     let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(
         (
@@ -274,7 +276,7 @@ async fn marker_decides_the_existence_check() {
         "open keeps the marker of a pending segment"
     );
     let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(
         (
@@ -298,12 +300,12 @@ async fn marker_decides_the_existence_check() {
     wal.append(std::slice::from_ref(&again)).unwrap();
     wal.seal().unwrap();
     let s = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg());
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     assert_eq!(s.stats().feedback_shipped, 1);
     wal.append(std::slice::from_ref(&again)).unwrap();
     wal.seal().unwrap();
     s.nudge();
-    assert!(eventually(4.0, async || wal.stats().records_pending == 0).await);
+    assert!(eventually(PATIENCE, async || wal.stats().records_pending == 0).await);
     let st = s.stats();
     assert_eq!(
         (st.feedback_shipped, st.duplicates_skipped),
@@ -441,7 +443,7 @@ async fn capture_from_config_round_trip() {
     let cap = flywheel_feedback::Capture::start(&cfg).unwrap();
     cap.append(&events(5)).unwrap();
     assert!(
-        eventually(4.0, async || cap.stats().wal.records_pending == 0).await,
+        eventually(PATIENCE, async || cap.stats().wal.records_pending == 0).await,
         "{:?}",
         cap.stats()
     );

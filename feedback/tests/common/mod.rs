@@ -176,6 +176,12 @@ pub fn records(n: usize, ts_ms: u64, route: &str, variant: &str) -> Vec<Record> 
         .collect()
 }
 
+/// How long a test waits for the shipper to reach a state: generous, since
+/// a loaded 2-core CI box can stall a background task for seconds, and
+/// free, since [`eventually`] returns as soon as the state is reached. A
+/// state that never comes still fails the test.
+pub const PATIENCE: f64 = 30.0;
+
 /// Polls `f` every 20 ms until it returns true or `secs` pass.
 pub async fn eventually(secs: f64, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
