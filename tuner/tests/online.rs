@@ -75,7 +75,8 @@ struct Spec {
 }
 
 fn event(id: &str, ts_ms: u64, s: &Spec) -> InferenceEvent {
-    let mut request = json!({"model": s.route, "messages": [{"role": "user", "content": s.prompt}]});
+    let mut request =
+        json!({"model": s.route, "messages": [{"role": "user", "content": s.prompt}]});
     if let Some(r) = s.reference {
         request["metadata"] = json!({"reference": r});
     }
@@ -271,7 +272,10 @@ async fn one_pass_grades_the_sample_and_a_second_grades_nothing() {
     assert_eq!(pass.pending, 0);
     assert_eq!(
         pass.passed,
-        expect_scored.values().filter(|s| s.answer == "Paris").count()
+        expect_scored
+            .values()
+            .filter(|s| s.answer == "Paris")
+            .count()
     );
     let errors: BTreeSet<&str> = pass
         .not_graded
@@ -294,7 +298,11 @@ async fn one_pass_grades_the_sample_and_a_second_grades_nothing() {
         assert_eq!(row.value_float, expected, "{id}");
         assert_eq!(row.value_kind, 2, "a float");
         assert_eq!(
-            (row.tenant.as_str(), row.variant.as_str(), row.route.as_str()),
+            (
+                row.tenant.as_str(),
+                row.variant.as_str(),
+                row.route.as_str()
+            ),
             (s.tenant, s.variant, "chat")
         );
         assert_eq!(row.episode_id, s.episode);
@@ -335,9 +343,7 @@ async fn one_pass_grades_the_sample_and_a_second_grades_nothing() {
 async fn batches_leave_the_rest_pending_and_workers_agree() {
     let store = migrated_store("online_batch").await;
     let now = now_ms();
-    let ids: Vec<String> = (0..40)
-        .map(|_| uuid::Uuid::now_v7().to_string())
-        .collect();
+    let ids: Vec<String> = (0..40).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let events = ids
         .iter()
         .enumerate()
@@ -438,12 +444,11 @@ async fn datasets_leave_shadow_mirrors_out_unless_asked() {
     let without = captured::build(&store, &query(false), &filter)
         .await
         .unwrap();
-    assert_eq!(
-        (without.counts.dropped_shadow, without.train.len()),
-        (1, 1)
-    );
+    assert_eq!((without.counts.dropped_shadow, without.train.len()), (1, 1));
     assert_eq!(without.train[0].get_str("variant"), Some("base"));
-    let with = captured::build(&store, &query(true), &filter).await.unwrap();
+    let with = captured::build(&store, &query(true), &filter)
+        .await
+        .unwrap();
     assert_eq!((with.counts.dropped_shadow, with.train.len()), (0, 2));
     drop_db(&store).await;
 }

@@ -101,7 +101,9 @@ fn print_pass(settings: &Settings, result: &Result<Pass, OnlineError>) {
                         "grade-online: skipped inference {id}: no captured request or answer"
                     ),
                     Skip::GraderError(e) => {
-                        eprintln!("grade-online: grader error on inference {id} (no score written): {e}")
+                        eprintln!(
+                            "grade-online: grader error on inference {id} (no score written): {e}"
+                        )
                     }
                 }
             }
@@ -184,7 +186,12 @@ mod tests {
             panic!("not grade-online")
         };
         assert_eq!(
-            (args.fraction, args.metric.as_deref(), args.interval_ms, args.batch),
+            (
+                args.fraction,
+                args.metric.as_deref(),
+                args.interval_ms,
+                args.batch
+            ),
             (1.0, Some("quality"), 200, 7)
         );
         assert_eq!(args.lookback, Duration::from_secs(900));

@@ -509,9 +509,10 @@ mod tests {
             0,
             answer(json!({"role": "assistant", "content": "Paris"})),
         );
-        r.request_body = json!({"model": "m", "messages": [{"role": "user", "content": "capital?"}],
+        r.request_body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "capital?"}],
                                 "metadata": {"reference": "Paris"}})
-        .to_string();
+            .to_string();
         let (item, sample) = graded_pair(&r).unwrap();
         assert_eq!(item.extra["metadata"], json!({"reference": "Paris"}));
         assert_eq!(item.id(), "i1");

@@ -31,12 +31,7 @@
 
 pub mod store;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use flywheel_feedback::{
     now_ms,
@@ -297,7 +292,8 @@ impl OnlineGrader {
                 Err(e) => {
                     pass.errors += 1;
                     self.given_up.insert(row.id.clone(), row.ts_ms);
-                    pass.not_graded.push((row.id, Skip::GraderError(e.to_string())));
+                    pass.not_graded
+                        .push((row.id, Skip::GraderError(e.to_string())));
                 }
             }
         }
@@ -306,8 +302,9 @@ impl OnlineGrader {
         // twice in the rollup view.
         let fresh_ids: Vec<&str> = scores.iter().map(|(r, _)| r.id.as_str()).collect();
         let existing = store::existing(&self.store, &fresh_ids).await?;
-        let (done, fresh): (Vec<_>, Vec<_>) =
-            scores.into_iter().partition(|(r, _)| existing.contains(&r.id));
+        let (done, fresh): (Vec<_>, Vec<_>) = scores
+            .into_iter()
+            .partition(|(r, _)| existing.contains(&r.id));
         pass.duplicates = done.len();
         let (rows, passed): (Vec<FeedbackRow>, Vec<bool>) = fresh.into_iter().unzip();
         store::insert(&self.store, &rows).await?;
@@ -356,12 +353,7 @@ impl OnlineGrader {
     }
 
     /// The feedback row of a score, with whether it passed.
-    fn feedback_row(
-        &self,
-        row: Row,
-        grade: &Grade,
-        ts_ms: u64,
-    ) -> (FeedbackRow, bool) {
+    fn feedback_row(&self, row: Row, grade: &Grade, ts_ms: u64) -> (FeedbackRow, bool) {
         let feedback = FeedbackRow {
             id: feedback_id(&row.id, &self.settings.metric),
             ts_ms,
