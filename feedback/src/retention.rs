@@ -6,8 +6,9 @@
 //! last day is more than `older_than_days` days ago (never a month that can
 //! still receive current events). Before the drop, rows that must survive
 //! are copied into the `*_retained` twins (same schema):
-//! * inferences with feedback (on the inference or on its episode, in
-//!   `feedback` or `feedback_retained`) or listed in `training_usage`;
+//! * inferences with feedback (on the inference, or on its episode:
+//!   feedback that names no inference; in `feedback` or
+//!   `feedback_retained`) or listed in `training_usage`;
 //! * the attempts of those inferences;
 //! * all feedback (small, and it is the labels).
 //!
@@ -110,14 +111,17 @@ pub async fn run_retention_at(
 
 async fn retain_month(store: &Store, month: u32, dry_run: bool) -> Result<PartitionPlan> {
     let db = store.database();
+    // Episode-level feedback is feedback that names no inference: an
+    // online grader's score names its inference and that inference's
+    // episode, and keeps the inference, not the whole episode.
     let keep = format!(
         "(id IN (SELECT assumeNotNull(inference_id) FROM {db}.feedback WHERE isNotNull(inference_id)) \
           OR id IN (SELECT assumeNotNull(inference_id) FROM {db}.feedback_retained WHERE isNotNull(inference_id)) \
           OR id IN (SELECT inference_id FROM {db}.training_usage) \
           OR (isNotNull(episode_id) AND assumeNotNull(episode_id) IN \
-              (SELECT assumeNotNull(episode_id) FROM {db}.feedback WHERE isNotNull(episode_id))) \
+              (SELECT assumeNotNull(episode_id) FROM {db}.feedback WHERE isNotNull(episode_id) AND isNull(inference_id))) \
           OR (isNotNull(episode_id) AND assumeNotNull(episode_id) IN \
-              (SELECT assumeNotNull(episode_id) FROM {db}.feedback_retained WHERE isNotNull(episode_id))))"
+              (SELECT assumeNotNull(episode_id) FROM {db}.feedback_retained WHERE isNotNull(episode_id) AND isNull(inference_id))))"
     );
     let in_month = format!("toYYYYMM(date) = {month}");
     let count = |sql: String| async move {

@@ -31,13 +31,18 @@ async fn retention_keeps_feedback_and_training_rows() {
         ));
         e
     };
-    let with_feedback = mk(OLD, None);
+    // In the episode of `plain`: its feedback (an online grader's score
+    // names its inference and the episode) keeps it, not `plain`.
+    let with_feedback = mk(OLD, Some("ep-y"));
     let in_training = mk(OLD + 1, None);
     let in_episode = mk(OLD + 2, Some("ep-x"));
     let plain = mk(OLD + 3, Some("ep-y"));
     let recent = mk(RECENT, None);
     let fb_inference = feedback(
-        FeedbackTarget::inference(&with_feedback.id),
+        FeedbackTarget {
+            inference_id: Some(with_feedback.id.clone()),
+            episode_id: Some("ep-y".into()),
+        },
         OLD + 10,
         "chat",
         "a",

@@ -5,11 +5,14 @@
 //! - [`tasks`]: the verifiable task suite, generated from a seed.
 //! - [`rft`]: the RFT training loop (`flywheel-tuner train`) on [`flywheel_trainer`].
 //! - [`eval`]: offline evaluation of gateway configurations: quality, cost, quality per dollar.
+//! - [`online`]: online grading: a grader scores a sampled fraction of a route's live
+//!   answers, written as feedback (what the canary controller counts as quality).
 
 pub mod dataset;
 pub mod eval;
 pub mod grader;
 pub mod item;
+pub mod online;
 pub mod rft;
 pub mod tasks;
 

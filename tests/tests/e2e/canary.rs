@@ -2,8 +2,9 @@
 //! private ClickHouse, live weights from a private Redis) in front of the
 //! mock, whose "providers" differ in price (so in cost per request) and
 //! faults; the test plays the users, sending feedback with a set pass rate
-//! per variant; `flywheel-canary run` decides, `flywheel-canary create`
-//! starts each experiment.
+//! per variant; `flywheel-tuner grade-online` grades answers no user saw
+//! (the shadow step's mirrors); `flywheel-canary run` decides,
+//! `flywheel-canary create` starts each experiment.
 //!
 //! The tests run one at a time (each starts its own services and keeps two
 //! cores busy with traffic, and their timing is what they test), with
@@ -379,57 +380,51 @@ impl Load {
     }
 }
 
-/// The online grader of the shadow step: feedback on every mirrored answer
-/// (which no user saw) with the candidate's pass rate, found in ClickHouse
-/// by its shadow flag.
-struct Grader {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<usize>,
+/// The online grader of the shadow step: `flywheel-tuner grade-online`
+/// scoring a sampled half of the route's answers, served and mirrored
+/// alike (no user sees a mirror, so its quality comes from the grader
+/// alone), as metric `grader_mock`. Its `string_check` passes the mock's
+/// answer ("Hello! This is the mock provider answering your request.").
+/// Killed on drop.
+struct OnlineGrader(Child);
+
+impl OnlineGrader {
+    fn start(services: &Services) -> Self {
+        let dir = scratch_dir("grader");
+        let config = dir.join("mock.grader.json");
+        let grader = json!({
+            "type": "string_check",
+            "name": "mock",
+            "input": "{{sample.output_text}}",
+            "reference": "mock provider",
+            "operation": "like"
+        });
+        std::fs::write(&config, grader.to_string()).unwrap();
+        let child = Command::new(bin("flywheel-tuner"))
+            .args(["grade-online", "--route", "chat", "--grader"])
+            .arg(&config)
+            .args([
+                "--fraction",
+                "0.5",
+                "--interval-ms",
+                "300",
+                "--lookback",
+                "10m",
+            ])
+            .env("FLYWHEEL_CLICKHOUSE_URL", services.clickhouse_url())
+            .env("FLYWHEEL_CLICKHOUSE_DATABASE", "flywheel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn flywheel-tuner grade-online");
+        Self(child)
+    }
 }
 
-impl Grader {
-    fn start(gateway: &Proc, services: &Services, rate: f64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let feedback_url = gateway.url("/v1/feedback");
-        let ch = services.clickhouse_url();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let client = client();
-            let mut graded = std::collections::HashSet::new();
-            let mut k = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let Ok(r) = client
-                    .post(&ch)
-                    .body("SELECT id FROM flywheel.inferences WHERE shadow = 1 AND status = 200")
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                let text = r.text().await.unwrap_or_default();
-                for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    if !graded.insert(id.to_owned()) {
-                        continue;
-                    }
-                    let value = ((k + 1) as f64 * rate).ceil() > (k as f64 * rate).ceil();
-                    k += 1;
-                    let _ = client
-                        .post(&feedback_url)
-                        .bearer_auth(KEY)
-                        .json(&json!({"inference_id": id, "metric": "thumbs_up", "value": value}))
-                        .send()
-                        .await;
-                }
-            }
-            graded.len()
-        });
-        Self { stop, task }
-    }
-
-    async fn stop(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or(0)
+impl Drop for OnlineGrader {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -459,22 +454,43 @@ async fn a_better_and_cheaper_candidate_is_promoted_through_every_step() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start().await;
     // The default ramp: shadow, 1, 5, 25, 50, 100.
+    // Quality: the users' thumbs and the online grader's scores.
     let id = stack.create(
         "base",
         "good",
         "shadow,1,5,25,50,100",
-        &["--min-step-secs", "1", "--max-step-secs", "120"],
+        &[
+            "--min-step-secs",
+            "1",
+            "--max-step-secs",
+            "120",
+            "--metric",
+            "grader_mock",
+        ],
     );
     assert_eq!(stack.weights()["good"], 0, "shadow serves no user");
     stack.start_controller();
+    let grader = OnlineGrader::start(&stack.services);
     let load = Load::start(&stack.gateway, &[("base", 0.5), ("good", 0.95)], 6);
-    let grader = Grader::start(&stack.gateway, &stack.services, 0.95);
     let e = stack
         .wait_status(&id, "completed", Duration::from_secs(150))
         .await;
     let counts = load.stop().await;
-    let graded = grader.stop().await;
-    assert!(graded >= 15, "shadow answers graded: {graded}");
+    drop(grader);
+    // The mirrors were scored by the grader, as feedback of the tenant
+    // whose request they mirrored.
+    let graded = stack
+        .rows(
+            "SELECT toString(count()) AS n, toString(countIf(value_float = 1)) AS passed, \
+             groupUniqArray(tenant) AS tenants FROM flywheel.feedback FINAL \
+             WHERE metric = 'grader_mock' AND source = 'grader:mock' \
+             AND inference_id IN (SELECT id FROM flywheel.inferences WHERE shadow = 1)",
+        )
+        .await;
+    let graded = &graded[0];
+    assert!(num(&graded["n"]) >= 15, "shadow answers graded: {graded}");
+    assert_eq!(graded["n"], graded["passed"], "{graded}");
+    assert_eq!(graded["tenants"], json!(["acme"]), "{graded}");
     assert_eq!(e["step_name"], "100%");
     let evals = stack.evaluations(&id).await;
     assert_eq!(

@@ -44,6 +44,11 @@ pub struct Args {
     /// (kept by default: those prompts are what RFT should fix).
     #[arg(long)]
     drop_validation_failures: bool,
+    /// Keep the canary's shadow mirrors (`shadow = 1`; left out by
+    /// default: a mirror repeats a prompt that was served, with the
+    /// candidate's answer).
+    #[arg(long)]
+    include_shadow: bool,
     /// Seed of the train / held-out split.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -68,6 +73,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         from_ms: args.from_ms,
         to_ms: args.to_ms.unwrap_or(now + 1),
         keep_validation_failures: !args.drop_validation_failures,
+        include_shadow: args.include_shadow,
         pii: if args.mask {
             pii::PiiAction::Mask
         } else {

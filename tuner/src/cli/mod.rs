@@ -15,6 +15,7 @@ mod dataset;
 mod eval;
 mod files;
 mod grade;
+mod grade_online;
 mod options;
 mod serve_reward;
 mod tasks;
@@ -52,6 +53,15 @@ enum Command {
     /// samples, printing each score with its reason. A grader error is
     /// reported as an error, never counted as a 0.
     Grade(grade::Args),
+    /// Online grading: scores a sampled fraction (`--fraction`, by a hash of
+    /// the inference id) of a route's live answers, served and canary
+    /// shadow mirrors alike, with a grader, and writes each score as
+    /// feedback (`--metric`, default `grader_<name>`) on the inference,
+    /// with its tenant, route, variant and episode. Idempotent: already
+    /// graded inferences are skipped, a score's id is a hash of (inference,
+    /// metric). A grader error, or an inference without captured bodies,
+    /// writes nothing (no data, never a zero); each pass prints a summary.
+    GradeOnline(Box<grade_online::Args>),
     /// Serves a grader as an HTTP reward function speaking the Bedrock RFT
     /// reward-Lambda contract (`POST /` or `/reward` with a JSON array of
     /// `{"id", "messages": [..., assistant answer], "reference_answer", ...}`,
@@ -89,6 +99,7 @@ impl Cli {
             Command::Check(args) => check::run(&args),
             Command::Clean(args) => clean::run(&args),
             Command::Grade(args) => grade::run(&args),
+            Command::GradeOnline(args) => grade_online::run(*args),
             Command::ServeReward(args) => serve_reward::run(&args),
             Command::Dataset(args) => dataset::run(*args),
             Command::Train(args) => train::run(*args),

@@ -63,20 +63,25 @@ impl GraderArgs {
 /// The ClickHouse of the capture (same variables as `flywheel-feedback`).
 #[derive(clap::Args)]
 pub struct ClickHouseArgs {
+    /// ClickHouse HTTP endpoint.
     #[arg(
         long = "clickhouse-url",
         env = "FLYWHEEL_CLICKHOUSE_URL",
         default_value = "http://127.0.0.1:8123"
     )]
     url: String,
+    /// The gateway's `capture.database` (`--database` as in `flywheel-canary`).
     #[arg(
         long = "clickhouse-database",
+        visible_alias = "database",
         env = "FLYWHEEL_CLICKHOUSE_DATABASE",
         default_value = "flywheel"
     )]
     database: String,
+    /// ClickHouse user.
     #[arg(long = "clickhouse-user", env = "FLYWHEEL_CLICKHOUSE_USER")]
     user: Option<String>,
+    /// ClickHouse password (prefer the environment variable).
     #[arg(
         long = "clickhouse-password",
         env = "FLYWHEEL_CLICKHOUSE_PASSWORD",
@@ -98,6 +103,27 @@ impl ClickHouseArgs {
     }
 }
 
+/// A duration with its unit: `500ms`, `90s`, `15m`, `1h`, `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m, h, d)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
 /// A `--pattern NAME=REGEX` value (an extra PII detector).
 pub fn parse_pattern(p: &str) -> Result<(String, String), String> {
     p.split_once('=')
@@ -108,6 +134,18 @@ pub fn parse_pattern(p: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
 
     #[test]
     fn patterns() {

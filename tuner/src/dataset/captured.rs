@@ -2,10 +2,15 @@
 //! (optionally one variant) in a time window, read from ClickHouse, joined
 //! to their feedback, filtered (every filter's count is reported), PII
 //! dropped or masked, deduplicated by prompt and split train / held-out.
+//! Canary shadow mirrors (`shadow = 1`) are left out unless the query
+//! includes them: a mirror repeats a prompt that was served, so it adds a
+//! second answer to a prompt already in the data, not a new prompt.
 //!
 //! Each kept inference becomes an [`Item`]: the request's messages as the
-//! prompt; `id` = `inference_id`; the request's `response_format`, `tools`
-//! and `tool_choice` kept (graders and the eval send them again); the
+//! prompt; `id` = `inference_id`; the request's `response_format`, `tools`,
+//! `tool_choice` and `metadata` kept (graders and the eval send the first
+//! three again; `metadata` is where a client puts what a grader may need,
+//! e.g. a reference answer, as `{{item.metadata.x}}`); the
 //! logged answer as `logged_output`; feedback as `feedback: {metric: value}`
 //! (inference-level feedback, then episode-level for metrics the inference
 //! lacks; the latest value wins); and a demonstration, when there is one,
@@ -22,7 +27,7 @@ use super::{
     pii::{Hits, PiiAction, PiiFilter},
     split_of, Split,
 };
-use crate::item::{Item, Message};
+use crate::item::{Item, Message, Sample};
 
 /// What to select and how to filter it.
 #[derive(Debug, Clone)]
@@ -35,6 +40,8 @@ pub struct Query {
     /// Keep requests whose answers failed `response_format` validation on
     /// every attempt: their prompts are where the model needs training most.
     pub keep_validation_failures: bool,
+    /// Keep the canary's shadow mirrors (module docs).
+    pub include_shadow: bool,
     pub pii: PiiAction,
     pub seed: u64,
     pub heldout_fraction: f64,
@@ -46,6 +53,8 @@ pub struct Query {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Counts {
     pub selected: usize,
+    /// Canary shadow mirrors, unless the query includes them.
+    pub dropped_shadow: usize,
     /// Non-2xx answers that were not validation failures: the client's own
     /// errors (4xx) and anything else the gateway could not serve.
     pub dropped_errors: usize,
@@ -84,6 +93,9 @@ pub struct Row {
     /// Whether any attempt failed on the upstream (connect error, timeout,
     /// 5xx, open circuit): tells an outage from a validation failure.
     pub upstream_failures: u64,
+    pub tenant: String,
+    /// A canary mirror of a served request (migration 0006).
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
@@ -107,7 +119,7 @@ pub async fn fetch_rows(store: &Store, q: &Query) -> Result<Vec<Row>, clickhouse
         format!(
             "SELECT i.id AS id, i.ts_ms AS ts_ms, i.variant AS variant, i.episode_id AS episode_id, i.status AS status, \
              toInt8(i.validation) AS validation, i.request_body AS request_body, i.response_body AS response_body, \
-             a.upstream_failures AS upstream_failures \
+             a.upstream_failures AS upstream_failures, i.tenant AS tenant, i.shadow AS shadow \
              FROM {db}.{table} AS i FINAL \
              ANY LEFT JOIN (SELECT inference_id AS id, \
                  toUInt64(countIf(outcome IN ('error_status', 'connect_error', 'timeout', 'circuit_open', 'bad_response', 'mid_stream_failover'))) AS upstream_failures \
@@ -159,8 +171,16 @@ async fn fetch_feedback(
             let sql = format!(
                 "SELECT inference_id, episode_id, metric, toInt8(value_kind) AS value_kind, value_float, value_text \
                  FROM (SELECT * FROM {db}.feedback FINAL UNION ALL SELECT * FROM {db}.feedback_retained FINAL) \
-                 WHERE {column} IN {} ORDER BY ts_ms, id",
-                flywheel_feedback::store::placeholders(chunk.len())
+                 WHERE {column} IN {}{} ORDER BY ts_ms, id",
+                flywheel_feedback::store::placeholders(chunk.len()),
+                // Episode-level feedback is feedback on no one inference:
+                // an online grader's row names its inference and its
+                // episode, and must not spread to the whole episode.
+                if column == "episode_id" {
+                    " AND isNull(inference_id)"
+                } else {
+                    ""
+                }
             );
             let mut query = store.client().query(&sql);
             for k in chunk {
@@ -222,6 +242,30 @@ pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> 
             return Err(Drop::Error);
         }
     }
+    let (item, answer) = item_of(row)?;
+    if answer
+        .as_ref()
+        .and_then(|a| a.pointer("/choices/0/message"))
+        .is_some_and(has_broken_tool_call)
+    {
+        return Err(Drop::FailedToolCall);
+    }
+    Ok(item)
+}
+
+/// The item and the logged answer of a successful (status 200) row, as a
+/// grader scores it online. Unlike [`to_item`] a broken tool call is kept:
+/// it is what the model answered, and leaving it out would flatter the
+/// variant that makes it. `NoBody` when the bodies were not captured.
+pub fn graded_pair(row: &Row) -> Result<(Item, Sample), Drop> {
+    let (item, answer) = item_of(row)?;
+    let answer = answer.ok_or(Drop::NoBody)?;
+    Ok((item, Sample::from_chat_answer(&answer)))
+}
+
+/// The item of a row and, for a 200, the logged answer (its message is
+/// also kept in the item as `logged_output` / `logged_tool_calls`).
+fn item_of(row: &Row) -> Result<(Item, Option<Value>), Drop> {
     let request: Value = serde_json::from_str(&row.request_body).map_err(|_| Drop::NoBody)?;
     let messages: Vec<Message> = request
         .get("messages")
@@ -233,30 +277,15 @@ pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> 
     extra.insert("id".into(), Value::String(row.id.clone()));
     extra.insert("inference_id".into(), Value::String(row.id.clone()));
     extra.insert("variant".into(), Value::String(row.variant.clone()));
-    for key in ["response_format", "tools", "tool_choice"] {
-        if let Some(v) = request.get(key) {
+    for key in ["response_format", "tools", "tool_choice", "metadata"] {
+        if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
             extra.insert(key.into(), v.clone());
         }
     }
+    let mut logged = None;
     if row.status == 200 {
         let answer: Value = serde_json::from_str(&row.response_body).map_err(|_| Drop::NoBody)?;
         let message = answer.pointer("/choices/0/message").ok_or(Drop::NoBody)?;
-        if let Some(Value::Array(calls)) = message.get("tool_calls") {
-            let broken = calls.iter().any(|c| {
-                let name_ok = c
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| !n.is_empty());
-                let args_ok = c
-                    .pointer("/function/arguments")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| serde_json::from_str::<Value>(a).is_ok_and(|v| v.is_object()));
-                !(name_ok && args_ok)
-            });
-            if broken {
-                return Err(Drop::FailedToolCall);
-            }
-        }
         extra.insert(
             "logged_output".into(),
             message.get("content").cloned().unwrap_or(Value::Null),
@@ -264,11 +293,32 @@ pub fn to_item(row: &Row, keep_validation_failures: bool) -> Result<Item, Drop> 
         if let Some(calls) = message.get("tool_calls") {
             extra.insert("logged_tool_calls".into(), calls.clone());
         }
+        logged = Some(answer);
     }
-    Ok(Item {
+    let item = Item {
         messages,
         reference_answer: None,
         extra,
+    };
+    Ok((item, logged))
+}
+
+/// A tool call that names no function or whose arguments are not a JSON
+/// object.
+fn has_broken_tool_call(message: &Value) -> bool {
+    let Some(Value::Array(calls)) = message.get("tool_calls") else {
+        return false;
+    };
+    calls.iter().any(|c| {
+        let name_ok = c
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let args_ok = c
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .is_some_and(|a| serde_json::from_str::<Value>(a).is_ok_and(|v| v.is_object()));
+        !(name_ok && args_ok)
     })
 }
 
@@ -288,6 +338,10 @@ pub async fn build(
     };
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
+        if row.shadow && !q.include_shadow {
+            counts.dropped_shadow += 1;
+            continue;
+        }
         let mut item = match to_item(row, q.keep_validation_failures) {
             Ok(item) => item,
             Err(drop) => {
@@ -351,6 +405,7 @@ impl Counts {
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![format!("selected                  {}", self.selected)];
         for (name, n) in [
+            ("dropped: shadow mirrors", self.dropped_shadow),
             ("dropped: errors", self.dropped_errors),
             ("dropped: provider outages", self.dropped_provider_outages),
             (
@@ -391,6 +446,8 @@ mod tests {
             .to_string(),
             response_body: response.to_string(),
             upstream_failures,
+            tenant: "acme".into(),
+            shadow: false,
         }
     }
 
@@ -442,5 +499,44 @@ mod tests {
         let mut redacted = row(200, 1, 0, ok);
         redacted.request_body = String::new();
         assert_eq!(to_item(&redacted, false).unwrap_err(), Drop::NoBody);
+    }
+
+    #[test]
+    fn graded_pair_keeps_metadata_and_broken_tool_calls() {
+        let mut r = row(
+            200,
+            1,
+            0,
+            answer(json!({"role": "assistant", "content": "Paris"})),
+        );
+        r.request_body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "capital?"}],
+                                "metadata": {"reference": "Paris"}})
+            .to_string();
+        let (item, sample) = graded_pair(&r).unwrap();
+        assert_eq!(item.extra["metadata"], json!({"reference": "Paris"}));
+        assert_eq!(item.id(), "i1");
+        assert_eq!(sample.output_text, "Paris");
+        // The dataset keeps metadata too.
+        assert_eq!(
+            to_item(&r, false).unwrap().extra["metadata"]["reference"],
+            "Paris"
+        );
+        let broken = row(
+            200,
+            1,
+            0,
+            answer(json!({"role": "assistant", "content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "", "arguments": "{}"}}]})),
+        );
+        assert_eq!(to_item(&broken, false).unwrap_err(), Drop::FailedToolCall);
+        let (_, sample) = graded_pair(&broken).unwrap();
+        assert_eq!(sample.output_tools.len(), 1);
+        let mut no_body = r.clone();
+        no_body.response_body = String::new();
+        assert_eq!(graded_pair(&no_body).unwrap_err(), Drop::NoBody);
+        let mut no_request = r;
+        no_request.request_body = String::new();
+        assert_eq!(graded_pair(&no_request).unwrap_err(), Drop::NoBody);
     }
 }
