@@ -9,7 +9,10 @@ use flywheel_canary::{
 };
 use flywheel_feedback::store::rows::CanaryEvaluationRow;
 
-use crate::experiment::{json_name, Action, Experiment, Status};
+use crate::{
+    experiment::{json_name, Action, Experiment, Status},
+    unload::{self, Grace, Role, UnloadRecord},
+};
 
 /// `2024-05-01 12:03:04` (UTC) of a Unix time in ms.
 pub fn utc(ms: u64) -> String {
@@ -427,4 +430,107 @@ mod tests {
         assert_eq!(duration(3_725), "1h02m");
         assert_eq!(duration(90_000), "1d01h");
     }
+}
+
+/// The engine-pool part of the status view: which versions are named, the
+/// grace period after a promotion, and each unload's state per engine.
+pub fn engines(exp: &Experiment, unloads: &[UnloadRecord], now_ms: u64) -> String {
+    let mut out = String::new();
+    let plan = &exp.spec.engine;
+    let grace = unload::grace(exp, unloads, now_ms);
+    if plan.engines.is_empty() && matches!(grace, Grace::NotCompleted) {
+        return out;
+    }
+    let _ = writeln!(out, "\nengine pool");
+    if !plan.engines.is_empty() {
+        let _ = writeln!(
+            out,
+            "  versions  candidate {} · incumbent {} · on {}",
+            plan.candidate_model.as_deref().unwrap_or("(not named)"),
+            plan.incumbent_model.as_deref().unwrap_or("(not named)"),
+            plan.engines.join(", ")
+        );
+    }
+    match grace {
+        Grace::NotCompleted => {}
+        Grace::Open { deadline_ms } => {
+            let _ = writeln!(
+                out,
+                "  grace     until {} UTC ({} left): `rollback` restores {} at once",
+                utc(deadline_ms),
+                duration(deadline_ms.saturating_sub(now_ms) / 1000),
+                exp.incumbent
+            );
+        }
+        Grace::Over {
+            deadline_ms,
+            unloaded,
+        } => {
+            let _ = writeln!(
+                out,
+                "  grace     over (ended {} UTC){}: rollback refused",
+                utc(deadline_ms),
+                unloaded
+                    .map(|m| format!(", old version {m} unloaded"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(t) = unload::target(exp) {
+        let done = unload::done_engines(unloads, &t.model, t.role);
+        let pending: Vec<&str> = plan
+            .engines
+            .iter()
+            .map(String::as_str)
+            .filter(|e| !done.contains(e))
+            .collect();
+        let state = if pending.is_empty() {
+            format!("unloaded from {}", plan.engines.len())
+        } else if t.role == Role::Incumbent && now_ms < t.not_before_ms {
+            format!("kept loaded until {} UTC", utc(t.not_before_ms))
+        } else {
+            let last_error = unloads
+                .iter()
+                .rev()
+                .filter(|r| r.model == t.model && r.role == t.role)
+                .flat_map(|r| r.results.iter())
+                .find_map(|o| o.error.clone());
+            format!(
+                "pending on {} of {}{}",
+                pending.len(),
+                plan.engines.len(),
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  unload    {} version {}: {state}",
+            t.role.name(),
+            t.model
+        );
+    }
+    for r in unloads {
+        for o in &r.results {
+            let _ = writeln!(
+                out,
+                "  {} UTC  unload {} ({}) on {}: {}",
+                utc(r.ts_ms),
+                r.model,
+                r.role.name(),
+                o.engine,
+                if o.ok {
+                    match (o.status, o.drained) {
+                        (Some(404), _) => "not loaded (done)".to_owned(),
+                        (_, Some(n)) => format!("unloaded, {n} in flight drained"),
+                        _ => "unloaded".to_owned(),
+                    }
+                } else {
+                    format!("failed: {}", o.error.as_deref().unwrap_or("?"))
+                }
+            );
+        }
+    }
+    out
 }
