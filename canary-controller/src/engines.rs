@@ -20,6 +20,19 @@ pub enum Error {
     Client(#[from] reqwest::Error),
 }
 
+/// An error and its causes, `a: b: c` (reqwest's own message names only
+/// the request, not why it failed: refused, DNS, reset).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Calls the engines' admin API.
 #[derive(Clone)]
 pub struct EngineAdmin {
@@ -87,7 +100,7 @@ impl EngineAdmin {
                 out.error = Some(if e.is_timeout() {
                     "timed out (still draining, or unreachable)".into()
                 } else {
-                    format!("unreachable: {e}")
+                    format!("unreachable: {}", chain(&e))
                 });
                 return out;
             }
