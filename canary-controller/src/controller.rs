@@ -223,8 +223,8 @@ impl Controller {
         let in_use = unload::in_use(&experiments);
         self.tasks.lock().await.retain(|t| !t.is_finished());
         for exp in experiments {
-            let lookback = ENDED_LOOKBACK_MS
-                .saturating_add(exp.spec.engine.grace_secs.saturating_mul(1000));
+            let lookback =
+                ENDED_LOOKBACK_MS.saturating_add(exp.spec.engine.grace_secs.saturating_mul(1000));
             if !exp.status.is_active() && now.saturating_sub(exp.updated_ms) > lookback {
                 continue;
             }
@@ -408,8 +408,7 @@ impl Controller {
             return Ok(());
         };
         let key = format!("{}/{}", exp.id, target.model);
-        if self.unloaded.lock().await.contains(&key) || self.unloading.lock().await.contains(&key)
-        {
+        if self.unloaded.lock().await.contains(&key) || self.unloading.lock().await.contains(&key) {
             return Ok(());
         }
         if target.role == unload::Role::Incumbent && now < target.not_before_ms {
@@ -550,8 +549,7 @@ pub async fn apply_weights(weights: &Weights, exp: &Experiment) -> Result<(), Er
         clear_shadow(weights, exp).await?;
         if exp.status == Status::Completed {
             weights.set_incumbent(&exp.route, &exp.candidate).await?;
-        } else if weights.incumbent(&exp.route).await?.as_deref() == Some(exp.candidate.as_str())
-        {
+        } else if weights.incumbent(&exp.route).await?.as_deref() == Some(exp.candidate.as_str()) {
             // Rolled back in the grace period after its promotion.
             weights.set_incumbent(&exp.route, &exp.incumbent).await?;
         }

@@ -148,3 +148,90 @@ impl EngineAdmin {
         outcomes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// An engine stand-in that answers every request with `status` and
+    /// `body`, and hands back the request heads it saw.
+    async fn engine(
+        status: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut seen = vec![];
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+            seen
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn unloads_with_the_token_and_counts_a_missing_version_as_done() {
+        let admin = EngineAdmin::new(Some("tok".into()), Duration::from_secs(5)).unwrap();
+        let (url, seen) = engine("200 OK", r#"{"id":"v2","deleted":true,"drained":3}"#).await;
+        let o = admin.unload(&url, "v2").await;
+        assert_eq!((o.ok, o.status, o.drained), (true, Some(200), Some(3)));
+        let head = seen.await.unwrap().remove(0);
+        assert!(
+            head.starts_with("DELETE /admin/models/v2?wait=true "),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: bearer tok"),
+            "{head}"
+        );
+
+        let (url, _) = engine("404 Not Found", r#"{"error":{"code":"model_not_found"}}"#).await;
+        let o = admin.unload(&format!("{url}/"), "v2").await;
+        assert_eq!((o.ok, o.status, o.error), (true, Some(404), None));
+
+        let (url, _) = engine("401 Unauthorized", r#"{"error":"invalid admin token"}"#).await;
+        let o = admin.unload(&url, "v2").await;
+        assert!(
+            !o.ok && o.error.as_deref().unwrap().starts_with("HTTP 401"),
+            "{o:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_token_or_an_engine_the_outcome_says_why() {
+        let o = EngineAdmin::default()
+            .unload("http://127.0.0.1:9", "v2")
+            .await;
+        assert!(!o.ok && o.error.unwrap().contains("no engine admin token"));
+        // A port nothing listens on (bound, then dropped).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let admin = EngineAdmin::new(Some("s3cret".into()), Duration::from_secs(5)).unwrap();
+        let all = admin
+            .unload_all(&[format!("http://127.0.0.1:{port}")], "v2")
+            .await;
+        assert_eq!(all.len(), 1);
+        assert!(
+            !all[0].ok && all[0].error.as_deref().unwrap().starts_with("unreachable"),
+            "{all:?}"
+        );
+        assert!(format!("{admin:?}").contains('…') && !format!("{admin:?}").contains("s3cret"));
+    }
+}

@@ -27,10 +27,10 @@
 
 pub mod config;
 pub mod controller;
+pub mod engines;
 pub mod experiment;
 pub mod ops;
 pub mod report;
-pub mod engines;
 pub mod spec;
 pub mod store;
 pub mod unload;

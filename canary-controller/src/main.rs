@@ -9,9 +9,10 @@ use flywheel_canary::{
 use flywheel_canary_controller::{
     config::{controller_settings, ConnectionFlags, Connections, FileConfig},
     engines::{EngineAdmin, DEFAULT_UNLOAD_TIMEOUT},
-    spec::EnginePlan,
     ops::{self, WeightsApplied},
-    report, Action, CanaryStore, Controller, QualityMetric, Spec, Weights,
+    report,
+    spec::EnginePlan,
+    Action, CanaryStore, Controller, QualityMetric, Spec, Weights,
 };
 use flywheel_feedback::{now_ms, Store, StoreConfig};
 use tracing_subscriber::EnvFilter;
@@ -131,6 +132,7 @@ enum Command {
     Create(Box<CreateArgs>),
     /// Lists experiments (active ones, or all with --all).
     List {
+        /// Ended experiments too (completed, rolled back, incumbent kept).
         #[arg(long)]
         all: bool,
         /// JSON lines instead of a table.

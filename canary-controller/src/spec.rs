@@ -136,9 +136,7 @@ impl EnginePlan {
                 return Err(SpecError::Engine(format!("bad model version name {m:?}")));
             }
         }
-        if self.candidate_model.is_some()
-            && self.candidate_model == self.incumbent_model
-        {
+        if self.candidate_model.is_some() && self.candidate_model == self.incumbent_model {
             return Err(SpecError::Engine(
                 "candidate and incumbent model versions must differ".into(),
             ));
@@ -333,13 +331,19 @@ mod tests {
             grace_secs: 60,
         };
         assert!(plan(None, None, &[]).validate().is_ok());
-        assert!(plan(Some("v2"), Some("v1"), &["http://e:1"]).validate().is_ok());
+        assert!(plan(Some("v2"), Some("v1"), &["http://e:1"])
+            .validate()
+            .is_ok());
         // A model without engines, engines without a scheme, a name that
         // would change the admin URL, the same version twice.
         assert!(plan(Some("v2"), None, &[]).validate().is_err());
         assert!(plan(Some("v2"), None, &["e:1"]).validate().is_err());
-        assert!(plan(Some("../x"), None, &["http://e:1"]).validate().is_err());
-        assert!(plan(Some("v"), Some("v"), &["http://e:1"]).validate().is_err());
+        assert!(plan(Some("../x"), None, &["http://e:1"])
+            .validate()
+            .is_err());
+        assert!(plan(Some("v"), Some("v"), &["http://e:1"])
+            .validate()
+            .is_err());
     }
 
     #[test]

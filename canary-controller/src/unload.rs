@@ -213,10 +213,7 @@ pub fn next_step(
     // Settle from the later of the end and the first sight of weight 0
     // (a restarted controller starts that clock again: later, never
     // sooner).
-    let until_ms = t
-        .not_before_ms
-        .max(zero_since)
-        .saturating_add(settle_ms);
+    let until_ms = t.not_before_ms.max(zero_since).saturating_add(settle_ms);
     if now_ms < until_ms {
         return Step::Wait(Wait::Settle { until_ms });
     }
@@ -335,9 +332,14 @@ mod tests {
     fn a_rolled_back_candidate_is_unloaded_after_weight_zero_and_settle() {
         let running = experiment("chat", 1_000);
         assert_eq!(target(&running), None);
-        let rolled = running.after(Action::Rollback, "error_rate", 10_000).unwrap();
+        let rolled = running
+            .after(Action::Rollback, "error_rate", 10_000)
+            .unwrap();
         let t = target(&rolled).unwrap();
-        assert_eq!((t.role, t.model.as_str(), t.variant.as_str()), (Role::Candidate, "v2", "tuned"));
+        assert_eq!(
+            (t.role, t.model.as_str(), t.variant.as_str()),
+            (Role::Candidate, "v2", "tuned")
+        );
         let step = |now, zero, records: &[UnloadRecord]| {
             next_step(&t, &engines(&rolled), records, now, zero, 500, false)
         };
@@ -347,25 +349,46 @@ mod tests {
             step(10_200, Some(10_100), &[]),
             Step::Wait(Wait::Settle { until_ms: 10_600 })
         );
-        assert_eq!(step(10_600, Some(10_100), &[]), Step::Unload(vec![E1.into(), E2.into()]));
+        assert_eq!(
+            step(10_600, Some(10_100), &[]),
+            Step::Unload(vec![E1.into(), E2.into()])
+        );
         // One engine failed: only it is tried again; both done: done, for good.
-        let first = UnloadRecord::new("v2", Role::Candidate, vec![outcome(E1, true), outcome(E2, false)]);
+        let first = UnloadRecord::new(
+            "v2",
+            Role::Candidate,
+            vec![outcome(E1, true), outcome(E2, false)],
+        );
         assert_eq!(first.reason_kind(), "unload_failed");
-        assert_eq!(step(11_000, Some(10_100), std::slice::from_ref(&first)), Step::Unload(vec![E2.into()]));
+        assert_eq!(
+            step(11_000, Some(10_100), std::slice::from_ref(&first)),
+            Step::Unload(vec![E2.into()])
+        );
         let second = UnloadRecord::new("v2", Role::Candidate, vec![outcome(E2, true)]);
         assert_eq!(second.reason_kind(), "unload");
         assert_eq!(step(12_000, Some(10_100), &[first, second]), Step::Done);
         // Records of another version or role do not count.
-        let other = UnloadRecord::new("v1", Role::Incumbent, vec![outcome(E1, true), outcome(E2, true)]);
-        assert!(matches!(step(12_000, Some(10_100), &[other]), Step::Unload(_)));
+        let other = UnloadRecord::new(
+            "v1",
+            Role::Incumbent,
+            vec![outcome(E1, true), outcome(E2, true)],
+        );
+        assert!(matches!(
+            step(12_000, Some(10_100), &[other]),
+            Step::Unload(_)
+        ));
         // Kept incumbent: the same.
-        let kept = running.after(Action::KeepIncumbent, "inconclusive", 10_000).unwrap();
+        let kept = running
+            .after(Action::KeepIncumbent, "inconclusive", 10_000)
+            .unwrap();
         assert_eq!(target(&kept).map(|t| t.role), Some(Role::Candidate));
     }
 
     #[test]
     fn a_version_in_use_elsewhere_is_never_unloaded() {
-        let rolled = experiment("chat", 1_000).after(Action::Rollback, "x", 2_000).unwrap();
+        let rolled = experiment("chat", 1_000)
+            .after(Action::Rollback, "x", 2_000)
+            .unwrap();
         let t = target(&rolled).unwrap();
         assert_eq!(
             next_step(&t, &engines(&rolled), &[], 99_000, Some(2_000), 0, true),
@@ -376,49 +399,80 @@ mod tests {
         let other = experiment("other", 3_000);
         let used = in_use(&[rolled.clone(), other]);
         assert!(used.contains("v2") && used.contains("v1"));
-        assert_eq!(in_use(std::slice::from_ref(&rolled)), BTreeSet::from(["v1".to_owned()]));
+        assert_eq!(
+            in_use(std::slice::from_ref(&rolled)),
+            BTreeSet::from(["v1".to_owned()])
+        );
         // Completed: the candidate serves.
-        let done = experiment("chat", 1_000).after(Action::Promote, "promote", 2_000).unwrap();
+        let done = experiment("chat", 1_000)
+            .after(Action::Promote, "promote", 2_000)
+            .unwrap();
         assert_eq!(done.status, Status::Completed);
         assert_eq!(in_use(&[done]), BTreeSet::from(["v2".to_owned()]));
     }
 
     #[test]
     fn the_old_version_stays_loaded_through_the_grace_period() {
-        let done = experiment("chat", 1_000).after(Action::Promote, "promote", 10_000).unwrap();
+        let done = experiment("chat", 1_000)
+            .after(Action::Promote, "promote", 10_000)
+            .unwrap();
         let t = target(&done).unwrap();
-        assert_eq!((t.role, t.model.as_str(), t.variant.as_str()), (Role::Incumbent, "v1", "base"));
+        assert_eq!(
+            (t.role, t.model.as_str(), t.variant.as_str()),
+            (Role::Incumbent, "v1", "base")
+        );
         assert_eq!(t.not_before_ms, 70_000);
         let e = engines(&done);
         assert_eq!(
             next_step(&t, &e, &[], 69_999, Some(10_000), 500, false),
             Step::Wait(Wait::Grace { until_ms: 70_000 })
         );
-        assert_eq!(next_step(&t, &e, &[], 70_000, None, 500, false), Step::Wait(Wait::Weight));
+        assert_eq!(
+            next_step(&t, &e, &[], 70_000, None, 500, false),
+            Step::Wait(Wait::Weight)
+        );
         assert_eq!(
             next_step(&t, &e, &[], 70_500, Some(10_000), 500, false),
             Step::Unload(e.clone())
         );
         // Within the grace period a rollback is allowed; at its end, or
         // once an unload was attempted, it is not.
-        assert_eq!(grace(&done, &[], 69_999), Grace::Open { deadline_ms: 70_000 });
+        assert_eq!(
+            grace(&done, &[], 69_999),
+            Grace::Open {
+                deadline_ms: 70_000
+            }
+        );
         assert_eq!(
             grace(&done, &[], 70_000),
-            Grace::Over { deadline_ms: 70_000, unloaded: None }
+            Grace::Over {
+                deadline_ms: 70_000,
+                unloaded: None
+            }
         );
         let tried = UnloadRecord::new("v1", Role::Incumbent, vec![outcome(E1, false)]);
         assert_eq!(
             grace(&done, &[tried], 20_000),
-            Grace::Over { deadline_ms: 70_000, unloaded: Some("v1".into()) }
+            Grace::Over {
+                deadline_ms: 70_000,
+                unloaded: Some("v1".into())
+            }
         );
         assert_eq!(grace(&experiment("chat", 1), &[], 2), Grace::NotCompleted);
     }
 
     #[test]
     fn a_rollback_in_the_grace_period_frees_the_candidate_instead() {
-        let done = experiment("chat", 1_000).after(Action::Promote, "promote", 10_000).unwrap();
-        let back = done.after_grace_rollback(&grace(&done, &[], 20_000), "manual", 20_000).unwrap();
-        assert_eq!((back.status, back.weights()), (Status::RolledBack, (10_000, 0)));
+        let done = experiment("chat", 1_000)
+            .after(Action::Promote, "promote", 10_000)
+            .unwrap();
+        let back = done
+            .after_grace_rollback(&grace(&done, &[], 20_000), "manual", 20_000)
+            .unwrap();
+        assert_eq!(
+            (back.status, back.weights()),
+            (Status::RolledBack, (10_000, 0))
+        );
         let t = target(&back).unwrap();
         assert_eq!((t.role, t.model.as_str()), (Role::Candidate, "v2"));
         // The old version serves again.
@@ -429,9 +483,16 @@ mod tests {
 
     #[test]
     fn records_round_trip_as_reason_json() {
-        let r = UnloadRecord::new("v2", Role::Candidate, vec![outcome(E1, true), outcome(E2, false)]);
+        let r = UnloadRecord::new(
+            "v2",
+            Role::Candidate,
+            vec![outcome(E1, true), outcome(E2, false)],
+        );
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains("\"kind\":\"unload\"") && json.contains("\"role\":\"candidate\""), "{json}");
+        assert!(
+            json.contains("\"kind\":\"unload\"") && json.contains("\"role\":\"candidate\""),
+            "{json}"
+        );
         let back: UnloadRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
         // Without engines or named versions nothing is ever unloaded.
