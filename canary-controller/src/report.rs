@@ -417,21 +417,6 @@ fn guardrail_line(g: &GuardrailResult) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_times() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(duration(59), "59s");
-        assert_eq!(duration(3_725), "1h02m");
-        assert_eq!(duration(90_000), "1d01h");
-    }
-}
-
 /// The engine-pool part of the status view: which versions are named, the
 /// grace period after a promotion, and each unload's state per engine.
 pub fn engines(exp: &Experiment, unloads: &[UnloadRecord], now_ms: u64) -> String {
@@ -533,4 +518,92 @@ pub fn engines(exp: &Experiment, unloads: &[UnloadRecord], now_ms: u64) -> Strin
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3_725), "1h02m");
+        assert_eq!(duration(90_000), "1d01h");
+    }
+
+    #[test]
+    fn shows_the_grace_period_and_each_unload() {
+        use crate::{
+            spec::{EnginePlan, QualityMetric, Spec},
+            unload::EngineOutcome,
+        };
+        let spec = Spec {
+            quality: vec![QualityMetric::parse("thumbs_up").unwrap()],
+            steps: Spec::parse_steps("50,100").unwrap(),
+            engine: EnginePlan {
+                candidate_model: Some("v2".into()),
+                incumbent_model: Some("v1".into()),
+                engines: vec!["http://a:1".into(), "http://b:1".into()],
+                grace_secs: 60,
+            },
+            ..Spec::default()
+        };
+        let running = Experiment::new("chat", "base", "tuned", spec, "t", 1_000).unwrap();
+        assert!(engines(&running, &[], 2_000).contains("candidate v2 · incumbent v1"));
+        let done = running.after(Action::Promote, "promote", 10_000).unwrap();
+        let open = engines(&done, &[], 40_000);
+        assert!(
+            open.contains("grace     until") && open.contains("30s left"),
+            "{open}"
+        );
+        assert!(open.contains("kept loaded until"), "{open}");
+        let mut tried = UnloadRecord::new(
+            "v1",
+            Role::Incumbent,
+            vec![
+                EngineOutcome {
+                    engine: "http://a:1".into(),
+                    ok: true,
+                    status: Some(200),
+                    error: None,
+                    drained: Some(2),
+                },
+                EngineOutcome {
+                    engine: "http://b:1".into(),
+                    ok: false,
+                    status: None,
+                    error: Some("unreachable: refused".into()),
+                    drained: None,
+                },
+            ],
+        );
+        tried.ts_ms = 71_000;
+        let over = engines(&done, &[tried], 72_000);
+        assert!(
+            over.contains("rollback refused") && over.contains("old version v1 unloaded"),
+            "{over}"
+        );
+        assert!(
+            over.contains("pending on 1 of 2 (last error: unreachable: refused)"),
+            "{over}"
+        );
+        assert!(over.contains("2 in flight drained"), "{over}");
+        // Nothing named and never completed: nothing to show.
+        let plain = Experiment::new(
+            "chat",
+            "base",
+            "tuned",
+            Spec {
+                quality: vec![QualityMetric::parse("thumbs_up").unwrap()],
+                ..Spec::default()
+            },
+            "t",
+            1,
+        )
+        .unwrap();
+        assert_eq!(engines(&plain, &[], 2), "");
+    }
 }
