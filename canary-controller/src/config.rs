@@ -17,6 +17,10 @@
 //! interval_ms = 10000
 //! settle_ms = 5000
 //! latency_samples = 2000
+//!
+//! [engines]
+//! admin_token = "…"        # prefer FLYWHEEL_ENGINE_ADMIN_TOKEN
+//! unload_timeout_ms = 300000
 //! ```
 
 use std::{path::Path, time::Duration};
@@ -32,6 +36,17 @@ pub struct FileConfig {
     pub redis: RedisFile,
     #[serde(default)]
     pub controller: ControllerFile,
+    #[serde(default)]
+    pub engines: EnginesFile,
+}
+
+/// The engines' admin API, for unloading versions (never stored with an
+/// experiment).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnginesFile {
+    pub admin_token: Option<String>,
+    pub unload_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -171,5 +186,9 @@ mod tests {
         assert_eq!(s.settle, Duration::ZERO);
         assert_eq!(s.latency_samples, DEFAULT_LATENCY_SAMPLES);
         assert!(toml::from_str::<FileConfig>("[redis]\nurll = 1\n").is_err());
+        let e: FileConfig =
+            toml::from_str("[engines]\nadmin_token = \"t\"\nunload_timeout_ms = 5\n").unwrap();
+        assert_eq!(e.engines.admin_token.as_deref(), Some("t"));
+        assert_eq!(e.engines.unload_timeout_ms, Some(5));
     }
 }

@@ -13,6 +13,19 @@
 //! controller resumes at the recorded step with the recorded step clock;
 //! nothing is kept in memory between ticks.
 //!
+//! # Unloading model versions
+//!
+//! An ended experiment that names its versions on the engine pool frees
+//! the one that no longer serves ([`crate::unload`]): the candidate after
+//! a rollback or keep-incumbent, the old incumbent when the grace period
+//! after a promotion ends. Each look checks the variant's weight is 0 in
+//! Redis, waits `settle` after first seeing it so, then unloads from the
+//! engines not done yet in a task of its own (an engine drains in-flight
+//! requests before answering, which must not delay other experiments'
+//! decisions) and records an `unload` row. Redis down: no unload (the
+//! weights cannot be checked). Ended experiments that a newer one on the
+//! route superseded still free their versions.
+//!
 //! # Outages pause decisions
 //!
 //! * ClickHouse unreachable: nothing is read, decided or recorded (no
@@ -27,14 +40,21 @@
 //! if its revision moved (a `pause` from the CLI, say) the look is dropped
 //! and the next tick starts from the new state.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use flywheel_canary::{decide, ArmData, Input};
 use flywheel_feedback::now_ms;
+use tokio::{sync::Mutex, task::JoinHandle};
 
 use crate::{
+    engines::EngineAdmin,
     experiment::{evaluation_row, reason_of, Action, Experiment, Record, Status},
     store::{ArmQuery, CanaryStore},
+    unload::{self, Step, UnloadRecord, Wait},
     weights::Weights,
 };
 
@@ -97,14 +117,46 @@ pub struct Controller {
     store: CanaryStore,
     weights: Weights,
     cfg: ControllerConfig,
+    engines: EngineAdmin,
+    /// `experiment/model` → since when its variant's weight is seen at 0
+    /// (the settle clock; a restart starts it again, which only delays).
+    zero_since: Mutex<HashMap<String, u64>>,
+    /// `experiment/model` being unloaded by a task now.
+    unloading: Arc<Mutex<HashSet<String>>>,
+    /// `experiment/model` found done: not read again.
+    unloaded: Mutex<HashSet<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Controller {
+    /// A controller without an engine admin token: unloads are attempted
+    /// and recorded as failing until one is given ([`Controller::with_engines`]).
     pub fn new(store: CanaryStore, weights: Weights, cfg: ControllerConfig) -> Self {
         Self {
             store,
             weights,
             cfg,
+            engines: EngineAdmin::default(),
+            zero_since: Mutex::default(),
+            unloading: Arc::default(),
+            unloaded: Mutex::default(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// The engines' admin client (with its token).
+    pub fn with_engines(mut self, engines: EngineAdmin) -> Self {
+        self.engines = engines;
+        self
+    }
+
+    /// Waits for the unloads started so far (for `--once` and tests).
+    pub async fn wait_unloads(&self) {
+        let tasks: Vec<_> = self.tasks.lock().await.drain(..).collect();
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "unload task failed");
+            }
         }
     }
 
@@ -168,15 +220,27 @@ impl Controller {
             .filter(|e| newest.get(e.route.as_str()).is_some_and(|n| n.1 != e.id))
             .map(|e| e.id.clone())
             .collect();
+        let in_use = unload::in_use(&experiments);
+        self.tasks.lock().await.retain(|t| !t.is_finished());
         for exp in experiments {
-            if !exp.status.is_active()
-                && (now.saturating_sub(exp.updated_ms) > ENDED_LOOKBACK_MS
-                    || superseded.contains(&exp.id))
-            {
+            let lookback =
+                ENDED_LOOKBACK_MS.saturating_add(exp.spec.engine.grace_secs.saturating_mul(1000));
+            if !exp.status.is_active() && now.saturating_sub(exp.updated_ms) > lookback {
                 continue;
             }
             let id = exp.id.clone();
-            match self.look(exp, redis_up).await {
+            if !exp.status.is_active() && superseded.contains(&exp.id) {
+                // The route's weights belong to the newer experiment; the
+                // versions this one named are still freed.
+                if redis_up {
+                    if let Err(e) = self.unload_look(&exp, &in_use, now).await {
+                        tracing::warn!(experiment = %id, error = %e, "unload look failed");
+                        report.failed.push((id, e.to_string()));
+                    }
+                }
+                continue;
+            }
+            match self.look(exp, redis_up, &in_use).await {
                 Ok(Some(look)) => report.looks.push(look),
                 Ok(None) => {}
                 Err(e) => {
@@ -200,6 +264,7 @@ impl Controller {
         &self,
         mut exp: Experiment,
         redis_up: bool,
+        in_use: &BTreeSet<String>,
     ) -> Result<Option<(String, Action, String)>, Error> {
         if let Some(t) = self.store.latest_transition(&exp.id).await? {
             if let Some(next) = exp.replay(&t) {
@@ -219,6 +284,9 @@ impl Controller {
         }
         if redis_up {
             apply_weights(&self.weights, &exp).await?;
+            if !exp.status.is_active() {
+                self.unload_look(&exp, in_use, now_ms()).await?;
+            }
         }
         if exp.status != Status::Running {
             return Ok(None);
@@ -327,6 +395,141 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// An ended experiment's unload, if it has one due ([`unload::next_step`]):
+    /// started in a task, recorded there.
+    async fn unload_look(
+        &self,
+        exp: &Experiment,
+        in_use: &BTreeSet<String>,
+        now: u64,
+    ) -> Result<(), Error> {
+        let Some(target) = unload::target(exp) else {
+            return Ok(());
+        };
+        let key = format!("{}/{}", exp.id, target.model);
+        if self.unloaded.lock().await.contains(&key) || self.unloading.lock().await.contains(&key) {
+            return Ok(());
+        }
+        if target.role == unload::Role::Incumbent && now < target.not_before_ms {
+            // In the grace period: nothing to read yet.
+            return Ok(());
+        }
+        let records = self.store.unload_records(&exp.id).await?;
+        let zero = self.weights.get(&exp.route).await?.get(&target.variant) == Some(&0);
+        let zero_since = {
+            let mut m = self.zero_since.lock().await;
+            if zero {
+                Some(*m.entry(key.clone()).or_insert(now))
+            } else {
+                m.remove(&key);
+                None
+            }
+        };
+        let settle_ms = u64::try_from(self.cfg.settle.as_millis()).unwrap_or(u64::MAX);
+        let step = unload::next_step(
+            &target,
+            &exp.spec.engine.engines,
+            &records,
+            now,
+            zero_since,
+            settle_ms,
+            in_use.contains(&target.model),
+        );
+        let engines = match step {
+            Step::Done => {
+                self.unloaded.lock().await.insert(key);
+                return Ok(());
+            }
+            Step::Wait(Wait::InUse) => {
+                tracing::debug!(experiment = %exp.id, model = %target.model, "version in use by another experiment: kept loaded");
+                return Ok(());
+            }
+            Step::Wait(_) => return Ok(()),
+            Step::Unload(engines) => engines,
+        };
+        self.unloading.lock().await.insert(key.clone());
+        let task = UnloadTask {
+            store: self.store.clone(),
+            engines: self.engines.clone(),
+            unloading: self.unloading.clone(),
+            actor: self.cfg.actor.clone(),
+            exp: exp.clone(),
+            model: target.model,
+            role: target.role,
+            targets: engines,
+            key,
+        };
+        self.tasks.lock().await.push(tokio::spawn(task.run()));
+        Ok(())
+    }
+}
+
+/// One unload attempt, off the look loop.
+struct UnloadTask {
+    store: CanaryStore,
+    engines: EngineAdmin,
+    unloading: Arc<Mutex<HashSet<String>>>,
+    actor: String,
+    exp: Experiment,
+    model: String,
+    role: unload::Role,
+    targets: Vec<String>,
+    key: String,
+}
+
+impl UnloadTask {
+    async fn run(self) {
+        self.attempt().await;
+        self.unloading.lock().await.remove(&self.key);
+    }
+
+    async fn attempt(&self) {
+        let exp = &self.exp;
+        // A manual rollback in the grace period may have landed since the
+        // look: the old version must then stay.
+        match self.store.experiment(&exp.id).await {
+            Ok(current) if current.revision == exp.revision => {}
+            Ok(_) => {
+                tracing::info!(experiment = %exp.id, "changed since the look; unload decided again next interval");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(experiment = %exp.id, error = %e, "cannot re-read the experiment; unload next interval");
+                return;
+            }
+        }
+        let results = self.engines.unload_all(&self.targets, &self.model).await;
+        let record = UnloadRecord::new(&self.model, self.role, results);
+        for r in &record.results {
+            if r.ok {
+                tracing::info!(experiment = %exp.id, model = %self.model, role = self.role.name(), engine = %r.engine, status = ?r.status, drained = ?r.drained, "model version unloaded");
+            } else {
+                tracing::warn!(experiment = %exp.id, model = %self.model, role = self.role.name(), engine = %r.engine, error = ?r.error, "unload failed; retried next interval");
+            }
+        }
+        let now = now_ms();
+        let row = evaluation_row(
+            exp,
+            exp,
+            &Record {
+                action: Action::Unload,
+                manual: false,
+                actor: &self.actor,
+                reason_kind: record.reason_kind(),
+                reason_json: serde_json::to_string(&record).unwrap_or_default(),
+                decision: None,
+            },
+            now,
+        );
+        if let Err(e) = self.store.record(&row, None).await {
+            // The next look tries again: a version already gone answers
+            // 404, which is recorded as done.
+            tracing::warn!(experiment = %exp.id, error = %e, "unload not recorded");
+        }
+    }
+}
+
 /// Makes Redis match an experiment's state: while active, the step's
 /// weights (and the shadow mirror during a shadow step); once ended, the
 /// final weights, written once per revision (so a later manual change of
@@ -346,6 +549,9 @@ pub async fn apply_weights(weights: &Weights, exp: &Experiment) -> Result<(), Er
         clear_shadow(weights, exp).await?;
         if exp.status == Status::Completed {
             weights.set_incumbent(&exp.route, &exp.candidate).await?;
+        } else if weights.incumbent(&exp.route).await?.as_deref() == Some(exp.candidate.as_str()) {
+            // Rolled back in the grace period after its promotion.
+            weights.set_incumbent(&exp.route, &exp.incumbent).await?;
         }
         weights.set_applied_revision(&exp.id, exp.revision).await?;
         return Ok(());

@@ -8,7 +8,12 @@
 //!   │  └─▶ Paused ──┘                       │
 //!   └── rollback ──────────────────────────┴──▶ RolledBack   (candidate weight 0)
 //!   └── keep incumbent ────────────────────────▶ KeptIncumbent (candidate weight 0)
+//!
+//! Completed ── rollback within the grace period ──▶ RolledBack (incumbent restored)
 //! ```
+//!
+//! An ended experiment's model version is then unloaded from the engines
+//! ([`crate::unload`]): `unload` rows record it without changing the state.
 //!
 //! Every transition is a new revision of the experiment row and one
 //! evaluation row ([`Transition`]); holds only add an evaluation row.
@@ -80,6 +85,8 @@ pub enum Action {
     Pause,
     Resume,
     Create,
+    /// A model version unloaded from the engines (no state change).
+    Unload,
 }
 
 impl Action {
@@ -92,6 +99,7 @@ impl Action {
             Self::Pause => canary_action::PAUSE,
             Self::Resume => canary_action::RESUME,
             Self::Create => canary_action::CREATE,
+            Self::Unload => canary_action::UNLOAD,
         }
     }
 
@@ -104,6 +112,7 @@ impl Action {
             canary_action::PAUSE => Self::Pause,
             canary_action::RESUME => Self::Resume,
             canary_action::CREATE => Self::Create,
+            canary_action::UNLOAD => Self::Unload,
             _ => return None,
         })
     }
@@ -117,6 +126,7 @@ impl Action {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Create => "create",
+            Self::Unload => "unload",
         }
     }
 
@@ -148,6 +158,16 @@ pub enum ExperimentError {
         id: String,
         status: &'static str,
         action: &'static str,
+    },
+    #[error(
+        "experiment {id} completed and its grace period for an instant rollback ended at {deadline} UTC{}; \
+         the candidate stays the incumbent: to go back, create a new experiment with the old variant as candidate",
+        unloaded.as_ref().map(|m| format!(" (the old version {m} was unloaded from the engines)")).unwrap_or_default()
+    )]
+    GraceOver {
+        id: String,
+        deadline: String,
+        unloaded: Option<String>,
     },
 }
 
@@ -352,11 +372,43 @@ impl Experiment {
             Action::KeepIncumbent => next.status = Status::KeptIncumbent,
             Action::Pause if self.status == Status::Running => next.status = Status::Paused,
             Action::Resume if self.status == Status::Paused => next.status = Status::Running,
-            Action::Pause | Action::Resume | Action::Create | Action::Hold => {
+            Action::Pause | Action::Resume | Action::Create | Action::Hold | Action::Unload => {
                 return Err(self.not_allowed(action.name()));
             }
         }
         Ok(next)
+    }
+
+    /// A rollback of a completed experiment: allowed while its grace
+    /// period is open (the old version is still loaded), and it restores
+    /// the incumbent's weights at once; refused after, saying why.
+    pub fn after_grace_rollback(
+        &self,
+        grace: &crate::unload::Grace,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Experiment, ExperimentError> {
+        use crate::unload::Grace;
+        match grace {
+            Grace::NotCompleted => self.after(Action::Rollback, reason, now_ms),
+            Grace::Over {
+                deadline_ms,
+                unloaded,
+            } => Err(ExperimentError::GraceOver {
+                id: self.id.clone(),
+                deadline: crate::report::utc(*deadline_ms),
+                unloaded: unloaded.clone(),
+            }),
+            Grace::Open { .. } if self.status == Status::Completed => {
+                let mut next = self.clone();
+                next.revision = next_revision(self.revision, now_ms);
+                next.updated_ms = now_ms;
+                next.status_reason = reason.to_owned();
+                next.status = Status::RolledBack;
+                Ok(next)
+            }
+            Grace::Open { .. } => Err(self.not_allowed(Action::Rollback.name())),
+        }
     }
 
     /// The state an evaluation row says this experiment reached, when the

@@ -18,17 +18,22 @@
 //! * [`store`]: ClickHouse reads and writes, the arms' SQL.
 //! * [`weights`]: Redis keys.
 //! * [`controller`]: the loop, crash recovery, outage handling.
+//! * [`unload`]: when an ended experiment's model version is unloaded
+//!   from the engines, and the grace period after a promotion (pure);
+//!   [`engines`]: the engines' admin calls.
 //! * [`ops`]: creation and manual actions (the CLI).
 //! * [`report`]: the CLI's tables.
 //! * [`config`]: the TOML file and flags of `flywheel-canary`.
 
 pub mod config;
 pub mod controller;
+pub mod engines;
 pub mod experiment;
 pub mod ops;
 pub mod report;
 pub mod spec;
 pub mod store;
+pub mod unload;
 pub mod weights;
 
 pub use controller::{Controller, ControllerConfig, TickReport};

@@ -8,8 +8,11 @@ use flywheel_canary::{
 };
 use flywheel_canary_controller::{
     config::{controller_settings, ConnectionFlags, Connections, FileConfig},
+    engines::{EngineAdmin, DEFAULT_UNLOAD_TIMEOUT},
     ops::{self, WeightsApplied},
-    report, Action, CanaryStore, Controller, QualityMetric, Spec, Weights,
+    report,
+    spec::EnginePlan,
+    Action, CanaryStore, Controller, QualityMetric, Spec, Weights,
 };
 use flywheel_feedback::{now_ms, Store, StoreConfig};
 use tracing_subscriber::EnvFilter;
@@ -34,10 +37,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "flywheel-canary", version)]
 struct Cli {
-    /// TOML file with [clickhouse], [redis] and [controller] tables (keys
-    /// as the flags without their prefix: url, database, user, password;
-    /// url, key_prefix; interval_ms, settle_ms, latency_samples). Flags and
-    /// environment variables override it.
+    /// TOML file with [clickhouse], [redis], [controller] and [engines]
+    /// tables (keys as the flags without their prefix: url, database, user,
+    /// password; url, key_prefix; interval_ms, settle_ms, latency_samples;
+    /// admin_token, unload_timeout_ms). Flags and environment variables
+    /// override it.
     #[arg(
         long,
         env = "FLYWHEEL_CANARY_CONFIG",
@@ -105,9 +109,19 @@ enum Command {
         /// latency guardrails' data off [default: 2000].
         #[arg(long)]
         latency_samples: Option<u64>,
-        /// One look at every experiment, then exit.
+        /// One look at every experiment, then exit (waiting for the unloads
+        /// it started).
         #[arg(long)]
         once: bool,
+        /// Admin token of the engines (their --admin-token), used to unload
+        /// the model versions experiments name; never stored in ClickHouse.
+        /// Without it, unloads are recorded as failing.
+        #[arg(long, env = "FLYWHEEL_ENGINE_ADMIN_TOKEN", hide_env_values = true)]
+        engine_admin_token: Option<String>,
+        /// Limit of one unload call, drain of in-flight requests included,
+        /// ms; a call cut off is retried at the next look [default: 300000].
+        #[arg(long)]
+        unload_timeout_ms: Option<u64>,
     },
     /// Creates an experiment on a route and starts its first step.
     ///
@@ -118,6 +132,7 @@ enum Command {
     Create(Box<CreateArgs>),
     /// Lists experiments (active ones, or all with --all).
     List {
+        /// Ended experiments too (completed, rolled back, incumbent kept).
         #[arg(long)]
         all: bool,
         /// JSON lines instead of a table.
@@ -144,6 +159,9 @@ enum Command {
     /// candidate becomes the route's incumbent).
     Promote(ManualArgs),
     /// Sends all traffic back to the incumbent now (candidate weight 0).
+    /// Also on a completed experiment within its grace period (create
+    /// --grace-secs): the old incumbent's weights are restored at once and
+    /// the candidate's version is unloaded; refused after it, saying why.
     Rollback(ManualArgs),
     /// Ends the experiment keeping the incumbent (candidate weight 0).
     KeepIncumbent(ManualArgs),
@@ -242,6 +260,27 @@ struct CreateArgs {
     /// Who or what asked for it (e.g. tuner:RUN_ID) [default: the actor].
     #[arg(long)]
     origin: Option<String>,
+    /// The candidate's model version on the engine pool (the model name
+    /// its first target asks the engines for): unloaded from every --engine
+    /// once the experiment ends without promoting it (rollback, automatic
+    /// or manual; incumbent kept), after its weight is 0 and --settle-ms.
+    #[arg(long, help_heading = "Engine pool")]
+    candidate_model: Option<String>,
+    /// The incumbent's model version on the engine pool: kept loaded for
+    /// --grace-secs after the candidate is promoted to 100 % (an instant
+    /// manual rollback), then unloaded.
+    #[arg(long, help_heading = "Engine pool")]
+    incumbent_model: Option<String>,
+    /// An engine replica's base URL, http://HOST:PORT (repeat for each
+    /// replica). The admin token is the controller's
+    /// (FLYWHEEL_ENGINE_ADMIN_TOKEN), never stored with the experiment.
+    #[arg(long = "engine", help_heading = "Engine pool")]
+    engines: Vec<String>,
+    /// After a promotion, how long `rollback` may still restore the
+    /// incumbent at once; the old version (--incumbent-model) is unloaded
+    /// when it ends, s [default: 3600].
+    #[arg(long, help_heading = "Engine pool")]
+    grace_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -309,8 +348,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settle_ms,
             latency_samples,
             once,
+            engine_admin_token,
+            unload_timeout_ms,
         } => {
             let cfg = controller_settings(interval_ms, settle_ms, latency_samples, &file);
+            let engines = EngineAdmin::new(
+                engine_admin_token.or(file.engines.admin_token.clone()),
+                unload_timeout_ms
+                    .or(file.engines.unload_timeout_ms)
+                    .map_or(DEFAULT_UNLOAD_TIMEOUT, std::time::Duration::from_millis),
+            )?;
             // Wait for ClickHouse to migrate: the controller needs its tables.
             loop {
                 match raw.migrate().await {
@@ -321,9 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            let controller = Controller::new(store, weights, cfg.clone());
+            let controller = Controller::new(store, weights, cfg.clone()).with_engines(engines);
             if once {
                 let report = controller.tick().await;
+                controller.wait_unloads().await;
                 println!("{report:?}");
                 return Ok(());
             }
@@ -408,10 +456,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let live = weights.get(&exp.route).await.ok();
+            let unloads = store.unload_records(&exp.id).await?;
             print!(
                 "{}",
                 report::status(&exp, live.as_ref(), &evaluations, now_ms())
             );
+            print!("{}", report::engines(&exp, &unloads, now_ms()));
             Ok(())
         }
         Command::Pause(m) => manual(&store, &weights, m, Action::Pause, &actor).await,
@@ -455,12 +505,31 @@ fn warn_weights(applied: &WeightsApplied) {
     }
 }
 
+/// The engine flags over the spec's engine plan (a --spec file's, or the
+/// default).
+fn engine_plan(args: &CreateArgs, mut plan: EnginePlan) -> EnginePlan {
+    if args.candidate_model.is_some() {
+        plan.candidate_model = args.candidate_model.clone();
+    }
+    if args.incumbent_model.is_some() {
+        plan.incumbent_model = args.incumbent_model.clone();
+    }
+    if !args.engines.is_empty() {
+        plan.engines = args.engines.clone();
+    }
+    if let Some(g) = args.grace_secs {
+        plan.grace_secs = g;
+    }
+    plan
+}
+
 fn spec_of(args: &CreateArgs) -> anyhow::Result<Spec> {
     if let Some(path) = &args.spec {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let spec: Spec = serde_json::from_str(&text)
+        let mut spec: Spec = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a spec", path.display()))?;
+        spec.engine = engine_plan(args, spec.engine);
         spec.validate()?;
         return Ok(spec);
     }
@@ -518,6 +587,7 @@ fn spec_of(args: &CreateArgs) -> anyhow::Result<Spec> {
             .collect::<Result<_, _>>()?,
         weight_scale: args.weight_scale,
         shadow_fraction: args.shadow_fraction,
+        engine: engine_plan(args, EnginePlan::default()),
     };
     spec.validate()?;
     Ok(spec)

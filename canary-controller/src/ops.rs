@@ -1,6 +1,11 @@
 //! Creating experiments and the manual actions (pause, resume, promote,
 //! rollback): recorded like the controller's own transitions, with
 //! `manual = 1` and the operator as actor.
+//!
+//! A rollback of a completed experiment is allowed within its grace period
+//! ([`crate::unload::grace`]) while no newer experiment owns the route: it
+//! restores the incumbent's weights at once, and the controller then
+//! unloads the candidate's version.
 
 use flywheel_feedback::now_ms;
 
@@ -22,6 +27,15 @@ pub enum OpError {
     Busy { route: String, id: String },
     #[error("incumbent and candidate must differ")]
     SameVariant,
+    #[error(
+        "experiment {id} completed, but the newer experiment {newer} owns route {route} now: \
+         roll back that one, or create a new experiment"
+    )]
+    Superseded {
+        id: String,
+        route: String,
+        newer: String,
+    },
 }
 
 impl From<crate::store::Error> for OpError {
@@ -129,7 +143,24 @@ pub async fn manual(
     }
     let now = now_ms();
     let reason = if reason.is_empty() { "manual" } else { reason };
-    let after = exp.after(action, reason, now)?;
+    let after = if action == Action::Rollback && exp.status == crate::Status::Completed {
+        if let Some(newer) = store
+            .experiments()
+            .await?
+            .into_iter()
+            .find(|e| e.route == exp.route && (e.created_ms, &e.id) > (exp.created_ms, &exp.id))
+        {
+            return Err(OpError::Superseded {
+                id: exp.id,
+                route: exp.route,
+                newer: newer.id,
+            });
+        }
+        let records = store.unload_records(&exp.id).await?;
+        exp.after_grace_rollback(&crate::unload::grace(&exp, &records, now), reason, now)?
+    } else {
+        exp.after(action, reason, now)?
+    };
     let row = evaluation_row(
         &exp,
         &after,

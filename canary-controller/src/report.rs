@@ -9,7 +9,10 @@ use flywheel_canary::{
 };
 use flywheel_feedback::store::rows::CanaryEvaluationRow;
 
-use crate::experiment::{json_name, Action, Experiment, Status};
+use crate::{
+    experiment::{json_name, Action, Experiment, Status},
+    unload::{self, Grace, Role, UnloadRecord},
+};
 
 /// `2024-05-01 12:03:04` (UTC) of a Unix time in ms.
 pub fn utc(ms: u64) -> String {
@@ -414,6 +417,109 @@ fn guardrail_line(g: &GuardrailResult) -> String {
     )
 }
 
+/// The engine-pool part of the status view: which versions are named, the
+/// grace period after a promotion, and each unload's state per engine.
+pub fn engines(exp: &Experiment, unloads: &[UnloadRecord], now_ms: u64) -> String {
+    let mut out = String::new();
+    let plan = &exp.spec.engine;
+    let grace = unload::grace(exp, unloads, now_ms);
+    if plan.engines.is_empty() && matches!(grace, Grace::NotCompleted) {
+        return out;
+    }
+    let _ = writeln!(out, "\nengine pool");
+    if !plan.engines.is_empty() {
+        let _ = writeln!(
+            out,
+            "  versions  candidate {} · incumbent {} · on {}",
+            plan.candidate_model.as_deref().unwrap_or("(not named)"),
+            plan.incumbent_model.as_deref().unwrap_or("(not named)"),
+            plan.engines.join(", ")
+        );
+    }
+    match grace {
+        Grace::NotCompleted => {}
+        Grace::Open { deadline_ms } => {
+            let _ = writeln!(
+                out,
+                "  grace     until {} UTC ({} left): `rollback` restores {} at once",
+                utc(deadline_ms),
+                duration(deadline_ms.saturating_sub(now_ms) / 1000),
+                exp.incumbent
+            );
+        }
+        Grace::Over {
+            deadline_ms,
+            unloaded,
+        } => {
+            let _ = writeln!(
+                out,
+                "  grace     over (ended {} UTC){}: rollback refused",
+                utc(deadline_ms),
+                unloaded
+                    .map(|m| format!(", old version {m} unloaded"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(t) = unload::target(exp) {
+        let done = unload::done_engines(unloads, &t.model, t.role);
+        let pending: Vec<&str> = plan
+            .engines
+            .iter()
+            .map(String::as_str)
+            .filter(|e| !done.contains(e))
+            .collect();
+        let state = if pending.is_empty() {
+            format!("unloaded from {}", plan.engines.len())
+        } else if t.role == Role::Incumbent && now_ms < t.not_before_ms {
+            format!("kept loaded until {} UTC", utc(t.not_before_ms))
+        } else {
+            let last_error = unloads
+                .iter()
+                .rev()
+                .filter(|r| r.model == t.model && r.role == t.role)
+                .flat_map(|r| r.results.iter())
+                .find_map(|o| o.error.clone());
+            format!(
+                "pending on {} of {}{}",
+                pending.len(),
+                plan.engines.len(),
+                last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  unload    {} version {}: {state}",
+            t.role.name(),
+            t.model
+        );
+    }
+    for r in unloads {
+        for o in &r.results {
+            let _ = writeln!(
+                out,
+                "  {} UTC  unload {} ({}) on {}: {}",
+                utc(r.ts_ms),
+                r.model,
+                r.role.name(),
+                o.engine,
+                if o.ok {
+                    match (o.status, o.drained) {
+                        (Some(404), _) => "not loaded (done)".to_owned(),
+                        (_, Some(n)) => format!("unloaded, {n} in flight drained"),
+                        _ => "unloaded".to_owned(),
+                    }
+                } else {
+                    format!("failed: {}", o.error.as_deref().unwrap_or("?"))
+                }
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +532,78 @@ mod tests {
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(3_725), "1h02m");
         assert_eq!(duration(90_000), "1d01h");
+    }
+
+    #[test]
+    fn shows_the_grace_period_and_each_unload() {
+        use crate::{
+            spec::{EnginePlan, QualityMetric, Spec},
+            unload::EngineOutcome,
+        };
+        let spec = Spec {
+            quality: vec![QualityMetric::parse("thumbs_up").unwrap()],
+            steps: Spec::parse_steps("50,100").unwrap(),
+            engine: EnginePlan {
+                candidate_model: Some("v2".into()),
+                incumbent_model: Some("v1".into()),
+                engines: vec!["http://a:1".into(), "http://b:1".into()],
+                grace_secs: 60,
+            },
+            ..Spec::default()
+        };
+        let running = Experiment::new("chat", "base", "tuned", spec, "t", 1_000).unwrap();
+        assert!(engines(&running, &[], 2_000).contains("candidate v2 · incumbent v1"));
+        let done = running.after(Action::Promote, "promote", 10_000).unwrap();
+        let open = engines(&done, &[], 40_000);
+        assert!(
+            open.contains("grace     until") && open.contains("30s left"),
+            "{open}"
+        );
+        assert!(open.contains("kept loaded until"), "{open}");
+        let mut tried = UnloadRecord::new(
+            "v1",
+            Role::Incumbent,
+            vec![
+                EngineOutcome {
+                    engine: "http://a:1".into(),
+                    ok: true,
+                    status: Some(200),
+                    error: None,
+                    drained: Some(2),
+                },
+                EngineOutcome {
+                    engine: "http://b:1".into(),
+                    ok: false,
+                    status: None,
+                    error: Some("unreachable: refused".into()),
+                    drained: None,
+                },
+            ],
+        );
+        tried.ts_ms = 71_000;
+        let over = engines(&done, &[tried], 72_000);
+        assert!(
+            over.contains("rollback refused") && over.contains("old version v1 unloaded"),
+            "{over}"
+        );
+        assert!(
+            over.contains("pending on 1 of 2 (last error: unreachable: refused)"),
+            "{over}"
+        );
+        assert!(over.contains("2 in flight drained"), "{over}");
+        // Nothing named and never completed: nothing to show.
+        let plain = Experiment::new(
+            "chat",
+            "base",
+            "tuned",
+            Spec {
+                quality: vec![QualityMetric::parse("thumbs_up").unwrap()],
+                ..Spec::default()
+            },
+            "t",
+            1,
+        )
+        .unwrap();
+        assert_eq!(engines(&plain, &[], 2), "");
     }
 }

@@ -73,6 +73,95 @@ pub struct Spec {
     /// Share of the incumbent's requests mirrored to the candidate during
     /// shadow steps (the gateway samples them).
     pub shadow_fraction: f64,
+    /// The model versions behind the two variants on the engine pool, so
+    /// the controller can free the one that no longer serves
+    /// ([`crate::unload`]). Empty: nothing is unloaded.
+    pub engine: EnginePlan,
+}
+
+/// Which model versions to unload from which engines, and how long the
+/// old version stays loaded after a promotion.
+///
+/// The engines' admin token is not part of it: the spec is stored in
+/// ClickHouse, which many can read; the controller takes the token from
+/// its own configuration (`FLYWHEEL_ENGINE_ADMIN_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnginePlan {
+    /// The candidate's version on the engines: unloaded once the
+    /// experiment ends without promoting it.
+    pub candidate_model: Option<String>,
+    /// The incumbent's version on the engines: kept loaded for
+    /// `grace_secs` after a promotion (an instant manual rollback), then
+    /// unloaded.
+    pub incumbent_model: Option<String>,
+    /// Each engine replica's base URL (`http://10.0.0.5:8080`).
+    pub engines: Vec<String>,
+    /// How long after a promotion a manual rollback may restore the
+    /// incumbent, s; the old version is unloaded when it ends.
+    pub grace_secs: u64,
+}
+
+/// Default grace period after a promotion: one hour.
+pub const DEFAULT_GRACE_SECS: u64 = 3600;
+
+impl Default for EnginePlan {
+    fn default() -> Self {
+        Self {
+            candidate_model: None,
+            incumbent_model: None,
+            engines: vec![],
+            grace_secs: DEFAULT_GRACE_SECS,
+        }
+    }
+}
+
+impl EnginePlan {
+    /// The named versions (candidate, then incumbent).
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.candidate_model
+            .iter()
+            .chain(self.incumbent_model.iter())
+            .map(String::as_str)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for m in self.models() {
+            // The name goes into a URL path: keep it to what the engine
+            // accepts as a version name.
+            let ok = !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+            if !ok {
+                return Err(SpecError::Engine(format!("bad model version name {m:?}")));
+            }
+        }
+        if self.candidate_model.is_some() && self.candidate_model == self.incumbent_model {
+            return Err(SpecError::Engine(
+                "candidate and incumbent model versions must differ".into(),
+            ));
+        }
+        for u in &self.engines {
+            // Plain HTTP, as the gateway reaches the engine pool.
+            if !u.starts_with("http://") || u.len() <= "http://".len() {
+                return Err(SpecError::Engine(format!(
+                    "engine {u:?}: give its base URL, http://HOST:PORT"
+                )));
+            }
+        }
+        if self.models().next().is_some() && self.engines.is_empty() {
+            return Err(SpecError::Engine(
+                "a model version is named but no engine (--engine URL)".into(),
+            ));
+        }
+        if self.grace_secs > 7 * 86_400 {
+            return Err(SpecError::Engine(format!(
+                "grace_secs {} is more than a week",
+                self.grace_secs
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Spec {
@@ -83,6 +172,7 @@ impl Default for Spec {
             quality: vec![],
             weight_scale: 10_000,
             shadow_fraction: 1.0,
+            engine: EnginePlan::default(),
         }
     }
 }
@@ -101,6 +191,8 @@ pub enum SpecError {
     ShadowFraction(f64),
     #[error("step {0:?}: not a percentage or `shadow`")]
     Step(String),
+    #[error("engine: {0}")]
+    Engine(String),
 }
 
 impl Spec {
@@ -133,7 +225,7 @@ impl Spec {
         if !(self.shadow_fraction > 0.0 && self.shadow_fraction <= 1.0) {
             return Err(SpecError::ShadowFraction(self.shadow_fraction));
         }
-        Ok(())
+        self.engine.validate()
     }
 
     /// `shadow,1,5,25,50,100` → steps.
@@ -226,6 +318,32 @@ mod tests {
         assert_eq!(s.weight_scale, 10_000);
         assert_eq!(s.quality[0].weight, 1.0);
         assert!(s.validate().is_ok());
+        assert_eq!(s.engine, EnginePlan::default());
+        assert_eq!(s.engine.grace_secs, DEFAULT_GRACE_SECS);
+    }
+
+    #[test]
+    fn validates_the_engine_plan() {
+        let plan = |c: Option<&str>, i: Option<&str>, e: &[&str]| EnginePlan {
+            candidate_model: c.map(Into::into),
+            incumbent_model: i.map(Into::into),
+            engines: e.iter().map(|s| s.to_string()).collect(),
+            grace_secs: 60,
+        };
+        assert!(plan(None, None, &[]).validate().is_ok());
+        assert!(plan(Some("v2"), Some("v1"), &["http://e:1"])
+            .validate()
+            .is_ok());
+        // A model without engines, engines without a scheme, a name that
+        // would change the admin URL, the same version twice.
+        assert!(plan(Some("v2"), None, &[]).validate().is_err());
+        assert!(plan(Some("v2"), None, &["e:1"]).validate().is_err());
+        assert!(plan(Some("../x"), None, &["http://e:1"])
+            .validate()
+            .is_err());
+        assert!(plan(Some("v"), Some("v"), &["http://e:1"])
+            .validate()
+            .is_err());
     }
 
     #[test]

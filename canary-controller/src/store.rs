@@ -37,6 +37,7 @@ use serde::Deserialize;
 use crate::{
     experiment::{Experiment, ExperimentError},
     spec::QualityMetric,
+    unload::UnloadRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -301,14 +302,14 @@ impl CanaryStore {
     }
 
     /// The latest evaluation row of `experiment_id` that changed its state
-    /// (any action but hold).
+    /// (any action but hold and unload).
     pub async fn latest_transition(
         &self,
         experiment_id: &str,
     ) -> Result<Option<CanaryEvaluationRow>> {
         let sql = format!(
             "SELECT ?fields FROM {}.canary_evaluations \
-             WHERE experiment_id = ? AND action != 'hold' \
+             WHERE experiment_id = ? AND action NOT IN ('hold', 'unload') \
              ORDER BY revision DESC, ts_ms DESC LIMIT 1",
             self.store.database()
         );
@@ -344,6 +345,44 @@ impl CanaryStore {
                 .fetch_all::<CanaryEvaluationRow>(),
         )
         .await
+    }
+
+    /// The unload attempts of an experiment ([`crate::unload`]), oldest
+    /// first. A row whose JSON does not parse is logged and skipped (it
+    /// then counts as not done: the unload is tried again, which is safe).
+    pub async fn unload_records(&self, experiment_id: &str) -> Result<Vec<UnloadRecord>> {
+        #[derive(Debug, clickhouse::Row, Deserialize)]
+        struct R {
+            ts_ms: u64,
+            reason_json: String,
+        }
+        let sql = format!(
+            "SELECT ts_ms, reason_json FROM {}.canary_evaluations \
+             WHERE experiment_id = ? AND action = 'unload' ORDER BY ts_ms, id",
+            self.store.database()
+        );
+        let rows = timed(
+            "unload records",
+            self.store
+                .client()
+                .query(&sql)
+                .bind(experiment_id)
+                .fetch_all::<R>(),
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match serde_json::from_str::<UnloadRecord>(&r.reason_json) {
+                Ok(mut u) => {
+                    u.ts_ms = r.ts_ms;
+                    Some(u)
+                }
+                Err(e) => {
+                    tracing::error!(experiment = experiment_id, error = %e, "skipping an unload row that does not parse");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Both arms' data for a step (module docs). Returns (incumbent,

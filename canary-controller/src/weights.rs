@@ -10,7 +10,9 @@
 //!   written exactly once even across a crash;
 //! * `{prefix}canary:incumbent:{route}`: the route's incumbent after a
 //!   completed experiment (read by `flywheel-canary list` and as the
-//!   default incumbent of the route's next experiment).
+//!   default incumbent of the route's next experiment); set back to the
+//!   old incumbent when a completed experiment is rolled back in its grace
+//!   period.
 //!
 //! Redis values persist across gateway restarts: a restarted gateway reads
 //! the hash at its first poll, so a promoted candidate stays promoted.

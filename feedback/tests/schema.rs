@@ -513,6 +513,7 @@ async fn canary_tables_round_trip() {
         (canary_action::PAUSE, "pause"),
         (canary_action::RESUME, "resume"),
         (canary_action::CREATE, "create"),
+        (canary_action::UNLOAD, "unload"),
     ];
     let rows: Vec<CanaryEvaluationRow> = actions
         .iter()

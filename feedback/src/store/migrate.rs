@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "shadow",
         sql: include_str!("../../migrations/0006_shadow.sql"),
     },
+    Migration {
+        version: 7,
+        name: "canary_unload",
+        sql: include_str!("../../migrations/0007_canary_unload.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.

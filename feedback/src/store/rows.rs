@@ -208,6 +208,8 @@ pub mod canary_action {
     pub const PAUSE: i8 = 5;
     pub const RESUME: i8 = 6;
     pub const CREATE: i8 = 7;
+    /// A model version unloaded from the engine pool (migration 0007).
+    pub const UNLOAD: i8 = 8;
 }
 
 /// One evaluation of an experiment, or one manual action

@@ -8,6 +8,7 @@
 mod ab_split;
 mod api;
 mod canary;
+mod canary_actions;
 mod capture;
 mod engine;
 mod errors;
