@@ -5,12 +5,14 @@
 //! - [`tasks`]: the verifiable task suite, generated from a seed.
 //! - [`rft`]: the RFT training loop (`flywheel-tuner train`) on [`flywheel_trainer`].
 //! - [`eval`]: offline evaluation of gateway configurations: quality, cost, quality per dollar.
+//! - [`simulate`]: simulated users: open-loop traffic with graded thumbs and re-asks.
 
 pub mod dataset;
 pub mod eval;
 pub mod grader;
 pub mod item;
 pub mod rft;
+pub mod simulate;
 pub mod tasks;
 
 pub use item::{Item, Message, Sample};

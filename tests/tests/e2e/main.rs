@@ -18,6 +18,7 @@ mod pool;
 mod redis;
 mod reliability;
 mod shutdown;
+mod simulate;
 mod trainer;
 mod tuner;
 mod validation;
