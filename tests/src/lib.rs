@@ -457,6 +457,11 @@ where
     }
 }
 
+/// A route's `[routes.retry]` for the real engine: the test configs' 5 s
+/// attempt timeout is for the mock; a CPU engine decoding several answers
+/// on a loaded 2-core box takes longer than that.
+pub const ENGINE_RETRY: &str = "[routes.retry]\nmax_retries = 2\nvalidation_retries = 1\ninitial_backoff_ms = 5\nmax_backoff_ms = 20\nattempt_timeout_ms = 120000\ntotal_timeout_ms = 300000\nstream_idle_timeout_ms = 60000\n";
+
 /// Admin token of the engines [`start_engine`] starts.
 pub const ENGINE_ADMIN: &str = "engine-admin-token";
 
@@ -503,4 +508,19 @@ pub fn start_engine() -> Proc {
 pub fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
+/// Runs `flywheel-tuner` to its end: whether it succeeded, and its stdout
+/// then stderr.
+pub fn tuner(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("flywheel-tuner"))
+        .args(args)
+        .output()
+        .expect("run flywheel-tuner");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

@@ -7,6 +7,7 @@
 //! - [`eval`]: offline evaluation of gateway configurations: quality, cost, quality per dollar.
 //! - [`online`]: online grading: a grader scores a sampled fraction of a route's live
 //!   answers, written as feedback (what the canary controller counts as quality).
+//! - [`simulate`]: simulated users: open-loop traffic with graded thumbs and re-asks.
 
 pub mod dataset;
 pub mod eval;
@@ -14,6 +15,7 @@ pub mod grader;
 pub mod item;
 pub mod online;
 pub mod rft;
+pub mod simulate;
 pub mod tasks;
 
 pub use item::{Item, Message, Sample};

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 /// The shared test config gives an attempt 5 s, which is for the mock; a
 /// real model on two cores shared with other tests can take longer to
 /// answer, and a timeout here would test the machine's load, not the code.
-const ENGINE_RETRY: &str = "[routes.retry]\nmax_retries = 2\nvalidation_retries = 1\ninitial_backoff_ms = 5\nmax_backoff_ms = 20\nattempt_timeout_ms = 120000\ntotal_timeout_ms = 300000\nstream_idle_timeout_ms = 60000\n";
 
 fn config(replicas: &[&Proc], variants: &str) -> String {
     let list: Vec<String> = replicas.iter().map(|r| format!("\"{}\"", r.addr)).collect();

@@ -19,6 +19,7 @@ mod pool;
 mod redis;
 mod reliability;
 mod shutdown;
+mod simulate;
 mod trainer;
 mod tuner;
 mod validation;

@@ -2,23 +2,10 @@
 //! captured into ClickHouse, and an eval run through the gateway whose
 //! numbers are checked by hand.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use flywheel_tests::*;
 use serde_json::{json, Value};
-
-fn tuner(args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("flywheel-tuner"))
-        .args(args)
-        .output()
-        .expect("run flywheel-tuner");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)

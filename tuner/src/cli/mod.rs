@@ -18,6 +18,7 @@ mod grade;
 mod grade_online;
 mod options;
 mod serve_reward;
+mod simulate;
 mod tasks;
 mod train;
 
@@ -88,6 +89,13 @@ enum Command {
     /// per dollar. Writes `report.md` and `report.json` to `--out` and, with
     /// `--store`, one `eval_results` row per configuration to ClickHouse.
     Eval(Box<eval::Args>),
+    /// Simulated users on a gateway route: prompts drawn from a dataset,
+    /// sent open loop at `--rate` per second with episode and user ids;
+    /// each answer judged by a grader, thumbs sent back with configurable
+    /// rate, noise and delay, and some failed answers re-asked. Prints
+    /// progress, then per variant: requests, errors, pass rate, thumbs,
+    /// re-asks and cost per answer.
+    Simulate(Box<simulate::Args>),
 }
 
 impl Cli {
@@ -104,6 +112,7 @@ impl Cli {
             Command::Dataset(args) => dataset::run(*args),
             Command::Train(args) => train::run(*args),
             Command::Eval(args) => eval::run(*args),
+            Command::Simulate(args) => simulate::run(*args),
         }
     }
 }

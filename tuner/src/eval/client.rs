@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flywheel_api::headers;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -85,25 +86,48 @@ impl Gateway {
         model: &str,
         params: &RequestParams,
     ) -> (f64, Option<Totals>, Result<Sample, String>) {
+        let body = Self::request_body(item, model, params);
+        let reply = self.chat(&body, None, params.timeout).await;
+        (reply.latency_ms, reply.totals, reply.answer)
+    }
+
+    /// Sends one chat request (in `episode`, when given: the gateway keeps
+    /// an episode on one variant and joins its feedback); never fails:
+    /// transport and HTTP errors are the reply's `answer`.
+    pub async fn chat(&self, body: &Value, episode: Option<&str>, timeout: Duration) -> Reply {
         let mut request = self
             .http
             .post(format!("{}/chat/completions", self.base_url))
-            .timeout(params.timeout);
+            .timeout(timeout);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
+        if let Some(episode) = episode {
+            request = request.header(headers::EPISODE_ID, episode);
+        }
         let started = Instant::now();
-        let result = request
-            .json(&Self::request_body(item, model, params))
-            .send()
-            .await;
-        let (totals, answer) = match result {
-            Err(e) => (None, Err(format!("request failed: {e}"))),
+        let mut reply = Reply {
+            latency_ms: 0.0,
+            totals: None,
+            inference_id: None,
+            variant: None,
+            answer: Err(String::new()),
+        };
+        reply.answer = match request.json(body).send().await {
+            Err(e) => Err(format!("request failed: {e}")),
             Ok(response) => {
-                let totals = totals_of(response.headers());
+                let header = |name| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                reply.totals = totals_of(response.headers());
+                reply.inference_id = header(headers::REQUEST_ID);
+                reply.variant = header(headers::VARIANT);
                 let status = response.status();
-                let body = response.bytes().await;
-                let answer = match body {
+                match response.bytes().await {
                     Err(e) => Err(format!("reading the answer: {e}")),
                     Ok(bytes) if !status.is_success() => Err(format!(
                         "HTTP {}: {}",
@@ -113,12 +137,46 @@ impl Gateway {
                     Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
                         .map(|v| Sample::from_chat_answer(&v))
                         .map_err(|e| format!("answer is not JSON: {e}")),
-                };
-                (totals, answer)
+                }
             }
         };
-        (started.elapsed().as_secs_f64() * 1000.0, totals, answer)
+        reply.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        reply
     }
+
+    /// Sends a boolean feedback on an inference (`POST /v1/feedback`).
+    pub async fn feedback(&self, inference_id: &str, metric: &str, value: bool) -> Result<(), String> {
+        let mut request = self
+            .http
+            .post(format!("{}/feedback", self.base_url))
+            .timeout(Duration::from_secs(30));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let body = json!({"inference_id": inference_id, "metric": metric, "value": value});
+        match request.json(&body).send().await {
+            Err(e) => Err(format!("feedback failed: {e}")),
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "feedback got HTTP {}: {}",
+                r.status().as_u16(),
+                r.text().await.unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// One chat answer as a client sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub latency_ms: f64,
+    pub totals: Option<Totals>,
+    /// The gateway's id of the request (`x-flywheel-request-id`): what
+    /// feedback names.
+    pub inference_id: Option<String>,
+    /// The route variant that answered (`x-flywheel-variant`).
+    pub variant: Option<String>,
+    pub answer: Result<Sample, String>,
 }
 
 /// The gateway's totals over all attempts of a request; `None` when the
