@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 build_engine
 export CARGO_TARGET_DIR="$ENGINE_TARGET_DIR"
+export RUSTFLAGS="$ENGINE_RUSTFLAGS"  # the flags build_engine used, or cargo rebuilds it all
 # The vendored mistralrs-core's tests of what it patches (vendor/PATCHES.md): the CPU
 # attention kernel, among them the batched-decode regression test, and llguidance's EOS
 # tokens. Selecting flywheel-engine too keeps the engine's dependency features, so only the

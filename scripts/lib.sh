@@ -45,10 +45,23 @@ build_release() {
 # The engine's own code must build without warnings (clippy would re-check
 # all of mistral.rs, ~15 minutes on a fresh machine): cargo replays the
 # warnings of cached crates, so this holds on warm builds too.
+# candle picks its GGML (quantized) and vector kernels at compile time
+# (`#[cfg(target_feature = "avx2")]`), and the default x86-64 target has only
+# SSE2: without these flags `--isq` matmuls run scalar fallbacks (6-9 tok/s
+# here, BENCHMARKS §3). Set only where this CPU has the features, so the
+# binary runs where it was built. The gemm crate behind F32 matmuls detects
+# AVX2 at run time either way. Changing them rebuilds the engine's target dir.
+engine_rustflags() {
+  if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo \
+     && grep -qw f16c /proc/cpuinfo; then
+    echo "-C target-feature=+avx,+avx2,+fma,+f16c"
+  fi
+}
+ENGINE_RUSTFLAGS="${ENGINE_RUSTFLAGS-$(engine_rustflags)}"
 build_engine() {
-  log "building flywheel-engine (release, all targets, target dir $ENGINE_TARGET_DIR)"
+  log "building flywheel-engine (release, all targets, target dir $ENGINE_TARGET_DIR, RUSTFLAGS '$ENGINE_RUSTFLAGS')"
   local out; out=$(mktemp)
-  CARGO_TARGET_DIR="$ENGINE_TARGET_DIR" cargo build --release $(locked_flag) -p flywheel-engine --all-targets 2>&1 | tee "$out" >&2
+  RUSTFLAGS="$ENGINE_RUSTFLAGS" CARGO_TARGET_DIR="$ENGINE_TARGET_DIR" cargo build --release $(locked_flag) -p flywheel-engine --all-targets 2>&1 | tee "$out" >&2
   local rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then rm -f "$out"; return "$rc"; fi
   if grep -q '^warning: `flywheel-engine`' "$out"; then

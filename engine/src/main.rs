@@ -14,7 +14,7 @@ use flywheel_engine::{
     registry::{Deployment, EngineOptions, Registry},
     server::{router, AppState},
 };
-use mistralrs::ModelDType;
+use mistralrs::{IsqType, ModelDType};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,30 @@ enum DType {
     Auto,
 }
 
+/// In-situ quantization types worth trying on a CPU (candle's GGML kernels).
+#[derive(Clone, Copy, ValueEnum)]
+enum Isq {
+    #[value(name = "q4_0")]
+    Q4_0,
+    Q4k,
+    Q5k,
+    Q6k,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl From<Isq> for IsqType {
+    fn from(q: Isq) -> Self {
+        match q {
+            Isq::Q4_0 => IsqType::Q4_0,
+            Isq::Q4k => IsqType::Q4K,
+            Isq::Q5k => IsqType::Q5K,
+            Isq::Q6k => IsqType::Q6K,
+            Isq::Q8_0 => IsqType::Q8_0,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// HF-style model directory (config.json, tokenizer.json, *.safetensors), e.g. the
@@ -64,6 +88,12 @@ struct ServeArgs {
     /// Weight dtype (F32 was the fastest on CPU here).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DType,
+    /// Quantize the weights when a version loads (mistral.rs in-situ quantization): matmuls
+    /// then run candle's GGML kernels, which are fast only in a build with AVX2 enabled at
+    /// compile time (`scripts/lib.sh` `build_engine` does that where the CPU has it).
+    /// Unset: the weights stay in `--dtype`.
+    #[arg(long, value_enum)]
+    isq: Option<Isq>,
     /// Most sequences decoded together per version (mistral.rs max_num_seqs).
     /// Batched answers equal the ones given alone (engine test
     /// `concurrent_requests_get_their_own_answers`; mistral.rs 0.8.1 needed
@@ -142,6 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             DType::F16 => ModelDType::F16,
             DType::Auto => ModelDType::Auto,
         },
+        isq: args.isq.map(IsqType::from),
         max_seqs: args.max_seqs,
         prefix_cache_n: args.prefix_cache,
         force_cpu: args.cpu,

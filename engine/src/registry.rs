@@ -21,7 +21,7 @@ use std::{
 use mistralrs::{
     core::{AddModelConfig, MistralRs, MistralRsBuilder, Pipeline, SchedulerConfig, TokenSource},
     model_builder_trait::build_text_pipeline,
-    ModelDType, TextModelBuilder,
+    IsqType, ModelDType, TextModelBuilder,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -32,6 +32,9 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub dtype: ModelDType,
+    /// In-situ quantization of the weights at load (mistral.rs ISQ, candle's
+    /// GGML kernels on the CPU); `None` keeps `dtype`.
+    pub isq: Option<IsqType>,
     /// Most sequences one version decodes in one batch (mistral.rs
     /// `max_num_seqs`); the same default as `--max-seqs`.
     pub max_seqs: usize,
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             dtype: ModelDType::F32,
+            isq: None,
             max_seqs: 32,
             prefix_cache_n: 16,
             force_cpu: false,
@@ -149,6 +153,9 @@ impl Deployment {
             .with_prefix_cache_n((opts.prefix_cache_n > 0).then_some(opts.prefix_cache_n));
         if opts.force_cpu {
             b = b.with_force_cpu();
+        }
+        if let Some(isq) = opts.isq {
+            b = b.with_isq(isq);
         }
         b
     }

@@ -171,6 +171,92 @@ async fn concurrent_requests_get_their_own_answers() {
     );
 }
 
+/// Two conversations restored from the prefix cache, batched: mistral.rs 0.8.1 built a
+/// batch's KV cache at the first sequence's capacity and panicked when another's was larger
+/// (`shape mismatch on dim 2, 512 <> 1024`), after which the engine answered every request
+/// with 500. A cache grows by 512 positions and one restored from the prefix cache keeps the
+/// capacity of the longer conversation it was saved from, so with the default prefix cache
+/// this happened whenever a user re-asked while a request of the same length was running
+/// (found by simulated users on the extraction task). `vendor/PATCHES.md` §4 has the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_conversations_restored_from_prefix_caches_of_different_sizes_are_answered() {
+    let dir = smollm2_dir();
+    let engine = Engine::spawn(
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--name",
+            "base",
+            "--max-seqs",
+            "32",
+            "--prefix-cache",
+            "16",
+        ],
+        &[],
+    );
+    let http = engine.client();
+    let facts = |subject: &str| -> String {
+        // About 420 tokens: below 512, and above once 160 are generated.
+        (1..=28)
+            .map(|i| format!("Fact {i}: {subject} number {i} lives in zone {}.\n", i % 13))
+            .collect()
+    };
+    let ask = |subject: &str, question: &str, max_tokens: u32| {
+        json!({
+            "model": "base",
+            "messages": [{"role": "user", "content": format!("{}{question}", facts(subject))}],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        })
+    };
+    // Saved in the prefix cache, in this order on a fresh engine: the dog's conversation
+    // below 512 positions (its cache is 512 long), then the cat's past 512 (grown to 1024).
+    // Every request shares the chat template's first tokens with whatever came before, so
+    // only the engine's first conversation starts from a cache of its own size.
+    let (status, dog) = http
+        .post("/v1/chat/completions", &ask("dog", "Repeat facts 1 to 10, one per line.", 1))
+        .await;
+    assert_eq!(status, 200, "{dog}");
+    let (status, cat) = http
+        .post("/v1/chat/completions", &ask("cat", "Repeat facts 1 to 10, one per line.", 160))
+        .await;
+    assert_eq!(status, 200, "{cat}");
+    let tokens = |v: &Value, what: &str| v["usage"][what].as_u64().unwrap();
+    assert_eq!(
+        tokens(&cat, "prompt_tokens"),
+        tokens(&dog, "prompt_tokens"),
+        "the two prompts must have the same length to be batched"
+    );
+    assert!(
+        tokens(&cat, "prompt_tokens") < 512
+            && tokens(&cat, "prompt_tokens") + tokens(&cat, "completion_tokens") > 512,
+        "the cat's conversation must cross 512 positions: {cat}"
+    );
+    // Follow-ups of equal length, each restored from its own saved prefix, sent together:
+    // the first is prefilled alone while the others arrive; those are batched.
+    let followups: Vec<Value> = (11..=14)
+        .flat_map(|n| {
+            ["cat", "dog"]
+                .map(|who| ask(who, &format!("In which zone does {who} number {n} live?"), 24))
+        })
+        .collect();
+    let together = futures_util::future::join_all(
+        followups
+            .iter()
+            .map(|b| async { http.post("/v1/chat/completions", b).await }),
+    )
+    .await;
+    for (status, v) in &together {
+        assert_eq!(*status, 200, "{v}");
+    }
+    // Each answer is the one it gets alone, and the engine still serves.
+    for (body, (_, v)) in followups.iter().zip(&together) {
+        let (status, alone) = http.post("/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{alone}");
+        assert_eq!(content(v), content(&alone));
+    }
+}
+
 /// Whitespace outside JSON strings in `text` (the engine's constrained output is one-line
 /// JSON with `", "` and `": "` separators): the longest run of it.
 fn longest_ws_run_outside_strings(text: &str) -> usize {

@@ -260,6 +260,55 @@ impl NormalCache {
 
 pub struct NormalCacheManager;
 
+/// The sequence dimension of a sequence's cache of `layer` (Normal caches only).
+fn seq0_layer_dim(
+    seqs: &mut [&mut crate::sequence::Sequence],
+    layer: usize,
+    modify_draft_cache: bool,
+) -> Option<usize> {
+    let cache = if modify_draft_cache {
+        seqs[0].normal_draft_cache()
+    } else {
+        seqs[0].normal_cache()
+    };
+    match cache.get(layer)?.as_ref()? {
+        KvCache::Normal { k, .. } => Some(k.dim),
+        _ => None,
+    }
+}
+
+/// The largest capacity (length of the allocated cache along `seq_dim`) among the
+/// sequences' Normal caches of `layer`; `None` when there is none.
+fn max_capacity(
+    seqs: &mut [&mut crate::sequence::Sequence],
+    layer: usize,
+    modify_draft_cache: bool,
+    seq_dim: usize,
+) -> Option<usize> {
+    seqs.iter_mut()
+        .filter_map(|seq| {
+            let cache = if modify_draft_cache {
+                seq.normal_draft_cache()
+            } else {
+                seq.normal_cache()
+            };
+            match cache.get(layer)?.as_ref()? {
+                KvCache::Normal { k, .. } => k.all_data.as_ref().map(|d| d.dims()[seq_dim]),
+                _ => None,
+            }
+        })
+        .max()
+}
+
+/// `t` padded with zeros along `dim` up to `capacity` (unchanged when it is that long).
+fn pad_to_capacity(t: Tensor, dim: usize, capacity: usize) -> Tensor {
+    let len = t.dims()[dim];
+    if len >= capacity {
+        return t;
+    }
+    t.pad_with_zeros(dim, 0, capacity - len).unwrap()
+}
+
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
     fn clone_in_cache(
         &self,
@@ -299,11 +348,24 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     }
                 }
             };
+            // Sequences of one batch have the same length, but not always the same
+            // capacity: a cache restored from the prefix cache keeps the capacity of the
+            // longer sequence it was saved from. Batch at the largest capacity; the others
+            // are padded with zeros past their capacity, where nothing is read (reads stop
+            // at current_seq_len).
+            let seq_dim = match seq0_layer_dim(seqs, layer, modify_draft_cache) {
+                Some(dim) => dim,
+                None => 2,
+            };
+            let capacity = max_capacity(seqs, layer, modify_draft_cache, seq_dim)
+                .unwrap_or(first_k.dims()[seq_dim]);
             // Build dims for batched cache
             let mut dims_k = first_k.dims().to_vec();
             let mut dims_v = first_v.dims().to_vec();
             dims_k[0] *= batch_len;
             dims_v[0] *= batch_len;
+            dims_k[seq_dim] = capacity;
+            dims_v[seq_dim] = capacity;
             let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
             let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
             // Fill each sequence's cache slice
@@ -326,6 +388,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     KvCache::Shared { .. } => continue,
                 };
                 let offset = i * first_k.dims()[0];
+                let src_k = pad_to_capacity(src_k, seq_dim, capacity);
+                let src_v = pad_to_capacity(src_v, seq_dim, capacity);
                 batch_k.slice_set(&src_k, 0, offset).unwrap();
                 batch_v.slice_set(&src_v, 0, offset).unwrap();
             }
@@ -354,7 +418,10 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    // The batch's capacity (see the padding above), not seq 0's.
+                    let template_cache_capsl = k_cache
+                        .as_ref()
+                        .map_or(old_k.capacity_seq_len, |k| k.dims()[template_cache_dim]);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {
