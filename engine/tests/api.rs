@@ -214,11 +214,17 @@ async fn batched_conversations_restored_from_prefix_caches_of_different_sizes_ar
     // Every request shares the chat template's first tokens with whatever came before, so
     // only the engine's first conversation starts from a cache of its own size.
     let (status, dog) = http
-        .post("/v1/chat/completions", &ask("dog", "Repeat facts 1 to 10, one per line.", 1))
+        .post(
+            "/v1/chat/completions",
+            &ask("dog", "Repeat facts 1 to 10, one per line.", 1),
+        )
         .await;
     assert_eq!(status, 200, "{dog}");
     let (status, cat) = http
-        .post("/v1/chat/completions", &ask("cat", "Repeat facts 1 to 10, one per line.", 160))
+        .post(
+            "/v1/chat/completions",
+            &ask("cat", "Repeat facts 1 to 10, one per line.", 160),
+        )
         .await;
     assert_eq!(status, 200, "{cat}");
     let tokens = |v: &Value, what: &str| v["usage"][what].as_u64().unwrap();
@@ -236,8 +242,13 @@ async fn batched_conversations_restored_from_prefix_caches_of_different_sizes_ar
     // the first is prefilled alone while the others arrive; those are batched.
     let followups: Vec<Value> = (11..=14)
         .flat_map(|n| {
-            ["cat", "dog"]
-                .map(|who| ask(who, &format!("In which zone does {who} number {n} live?"), 24))
+            ["cat", "dog"].map(|who| {
+                ask(
+                    who,
+                    &format!("In which zone does {who} number {n} live?"),
+                    24,
+                )
+            })
         })
         .collect();
     let together = futures_util::future::join_all(

@@ -184,7 +184,9 @@ impl Shared {
     fn add(&self, variant: Option<&str>, f: impl Fn(&mut Counts)) {
         f(&mut self.total.lock());
         let mut variants = self.variants.lock();
-        f(variants.entry(variant.unwrap_or("?").to_owned()).or_default());
+        f(variants
+            .entry(variant.unwrap_or("?").to_owned())
+            .or_default());
     }
 
     fn note(&self, error: String) {
@@ -508,8 +510,14 @@ mod tests {
             assert!(!d.reasks(true, &s), "a passing answer is never re-asked");
         }
         let rate = |k: usize, of: usize| k as f64 / of as f64;
-        assert!((rate(sent, n) - 0.5).abs() < 0.02, "feedback rate {sent}/{n}");
-        assert!((rate(agree, sent) - 0.9).abs() < 0.02, "agreement {agree}/{sent}");
+        assert!(
+            (rate(sent, n) - 0.5).abs() < 0.02,
+            "feedback rate {sent}/{n}"
+        );
+        assert!(
+            (rate(agree, sent) - 0.9).abs() < 0.02,
+            "agreement {agree}/{sent}"
+        );
         assert!((rate(reasks, n) - 0.3).abs() < 0.02, "re-asks {reasks}/{n}");
     }
 
@@ -532,7 +540,11 @@ mod tests {
         let total: f64 = (0..n)
             .map(|_| exponential(&mut rng, 2.0).as_secs_f64())
             .sum();
-        assert!((total / n as f64 - 2.0).abs() < 0.08, "mean {}", total / n as f64);
+        assert!(
+            (total / n as f64 - 2.0).abs() < 0.08,
+            "mean {}",
+            total / n as f64
+        );
         assert_eq!(exponential(&mut rng, 0.0), Duration::ZERO);
     }
 
@@ -546,7 +558,10 @@ mod tests {
         assert_eq!(again["messages"][0], body["messages"][0]);
         let text = again["messages"][1]["content"].as_str().unwrap();
         assert_eq!(text, "Again: Extract the name.");
-        assert_ne!(again, body, "a re-ask is a different conversation, not a regeneration");
+        assert_ne!(
+            again, body,
+            "a re-ask is a different conversation, not a regeneration"
+        );
     }
 
     #[test]

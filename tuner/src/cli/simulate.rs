@@ -96,7 +96,8 @@ pub struct Args {
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).with_context(|| format!("{name} must be a number of seconds ≥ 0"))
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("{name} must be a number of seconds ≥ 0"))
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -151,12 +152,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     // Every request failing is not a simulation, it is an outage or a bad route.
-    Ok(if summary.total.requests > 0 && summary.total.answered == 0 {
-        eprintln!("no request was answered: {:?}", summary.first_errors);
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if summary.total.requests > 0 && summary.total.answered == 0 {
+            eprintln!("no request was answered: {:?}", summary.first_errors);
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// One line per second on a terminal (rewritten in place), one every ten
@@ -288,7 +291,10 @@ mod tests {
             first_errors: vec!["HTTP 502".into()],
         };
         let t = table(&s);
-        assert!(t.contains("| base | 4 | 4 | 0 | 75% | 0 | 0 | $0.001000 |"), "{t}");
+        assert!(
+            t.contains("| base | 4 | 4 | 0 | 75% | 0 | 0 | $0.001000 |"),
+            "{t}"
+        );
         assert!(t.contains("| all | 4 |"), "{t}");
         assert!(t.contains("(1 dropped)") && t.contains("- HTTP 502"), "{t}");
     }
@@ -307,7 +313,10 @@ mod tests {
         let line = progress_line(&p);
         assert!(line.starts_with("[#####..............."), "{line}");
         assert!(line.contains("15s/60s, about 45s left"), "{line}");
-        let draining = progress_line(&Progress { draining: true, ..p });
+        let draining = progress_line(&Progress {
+            draining: true,
+            ..p
+        });
         assert!(draining.contains("draining, 2 in flight"), "{draining}");
     }
 }

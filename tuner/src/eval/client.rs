@@ -145,7 +145,12 @@ impl Gateway {
     }
 
     /// Sends a boolean feedback on an inference (`POST /v1/feedback`).
-    pub async fn feedback(&self, inference_id: &str, metric: &str, value: bool) -> Result<(), String> {
+    pub async fn feedback(
+        &self,
+        inference_id: &str,
+        metric: &str,
+        value: bool,
+    ) -> Result<(), String> {
         let mut request = self
             .http
             .post(format!("{}/feedback", self.base_url))
