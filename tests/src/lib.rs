@@ -457,9 +457,10 @@ where
     }
 }
 
-/// A route's `[routes.retry]` for the real engine: the test configs' 5 s
-/// attempt timeout is for the mock; a CPU engine decoding several answers
-/// on a loaded 2-core box takes longer than that.
+/// A route's `[routes.retry]` for the real engine: the shared test config
+/// gives an attempt 5 s, which is for the mock; a real model on two cores
+/// shared with other tests can take longer to answer, and a timeout there
+/// would test the machine's load, not the code.
 pub const ENGINE_RETRY: &str = "[routes.retry]\nmax_retries = 2\nvalidation_retries = 1\ninitial_backoff_ms = 5\nmax_backoff_ms = 20\nattempt_timeout_ms = 120000\ntotal_timeout_ms = 300000\nstream_idle_timeout_ms = 60000\n";
 
 /// Admin token of the engines [`start_engine`] starts.

@@ -9,10 +9,6 @@ use std::time::Duration;
 use flywheel_tests::*;
 use serde_json::{json, Value};
 
-/// The shared test config gives an attempt 5 s, which is for the mock; a
-/// real model on two cores shared with other tests can take longer to
-/// answer, and a timeout here would test the machine's load, not the code.
-
 fn config(replicas: &[&Proc], variants: &str) -> String {
     let list: Vec<String> = replicas.iter().map(|r| format!("\"{}\"", r.addr)).collect();
     format!(
