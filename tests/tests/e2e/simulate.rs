@@ -73,7 +73,11 @@ async fn simulated_users_converse_thumb_and_reask_through_the_gateway() {
     let n = |key: &str| total[key].as_u64().unwrap();
     assert_eq!(summary["conversations"], conversations, "{summary}");
     assert_eq!(summary["dropped"], 0);
-    assert_eq!(n("errors"), 0, "{summary}");
+    // A request may fail for real (the gateway validates the JSON answers,
+    // and a 135M model's answer cut at max_tokens fails validation twice):
+    // it is counted, not answered, and its conversation ends there.
+    assert_eq!(n("answered") + n("errors"), n("requests"), "{summary}");
+    assert!(n("answered") > 0, "{summary}");
     assert_eq!(n("grader_errors"), 0, "{summary}");
     // Every failed answer was re-asked once (reask rate 1), no passing one.
     let failed = n("answered") - n("passed");
