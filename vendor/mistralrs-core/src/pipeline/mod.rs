@@ -428,6 +428,40 @@ pub(crate) struct FileListCache {
     files: Vec<String>,
 }
 
+/// Runs one forward pass; on the CPU, on a worker of rayon's global pool.
+///
+/// Every CPU matmul, attention kernel and element-wise op of the forward pass
+/// is a rayon parallel loop. Called from the engine's own thread (not a rayon
+/// worker), each of those loops (hundreds per token) is injected into the pool
+/// and the caller sleeps on a latch until the workers finish: a futex wake-up
+/// and a sleep per loop, while the caller's core is idle and the workers spin.
+/// Running the whole pass on a worker makes each inner loop a local fork-join
+/// (the worker takes part, the others steal), and leaves one hand-off per step.
+fn forward_in_pool<P: Pipeline + ?Sized>(
+    pipeline: &mut P,
+    inputs: Box<dyn Any>,
+    return_raw_logits: bool,
+) -> Result<ForwardInputsResult, candle_core::Error> {
+    if !pipeline.device().is_cpu() || rayon::current_thread_index().is_some() {
+        return pipeline.forward_inputs(inputs, return_raw_logits);
+    }
+    /// The inputs cross to the worker while the caller blocks until it is done.
+    struct AssertSend(Box<dyn Any>);
+    // SAFETY: the box holds the inputs processor's output for this step
+    // (tensors, vectors and metadata built for it and shared with nothing); it
+    // moves to one worker while this thread blocks in `rayon::scope`, and is
+    // consumed there.
+    unsafe impl Send for AssertSend {}
+    impl AssertSend {
+        // A method, so the closure captures the whole wrapper, not its field.
+        fn into_inner(self) -> Box<dyn Any> {
+            self.0
+        }
+    }
+    let inputs = AssertSend(inputs);
+    rayon::scope(move |_| pipeline.forward_inputs(inputs.into_inner(), return_raw_logits))
+}
+
 #[async_trait::async_trait]
 pub trait Pipeline:
     Send
@@ -503,7 +537,7 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_in_pool(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +773,7 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_in_pool(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

@@ -5,8 +5,10 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
+#[cfg(target_os = "macos")]
 use rayon::ThreadPool;
 
+#[cfg(target_os = "macos")]
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
@@ -48,14 +50,9 @@ unsafe fn set_thread_affinity() {
     pthread_set_qos_class_self_np(QOS_CLASS_USER_INTERACTIVE, 0);
 }
 
-#[cfg(not(target_os = "macos"))]
-#[inline(always)]
-unsafe fn set_thread_affinity() {
-    // On non‑macOS platforms we currently leave affinity untouched.
-}
-
 /// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
 /// start handler that applies our affinity hint exactly once.
+#[cfg(target_os = "macos")]
 static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
     rayon::ThreadPoolBuilder::new()
         .start_handler(|_| unsafe {
@@ -64,6 +61,23 @@ static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
         .build()
         .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
 });
+
+/// Runs an attention kernel's parallel loop. On macOS, in the pool above (its
+/// threads carry the QoS hint). Elsewhere the hint is a no-op, so the loop runs
+/// in the current pool (the global one, where the matmuls run): a second pool of
+/// as many threads as cores would only make the two pools' idle workers spin
+/// against each other (`sched_yield`) between every attention call and matmul.
+#[inline]
+fn in_attn_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    #[cfg(target_os = "macos")]
+    {
+        FLASH_ATTN_POOL.install(op)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        op()
+    }
+}
 
 const DOT_CHUNK: usize = 4;
 
@@ -433,7 +447,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attn_pool(|| {
         (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
             let start = tile_idx * TILE_KV;
             let end = (start + TILE_KV).min(kv_len);
@@ -618,7 +632,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attn_pool(|| {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
