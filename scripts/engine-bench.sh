@@ -7,7 +7,7 @@
 # configuration's greedy answers to fixed prompts are printed beside the first one's.
 #
 #   scripts/engine-bench.sh                                   # defaults below
-#   ENGINE_CONFIGS="f32=--dtype f32|q8_0=--isq q8_0" ROUNDS=3 scripts/engine-bench.sh
+#   ENGINE_CONFIGS="f32=--isq none|q4k=--isq q4k" ROUNDS=3 scripts/engine-bench.sh
 #   THREADS=1 ENGINE_ARGS="--max-seqs 8" SKIP_LLAMA=1 scripts/engine-bench.sh
 #
 # ENGINE_CONFIGS: `label=engine flags` separated by `|`; ENGINE_ARGS is added to every one.
@@ -23,7 +23,7 @@ MAX_TOKENS="${MAX_TOKENS:-48}"
 THREADS="${THREADS:-2}"
 PROMPTS="${PROMPTS:-short long}"
 STREAMS="${STREAMS:-1 8}"
-ENGINE_CONFIGS="${ENGINE_CONFIGS:-F32=--dtype f32|ISQ Q8_0=--isq q8_0|ISQ Q4K=--isq q4k}"
+ENGINE_CONFIGS="${ENGINE_CONFIGS:-F32=--isq none|ISQ Q8_0=--isq q8_0}"
 HF="$FLYWHEEL_CACHE/models/smollm2/hf"
 GGUF="$FLYWHEEL_CACHE/models/smollm2/model.gguf"
 OUT=$(mktemp /tmp/engine-bench.XXXXXX.jsonl)

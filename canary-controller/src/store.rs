@@ -389,8 +389,7 @@ impl CanaryStore {
     /// candidate).
     pub async fn arms(&self, q: &ArmQuery<'_>) -> Result<(ArmWindow, ArmWindow)> {
         let db = self.store.database();
-        let mut inc = ArmWindow::default();
-        let mut cand = ArmWindow::default();
+        let mut arms = Arms::default();
 
         // Traffic, errors, fallbacks, cost per request.
         let mut sql = Sql::default();
@@ -409,11 +408,7 @@ impl CanaryStore {
         )
         .await?;
         for r in rows {
-            let a = if r.variant == q.candidate {
-                &mut cand
-            } else {
-                &mut inc
-            };
+            let a = arms.of(&r.variant, q.candidate);
             a.summary.requests = r.requests;
             a.summary.errors = r.errors;
             a.summary.fallbacks = r.fallbacks;
@@ -431,11 +426,7 @@ impl CanaryStore {
             )
             .await?;
             for r in rows {
-                let a = if r.variant == q.candidate {
-                    &mut cand
-                } else {
-                    &mut inc
-                };
+                let a = arms.of(&r.variant, q.candidate);
                 let g = &mut a.summary.graded;
                 g.n = r.n;
                 g.sum_quality = r.q;
@@ -463,11 +454,7 @@ impl CanaryStore {
             )
             .await?;
             for r in rows {
-                let a = if r.variant == q.candidate {
-                    &mut cand
-                } else {
-                    &mut inc
-                };
+                let a = arms.of(&r.variant, q.candidate);
                 if r.latency_ms.is_finite() {
                     a.latency_ms.push(r.latency_ms);
                 }
@@ -476,7 +463,26 @@ impl CanaryStore {
                 }
             }
         }
-        Ok((inc, cand))
+        Ok((arms.incumbent, arms.candidate))
+    }
+}
+
+/// The two arms being filled from rows labelled by variant.
+#[derive(Default)]
+struct Arms {
+    incumbent: ArmWindow,
+    candidate: ArmWindow,
+}
+
+impl Arms {
+    /// The candidate's arm for its variant's rows; every other row belongs to
+    /// the incumbent (the query selects only the two variants).
+    fn of(&mut self, variant: &str, candidate: &str) -> &mut ArmWindow {
+        if variant == candidate {
+            &mut self.candidate
+        } else {
+            &mut self.incumbent
+        }
     }
 }
 

@@ -34,7 +34,7 @@ enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum DType {
     F32,
     Bf16,
@@ -42,9 +42,12 @@ enum DType {
     Auto,
 }
 
-/// In-situ quantization types worth trying on a CPU (candle's GGML kernels).
-#[derive(Clone, Copy, ValueEnum)]
+/// In-situ quantization of the weights at load: `auto` picks, `none` keeps `--dtype`, the
+/// others are the types worth trying on a CPU (candle's GGML kernels).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum Isq {
+    Auto,
+    None,
     #[value(name = "q4_0")]
     Q4_0,
     Q4k,
@@ -54,14 +57,22 @@ enum Isq {
     Q8_0,
 }
 
-impl From<Isq> for IsqType {
-    fn from(q: Isq) -> Self {
-        match q {
-            Isq::Q4_0 => IsqType::Q4_0,
-            Isq::Q4k => IsqType::Q4K,
-            Isq::Q5k => IsqType::Q5K,
-            Isq::Q6k => IsqType::Q6K,
-            Isq::Q8_0 => IsqType::Q8_0,
+impl Isq {
+    /// The quantization a version loads with. `auto` is Q8_0 on a CPU whose vector kernels
+    /// this build has (AVX2 or NEON, chosen by candle at compile time): there it decodes
+    /// 2.5-3x faster than F32 and keeps up with llama.cpp (BENCHMARKS §3). On a GPU, or a
+    /// CPU build without those kernels (where the quantized matmuls are scalar loops, 4x
+    /// slower than F32), `auto` is none.
+    fn resolve(self, on_cpu: bool) -> Option<IsqType> {
+        let fast_cpu_kernels = cfg!(any(target_feature = "avx2", target_feature = "neon"));
+        match self {
+            Isq::Auto if on_cpu && fast_cpu_kernels => Some(IsqType::Q8_0),
+            Isq::Auto | Isq::None => None,
+            Isq::Q4_0 => Some(IsqType::Q4_0),
+            Isq::Q4k => Some(IsqType::Q4K),
+            Isq::Q5k => Some(IsqType::Q5K),
+            Isq::Q6k => Some(IsqType::Q6K),
+            Isq::Q8_0 => Some(IsqType::Q8_0),
         }
     }
 }
@@ -85,15 +96,18 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_token_sha256: Option<String>,
-    /// Weight dtype (F32 was the fastest on CPU here).
+    /// Weight dtype as loaded (before `--isq`; F32 is the fastest unquantized on a CPU).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DType,
-    /// Quantize the weights when a version loads (mistral.rs in-situ quantization): matmuls
-    /// then run candle's GGML kernels, which are fast only in a build with AVX2 enabled at
-    /// compile time (`scripts/lib.sh` `build_engine` does that where the CPU has it).
-    /// Unset: the weights stay in `--dtype`.
-    #[arg(long, value_enum)]
-    isq: Option<Isq>,
+    /// Quantize the weights when a version loads (mistral.rs in-situ quantization), base
+    /// and deployed versions alike. `none` (default): the weights stay in `--dtype`, the
+    /// trainer's numerics bit for bit. `auto`: Q8_0 on a CPU build with AVX2 or NEON kernels
+    /// (`scripts/lib.sh` `build_engine` enables AVX2 where the CPU has it), none on a GPU:
+    /// on a CPU 2.7x F32's decode speed, on a par with llama.cpp (BENCHMARKS §3), but a
+    /// batched greedy answer may differ from the one given alone at a near tie (1 in 40 in
+    /// the engine's test), so it is not the default yet.
+    #[arg(long, value_enum, default_value = "none")]
+    isq: Isq,
     /// Most sequences decoded together per version (mistral.rs max_num_seqs).
     /// Batched answers equal the ones given alone (engine test
     /// `concurrent_requests_get_their_own_answers`; mistral.rs 0.8.1 needed
@@ -172,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             DType::F16 => ModelDType::F16,
             DType::Auto => ModelDType::Auto,
         },
-        isq: args.isq.map(IsqType::from),
+        isq: args.isq.resolve(args.cpu || !cfg!(feature = "cuda")),
         max_seqs: args.max_seqs,
         prefix_cache_n: args.prefix_cache,
         force_cpu: args.cpu,
@@ -180,6 +194,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let base = Deployment::checkpoint(args.name.clone(), args.model.clone());
     // Checked before anything is loaded: mistral.rs would take a missing path for a hub id.
     base.validate()?;
+    tracing::info!(dtype = ?args.dtype, isq = ?opts.isq, "weights");
     let t0 = std::time::Instant::now();
     let registry = Registry::start(base, opts).await?;
     tracing::info!(name = %args.name, secs = t0.elapsed().as_secs_f64(), "model loaded");

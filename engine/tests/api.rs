@@ -81,32 +81,20 @@ async fn chat_stream_ends_with_usage_then_done() {
 /// the batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_their_own_answers() {
-    answers_alone_and_batched_are_equal(&[]).await;
-}
-
-/// The same with quantized weights: their prompts go through a dense matmul and
-/// their decode steps through the quantized kernel, alone or batched
-/// (`vendor/PATCHES.md` §6), so a sequence's answer does not depend on its
-/// batchmates there either.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_get_their_own_answers_with_quantized_weights() {
-    answers_alone_and_batched_are_equal(&["--isq", "q8_0"]).await;
-}
-
-async fn answers_alone_and_batched_are_equal(engine_args: &[&str]) {
     const ROUNDS: usize = 5;
     // Its own engine, batched explicitly whatever the default.
     let dir = smollm2_dir();
-    let mut args = vec![
-        "--model",
-        dir.to_str().unwrap(),
-        "--name",
-        "base",
-        "--max-seqs",
-        "32",
-    ];
-    args.extend_from_slice(engine_args);
-    let engine = Engine::spawn(&args, &[]);
+    let engine = Engine::spawn(
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--name",
+            "base",
+            "--max-seqs",
+            "32",
+        ],
+        &[],
+    );
     let http = engine.client();
     let ask = |content: &str, format: Value| {
         let mut body = json!({

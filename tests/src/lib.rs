@@ -476,9 +476,15 @@ pub fn model_dir() -> PathBuf {
 }
 
 /// Starts `flywheel-engine` on the real SmolLM2 as version `base`, admin
-/// routes on. The binary comes from `$FLYWHEEL_ENGINE_BIN` (the test script
-/// builds it in its own target dir); a missing binary fails the test.
+/// routes on, with the engine's default settings. The binary comes from
+/// `$FLYWHEEL_ENGINE_BIN` (the test script builds it in its own target
+/// dir); a missing binary fails the test.
 pub fn start_engine() -> Proc {
+    start_engine_with(&[])
+}
+
+/// [`start_engine`] with more `serve` flags.
+pub fn start_engine_with(extra: &[&str]) -> Proc {
     use sha2::Digest;
     let bin = std::env::var("FLYWHEEL_ENGINE_BIN")
         .expect("FLYWHEEL_ENGINE_BIN: run scripts/test.sh, which builds the engine");
@@ -498,6 +504,7 @@ pub fn start_engine() -> Proc {
             "--admin-token-sha256",
             &hash,
         ])
+        .args(extra)
         .env("RUST_LOG", "warn");
     spawn_listening(cmd, scratch_dir("engine"))
 }

@@ -8,6 +8,7 @@
 //! - [`online`]: online grading: a grader scores a sampled fraction of a route's live
 //!   answers, written as feedback (what the canary controller counts as quality).
 //! - [`simulate`]: simulated users: open-loop traffic with graded thumbs and re-asks.
+//! - [`service`]: the tuner service's jobs: their configuration and triggers.
 
 pub mod dataset;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod grader;
 pub mod item;
 pub mod online;
 pub mod rft;
+pub mod service;
 pub mod simulate;
 pub mod tasks;
 

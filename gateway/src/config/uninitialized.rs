@@ -41,6 +41,11 @@ pub struct UninitializedConfig {
     /// Public model names that clients send in `model`.
     #[serde(default)]
     pub routes: Vec<UninitializedRouteConfig>,
+    /// The tuner service's jobs (`flywheel-tuner serve`), which may share
+    /// this file; the gateway does not read it (`flywheel-tuner jobs`
+    /// checks it).
+    #[serde(default)]
+    pub tuner: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -464,6 +464,15 @@ mod tests {
     }
 
     #[test]
+    fn the_tuner_table_is_left_to_the_tuner() {
+        let text = format!(
+            "{PROVIDERS}\n{}",
+            include_str!("../../../config/tuner.example.toml")
+        );
+        Config::parse(&text).unwrap();
+    }
+
+    #[test]
     fn example_configs_load() {
         Config::parse(include_str!("../../../config/flywheel.example.toml")).unwrap();
         Config::parse(include_str!("../../../config/tasks-bench.toml")).unwrap();

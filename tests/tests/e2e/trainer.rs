@@ -26,10 +26,13 @@ fn question() -> Vec<ChatMessage> {
 /// the engine offers no value to compare against. The differentiable ops
 /// are compared value by value with candle's fused ones in the trainer's
 /// unit tests (1e-5).
+///
+/// The engine keeps the F32 weights here (`--isq none`, the default, named
+/// so that a change of default cannot quantize them under this test).
 #[tokio::test]
 async fn trainer_greedy_tokens_match_the_engine() {
     const N: usize = 24;
-    let engine = start_engine();
+    let engine = start_engine_with(&["--isq", "none"]);
     let dir = model_dir();
     let model = CausalLm::load(&dir, None, &mut Rng::new(0), &Device::Cpu).unwrap();
     let tokenizer = ChatTokenizer::from_model_dir(&dir, &model.cfg).unwrap();

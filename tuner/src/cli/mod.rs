@@ -16,6 +16,7 @@ mod eval;
 mod files;
 mod grade;
 mod grade_online;
+mod jobs;
 mod options;
 mod serve_reward;
 mod simulate;
@@ -96,6 +97,11 @@ enum Command {
     /// progress, then per variant: requests, errors, pass rate, thumbs,
     /// re-asks and cost per answer.
     Simulate(Box<simulate::Args>),
+    /// Checks the tuner service's configuration (`--config`, a TOML file
+    /// with a `[tuner]` table; every bad key or value is named with its
+    /// path) and the files it names, and prints what each job would do:
+    /// its triggers, dataset, training, offline gate and canary.
+    Jobs(jobs::Args),
 }
 
 impl Cli {
@@ -113,6 +119,7 @@ impl Cli {
             Command::Train(args) => train::run(*args),
             Command::Eval(args) => eval::run(*args),
             Command::Simulate(args) => simulate::run(*args),
+            Command::Jobs(args) => jobs::run(&args),
         }
     }
 }

@@ -1,0 +1,566 @@
+//! The tuner service's configuration: a `[tuner]` table, in the gateway's
+//! TOML or a file of its own, parsed as written ([`File`]) and then
+//! validated by [`File::load`] into the runtime types ([`ServiceConfig`],
+//! [`Job`]). Every key has a documented default unless marked required;
+//! unknown keys are errors that name them, and so is every bad value (with
+//! its path, `tuner.jobs[1].gate.non_inferiority`).
+//!
+//! ```toml
+//! [tuner]
+//! state_dir = "/var/tmp/flywheel/tuner"  # required: run directories and the journal
+//! gateway_url = "http://127.0.0.1:8080"  # gate and canary traffic go through it
+//! engines = ["http://127.0.0.1:18101"]   # where versions are deployed (at least one)
+//!
+//! [[tuner.jobs]]
+//! name = "extract"                 # required, [a-z0-9-], unique: part of version names
+//! route = "extract"                # required: the gateway route it tunes
+//! base_model = "/models/smollm2"   # required: HF directory trained from
+//! grader = "graders/extract.json"  # required: the reward (OpenAI grader JSON)
+//!
+//! [tuner.jobs.trigger]             # whichever comes first, never closer than the minimum
+//! every_secs = 86400               # on a schedule (0: no schedule)
+//! new_rows = 500                   # graded or feedback rows since the last run (0: off)
+//! min_interval_secs = 3600         # between two runs' starts
+//!
+//! [tuner.jobs.dataset]             # `flywheel-tuner dataset`'s options
+//! window_secs = 604800             # traffic of the last week
+//! min_rows = 50                    # fewer kept rows: the run ends as skipped
+//! heldout_fraction = 0.2
+//! include_shadow = false
+//! drop_validation_failures = false
+//! # variant = "chain"              # only this variant's traffic (default: all)
+//!
+//! [tuner.jobs.hyperparameters]     # named as OpenAI's and Bedrock's RFT jobs name them
+//! n_epochs = 1                     # passes over the training prompts...
+//! # steps = 50                     # ...or optimizer steps (not both)
+//! batch_size = 4                   # prompts per step
+//! group_size = 8                   # completions per prompt (GRPO's G)
+//! learning_rate = 1e-4
+//! eval_interval = 10               # held-out evaluation every N steps
+//! early_stopping_patience = 0      # evaluations without improvement (0: never stop)
+//! lora_rank = 16
+//!
+//! [tuner.jobs.gate]                # the offline gate, on held-out items through the gateway
+//! heldout_items = 50
+//! min_gain = 0.05                  # quality per dollar beats incumbent and chain by 5 %
+//! non_inferiority = 0.02           # quality at most this far below the incumbent's
+//! confidence = 0.95                # of the intervals both tests use
+//!
+//! [tuner.jobs.canary]              # `flywheel-canary create --spec`'s JSON, as TOML
+//! quality = [{ metric = "grader_extract" }]
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use flywheel_canary_controller::{QualityMetric, Spec};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The file as written. Other top-level tables (the gateway's own) are
+/// ignored, so the `[tuner]` table can live in the gateway's TOML.
+#[derive(Debug, Deserialize)]
+pub struct File {
+    pub tuner: Option<TunerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunerFile {
+    pub state_dir: Option<PathBuf>,
+    #[serde(default = "default_gateway_url")]
+    pub gateway_url: String,
+    #[serde(default)]
+    pub engines: Vec<String>,
+    #[serde(default)]
+    pub jobs: Vec<JobFile>,
+}
+
+fn default_gateway_url() -> String {
+    "http://127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub name: Option<String>,
+    pub route: Option<String>,
+    pub base_model: Option<PathBuf>,
+    pub grader: Option<PathBuf>,
+    #[serde(default)]
+    pub trigger: Trigger,
+    #[serde(default)]
+    pub dataset: DatasetSettings,
+    #[serde(default)]
+    pub hyperparameters: HyperparametersFile,
+    #[serde(default)]
+    pub gate: Gate,
+    /// Kept as written: checked for unknown keys, then read as a [`Spec`].
+    #[serde(default)]
+    pub canary: Option<toml::Value>,
+}
+
+/// When a job runs ([`super::trigger`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Trigger {
+    /// A run this long after the last run started (0: no schedule).
+    pub every_secs: u64,
+    /// A run once this many graded or feedback rows arrived on the route
+    /// since the last run's dataset was cut (0: off).
+    pub new_rows: u64,
+    /// Never two runs of the job closer than this (start to start).
+    pub min_interval_secs: u64,
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Self {
+            every_secs: 86_400,
+            new_rows: 500,
+            min_interval_secs: 3_600,
+        }
+    }
+}
+
+/// Which captured traffic becomes the run's dataset.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSettings {
+    /// The traffic of this many seconds before the run.
+    pub window_secs: u64,
+    /// Only this variant's traffic (default: all of the route's).
+    pub variant: Option<String>,
+    /// Fewer rows kept than this: the run ends as skipped, nothing trained.
+    pub min_rows: u64,
+    pub heldout_fraction: f64,
+    pub include_shadow: bool,
+    pub drop_validation_failures: bool,
+}
+
+impl Default for DatasetSettings {
+    fn default() -> Self {
+        Self {
+            window_secs: 7 * 86_400,
+            variant: None,
+            min_rows: 50,
+            heldout_fraction: 0.2,
+            include_shadow: false,
+            drop_validation_failures: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HyperparametersFile {
+    pub n_epochs: Option<u64>,
+    pub steps: Option<u64>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u64,
+    #[serde(default = "default_group_size")]
+    pub group_size: u64,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default = "default_eval_interval")]
+    pub eval_interval: u64,
+    #[serde(default)]
+    pub early_stopping_patience: u64,
+    #[serde(default = "default_lora_rank")]
+    pub lora_rank: u64,
+}
+
+impl Default for HyperparametersFile {
+    fn default() -> Self {
+        Self {
+            n_epochs: None,
+            steps: None,
+            batch_size: default_batch_size(),
+            group_size: default_group_size(),
+            learning_rate: default_learning_rate(),
+            eval_interval: default_eval_interval(),
+            early_stopping_patience: 0,
+            lora_rank: default_lora_rank(),
+        }
+    }
+}
+
+fn default_batch_size() -> u64 {
+    4
+}
+fn default_group_size() -> u64 {
+    8
+}
+fn default_learning_rate() -> f64 {
+    1e-4
+}
+fn default_eval_interval() -> u64 {
+    10
+}
+fn default_lora_rank() -> u64 {
+    16
+}
+
+/// How long training lasts: epochs over the dataset (OpenAI's and
+/// Bedrock's unit) or optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Length {
+    Epochs(u64),
+    Steps(u64),
+}
+
+impl Length {
+    /// Optimizer steps for `train_prompts` prompts at `batch_size` a step
+    /// (at least one).
+    pub fn steps(self, train_prompts: u64, batch_size: u64) -> u64 {
+        match self {
+            Length::Steps(s) => s,
+            Length::Epochs(e) => (e * train_prompts).div_ceil(batch_size.max(1)).max(1),
+        }
+    }
+}
+
+/// The trainer's settings for a job, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hyperparameters {
+    pub length: Length,
+    pub batch_size: u64,
+    pub group_size: u64,
+    pub learning_rate: f64,
+    pub eval_interval: u64,
+    pub early_stopping_patience: u64,
+    pub lora_rank: u64,
+}
+
+/// The offline gate: the candidate against the incumbent and against the
+/// fallback chain on held-out items.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gate {
+    pub heldout_items: u64,
+    /// Quality per dollar must beat both by this relative margin.
+    pub min_gain: f64,
+    /// The candidate's quality may be at most this far below the
+    /// incumbent's (absolute, on the grader's 0..1 scale).
+    pub non_inferiority: f64,
+    /// Of the intervals both comparisons use.
+    pub confidence: f64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            heldout_items: 50,
+            min_gain: 0.05,
+            non_inferiority: 0.02,
+            confidence: 0.95,
+        }
+    }
+}
+
+/// The whole service, validated.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub state_dir: PathBuf,
+    pub gateway_url: String,
+    pub engines: Vec<String>,
+    pub jobs: Vec<Job>,
+}
+
+/// One job, validated: it tunes one route.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub route: String,
+    pub base_model: PathBuf,
+    pub grader: PathBuf,
+    pub trigger: Trigger,
+    pub dataset: DatasetSettings,
+    pub hyperparameters: Hyperparameters,
+    pub gate: Gate,
+    /// The experiment each run starts (variants and engine versions are
+    /// filled in per run).
+    pub canary: Spec,
+}
+
+impl Trigger {
+    pub fn min_interval(&self) -> Duration {
+        Duration::from_secs(self.min_interval_secs)
+    }
+}
+
+impl File {
+    /// Reads and parses a TOML file (the gateway's or the tuner's own).
+    pub fn read(path: &Path) -> Result<File, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Validates everything; relative paths are taken from `base_dir` (the
+    /// file's directory).
+    pub fn load(self, base_dir: &Path) -> Result<ServiceConfig, ConfigError> {
+        let t = self
+            .tuner
+            .ok_or_else(|| invalid("tuner", "the file has no [tuner] table"))?;
+        let state_dir = t
+            .state_dir
+            .map(|p| base_dir.join(p))
+            .ok_or_else(|| invalid("tuner.state_dir", "required"))?;
+        check_url("tuner.gateway_url", &t.gateway_url)?;
+        if t.engines.is_empty() {
+            return Err(invalid(
+                "tuner.engines",
+                "at least one engine URL, where versions are deployed",
+            ));
+        }
+        for (i, e) in t.engines.iter().enumerate() {
+            check_url(&format!("tuner.engines[{i}]"), e)?;
+        }
+        if t.jobs.is_empty() {
+            return Err(invalid("tuner.jobs", "no [[tuner.jobs]]: nothing to do"));
+        }
+        let mut names = BTreeSet::new();
+        let mut jobs = Vec::new();
+        for (i, j) in t.jobs.into_iter().enumerate() {
+            let job = j.load(&format!("tuner.jobs[{i}]"), base_dir)?;
+            if !names.insert(job.name.clone()) {
+                return Err(invalid(
+                    format!("tuner.jobs[{i}].name"),
+                    format!("{:?} is used by another job", job.name),
+                ));
+            }
+            jobs.push(job);
+        }
+        Ok(ServiceConfig {
+            state_dir,
+            gateway_url: t.gateway_url.trim_end_matches('/').to_string(),
+            engines: t.engines,
+            jobs,
+        })
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{url:?} is not an http(s) URL")))
+    }
+}
+
+fn required<T>(key: &str, v: Option<T>) -> Result<T, ConfigError> {
+    v.ok_or_else(|| invalid(key, "required"))
+}
+
+impl JobFile {
+    fn load(self, key: &str, base_dir: &Path) -> Result<Job, ConfigError> {
+        let name = required(&format!("{key}.name"), self.name)?;
+        // Part of every model version's name, which goes into engine URLs.
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?}: 1-40 characters of a-z, 0-9 and -"),
+            ));
+        }
+        let route = required(&format!("{key}.route"), self.route)?;
+        if route.is_empty() {
+            return Err(invalid(format!("{key}.route"), "empty"));
+        }
+        let base_model = base_dir.join(required(&format!("{key}.base_model"), self.base_model)?);
+        let grader = base_dir.join(required(&format!("{key}.grader"), self.grader)?);
+
+        let t = &self.trigger;
+        if t.every_secs == 0 && t.new_rows == 0 {
+            return Err(invalid(
+                format!("{key}.trigger"),
+                "every_secs and new_rows are both 0: the job would never run",
+            ));
+        }
+        let d = &self.dataset;
+        if !(d.heldout_fraction > 0.0 && d.heldout_fraction < 1.0) {
+            return Err(invalid(
+                format!("{key}.dataset.heldout_fraction"),
+                format!("{} is not in (0, 1)", d.heldout_fraction),
+            ));
+        }
+        if d.window_secs == 0 {
+            return Err(invalid(format!("{key}.dataset.window_secs"), "0"));
+        }
+        let hyperparameters = self
+            .hyperparameters
+            .load(&format!("{key}.hyperparameters"))?;
+        let g = &self.gate;
+        for (field, ok) in [
+            ("heldout_items", g.heldout_items > 0),
+            ("min_gain", g.min_gain.is_finite() && g.min_gain >= 0.0),
+            (
+                "non_inferiority",
+                g.non_inferiority.is_finite() && g.non_inferiority >= 0.0,
+            ),
+            ("confidence", g.confidence > 0.5 && g.confidence < 1.0),
+        ] {
+            if !ok {
+                return Err(invalid(
+                    format!("{key}.gate.{field}"),
+                    "out of range (heldout_items > 0, min_gain and non_inferiority >= 0, confidence in (0.5, 1))",
+                ));
+            }
+        }
+        let canary = canary_spec(&format!("{key}.canary"), self.canary, &name)?;
+        Ok(Job {
+            name,
+            route,
+            base_model,
+            grader,
+            trigger: self.trigger,
+            dataset: self.dataset,
+            hyperparameters,
+            gate: self.gate,
+            canary,
+        })
+    }
+}
+
+/// The job's experiment template: the table as the controller's [`Spec`],
+/// its unknown keys named (the spec itself accepts and drops them, so that
+/// stored specs stay readable), quality by default the job's online grader
+/// metric `grader_<job>`. The engine plan is the service's to fill per run.
+fn canary_spec(key: &str, table: Option<toml::Value>, job: &str) -> Result<Spec, ConfigError> {
+    let table = table.unwrap_or_else(|| toml::Value::Table(Default::default()));
+    let mut spec: Spec = table
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(key, e.message().to_string()))?;
+    let known = toml::Value::try_from(&spec).map_err(|e| invalid(key, e.to_string()))?;
+    if let Some(unknown) = unknown_keys(&table, &known, key).into_iter().next() {
+        return Err(invalid(unknown, "unknown key"));
+    }
+    if table.get("engine").is_some() {
+        return Err(invalid(
+            format!("{key}.engine"),
+            "set by the service for each run (the run's version and the [tuner] engines)",
+        ));
+    }
+    if spec.quality.is_empty() {
+        spec.quality = vec![QualityMetric {
+            metric: format!("grader_{job}"),
+            weight: 1.0,
+            invert: false,
+        }];
+    }
+    spec.validate().map_err(|e| invalid(key, e.to_string()))?;
+    Ok(spec)
+}
+
+/// Keys of `written` that `parsed` (the same value read and written back)
+/// lacks: the ones the reader ignored. Arrays are compared element by element.
+fn unknown_keys(written: &toml::Value, parsed: &toml::Value, at: &str) -> Vec<String> {
+    match (written, parsed) {
+        (toml::Value::Table(w), toml::Value::Table(p)) => w
+            .iter()
+            .flat_map(|(k, v)| match p.get(k) {
+                None => vec![format!("{at}.{k}")],
+                Some(pv) => unknown_keys(v, pv, &format!("{at}.{k}")),
+            })
+            .collect(),
+        (toml::Value::Array(w), toml::Value::Array(p)) => w
+            .iter()
+            .zip(p)
+            .enumerate()
+            .flat_map(|(i, (wv, pv))| unknown_keys(wv, pv, &format!("{at}[{i}]")))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl HyperparametersFile {
+    fn load(self, key: &str) -> Result<Hyperparameters, ConfigError> {
+        let length = match (self.n_epochs, self.steps) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key,
+                    "n_epochs and steps both set: training lasts one or the other",
+                ))
+            }
+            (Some(0), None) | (None, Some(0)) => {
+                return Err(invalid(key, "n_epochs or steps is 0"))
+            }
+            (Some(e), None) => Length::Epochs(e),
+            (None, Some(s)) => Length::Steps(s),
+            (None, None) => Length::Epochs(1),
+        };
+        for (field, v) in [
+            ("batch_size", self.batch_size),
+            ("group_size", self.group_size),
+            ("eval_interval", self.eval_interval),
+            ("lora_rank", self.lora_rank),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("{key}.{field}"), "must be at least 1"));
+            }
+        }
+        if self.group_size < 2 {
+            return Err(invalid(
+                format!("{key}.group_size"),
+                "GRPO compares completions within a group: at least 2",
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(invalid(
+                format!("{key}.learning_rate"),
+                format!("{} is not a positive number", self.learning_rate),
+            ));
+        }
+        Ok(Hyperparameters {
+            length,
+            batch_size: self.batch_size,
+            group_size: self.group_size,
+            learning_rate: self.learning_rate,
+            eval_interval: self.eval_interval,
+            early_stopping_patience: self.early_stopping_patience,
+            lora_rank: self.lora_rank,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/config.rs"]
+mod tests;

@@ -1,0 +1,19 @@
+//! The tuner service (`flywheel-tuner serve`, issue 16): jobs that turn a
+//! route's captured traffic into a new model version and canary it without
+//! a person. What exists so far:
+//!
+//! - [`config`]: the `[tuner]` TOML, parsed as written and then validated
+//!   into [`config::Job`]s (`flywheel-tuner jobs --config FILE` checks a
+//!   file and prints what each job would do).
+//! - [`trigger`]: when a job runs (schedule, new rows, minimum interval, one
+//!   training at a time), a pure decision.
+//! - [`run`]: a run's stages (dataset → train → gate → deploy → canary) and
+//!   what comes next after each journal entry, restarts and failures
+//!   included, a pure decision too.
+//!
+//! Not built yet: the loop that runs the stages (`serve`), the journal's
+//! storage and the lineage commands.
+
+pub mod config;
+pub mod run;
+pub mod trigger;
