@@ -23,25 +23,17 @@ fn jobs(config: &str, files: &[(&str, &str)]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-const CONFIG: &str = r#"
-[tuner]
-state_dir = "state"
-engines = ["http://127.0.0.1:18101"]
-
-[[tuner.jobs]]
-name = "extract"
-route = "extract"
-base_model = "model"
-grader = "grader.json"
-
-[tuner.jobs.trigger]
-new_rows = 200
-every_secs = 0
-"#;
+/// The minimal config, run by new rows only.
+fn config() -> String {
+    format!(
+        "{}\n[tuner.jobs.trigger]\nnew_rows = 200\nevery_secs = 0\n",
+        include_str!("fixtures/tuner-minimal.toml")
+    )
+}
 
 #[test]
 fn a_good_config_prints_each_jobs_plan() {
-    let (code, out) = jobs(CONFIG, &[("grader.json", "{}")]);
+    let (code, out) = jobs(&config(), &[("grader.json", "{}")]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("job extract (route extract)"), "{out}");
     assert!(
@@ -53,7 +45,7 @@ fn a_good_config_prints_each_jobs_plan() {
 
 #[test]
 fn a_missing_file_is_named_and_fails_the_check() {
-    let (code, out) = jobs(CONFIG, &[]);
+    let (code, out) = jobs(&config(), &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("error: grader") && out.contains("grader.json does not exist"),
@@ -64,7 +56,7 @@ fn a_missing_file_is_named_and_fails_the_check() {
 #[test]
 fn a_bad_key_is_named_with_its_path() {
     let (code, out) = jobs(
-        &CONFIG.replace("new_rows = 200", "new_row = 200"),
+        &config().replace("new_rows = 200", "new_row = 200"),
         &[("grader.json", "{}")],
     );
     assert_eq!(code, Some(2), "{out}");

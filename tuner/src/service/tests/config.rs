@@ -15,17 +15,7 @@ fn error(toml_text: &str) -> String {
     }
 }
 
-const MINIMAL: &str = r#"
-[tuner]
-state_dir = "state"
-engines = ["http://127.0.0.1:18101"]
-
-[[tuner.jobs]]
-name = "extract"
-route = "extract"
-base_model = "/models/smollm2"
-grader = "graders/extract.json"
-"#;
+const MINIMAL: &str = include_str!("../../../tests/fixtures/tuner-minimal.toml");
 
 #[test]
 fn the_example_config_loads_with_its_documented_values() {
@@ -51,8 +41,8 @@ fn defaults_fill_what_a_job_leaves_out() {
     assert_eq!(c.state_dir, Path::new("/etc/flywheel/state"));
     assert_eq!(c.gateway_url, "http://127.0.0.1:8080");
     let j = &c.jobs[0];
-    assert_eq!(j.grader, Path::new("/etc/flywheel/graders/extract.json"));
-    assert_eq!(j.base_model, Path::new("/models/smollm2"));
+    assert_eq!(j.grader, Path::new("/etc/flywheel/grader.json"));
+    assert_eq!(j.base_model, Path::new("/etc/flywheel/model"));
     assert_eq!(j.trigger, Trigger::default());
     assert_eq!(j.hyperparameters.length, Length::Epochs(1));
     // Quality in the canary is the job's online grader score.
