@@ -18,6 +18,7 @@ mod grade;
 mod grade_online;
 mod jobs;
 mod options;
+mod runs;
 mod serve_reward;
 mod simulate;
 mod tasks;
@@ -102,6 +103,11 @@ enum Command {
     /// path) and the files it names, and prints what each job would do:
     /// its triggers, dataset, training, offline gate and canary.
     Jobs(jobs::Args),
+    /// The tuner service's runs, newest first (job, start, time taken,
+    /// where each stands or how it ended), or with a run id the run's whole
+    /// story, newest event first: each stage's start and end with its
+    /// lineage, failures with their reasons, cleanups and the outcome.
+    Runs(runs::Args),
 }
 
 impl Cli {
@@ -120,6 +126,7 @@ impl Cli {
             Command::Eval(args) => eval::run(*args),
             Command::Simulate(args) => simulate::run(*args),
             Command::Jobs(args) => jobs::run(&args),
+            Command::Runs(args) => runs::run(&args),
         }
     }
 }

@@ -11,9 +11,13 @@
 //!   what comes next after each journal entry, restarts and failures
 //!   included, a pure decision too.
 //!
-//! Not built yet: the loop that runs the stages (`serve`), the journal's
-//! storage and the lineage commands.
+//! - [`journal`]: each run's journal on disk (appended and synced before the
+//!   service acts), read back after a restart; `flywheel-tuner runs` lists
+//!   the runs and prints a run's story.
+//!
+//! Not built yet: the loop that runs the stages (`serve`).
 
 pub mod config;
+pub mod journal;
 pub mod run;
 pub mod trigger;
