@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use flywheel_tuner::service::config::{File, Job, Length};
+use flywheel_tuner::service::config::{Job, Length, ServiceConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,8 +15,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let base = args.config.parent().map(PathBuf::from).unwrap_or_default();
-    let config = File::read(&args.config)?.load(&base)?;
+    let config = ServiceConfig::from_file(&args.config)?;
     println!(
         "state in {}; gateway {}; engines {}",
         config.state_dir.display(),

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use flywheel_canary_controller::report::{duration, utc};
 use flywheel_tuner::service::{
-    config::File,
+    config::ServiceConfig,
     journal::{describe, state, Journal},
 };
 
@@ -22,8 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let base = args.config.parent().map(PathBuf::from).unwrap_or_default();
-    let config = File::read(&args.config)?.load(&base)?;
+    let config = ServiceConfig::from_file(&args.config)?;
     let journal = Journal::open(&config.state_dir)?;
     match &args.run {
         None => {

@@ -316,6 +316,15 @@ impl Trigger {
     }
 }
 
+impl ServiceConfig {
+    /// Reads, parses and validates a TOML file; relative paths in it are
+    /// taken from its directory.
+    pub fn from_file(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        File::read(path)?.load(&base)
+    }
+}
+
 impl File {
     /// Reads and parses a TOML file (the gateway's or the tuner's own).
     pub fn read(path: &Path) -> Result<File, ConfigError> {

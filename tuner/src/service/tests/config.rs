@@ -20,8 +20,7 @@ const MINIMAL: &str = include_str!("../../../tests/fixtures/tuner-minimal.toml")
 #[test]
 fn the_example_config_loads_with_its_documented_values() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tuner.example.toml");
-    let file = File::read(&path).unwrap();
-    let c = file.load(path.parent().unwrap()).unwrap();
+    let c = ServiceConfig::from_file(&path).unwrap();
     assert_eq!(c.jobs.len(), 1);
     let j = &c.jobs[0];
     // The example shows the defaults: the minimal config gives the same job.
