@@ -11,6 +11,8 @@
 //!   what comes next after each journal entry, restarts and failures
 //!   included, a pure decision too.
 //!
+//! - [`gate`]: the offline gate's verdict over the candidate's, the
+//!   incumbent's and the chain's graded held-out answers, with its table.
 //! - [`journal`]: each run's journal on disk (appended and synced before the
 //!   service acts), read back after a restart; `flywheel-tuner runs` lists
 //!   the runs and prints a run's story.
@@ -18,6 +20,7 @@
 //! Not built yet: the loop that runs the stages (`serve`).
 
 pub mod config;
+pub mod gate;
 pub mod journal;
 pub mod run;
 pub mod trigger;
