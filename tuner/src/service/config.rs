@@ -53,7 +53,6 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use flywheel_canary_controller::{QualityMetric, Spec};
@@ -308,12 +307,6 @@ pub struct Job {
     /// The experiment each run starts (variants and engine versions are
     /// filled in per run).
     pub canary: Spec,
-}
-
-impl Trigger {
-    pub fn min_interval(&self) -> Duration {
-        Duration::from_secs(self.min_interval_secs)
-    }
 }
 
 impl ServiceConfig {

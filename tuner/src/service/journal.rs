@@ -203,8 +203,7 @@ fn cut_torn_tail(path: &Path) -> Result<(), JournalError> {
 
 /// One line of a run's story: what the record says, for a terminal.
 pub fn describe(event: &Event) -> String {
-    let stage = |s: &Stage| format!("{s:?}").to_lowercase();
-    let outcome = |o: &Outcome| format!("{o:?}").to_lowercase();
+    let (stage, outcome) = (lower::<Stage>, lower::<Outcome>);
     match event {
         Event::Started { stage: s } => format!("{} started", stage(s)),
         Event::Finished { stage: s, detail } if detail.is_null() => {
@@ -224,14 +223,21 @@ pub fn describe(event: &Event) -> String {
 
 /// Where a run stands, for `runs`.
 pub fn state(next: &Next) -> String {
-    let stage = |s: &Stage| format!("{s:?}").to_lowercase();
     match next {
-        Next::Done(o) => format!("{o:?}").to_lowercase(),
-        Next::Start(s) => format!("before {}", stage(s)),
-        Next::Resume(s) => format!("in {}", stage(s)),
+        Next::Done(o) => lower(o),
+        Next::Start(s) => format!("before {}", lower(s)),
+        Next::Resume(s) => format!("in {}", lower(s)),
         Next::CleanUp { .. } => "cleaning up".to_string(),
-        Next::End(o) => format!("ending {}", format!("{o:?}").to_lowercase()),
+        Next::End(o) => format!("ending {}", lower(o)),
     }
+}
+
+/// A stage's or outcome's name as the journal spells it (`dataset`, `rolled_back`).
+fn lower<T: Serialize>(x: &T) -> String {
+    serde_json::to_value(x)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
