@@ -1,6 +1,10 @@
-//! The engines' admin API, as the controller uses it: `DELETE
-//! /admin/models/{name}?wait=true` stops routing to a version, drains its
-//! in-flight requests and unloads it, answering once it is freed.
+//! The engines' admin API, as the controller and the tuner service use it:
+//! `DELETE /admin/models/{name}?wait=true` stops routing to a version,
+//! drains its in-flight requests and unloads it, answering once it is
+//! freed; the tuner also deploys versions (`POST /admin/models`), asks
+//! whether one is loaded (`GET /admin/models/{name}`, so a restarted
+//! service never deploys twice) and points aliases at them (`PUT
+//! /admin/aliases/{alias}`, `GET /admin/models`'s `aliases`).
 //!
 //! The admin token comes from the controller's configuration
 //! (`FLYWHEEL_ENGINE_ADMIN_TOKEN`), never from an experiment: specs are
@@ -31,6 +35,21 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// A deploy, alias or lookup call that did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no engine admin token configured (FLYWHEEL_ENGINE_ADMIN_TOKEN)")]
+    NoToken,
+    #[error("{engine}: unreachable: {reason}")]
+    Unreachable { engine: String, reason: String },
+    #[error("{engine}: HTTP {status}: {body}")]
+    Status {
+        engine: String,
+        status: u16,
+        body: String,
+    },
 }
 
 /// Calls the engines' admin API.
@@ -122,6 +141,99 @@ impl EngineAdmin {
             out.error = Some(format!("HTTP {}: {excerpt}", status.as_u16()));
         }
         out
+    }
+
+    /// Sends an admin call to `engine` and reads the answer; a status
+    /// other than 2xx or `allowed` is an error with the body's start.
+    async fn call(
+        &self,
+        engine: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        allowed: Option<reqwest::StatusCode>,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value), CallError> {
+        let token = self.token.as_ref().ok_or(CallError::NoToken)?;
+        let url = format!("{}{path}", engine.trim_end_matches('/'));
+        let mut request = self.client.request(method, &url).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let unreachable = |e: reqwest::Error| CallError::Unreachable {
+            engine: engine.to_owned(),
+            reason: chain(&e),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unreachable)?;
+        if status.is_success() || Some(status) == allowed {
+            let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            return Ok((status, value));
+        }
+        Err(CallError::Status {
+            engine: engine.to_owned(),
+            status: status.as_u16(),
+            body: text.chars().take(300).collect(),
+        })
+    }
+
+    /// Whether `engine` has the version `name` loaded.
+    pub async fn is_deployed(&self, engine: &str, name: &str) -> Result<bool, CallError> {
+        let path = format!("/admin/models/{name}");
+        let (status, _) = self
+            .call(
+                engine,
+                reqwest::Method::GET,
+                &path,
+                None,
+                Some(reqwest::StatusCode::NOT_FOUND),
+            )
+            .await?;
+        Ok(status.is_success())
+    }
+
+    /// Loads the model directory `path` (as the engine's machine sees it)
+    /// as the version `name`; answers once it serves.
+    pub async fn deploy(&self, engine: &str, name: &str, path: &str) -> Result<(), CallError> {
+        let body = serde_json::json!({"name": name, "path": path});
+        self.call(
+            engine,
+            reqwest::Method::POST,
+            "/admin/models",
+            Some(body),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Points `alias` at the version `version` (requests for the alias are
+    /// served by it from then on).
+    pub async fn set_alias(
+        &self,
+        engine: &str,
+        alias: &str,
+        version: &str,
+    ) -> Result<(), CallError> {
+        let body = serde_json::json!({"version": version});
+        let path = format!("/admin/aliases/{alias}");
+        self.call(engine, reqwest::Method::PUT, &path, Some(body), None)
+            .await
+            .map(drop)
+    }
+
+    /// The engine's aliases, alias → version.
+    pub async fn aliases(
+        &self,
+        engine: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, CallError> {
+        let (_, v) = self
+            .call(engine, reqwest::Method::GET, "/admin/models", None, None)
+            .await?;
+        Ok(v.get("aliases")
+            .cloned()
+            .and_then(|a| serde_json::from_value(a).ok())
+            .unwrap_or_default())
     }
 
     /// Unloads `model` from every engine at once; outcomes in the order of

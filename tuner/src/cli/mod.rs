@@ -19,6 +19,7 @@ mod grade_online;
 mod jobs;
 mod options;
 mod runs;
+mod serve;
 mod serve_reward;
 mod simulate;
 mod tasks;
@@ -108,6 +109,20 @@ enum Command {
     /// story, newest event first: each stage's start and end with its
     /// lineage, failures with their reasons, cleanups and the outcome.
     Runs(runs::Args),
+    /// The tuner service: runs every job of `--config` unattended. A job's
+    /// run starts when its trigger fires (a schedule, or N new graded or
+    /// feedback rows on its route, never closer than a minimum interval;
+    /// one training at a time) and goes dataset (from ClickHouse) → train
+    /// (GRPO LoRA, a child process) → deploy (the merged version onto the
+    /// engines, behind the free slot variant's alias) → offline gate
+    /// (candidate vs incumbent vs chain on held-out items through the
+    /// gateway) → canary (an experiment followed to promotion or
+    /// rollback). Each step is journaled before and after it runs, so a
+    /// restart carries on without losing or repeating a stage; failures
+    /// are recorded with their reason and leave no version loaded. Also
+    /// grades the routes' live answers online (the canary's quality).
+    /// `runs` shows what it did. Stops on SIGINT/SIGTERM.
+    Serve(Box<serve::Args>),
 }
 
 impl Cli {
@@ -127,6 +142,7 @@ impl Cli {
             Command::Simulate(args) => simulate::run(*args),
             Command::Jobs(args) => jobs::run(&args),
             Command::Runs(args) => runs::run(&args),
+            Command::Serve(args) => serve::run(*args),
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct Gateway {
     http: reqwest::Client,
     base_url: String,
     api_key: Option<String>,
+    /// Sent as `x-flywheel-variant`: every request goes to this variant of
+    /// the route (the gateway allows it to keys with `pin_variants`).
+    variant: Option<String>,
 }
 
 impl Gateway {
@@ -54,6 +57,17 @@ impl Gateway {
             http: reqwest::Client::new(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
+            variant: None,
+        }
+    }
+
+    /// The same gateway, every request pinned to the route's `variant`
+    /// whatever its weight: the offline gate measures a candidate that
+    /// serves no traffic yet, through the same retries and metering.
+    pub fn pinned(&self, variant: &str) -> Self {
+        Self {
+            variant: Some(variant.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -104,6 +118,9 @@ impl Gateway {
         }
         if let Some(episode) = episode {
             request = request.header(headers::EPISODE_ID, episode);
+        }
+        if let Some(variant) = &self.variant {
+            request = request.header(headers::VARIANT, variant);
         }
         let started = Instant::now();
         let mut reply = Reply {

@@ -10,6 +10,7 @@
 //! state_dir = "/var/tmp/flywheel/tuner"  # required: run directories and the journal
 //! gateway_url = "http://127.0.0.1:8080"  # gate and canary traffic go through it
 //! engines = ["http://127.0.0.1:18101"]   # where versions are deployed (at least one)
+//! poll_secs = 10                         # how often triggers and canaries are looked at
 //!
 //! [[tuner.jobs]]
 //! name = "extract"                 # required, [a-z0-9-], unique: part of version names
@@ -45,6 +46,16 @@
 //! min_gain = 0.05                  # quality per dollar beats incumbent and chain by 5 %
 //! non_inferiority = 0.02           # quality at most this far below the incumbent's
 //! confidence = 0.95                # of the intervals both tests use
+//!
+//! chain_variant = "chain"          # (in [[tuner.jobs]]) the route's fallback chain
+//!
+//! [[tuner.jobs.slots]]             # default: tuned-a → <job>-a, tuned-b → <job>-b
+//! variant = "tuned-a"              # a route variant whose first target is...
+//! model = "extract-a"              # ...this engine alias, pointed at each run's version
+//!
+//! [tuner.jobs.online_grading]      # live answers graded as feedback `grader_<job>`
+//! fraction = 1.0
+//! interval_secs = 10
 //!
 //! [tuner.jobs.canary]              # `flywheel-canary create --spec`'s JSON, as TOML
 //! quality = [{ metric = "grader_extract" }]
@@ -98,8 +109,14 @@ pub struct TunerFile {
     pub gateway_url: String,
     #[serde(default)]
     pub engines: Vec<String>,
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
     #[serde(default)]
     pub jobs: Vec<JobFile>,
+}
+
+fn default_poll_secs() -> u64 {
+    10
 }
 
 fn default_gateway_url() -> String {
@@ -121,9 +138,55 @@ pub struct JobFile {
     pub hyperparameters: HyperparametersFile,
     #[serde(default)]
     pub gate: Gate,
+    /// The route's fallback chain: the offline gate's second yardstick,
+    /// and the incumbent until a tuned version is promoted.
+    #[serde(default = "default_chain_variant")]
+    pub chain_variant: String,
+    /// Default: `tuned-a` → `<job>-a`, `tuned-b` → `<job>-b`.
+    pub slots: Option<Vec<Slot>>,
+    #[serde(default)]
+    pub online_grading: OnlineGrading,
     /// Kept as written: checked for unknown keys, then read as a [`Spec`].
     #[serde(default)]
     pub canary: Option<toml::Value>,
+}
+
+fn default_chain_variant() -> String {
+    "chain".into()
+}
+
+/// A variant of the route that serves a tuned version: its first target
+/// names `model`, an alias on the engines that each run points at its own
+/// version. Two slots take turns: the candidate goes into the one that
+/// is not the incumbent, so a promoted version keeps serving while the
+/// next one is tested.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    pub variant: String,
+    pub model: String,
+}
+
+/// The service grades a share of the route's live answers with the job's
+/// grader (as `flywheel-tuner grade-online` does), written as the feedback
+/// metric `grader_<job>`: the canary's default quality.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnlineGrading {
+    /// Share of answers graded, in [0, 1] (0: off; then name another
+    /// quality metric in `[tuner.jobs.canary]`).
+    pub fraction: f64,
+    /// Time between grading passes.
+    pub interval_secs: u64,
+}
+
+impl Default for OnlineGrading {
+    fn default() -> Self {
+        Self {
+            fraction: 1.0,
+            interval_secs: 10,
+        }
+    }
 }
 
 /// When a job runs ([`super::trigger`]).
@@ -290,6 +353,8 @@ pub struct ServiceConfig {
     pub state_dir: PathBuf,
     pub gateway_url: String,
     pub engines: Vec<String>,
+    /// How often triggers and running canaries are looked at.
+    pub poll_secs: u64,
     pub jobs: Vec<Job>,
 }
 
@@ -304,6 +369,10 @@ pub struct Job {
     pub dataset: DatasetSettings,
     pub hyperparameters: Hyperparameters,
     pub gate: Gate,
+    pub chain_variant: String,
+    /// At least two, variants and models distinct.
+    pub slots: Vec<Slot>,
+    pub online_grading: OnlineGrading,
     /// The experiment each run starts (variants and engine versions are
     /// filled in per run).
     pub canary: Spec,
@@ -366,10 +435,14 @@ impl File {
             }
             jobs.push(job);
         }
+        if t.poll_secs == 0 {
+            return Err(invalid("tuner.poll_secs", "must be at least 1"));
+        }
         Ok(ServiceConfig {
             state_dir,
             gateway_url: t.gateway_url.trim_end_matches('/').to_string(),
             engines: t.engines,
+            poll_secs: t.poll_secs,
             jobs,
         })
     }
@@ -446,6 +519,22 @@ impl JobFile {
                 ));
             }
         }
+        let slots = self.slots.unwrap_or_else(|| {
+            ["a", "b"]
+                .map(|s| Slot {
+                    variant: format!("tuned-{s}"),
+                    model: format!("{name}-{s}"),
+                })
+                .to_vec()
+        });
+        check_slots(&format!("{key}.slots"), &slots, &self.chain_variant)?;
+        let o = &self.online_grading;
+        if !(0.0..=1.0).contains(&o.fraction) || o.interval_secs == 0 {
+            return Err(invalid(
+                format!("{key}.online_grading"),
+                "fraction must be in [0, 1] and interval_secs at least 1",
+            ));
+        }
         let canary = canary_spec(&format!("{key}.canary"), self.canary, &name)?;
         Ok(Job {
             name,
@@ -456,9 +545,51 @@ impl JobFile {
             dataset: self.dataset,
             hyperparameters,
             gate: self.gate,
+            chain_variant: self.chain_variant,
+            slots,
+            online_grading: self.online_grading,
             canary,
         })
     }
+}
+
+/// Two slots at least (one holds the incumbent while the other tests the
+/// next candidate), all distinct, none the chain; model names as the
+/// engines accept them.
+fn check_slots(key: &str, slots: &[Slot], chain: &str) -> Result<(), ConfigError> {
+    if slots.len() < 2 {
+        return Err(invalid(
+            key,
+            "at least two: a promoted version keeps one while the next candidate uses another",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, s) in slots.iter().enumerate() {
+        let model_ok = !s.model.is_empty()
+            && s.model.len() <= 64
+            && s.model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+        if !model_ok {
+            return Err(invalid(
+                format!("{key}[{i}].model"),
+                format!("{:?}: 1-64 characters of A-Z, a-z, 0-9 and _-.:", s.model),
+            ));
+        }
+        if s.variant.is_empty() || s.variant == chain {
+            return Err(invalid(
+                format!("{key}[{i}].variant"),
+                format!("{:?}: empty, or the chain's variant", s.variant),
+            ));
+        }
+        if !seen.insert(s.variant.clone()) || !seen.insert(format!("model:{}", s.model)) {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                "variant or model used by another slot",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The job's experiment template: the table as the controller's [`Spec`],

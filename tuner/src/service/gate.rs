@@ -28,7 +28,7 @@ use flywheel_canary::dist::normal_quantile;
 use super::config::Gate;
 
 /// One check of the gate, as its table shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Check {
     /// What is compared: `quality per dollar vs incumbent`, ….
     pub name: String,
@@ -40,7 +40,7 @@ pub struct Check {
 }
 
 /// The gate's verdict with its table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Verdict {
     pub checks: Vec<Check>,
 }

@@ -1,6 +1,6 @@
 //! The tuner service (`flywheel-tuner serve`, issue 16): jobs that turn a
 //! route's captured traffic into a new model version and canary it without
-//! a person. What exists so far:
+//! a person:
 //!
 //! - [`config`]: the `[tuner]` TOML, parsed as written and then validated
 //!   into [`config::Job`]s (`flywheel-tuner jobs --config FILE` checks a
@@ -16,11 +16,16 @@
 //! - [`journal`]: each run's journal on disk (appended and synced before the
 //!   service acts), read back after a restart; `flywheel-tuner runs` lists
 //!   the runs and prints a run's story.
-//!
-//! Not built yet: the loop that runs the stages (`serve`).
+//! - [`stages`]: what each stage does (dataset, training in a child
+//!   process, deploy behind a slot alias, the gate through the gateway,
+//!   the canary experiment) and the cleanup of a failed run.
+//! - [`serve`]: the loop (`flywheel-tuner serve`): one task per job, the
+//!   training lock, online grading.
 
 pub mod config;
 pub mod gate;
 pub mod journal;
 pub mod run;
+pub mod serve;
+pub mod stages;
 pub mod trigger;

@@ -2,7 +2,10 @@
 //! journal alone: a restarted service reads the journal and carries on
 //! where it stopped, without losing or repeating a stage.
 //!
-//! A run goes dataset → train → gate → deploy → canary. Each stage is
+//! A run goes dataset → train → deploy → gate → canary: the candidate is
+//! deployed (into a slot variant that gets no traffic) before the gate, so
+//! the gate measures it through the gateway exactly as users will reach
+//! it, retries and metering included. Each stage is
 //! journaled when it starts and when it ends. After a restart, a stage that
 //! started and did not end is resumed; every stage is written to be
 //! resumed safely: the dataset is rebuilt into the run's own directory
@@ -25,8 +28,8 @@ use serde::{Deserialize, Serialize};
 pub enum Stage {
     Dataset,
     Train,
-    Gate,
     Deploy,
+    Gate,
     Canary,
 }
 
@@ -34,8 +37,8 @@ impl Stage {
     pub const ALL: [Stage; 5] = [
         Stage::Dataset,
         Stage::Train,
-        Stage::Gate,
         Stage::Deploy,
+        Stage::Gate,
         Stage::Canary,
     ];
 

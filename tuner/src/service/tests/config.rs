@@ -31,7 +31,33 @@ fn the_example_config_loads_with_its_documented_values() {
     assert_eq!(j.hyperparameters, d.hyperparameters);
     assert_eq!(j.gate, d.gate);
     assert_eq!(j.canary, d.canary);
+    assert_eq!(j.slots, d.slots);
+    assert_eq!(j.chain_variant, d.chain_variant);
+    assert_eq!(j.online_grading, d.online_grading);
     assert_eq!(c.gateway_url, m.gateway_url);
+    assert_eq!(c.poll_secs, m.poll_secs);
+}
+
+#[test]
+fn two_slot_variants_take_turns_and_must_be_distinct_from_each_other_and_the_chain() {
+    let c = load(MINIMAL).unwrap();
+    let names: Vec<(&str, &str)> = c.jobs[0]
+        .slots
+        .iter()
+        .map(|s| (s.variant.as_str(), s.model.as_str()))
+        .collect();
+    assert_eq!(names, [("tuned-a", "extract-a"), ("tuned-b", "extract-b")]);
+    let with = |slots: &str| error(&format!("{MINIMAL}{slots}"));
+    assert!(
+        with("[[tuner.jobs.slots]]\nvariant = \"t\"\nmodel = \"m\"\n")
+            .starts_with("tuner.jobs[0].slots: at least two"),
+    );
+    let e = with("[[tuner.jobs.slots]]\nvariant = \"chain\"\nmodel = \"m\"\n[[tuner.jobs.slots]]\nvariant = \"t\"\nmodel = \"n\"\n");
+    assert!(e.starts_with("tuner.jobs[0].slots[0].variant"), "{e}");
+    let e = with("[[tuner.jobs.slots]]\nvariant = \"a\"\nmodel = \"m\"\n[[tuner.jobs.slots]]\nvariant = \"b\"\nmodel = \"m\"\n");
+    assert!(e.starts_with("tuner.jobs[0].slots[1]:"), "{e}");
+    let e = with("[[tuner.jobs.slots]]\nvariant = \"a\"\nmodel = \"m/x\"\n[[tuner.jobs.slots]]\nvariant = \"b\"\nmodel = \"n\"\n");
+    assert!(e.starts_with("tuner.jobs[0].slots[0].model"), "{e}");
 }
 
 #[test]

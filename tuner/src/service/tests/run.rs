@@ -61,7 +61,7 @@ fn a_stage_interrupted_by_a_restart_is_resumed_not_skipped_or_repeated_from_scra
 
 #[test]
 fn a_failure_after_the_deploy_started_unloads_the_version_first() {
-    let mut j = through(Stage::Gate);
+    let mut j = through(Stage::Train);
     j.push(started(Stage::Deploy));
     j.push(Event::Failed {
         stage: Stage::Deploy,
@@ -89,14 +89,21 @@ fn a_failure_before_the_deploy_has_nothing_to_clean_up() {
 }
 
 #[test]
-fn a_rejected_or_skipped_run_ends_without_deploying() {
-    let mut j = through(Stage::Train);
+fn a_rejected_run_unloads_its_version_and_a_skipped_one_never_deployed() {
+    let mut j = through(Stage::Deploy);
     j.push(started(Stage::Gate));
     j.push(Event::Concluded {
         stage: Stage::Gate,
         outcome: Outcome::Rejected,
         reason: "quality per dollar +2 % over the chain, 5 % needed".into(),
     });
+    assert_eq!(
+        next(&j),
+        Next::CleanUp {
+            then: Outcome::Rejected
+        }
+    );
+    j.push(Event::CleanedUp);
     assert_eq!(next(&j), Next::End(Outcome::Rejected));
 
     let j = vec![
@@ -112,7 +119,7 @@ fn a_rejected_or_skipped_run_ends_without_deploying() {
 
 #[test]
 fn a_rolled_back_canary_is_left_to_the_controller_to_unload() {
-    let mut j = through(Stage::Deploy);
+    let mut j = through(Stage::Gate);
     j.push(started(Stage::Canary));
     j.push(Event::Concluded {
         stage: Stage::Canary,
