@@ -89,7 +89,8 @@ struct ServeArgs {
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// sha256 (hex) of the admin bearer token. Without it the /admin routes do not exist.
+    /// sha256 (hex) of the admin bearer token. Without it the /admin routes (runtime deploys
+    /// and unloads of versions, aliases) do not exist.
     #[arg(
         long,
         env = "FLYWHEEL_ENGINE_ADMIN_TOKEN_SHA256",

@@ -7,13 +7,19 @@
 //! long as they run; unloading removes the version from the routing table first (new
 //! requests get 404), waits until its leases reach zero, and only then calls
 //! `remove_model`.
+//!
+//! Names are routed by [`Routes`]: a request's `model` is a version's name, or an alias
+//! pointing at one (`PUT /admin/aliases/{alias}`), so a gateway's fixed model name can follow
+//! the versions the tuner ships.
+
+mod routes;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, RwLock,
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -26,6 +32,7 @@ use mistralrs::{
 use serde::Serialize;
 use tokio::sync::Notify;
 
+pub use self::routes::{AliasError, NameTaken, Routes};
 use crate::error::ApiError;
 
 /// How every version is loaded and scheduled.
@@ -86,8 +93,8 @@ pub enum DeployError {
     InvalidModelDir(String),
     #[error("loading {path} failed: {message}")]
     Load { path: PathBuf, message: String },
-    #[error("version `{0}` already exists or is being deployed")]
-    Exists(String),
+    #[error(transparent)]
+    Exists(#[from] NameTaken),
     #[error("registering version `{name}` failed: {message}")]
     Register { name: String, message: String },
 }
@@ -241,6 +248,9 @@ impl Version {
 #[derive(Debug)]
 pub struct Lease {
     pub version: Arc<Version>,
+    /// The name the answer carries as its `model`: the alias when the request named one
+    /// (clients see the name they asked for), otherwise the version's name.
+    pub model: String,
 }
 
 impl Drop for Lease {
@@ -251,14 +261,29 @@ impl Drop for Lease {
     }
 }
 
+/// A version that no longer takes requests, and the aliases that pointed at it; finish with
+/// [`Registry::finish_undeploy`].
+#[derive(Debug)]
+pub struct Unloading {
+    pub version: Arc<Version>,
+    pub aliases_removed: Vec<String>,
+}
+
 /// All versions and the runner that serves them.
 pub struct Registry {
     runner: Arc<MistralRs>,
-    versions: RwLock<BTreeMap<String, Arc<Version>>>,
-    /// Names being deployed right now (not yet routable).
-    pending: Mutex<HashSet<String>>,
-    default: RwLock<String>,
+    routes: RwLock<Routes<Arc<Version>>>,
     opts: EngineOptions,
+}
+
+/// The table even if a thread panicked holding its lock: every change to it is a single map
+/// operation, so it is never left half-changed.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Registry {
@@ -285,13 +310,9 @@ impl Registry {
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
         });
-        let mut versions = BTreeMap::new();
-        versions.insert(base.name.clone(), version);
         Ok(Self {
             runner,
-            versions: RwLock::new(versions),
-            pending: Mutex::new(HashSet::new()),
-            default: RwLock::new(base.name),
+            routes: RwLock::new(Routes::new(base.name, version)),
             opts,
         })
     }
@@ -301,29 +322,55 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<Arc<Version>> {
-        self.versions.read().unwrap().values().cloned().collect()
+        read(&self.routes).versions().cloned().collect()
+    }
+
+    /// The versions and the aliases (alias → version name) at one instant: every alias's
+    /// version is in the list.
+    pub fn snapshot(&self) -> (Vec<Arc<Version>>, BTreeMap<String, String>) {
+        let routes = read(&self.routes);
+        (
+            routes.versions().cloned().collect(),
+            routes.aliases().clone(),
+        )
     }
 
     pub fn default_name(&self) -> String {
-        self.default.read().unwrap().clone()
+        read(&self.routes).default_name().to_string()
     }
 
-    /// Takes a lease on `name` (empty: the default version); 404 when it is not served.
+    /// Takes a lease on the version `name` routes to (empty: the default version; an alias:
+    /// the version it points at now); 404 when it is not served.
     pub fn acquire(&self, name: &str) -> Result<Lease, ApiError> {
-        let versions = self.versions.read().unwrap();
-        let key = if name.is_empty() {
-            self.default.read().unwrap().clone()
-        } else {
-            name.to_string()
-        };
-        let version = versions
-            .get(&key)
+        let routes = read(&self.routes);
+        let version = routes
+            .resolve(name)
             .ok_or_else(|| ApiError::model_not_found(name))?
             .clone();
         // Incremented under the read lock: `undeploy` removes the entry under the write
         // lock, so once it starts waiting no new lease can appear.
         version.inflight.fetch_add(1, Ordering::SeqCst);
-        Ok(Lease { version })
+        let model = if name.is_empty() {
+            version.name.clone()
+        } else {
+            name.to_string()
+        };
+        Ok(Lease { version, model })
+    }
+
+    /// Points `alias` at the loaded version `version` (creating or re-pointing it; requests
+    /// already running keep the version they resolved). Returns the previous target.
+    pub fn set_alias(&self, alias: &str, version: &str) -> Result<Option<String>, AliasError> {
+        let previous = write(&self.routes).set_alias(alias, version)?;
+        tracing::info!(alias, version, previous, "alias set");
+        Ok(previous)
+    }
+
+    /// Deletes an alias; returns the version it pointed at.
+    pub fn remove_alias(&self, alias: &str) -> Result<String, AliasError> {
+        let version = write(&self.routes).remove_alias(alias)?;
+        tracing::info!(alias, version, "alias deleted");
+        Ok(version)
     }
 
     /// Loads a new version and makes it routable. Serving continues meanwhile; on failure
@@ -335,15 +382,10 @@ impl Registry {
         // Validate the directory before reserving the name, so a bad path is reported as
         // such even when the name is taken.
         dep.validate()?;
-        {
-            let versions = self.versions.read().unwrap();
-            let mut pending = self.pending.lock().unwrap();
-            if versions.contains_key(&dep.name) || !pending.insert(dep.name.clone()) {
-                return Err(DeployError::Exists(dep.name));
-            }
-        }
+        write(&self.routes).reserve(&dep.name)?;
         let result = self.deploy_reserved(&dep).await;
-        self.pending.lock().unwrap().remove(&dep.name);
+        // A no-op after success (`insert_version` took the reservation over).
+        write(&self.routes).release(&dep.name);
         result
     }
 
@@ -366,33 +408,33 @@ impl Registry {
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
         });
-        self.versions
-            .write()
-            .unwrap()
-            .insert(dep.name.clone(), version.clone());
+        write(&self.routes).insert_version(dep.name.clone(), version.clone());
         tracing::info!(name = %dep.name, path = %version.path.display(), secs = version.load_seconds, "deployed");
         Ok(version)
     }
 
-    /// Stops routing to `name` (new requests get 404 from now on). Finish with
-    /// [`Registry::finish_undeploy`].
-    pub fn begin_undeploy(&self, name: &str) -> Result<Arc<Version>, ApiError> {
-        let mut versions = self.versions.write().unwrap();
-        if !versions.contains_key(name) {
-            return Err(ApiError::model_not_found(name));
-        }
-        if versions.len() == 1 {
+    /// Stops routing to `name` and deletes the aliases pointing at it (new requests for
+    /// either get 404 from now on). Finish with [`Registry::finish_undeploy`].
+    pub fn begin_undeploy(&self, name: &str) -> Result<Unloading, ApiError> {
+        let mut routes = write(&self.routes);
+        if routes.version_count() == 1 && routes.has_version(name) {
             return Err(ApiError::conflict(format!(
                 "`{name}` is the only loaded version; deploy another before unloading it"
             )));
         }
-        let v = versions.remove(name).expect("checked above");
-        let mut default = self.default.write().unwrap();
-        if *default == name {
-            *default = versions.keys().next().cloned().unwrap_or_default();
-        }
-        tracing::info!(name, in_flight = v.inflight(), "unloading: draining");
-        Ok(v)
+        let (version, aliases_removed) = routes
+            .remove_version(name)
+            .ok_or_else(|| ApiError::model_not_found(name))?;
+        tracing::info!(
+            name,
+            in_flight = version.inflight(),
+            ?aliases_removed,
+            "unloading: draining"
+        );
+        Ok(Unloading {
+            version,
+            aliases_removed,
+        })
     }
 
     /// Waits for the version's in-flight requests, then frees its engine.
@@ -421,7 +463,7 @@ impl Registry {
     /// Stops routing to `name`, waits for its in-flight requests, then frees the engine.
     /// Returns how many requests were in flight when the unload began.
     pub async fn undeploy(&self, name: &str) -> Result<usize, ApiError> {
-        let version = self.begin_undeploy(name)?;
+        let Unloading { version, .. } = self.begin_undeploy(name)?;
         let draining = version.inflight();
         self.finish_undeploy(version).await?;
         Ok(draining)

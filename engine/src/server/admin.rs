@@ -1,5 +1,16 @@
-//! Runtime deploys behind the admin token: `GET/POST /admin/models` and
-//! `GET/DELETE /admin/models/{name}`.
+//! Runtime deploys and aliases behind the admin token:
+//!
+//! * `GET /admin/models`: the versions, the default one and the aliases.
+//! * `POST /admin/models {"name", "path"}`: loads a version (409 if the name is a version or
+//!   an alias already).
+//! * `GET /admin/models/{name}`: one version.
+//! * `DELETE /admin/models/{name}[?wait=false]`: stops routing to a version, deletes the
+//!   aliases pointing at it (`aliases_removed`), and unloads it once drained.
+//! * `PUT /admin/aliases/{alias} {"version"}`: points a stable name at a version, creating
+//!   or re-pointing it at once (requests already running keep their version). The tuner
+//!   deploys versions under dated names and the gateway's routes name a fixed model per
+//!   variant slot (`extract-a`): the alias joins the two.
+//! * `DELETE /admin/aliases/{alias}`: deletes an alias.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -15,7 +26,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{parse_json, AppState};
-use crate::{error::ApiError, registry::Deployment};
+use crate::{
+    error::ApiError,
+    registry::{Deployment, Unloading},
+};
 
 /// Proof that the request carries the admin token (`Authorization: Bearer TOKEN` whose
 /// sha256 is [`AppState::admin_sha256`]). Rejects with 401 (`WWW-Authenticate: Bearer`),
@@ -45,10 +59,17 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     }
 }
 
-/// `GET /admin/models`: every served version, and the default one.
+/// `GET /admin/models`: every served version, the default one, and the aliases
+/// (`{"alias": "version"}`).
 pub(super) async fn list(_: Admin, State(st): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = st.registry.list().iter().map(|v| v.info()).collect();
-    Json(json!({"object": "list", "data": data, "default": st.registry.default_name()}))
+    let (versions, aliases) = st.registry.snapshot();
+    let data: Vec<Value> = versions.iter().map(|v| v.info()).collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "default": st.registry.default_name(),
+        "aliases": aliases,
+    }))
 }
 
 /// `GET /admin/models/{name}`: one version.
@@ -97,21 +118,30 @@ fn yes() -> bool {
     true
 }
 
-/// `DELETE /admin/models/{name}[?wait=false]`: stops routing to a version and unloads it
-/// once its in-flight requests are done.
+/// `DELETE /admin/models/{name}[?wait=false]`: stops routing to a version, deletes the
+/// aliases pointing at it (listed as `aliases_removed`: an alias must never dangle, and the
+/// canary controller unloading a rolled-back candidate must not be refused because of one),
+/// and unloads it once its in-flight requests are done.
 pub(super) async fn undeploy(
     _: Admin,
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(q): Query<UndeployQuery>,
 ) -> Result<Response, ApiError> {
-    let version = st.registry.begin_undeploy(&name)?;
+    let Unloading {
+        version,
+        aliases_removed,
+    } = st.registry.begin_undeploy(&name)?;
     let in_flight = version.inflight();
     if q.wait {
         st.registry.finish_undeploy(version).await?;
-        return Ok(
-            Json(json!({"id": name, "deleted": true, "drained": in_flight})).into_response(),
-        );
+        return Ok(Json(json!({
+            "id": name,
+            "deleted": true,
+            "drained": in_flight,
+            "aliases_removed": aliases_removed,
+        }))
+        .into_response());
     }
     let st2 = st.clone();
     tokio::spawn(async move {
@@ -121,7 +151,44 @@ pub(super) async fn undeploy(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": name, "deleted": false, "draining": in_flight})),
+        Json(json!({
+            "id": name,
+            "deleted": false,
+            "draining": in_flight,
+            "aliases_removed": aliases_removed,
+        })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+struct AliasBody {
+    version: String,
+}
+
+/// `PUT /admin/aliases/{alias} {"version"}`: points `alias` at a loaded version, creating it
+/// or re-pointing it atomically (requests already running keep the version they got).
+/// 404 for an unknown version, 409 when `alias` is a version's name, 400 for an invalid name.
+pub(super) async fn put_alias(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(alias): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: AliasBody = parse_json(&body)?;
+    st.registry.set_alias(&alias, &b.version)?;
+    Ok(Json(json!({"alias": alias, "version": b.version})))
+}
+
+/// `DELETE /admin/aliases/{alias}`: requests naming it get 404 from now on (running ones keep
+/// their version).
+pub(super) async fn delete_alias(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(alias): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let version = st.registry.remove_alias(&alias)?;
+    Ok(Json(
+        json!({"alias": alias, "deleted": true, "version": version}),
+    ))
 }

@@ -32,6 +32,7 @@ pub(super) async fn chat_completions(
         sampling.top_n_logprobs = req.top_logprobs.unwrap_or(0).min(20);
     }
     let lease = st.registry.acquire(&req.model)?;
+    // mistral.rs knows versions only: an alias was resolved by `acquire`.
     let model = lease.version.name.clone();
     let runner = st.registry.runner().clone();
 

@@ -36,6 +36,7 @@ pub(super) async fn completions(
         Prompt::Tokens(t) => Either::Right(t),
     };
     let lease = st.registry.acquire(&req.model)?;
+    // mistral.rs knows versions only: an alias was resolved by `acquire`.
     let model = lease.version.name.clone();
     let runner = st.registry.runner().clone();
     let (messages, prompt_tokens) = match prompt {

@@ -13,6 +13,8 @@
 //! | `POST /admin/models`           | admin token              | [`admin`]          |
 //! | `GET /admin/models/{name}`     | admin token              | [`admin`]          |
 //! | `DELETE /admin/models/{name}`  | admin token              | [`admin`]          |
+//! | `PUT /admin/aliases/{alias}`   | admin token              | [`admin`]          |
+//! | `DELETE /admin/aliases/{alias}`| admin token              | [`admin`]          |
 //! | any other path                 | anyone                   | 404 (`fallback`)   |
 //!
 //! A known path with another method gets axum's own `405 Method Not Allowed` (with `Allow`).
@@ -38,12 +40,13 @@
 //!   SSE stream.
 //! * [`wire`]: mistral.rs's answers as OpenAI's wire shapes (as published in OpenAI's
 //!   OpenAPI schema; `tests/fixtures/openai-response-shapes.json` is what tests check).
-//! * [`admin`]: the admin-token check and the runtime-deploy routes.
+//! * [`admin`]: the admin-token check, the runtime-deploy routes and aliases (stable names
+//!   that point at a version; a request's `model` may be either).
 
 use std::sync::Arc;
 
 use axum::{
-    routing::{get, post},
+    routing::{get, post, put},
     Router,
 };
 
@@ -80,6 +83,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(
                 "/admin/models/{name}",
                 get(admin::get).delete(admin::undeploy),
+            )
+            .route(
+                "/admin/aliases/{alias}",
+                put(admin::put_alias).delete(admin::delete_alias),
             );
     }
     r.fallback(fallback).with_state(state)

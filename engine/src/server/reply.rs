@@ -47,7 +47,8 @@ pub(super) async fn finish(
     mut rx: mpsc::Receiver<mistralrs::Response>,
 ) -> Result<Response, ApiError> {
     use mistralrs::Response as R;
-    let model = job.lease.version.name.clone();
+    // The name the client asked for (an alias stays the alias), not the version behind it.
+    let model = job.lease.model.clone();
     loop {
         let resp = rx
             .recv()
