@@ -3,10 +3,10 @@
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use flywheel_api::error::ErrorBody;
+use flywheel_api::{error::ErrorBody, headers as fw};
 use http::{header, HeaderValue, StatusCode};
 
-use crate::metering::AttemptSummary;
+use crate::{metering::AttemptSummary, router::UnknownVariant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -17,6 +17,17 @@ pub enum GatewayError {
     },
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// The request pins a variant (`x-flywheel-variant`) with a key that
+    /// may not: pinning bypasses experiments and can pick the expensive
+    /// fallback chain, so only keys with `pin_variants = true` may.
+    #[error(
+        "this API key may not pin a variant with the `{}` header (the key needs pin_variants = true)",
+        fw::VARIANT
+    )]
+    PinForbidden,
+    /// The pinned variant is not one of the route's.
+    #[error(transparent)]
+    UnknownVariant(#[from] UnknownVariant),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the model `{0}` does not exist")]
@@ -54,8 +65,9 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::UnknownVariant(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PinForbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -69,6 +81,8 @@ impl GatewayError {
         match self {
             Self::InvalidRequest { .. } => ("invalid_request_error", None),
             Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
+            Self::PinForbidden => ("invalid_request_error", Some("permission_denied")),
+            Self::UnknownVariant(_) => ("invalid_request_error", Some("variant_not_found")),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             Self::NotFound(_) => ("invalid_request_error", Some("not_found")),
@@ -97,6 +111,7 @@ impl IntoResponse for GatewayError {
         let (param, attempts) = match &self {
             Self::InvalidRequest { param, .. } => (param.as_deref(), &[][..]),
             Self::ModelNotFound(_) => (Some("model"), &[][..]),
+            Self::PinForbidden | Self::UnknownVariant(_) => (Some(fw::VARIANT), &[][..]),
             Self::Upstream { attempts, .. } => (None, attempts.as_slice()),
             _ => (None, &[][..]),
         };
@@ -147,6 +162,31 @@ mod tests {
             v,
             json!({"error": {"message": "missing or invalid API key",
                 "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn pinning_errors_are_a_403_and_a_400_naming_the_header() {
+        let (status, v) = body_of(GatewayError::PinForbidden).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(v["error"]["param"], "x-flywheel-variant");
+        assert_eq!(v["error"]["code"], "permission_denied");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("x-flywheel-variant") && message.contains("pin_variants"),
+            "{message}"
+        );
+        let unknown = UnknownVariant {
+            route: "chat".into(),
+            variant: "nope".into(),
+        };
+        let (status, v) = body_of(unknown.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "the route `chat` has no variant `nope`",
+                "type": "invalid_request_error", "param": "x-flywheel-variant",
+                "code": "variant_not_found"}})
         );
     }
 

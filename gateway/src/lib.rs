@@ -193,8 +193,9 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///      the metrics). Looks the bearer token's SHA-256 up among
 ///      `auth.keys` (401 if absent), counts the request against the key's
 ///      `requests_per_minute` / `tokens_per_minute` (429 with
-///      `Retry-After`), and **inserts [`Tenant`](middleware::Tenant)**. With
-///      `auth.enabled = false` it inserts the `anonymous` tenant and checks
+///      `Retry-After`), and **inserts [`Tenant`](middleware::Tenant)**,
+///      which carries the key's `pin_variants`. With `auth.enabled = false`
+///      it inserts the `anonymous` tenant (which may pin) and checks
 ///      nothing.
 ///    - `/admin/*` ([`endpoints::admin`]): **[`require_admin_token`]**
 ///      (`from_fn_with_state`, [`AdminToken`]): the bearer token must hash
@@ -206,6 +207,10 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///    The inference handlers need both [`Tenant`](middleware::Tenant) and [`RequestStart`](middleware::RequestStart)
 ///    (`Extension` extractors: a missing one would be a 500, so they only
 ///    sit behind layers 2 and 4); `POST /v1/feedback` needs [`Tenant`](middleware::Tenant).
+///    The inference handlers honour an `x-flywheel-variant` request header
+///    (pin the route's variant) only when that tenant's `pin_variants` is
+///    set, and answer 403 otherwise: the permission is checked there, not in
+///    a layer, because it only matters once a request names a route.
 ///
 /// Header read and keep-alive timeouts are the connection's, set in
 /// [`server::serve`], outside this stack.

@@ -82,6 +82,8 @@ pub struct ApiKeyConfig {
     pub requests_per_minute: u32,
     /// 0 = no limit.
     pub tokens_per_minute: u64,
+    /// May pin a route's variant with `x-flywheel-variant`.
+    pub pin_variants: bool,
 }
 
 /// `[admin]`.

@@ -111,6 +111,13 @@ pub struct UninitializedApiKeyConfig {
     /// request is refused once the minute's tokens reached the limit.
     #[serde(default)]
     pub tokens_per_minute: u64,
+    /// May requests with this key pin a route's variant with the
+    /// `x-flywheel-variant` header (weights, stickiness and the shadow
+    /// mirror skipped)? Pinning bypasses experiments and can pick the
+    /// expensive fallback chain, so only trusted callers (the tuner's
+    /// offline eval) should have it; others get 403.
+    #[serde(default)]
+    pub pin_variants: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

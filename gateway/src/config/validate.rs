@@ -221,6 +221,7 @@ fn load_auth(a: UninitializedAuthConfig) -> Result<AuthConfig, ConfigError> {
                 sha256,
                 requests_per_minute,
                 tokens_per_minute,
+                pin_variants,
             } = key;
             let sha256 = sha256_digest(&sha256).ok_or_else(|| {
                 invalid(
@@ -239,6 +240,7 @@ fn load_auth(a: UninitializedAuthConfig) -> Result<AuthConfig, ConfigError> {
                 sha256,
                 requests_per_minute,
                 tokens_per_minute,
+                pin_variants,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -395,6 +397,22 @@ mod tests {
     fn bad_key_hash_is_rejected() {
         let e = err("[[auth.keys]]\ntenant = \"t\"\nsha256 = \"abc\"\n");
         assert!(e.contains("auth.keys[0].sha256"), "{e}");
+    }
+
+    #[test]
+    fn keys_may_pin_variants_only_when_they_say_so() {
+        let key = |extra: &str| {
+            format!(
+                "[[auth.keys]]\ntenant = \"t\"\nsha256 = \"{}\"\n{extra}",
+                flywheel_api::keys::sha256_hex("k")
+            )
+        };
+        let c = Config::parse(&key("")).unwrap();
+        assert!(!c.auth.keys[0].pin_variants, "off by default");
+        let c = Config::parse(&key("pin_variants = true\n")).unwrap();
+        assert!(c.auth.keys[0].pin_variants);
+        let e = err(&key("pin_variants = \"yes\"\n"));
+        assert!(e.contains("pin_variants"), "{e}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use validate::Validator;
 
 use crate::{
     middleware::Tenant,
-    router::{Route, Target},
+    router::{Route, Target, UnknownVariant},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,10 @@ pub struct Call {
     pub op: Operation,
     pub route: Arc<Route>,
     pub variant: usize,
+    /// The caller chose the variant (`x-flywheel-variant`) rather than the
+    /// weights: such a request is an offline eval's, so no shadow mirror
+    /// is taken of it.
+    pub pinned: bool,
     /// The body as the client sent it; `model` is replaced per target.
     pub body: Value,
     pub stream: bool,
@@ -85,28 +89,26 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call on the variant `pinned` names, when the caller pinned one
+    /// (the endpoint checked that it may), else on the one the route picks
+    /// by weight, sticky per episode id or `user`.
     pub fn new(
         op: Operation,
         tenant: Tenant,
         route: Arc<Route>,
         body: Value,
         episode_id: Option<String>,
+        pinned: Option<&str>,
         start: Instant,
-    ) -> Self {
+    ) -> Result<Self, UnknownVariant> {
         let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
         let sticky = episode_id.as_deref().or(user.as_deref());
-        let picked = route.pick(sticky);
-        // `pick` returns one of the route's variants.
-        let variant = route
-            .variants
-            .iter()
-            .position(|v| std::ptr::eq(v, picked))
-            .unwrap_or_default();
+        let variant = route.choose(pinned, sticky)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .saturating_sub(start.elapsed());
-        Self {
+        Ok(Self {
             id: uuid::Uuid::now_v7().to_string(),
             ts_ms: now.as_millis() as u64,
             start,
@@ -115,6 +117,7 @@ impl Call {
             op,
             route,
             variant,
+            pinned: pinned.is_some(),
             body,
             stream: false,
             include_usage: false,
@@ -124,7 +127,7 @@ impl Call {
             user,
             shadow: false,
             pair_id: None,
-        }
+        })
     }
 
     /// The shadow twin of this call on the route's variant `variant`: the
@@ -142,6 +145,7 @@ impl Call {
             op: self.op,
             route: self.route.clone(),
             variant,
+            pinned: false,
             body: self.body.clone(),
             stream: self.stream,
             include_usage: self.include_usage,
@@ -242,8 +246,9 @@ pub(crate) mod testing {
             name: "t".into(),
             key_id: Arc::from("k"),
             counts_tokens: false,
+            pin_variants: false,
         };
-        Call::new(op, tenant, route, body, None, Instant::now())
+        Call::new(op, tenant, route, body, None, None, Instant::now()).unwrap()
     }
 
     /// A chat call with one user message and default settings.

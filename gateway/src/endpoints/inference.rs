@@ -10,6 +10,16 @@
 //! TTFTs compare), same clock. Its event is marked `shadow` and both events
 //! carry the served request's id as `pair_id`; its answer goes nowhere, and
 //! it counts against no token limit (the tenant is not billed for it).
+//!
+//! # Pinned variants
+//!
+//! A request with `x-flywheel-variant: NAME` is served by that variant of
+//! its route, whatever the weights and stickiness say (a weight-0 candidate
+//! included), and is never mirrored: the tuner's offline eval sends its
+//! held-out prompts this way so that they are metered and captured like
+//! live traffic. Only keys with `pin_variants = true` (or anyone with auth
+//! off) may pin: pinning bypasses experiments and can choose the expensive
+//! fallback chain.
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
@@ -145,16 +155,46 @@ fn new_call(
         .get(fw::EPISODE_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    Ok(Call::new(op, tenant, route, body, episode, start.0))
+    let pinned = pinned_variant(headers, &tenant)?;
+    Ok(Call::new(
+        op, tenant, route, body, episode, pinned, start.0,
+    )?)
+}
+
+/// The variant the request pins with `x-flywheel-variant`, if any; 403 when
+/// its key may not pin. Checked before the name, so that a caller without
+/// the permission learns nothing about a route's variants.
+fn pinned_variant<'h>(
+    headers: &'h HeaderMap,
+    tenant: &Tenant,
+) -> Result<Option<&'h str>, GatewayError> {
+    let Some(value) = headers.get(fw::VARIANT) else {
+        return Ok(None);
+    };
+    if !tenant.pin_variants {
+        return Err(GatewayError::PinForbidden);
+    }
+    let name = value.to_str().map_err(|_| {
+        GatewayError::invalid(
+            format!("the `{}` header must be a variant name", fw::VARIANT),
+            Some(fw::VARIANT),
+        )
+    })?;
+    Ok(Some(name))
 }
 
 /// The shadow twin of `call`, when its route has a mirror on another
-/// variant and this request is in the sampled fraction (module docs).
+/// variant and this request is in the sampled fraction (module docs). A
+/// pinned call has none: it is an eval's request, not live traffic to
+/// compare the candidate on, and its caller chose exactly what runs.
 fn mirror_of(
     state: &AppState,
     call: &mut Call,
     validator: impl FnOnce() -> Option<Validator>,
 ) -> Option<Call> {
+    if call.pinned {
+        return None;
+    }
     let mirror = state.router.mirror(&call.route.name)?;
     let index = call
         .route
@@ -300,9 +340,97 @@ async fn respond_stream(state: AppState, call: Call) -> Result<Response, Gateway
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use http_body_util::BodyExt;
 
     use super::*;
+
+    fn tenant(pin_variants: bool) -> Tenant {
+        Tenant {
+            name: "t".into(),
+            key_id: Arc::from("k"),
+            counts_tokens: false,
+            pin_variants,
+        }
+    }
+
+    #[test]
+    fn a_request_without_the_header_pins_nothing_whoever_sends_it() {
+        let headers = HeaderMap::new();
+        assert_eq!(pinned_variant(&headers, &tenant(false)).unwrap(), None);
+        assert_eq!(pinned_variant(&headers, &tenant(true)).unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_tenant_allowed_to_pin_may_send_the_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(fw::VARIANT, HeaderValue::from_static("cand"));
+        assert_eq!(
+            pinned_variant(&headers, &tenant(true)).unwrap(),
+            Some("cand")
+        );
+        let e = pinned_variant(&headers, &tenant(false)).unwrap_err();
+        assert!(matches!(e, GatewayError::PinForbidden), "{e}");
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn a_pinned_request_is_never_mirrored() {
+        let config = crate::config::Config::parse(
+            r#"
+            [auth]
+            enabled = false
+            [providers.a]
+            base_url = "http://127.0.0.1:1/v1"
+            [[routes]]
+            name = "r"
+            [[routes.variants]]
+            name = "base"
+            targets = [{ provider = "a", model = "m" }]
+            [[routes.variants]]
+            name = "cand"
+            weight = 0
+            targets = [{ provider = "a", model = "m2" }]
+            "#,
+        )
+        .unwrap();
+        let state = AppState::new(config).unwrap();
+        let every_request = crate::router::Mirror {
+            variant: "cand".into(),
+            fraction: 1.0,
+        };
+        state.router.set_mirror("r", Some(every_request)).unwrap();
+        let route = state.router.get("r").unwrap();
+        let call = |pin| {
+            let body = serde_json::json!({"model": "r", "messages": []});
+            let start = std::time::Instant::now();
+            Call::new(
+                Operation::Chat,
+                tenant(true),
+                route.clone(),
+                body,
+                None,
+                pin,
+                start,
+            )
+            .unwrap()
+        };
+        let mut live = call(None);
+        assert!(mirror_of(&state, &mut live, || None).is_some());
+        let mut pinned = call(Some("base"));
+        assert_eq!(pinned.variant_name(), "base");
+        assert!(mirror_of(&state, &mut pinned, || None).is_none());
+        assert_eq!(pinned.pair_id, None, "an unmirrored call has no pair");
+    }
+
+    #[test]
+    fn a_pinned_name_that_is_not_text_is_a_400() {
+        let mut headers = HeaderMap::new();
+        headers.insert(fw::VARIANT, HeaderValue::from_bytes(b"\xff").unwrap());
+        let e = pinned_variant(&headers, &tenant(true)).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
 
     #[tokio::test]
     async fn a_panicked_dispatch_task_is_a_500_internal_error() {

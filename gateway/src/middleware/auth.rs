@@ -28,6 +28,9 @@ pub struct Tenant {
     pub key_id: Arc<str>,
     /// The key has a token limit, so finished requests report their tokens.
     pub counts_tokens: bool,
+    /// The key may pin a route's variant with `x-flywheel-variant`
+    /// (`pin_variants`); without it a pinning request gets 403.
+    pub pin_variants: bool,
 }
 
 impl Tenant {
@@ -37,6 +40,8 @@ impl Tenant {
             name: "anonymous".into(),
             key_id: Arc::from("anonymous"),
             counts_tokens: false,
+            // Without auth there is no one to trust more than another.
+            pin_variants: true,
         }
     }
 }
@@ -69,6 +74,7 @@ impl Keys {
                     name: k.tenant.clone(),
                     key_id: Arc::from(keys::hex(&k.sha256[..8])),
                     counts_tokens: k.tokens_per_minute > 0,
+                    pin_variants: k.pin_variants,
                 };
                 let limits = KeyLimits {
                     requests_per_minute: k.requests_per_minute,
@@ -101,7 +107,8 @@ pub struct ApiKeyAuth {
 
 /// Rejects requests without a valid API key (401) or over their key's
 /// limits (429), and attaches the [`Tenant`] to the request. With
-/// `auth.enabled = false` every request is tenant `anonymous`, unlimited.
+/// `auth.enabled = false` every request is tenant `anonymous`, unlimited,
+/// and may pin variants.
 pub async fn require_api_key(
     State(auth): State<ApiKeyAuth>,
     mut req: Request,
@@ -180,12 +187,22 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let config = AuthConfig {
             enabled,
-            keys: vec![ApiKeyConfig {
-                tenant: "acme".into(),
-                sha256: keys::digest("sk-1"),
-                requests_per_minute: 1,
-                tokens_per_minute: 0,
-            }],
+            keys: vec![
+                ApiKeyConfig {
+                    tenant: "acme".into(),
+                    sha256: keys::digest("sk-1"),
+                    requests_per_minute: 1,
+                    tokens_per_minute: 0,
+                    pin_variants: false,
+                },
+                ApiKeyConfig {
+                    tenant: "tuner".into(),
+                    sha256: keys::digest("sk-tuner"),
+                    requests_per_minute: 0,
+                    tokens_per_minute: 0,
+                    pin_variants: true,
+                },
+            ],
         };
         let auth = ApiKeyAuth {
             keys: Arc::new(Keys::new(&config)),
@@ -196,6 +213,10 @@ mod tests {
             .route(
                 "/v1/x",
                 get(|Extension(t): Extension<Tenant>| async move { format!("{} {}", t.name, t.key_id) }),
+            )
+            .route(
+                "/v1/pin",
+                get(|Extension(t): Extension<Tenant>| async move { t.pin_variants.to_string() }),
             )
             .route_layer(axum::middleware::from_fn_with_state(auth, require_api_key))
     }
@@ -225,6 +246,23 @@ mod tests {
         assert_eq!(
             status(&anonymous, "/v1/x", None).await,
             (StatusCode::OK, "anonymous anonymous".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn only_keys_with_pin_variants_and_anonymous_callers_may_pin() {
+        let app = api(true);
+        assert_eq!(
+            status(&app, "/v1/pin", Some("sk-1")).await,
+            (StatusCode::OK, "false".into())
+        );
+        assert_eq!(
+            status(&app, "/v1/pin", Some("sk-tuner")).await,
+            (StatusCode::OK, "true".into())
+        );
+        assert_eq!(
+            status(&api(false), "/v1/pin", None).await,
+            (StatusCode::OK, "true".into())
         );
     }
 

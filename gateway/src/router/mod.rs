@@ -35,24 +35,56 @@ pub struct Route {
 }
 
 impl Route {
-    /// Picks a variant. With a sticky key (episode id or `user`) the same key
-    /// always lands on the same variant for given weights, and a weight
-    /// change only moves the keys whose point crosses a boundary.
-    pub fn pick(&self, sticky_key: Option<&str>) -> &Variant {
+    /// The index of the variant that serves a request. A pinned variant
+    /// (`x-flywheel-variant`, from a caller allowed to pin) is taken as
+    /// named: weights and stickiness are skipped, so an offline eval can
+    /// reach a candidate whose weight is still 0. Otherwise [`Route::pick`].
+    pub fn choose(
+        &self,
+        pinned: Option<&str>,
+        sticky_key: Option<&str>,
+    ) -> Result<usize, UnknownVariant> {
+        match pinned {
+            Some(name) => self.variant_index(name).ok_or_else(|| UnknownVariant {
+                route: self.name.clone(),
+                variant: name.to_owned(),
+            }),
+            None => Ok(self.pick(sticky_key)),
+        }
+    }
+
+    /// The index of the variant named `name`.
+    pub fn variant_index(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|v| v.name == name)
+    }
+
+    /// Picks a variant's index by weight. With a sticky key (episode id or
+    /// `user`) the same key always lands on the same variant for given
+    /// weights, and a weight change only moves the keys whose point crosses
+    /// a boundary.
+    pub fn pick(&self, sticky_key: Option<&str>) -> usize {
         let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
         let point = match sticky_key {
             Some(key) => sticky_point(&self.name, key, total),
             None => rand::random_range(0..total),
         };
         let mut acc = 0u64;
-        for v in &self.variants {
+        for (i, v) in self.variants.iter().enumerate() {
             acc += u64::from(v.weight);
             if point < acc {
-                return v;
+                return i;
             }
         }
         unreachable!("point < total and weights sum to total")
     }
+}
+
+/// A pinned variant name that the route does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("the route `{route}` has no variant `{variant}`")]
+pub struct UnknownVariant {
+    pub route: String,
+    pub variant: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +302,26 @@ mod tests {
             crate::upstream::build_providers(&config, &Arc::new(crate::metrics::Metrics::new()))
                 .unwrap();
         Router::new(&config, &providers).unwrap()
+    }
+
+    #[test]
+    fn a_pinned_variant_is_served_even_with_weight_zero() {
+        let route = router().get("r").unwrap();
+        // Whatever the sticky key, weights alone never choose `cand`.
+        for key in ["u1", "u2", "u3"] {
+            assert_eq!(route.choose(None, Some(key)).unwrap(), 0);
+            assert_eq!(route.choose(Some("cand"), Some(key)).unwrap(), 1);
+        }
+        assert_eq!(route.choose(Some("cand"), None).unwrap(), 1);
+        assert_eq!(route.choose(Some("base"), None).unwrap(), 0);
+    }
+
+    #[test]
+    fn pinning_an_unknown_variant_names_it_and_the_route() {
+        let route = router().get("r").unwrap();
+        let e = route.choose(Some("nope"), Some("u1")).unwrap_err();
+        assert_eq!((e.route.as_str(), e.variant.as_str()), ("r", "nope"));
+        assert_eq!(e.to_string(), "the route `r` has no variant `nope`");
     }
 
     #[test]
