@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: a mock paid provider with
+# The gateway alone, end to end on this machine: a mock paid provider with
 # realistic faults, the gateway in front of it with config/flywheel.example.toml,
 # capture into ClickHouse, an open-loop load and some feedback, then what the
 # gateway measured and what landed in ClickHouse.
 #
-#   scripts/demo.sh            (DURATION=20s RATE=50 by default)
+#   scripts/gateway-demo.sh    (DURATION=20s RATE=50 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

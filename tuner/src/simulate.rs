@@ -362,6 +362,10 @@ pub async fn run(
     summary
 }
 
+fn captured_reference_key() -> &'static str {
+    crate::dataset::captured::REFERENCE_METADATA_KEY
+}
+
 /// One user's conversation: the ask, the judgement, the thumbs, maybe one
 /// re-ask.
 async fn converse(
@@ -373,6 +377,16 @@ async fn converse(
 ) {
     let mut body = Gateway::request_body(&c.item, &settings.route, &settings.params);
     body["user"] = Value::String(c.user.clone());
+    // A labelled user: the answer it expects travels with the request, as
+    // OpenAI's `metadata` (string values), so the captured traffic can be
+    // graded and trained on (the dataset reads it back as the reference).
+    if let Some(reference) = &c.item.reference_answer {
+        let text = match reference {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        body["metadata"] = serde_json::json!({ captured_reference_key(): text });
+    }
     let mut feedback = JoinSet::new();
     // The variant of the answer a re-ask is about.
     let mut answered_by: Option<String> = None;

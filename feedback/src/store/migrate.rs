@@ -131,20 +131,27 @@ impl Store {
                 continue;
             }
             for stmt in statements(m.sql, db) {
-                if let Some((table, column)) = add_column_target(&stmt) {
-                    if self.has_column(&table, &column).await? {
+                let adds = add_column_target(&stmt);
+                if let Some((table, column)) = &adds {
+                    if self.has_column(table, column).await? {
                         continue;
                     }
                 }
-                self.client()
-                    .query(&stmt)
-                    .execute()
-                    .await
-                    .map_err(|source| StoreError::Migration {
+                if let Err(source) = self.client().query(&stmt).execute().await {
+                    // Services that start together (gateway, controller,
+                    // tuner) migrate at once: another one may have added
+                    // the column between the check and the ALTER.
+                    if let Some((table, column)) = &adds {
+                        if self.has_column(table, column).await? {
+                            continue;
+                        }
+                    }
+                    return Err(StoreError::Migration {
                         version: m.version,
                         name: m.name,
                         source,
-                    })?;
+                    });
+                }
             }
             let record = format!(
                 "INSERT INTO {db}.schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)"

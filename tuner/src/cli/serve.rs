@@ -53,6 +53,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let config = ServiceConfig::from_file(&args.config)?;
     let store = args.clickhouse.store()?;
+    // The Redis connection manager spawns its task: inside the runtime.
+    let runtime = runtime()?;
+    let _inside = runtime.enter();
     let deps = Deps {
         canary: CanaryStore::new(store.clone()),
         weights: Weights::connect(&args.redis_url, &args.redis_prefix).context("the Redis URL")?,
@@ -66,7 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         store,
         config,
     };
-    runtime()?.block_on(async {
+    runtime.block_on(async {
         serve::serve(deps, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

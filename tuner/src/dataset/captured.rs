@@ -10,7 +10,8 @@
 //! prompt; `id` = `inference_id`; the request's `response_format`, `tools`,
 //! `tool_choice` and `metadata` kept (graders and the eval send the first
 //! three again; `metadata` is where a client puts what a grader may need,
-//! e.g. a reference answer, as `{{item.metadata.x}}`); the
+//! e.g. a reference answer, as `{{item.metadata.x}}`); `metadata.reference_answer`
+//! as the `reference_answer` (text, or the JSON object or array it holds); the
 //! logged answer as `logged_output`; feedback as `feedback: {metric: value}`
 //! (inference-level feedback, then episode-level for metrics the inference
 //! lacks; the latest value wins); and a demonstration, when there is one,
@@ -295,12 +296,29 @@ fn item_of(row: &Row) -> Result<(Item, Option<Value>), Drop> {
         }
         logged = Some(answer);
     }
+    let reference_answer = request
+        .pointer(&format!("/metadata/{REFERENCE_METADATA_KEY}"))
+        .and_then(Value::as_str)
+        .map(reference_of);
     let item = Item {
         messages,
-        reference_answer: None,
+        reference_answer,
         extra,
     };
     Ok((item, logged))
+}
+
+/// The request `metadata` key where a client that knows the expected
+/// answer (a labelled workload, the simulated users) puts it.
+pub const REFERENCE_METADATA_KEY: &str = "reference_answer";
+
+/// A reference sent as metadata text: JSON objects and arrays come back as
+/// JSON (metadata values are strings), anything else stays text.
+fn reference_of(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
+        _ => Value::String(text.to_owned()),
+    }
 }
 
 /// A tool call that names no function or whose arguments are not a JSON
@@ -499,6 +517,30 @@ mod tests {
         let mut redacted = row(200, 1, 0, ok);
         redacted.request_body = String::new();
         assert_eq!(to_item(&redacted, false).unwrap_err(), Drop::NoBody);
+    }
+
+    #[test]
+    fn a_reference_sent_as_metadata_becomes_the_items_reference_answer() {
+        let ok = answer(json!({"role": "assistant", "content": "{}"}));
+        let mut r = row(200, 2, 0, ok);
+        let with = |reference: &str| {
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                   "metadata": {"reference_answer": reference}})
+            .to_string()
+        };
+        r.request_body = with(r#"{"age": 31}"#);
+        assert_eq!(
+            to_item(&r, false).unwrap().reference_answer,
+            Some(json!({"age": 31}))
+        );
+        // Text that is not a JSON object or array stays text: "42" is not 42.
+        r.request_body = with("42");
+        assert_eq!(
+            to_item(&r, false).unwrap().reference_answer,
+            Some(json!("42"))
+        );
+        r.request_body = row(200, 2, 0, Value::Null).request_body;
+        assert_eq!(to_item(&r, false).unwrap().reference_answer, None);
     }
 
     #[test]

@@ -46,6 +46,7 @@
 //! min_gain = 0.05                  # quality per dollar beats incumbent and chain by 5 %
 //! non_inferiority = 0.02           # quality at most this far below the incumbent's
 //! confidence = 0.95                # of the intervals both tests use
+//! max_tokens = 256                 # of each held-out request (greedy)
 //!
 //! chain_variant = "chain"          # (in [[tuner.jobs]]) the route's fallback chain
 //!
@@ -334,6 +335,9 @@ pub struct Gate {
     pub non_inferiority: f64,
     /// Of the intervals both comparisons use.
     pub confidence: f64,
+    /// `max_tokens` of each held-out request (greedy, the item's
+    /// `response_format` sent as users send it).
+    pub max_tokens: u32,
 }
 
 impl Default for Gate {
@@ -343,6 +347,7 @@ impl Default for Gate {
             min_gain: 0.05,
             non_inferiority: 0.02,
             confidence: 0.95,
+            max_tokens: 256,
         }
     }
 }
@@ -511,11 +516,12 @@ impl JobFile {
                 g.non_inferiority.is_finite() && g.non_inferiority >= 0.0,
             ),
             ("confidence", g.confidence > 0.5 && g.confidence < 1.0),
+            ("max_tokens", g.max_tokens > 0),
         ] {
             if !ok {
                 return Err(invalid(
                     format!("{key}.gate.{field}"),
-                    "out of range (heldout_items > 0, min_gain and non_inferiority >= 0, confidence in (0.5, 1))",
+                    "out of range (heldout_items and max_tokens > 0, min_gain and non_inferiority >= 0, confidence in (0.5, 1))",
                 ));
             }
         }
@@ -592,6 +598,12 @@ fn check_slots(key: &str, slots: &[Slot], chain: &str) -> Result<(), ConfigError
     Ok(())
 }
 
+/// The feedback metric of a job's online grades (`grader_<job>`): the
+/// canary's default quality, written by the service's online grading.
+pub fn grader_metric(job: &str) -> String {
+    format!("grader_{job}")
+}
+
 /// The job's experiment template: the table as the controller's [`Spec`],
 /// its unknown keys named (the spec itself accepts and drops them, so that
 /// stored specs stay readable), quality by default the job's online grader
@@ -614,7 +626,7 @@ fn canary_spec(key: &str, table: Option<toml::Value>, job: &str) -> Result<Spec,
     }
     if spec.quality.is_empty() {
         spec.quality = vec![QualityMetric {
-            metric: format!("grader_{job}"),
+            metric: grader_metric(job),
             weight: 1.0,
             invert: false,
         }];

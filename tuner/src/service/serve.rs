@@ -16,7 +16,7 @@ use flywheel_feedback::{now_ms, Store};
 use parking_lot::Mutex;
 
 use super::{
-    config::Job,
+    config::{grader_metric, Job},
     journal::{self, Journal, JournalError},
     run::{self, Event, Next, Stage},
     stages::{self, Deps, RunCtx, StageEnd, StageError},
@@ -98,7 +98,7 @@ fn online_grader(deps: &Deps, job: &Job) -> Result<OnlineGrader, ServeError> {
         .map_err(|e| stage_err(format!("invalid grader: {e}")))?;
     let settings = OnlineSettings {
         route: job.route.clone(),
-        metric: format!("grader_{}", job.name),
+        metric: grader_metric(&job.name),
         fraction: job.online_grading.fraction,
         lookback: Duration::from_secs(6 * 3600),
         batch: 64,
@@ -117,10 +117,6 @@ async fn grade_online(mut grader: OnlineGrader, every: Duration, job: String) {
             Err(e) => say!("job {job}: online grading failed: {e}"),
         })
         .await;
-}
-
-fn grader_metric(job: &str) -> String {
-    format!("grader_{job}")
 }
 
 async fn job_loop(svc: Arc<Service>, job: Job) {

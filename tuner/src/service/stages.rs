@@ -438,7 +438,10 @@ pub async fn gate(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .into_iter()
         .take(ctx.job.gate.heldout_items as usize)
         .collect();
-    let params = RequestParams::default();
+    let params = RequestParams {
+        max_tokens: ctx.job.gate.max_tokens,
+        ..RequestParams::default()
+    };
     let chain = ctx.job.chain_variant.clone();
     let mut arms = vec![deployed.slot.variant.clone(), chain.clone()];
     if deployed.incumbent != chain {

