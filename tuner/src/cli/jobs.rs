@@ -85,7 +85,7 @@ fn print_job(j: &Job) {
         Length::Steps(s) => format!("{s} steps"),
     };
     println!(
-        "  training: {length}, batch {}, group {}, learning rate {:e}, LoRA rank {}, eval every {} steps{}",
+        "  training: {length}, batch {}, group {}, learning rate {:e}, LoRA rank {}, eval every {} steps{}{}",
         h.batch_size,
         h.group_size,
         h.learning_rate,
@@ -95,6 +95,11 @@ fn print_job(j: &Job) {
             format!(", early stop after {}", h.early_stopping_patience)
         } else {
             String::new()
+        },
+        if h.guide {
+            ", guided (all-failed groups learn from the reference)"
+        } else {
+            ""
         }
     );
     let g = &j.gate;

@@ -40,6 +40,7 @@
 //! eval_interval = 10               # held-out evaluation every N steps
 //! early_stopping_patience = 0      # evaluations without improvement (0: never stop)
 //! lora_rank = 16
+//! guide = false                    # all-failed groups learn from the reference (`train --guide`)
 //!
 //! [tuner.jobs.gate]                # the offline gate, on held-out items through the gateway
 //! heldout_items = 50
@@ -258,6 +259,8 @@ pub struct HyperparametersFile {
     pub early_stopping_patience: u64,
     #[serde(default = "default_lora_rank")]
     pub lora_rank: u64,
+    #[serde(default)]
+    pub guide: bool,
 }
 
 impl Default for HyperparametersFile {
@@ -271,6 +274,7 @@ impl Default for HyperparametersFile {
             eval_interval: default_eval_interval(),
             early_stopping_patience: 0,
             lora_rank: default_lora_rank(),
+            guide: false,
         }
     }
 }
@@ -320,6 +324,10 @@ pub struct Hyperparameters {
     pub eval_interval: u64,
     pub early_stopping_patience: u64,
     pub lora_rank: u64,
+    /// Flywheel's own: a group whose completions all failed trains on the
+    /// item's reference answer as one of them (`train --guide`), for tasks
+    /// whose right answers the base model never samples.
+    pub guide: bool,
 }
 
 /// The offline gate: the candidate against the incumbent and against the
@@ -328,7 +336,9 @@ pub struct Hyperparameters {
 #[serde(deny_unknown_fields, default)]
 pub struct Gate {
     pub heldout_items: u64,
-    /// Quality per dollar must beat both by this relative margin.
+    /// Quality per dollar must beat both by this relative margin. Negative
+    /// values (above −1) admit a candidate up to that much worse per
+    /// dollar: for demos and tests that must reach the canary.
     pub min_gain: f64,
     /// The candidate's quality may be at most this far below the
     /// incumbent's (absolute, on the grader's 0..1 scale).
@@ -510,7 +520,7 @@ impl JobFile {
         let g = &self.gate;
         for (field, ok) in [
             ("heldout_items", g.heldout_items > 0),
-            ("min_gain", g.min_gain.is_finite() && g.min_gain >= 0.0),
+            ("min_gain", g.min_gain.is_finite() && g.min_gain > -1.0),
             (
                 "non_inferiority",
                 g.non_inferiority.is_finite() && g.non_inferiority >= 0.0,
@@ -521,7 +531,7 @@ impl JobFile {
             if !ok {
                 return Err(invalid(
                     format!("{key}.gate.{field}"),
-                    "out of range (heldout_items and max_tokens > 0, min_gain and non_inferiority >= 0, confidence in (0.5, 1))",
+                    "out of range (heldout_items and max_tokens > 0, min_gain > -1, non_inferiority >= 0, confidence in (0.5, 1))",
                 ));
             }
         }
@@ -702,6 +712,7 @@ impl HyperparametersFile {
             eval_interval: self.eval_interval,
             early_stopping_patience: self.early_stopping_patience,
             lora_rank: self.lora_rank,
+            guide: self.guide,
         })
     }
 }

@@ -298,6 +298,9 @@ pub async fn train(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .args(["--patience", &h.early_stopping_patience.to_string()])
         .args(["--rank", &h.lora_rank.to_string()])
         .args(["--run-id", ctx.id]);
+    if h.guide {
+        cmd.arg("--guide");
+    }
     if out.join("checkpoint").is_dir() {
         cmd.arg("--resume");
     }

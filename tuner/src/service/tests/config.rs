@@ -135,6 +135,11 @@ fn bad_values_are_named_with_their_path() {
             "tuner.jobs[0].gate.confidence:",
         ),
         (
+            // −100 % per dollar would admit anything.
+            format!("{MINIMAL}[tuner.jobs.gate]\nmin_gain = -1.0\n"),
+            "tuner.jobs[0].gate.min_gain:",
+        ),
+        (
             format!("{MINIMAL}[tuner.jobs.canary]\nshadow_fraction = 2.0\n"),
             "tuner.jobs[0].canary:",
         ),
