@@ -221,6 +221,13 @@ pub(crate) async fn finish_or_add_toks_to_seq(
             seq.set_state(crate::sequence::SequenceState::Done(reason));
             this.reset_non_granular_state();
         }
+    } else if seq.responder().is_closed() {
+        // The client is gone (it dropped the receiver): finish the sequence like a
+        // canceled stream, so that the scheduler frees it and the step goes on.
+        seq.set_state(crate::sequence::SequenceState::Done(
+            crate::sequence::StopReason::Canceled,
+        ));
+        this.reset_non_granular_state();
     } else if let Some(mut reason) = is_done {
         /*
         ***********************
@@ -380,7 +387,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                         seq.responder(),
                     )
                     .await
-                    .map_err(candle_core::Error::msg)?;
+                    .unwrap_or_else(|_| tracing::debug!("Receiver disconnected"));
             } else {
                 group
                     .maybe_send_completion_done_response(
@@ -396,7 +403,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                         seq.responder(),
                     )
                     .await
-                    .map_err(candle_core::Error::msg)?;
+                    .unwrap_or_else(|_| tracing::debug!("Receiver disconnected"));
             }
         }
         this.reset_non_granular_state();

@@ -180,7 +180,7 @@ macro_rules! handle_pipeline_forward_error {
                                 partial_completion_response
                             ))
                             .await
-                            .unwrap();
+                            .unwrap_or_else(|_| tracing::debug!("Receiver disconnected"));
                     } else {
                         let partial_completion_response = CompletionResponse {
                             id: seq.id().to_string(),
@@ -198,7 +198,7 @@ macro_rules! handle_pipeline_forward_error {
                                 partial_completion_response
                             ))
                             .await
-                            .unwrap();
+                            .unwrap_or_else(|_| tracing::debug!("Receiver disconnected"));
                     }
                 }
                 for seq in $seq_slice.iter_mut() {
