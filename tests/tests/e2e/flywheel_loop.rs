@@ -6,8 +6,11 @@
 //! canary experiment that the controller (`flywheel-canary run`) decides.
 //! The service is restarted in the middle and carries on from its journal.
 //!
-//! Test-sized settings: one training step, four held-out items, a 50 % step
-//! before the final 100 % with a 60 s limit, polls every second.
+//! Test-sized settings: one training step, a few held-out items, a 50 % step
+//! before the final 100 % with a 60 s limit, polls every second. At one
+//! conversation every 8 s the step rarely gathers the samples a promotion
+//! needs, so the usual decision is to keep the incumbent at the limit (a
+//! rollback); either decision is the loop doing its job.
 
 use std::{
     path::{Path, PathBuf},
@@ -316,18 +319,6 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
     assert_eq!(concluded["stage"], "canary", "{story}");
     let outcome = concluded["outcome"].as_str().unwrap().to_owned();
     assert!(outcome == "promoted" || outcome == "rolled_back", "{story}");
-    eprintln!(
-        "DEBUG inferences:\n{}\nevaluations:\n{}\nexperiments:\n{}",
-        services
-            .query("SELECT variant, shadow, count(), min(ts_ms), max(ts_ms), countIf(status = 200) FROM flywheel.inferences GROUP BY variant, shadow FORMAT TSV")
-            .await,
-        services
-            .query("SELECT ts_ms, action, reason_kind, step_name, incumbent_requests, candidate_requests FROM flywheel.canary_evaluations ORDER BY ts_ms FORMAT TSV")
-            .await,
-        services
-            .query("SELECT * FROM flywheel.experiments FORMAT Vertical")
-            .await
-    );
     // The controller decided and recorded it.
     let decisions: u64 = services
         .query(

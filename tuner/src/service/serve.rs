@@ -164,10 +164,22 @@ impl Service {
                 say!("job {}: run {id} starts ({due:?})", job.name);
                 self.drive(job, &id).await
             }
-            Decision::NotDue { .. } => Ok(Some(format!(
-                "waiting: {} of {} new rows",
-                history.new_rows, job.trigger.new_rows
-            ))),
+            Decision::NotDue { recheck_at_ms } => {
+                let mut waits = Vec::new();
+                if job.trigger.new_rows > 0 {
+                    waits.push(format!(
+                        "{} of {} new rows",
+                        history.new_rows, job.trigger.new_rows
+                    ));
+                }
+                if let Some(at) = recheck_at_ms {
+                    waits.push(format!(
+                        "the schedule in {}s",
+                        at.saturating_sub(now) / 1000
+                    ));
+                }
+                Ok(Some(format!("waiting: {}", waits.join(", or "))))
+            }
             Decision::MinInterval { recheck_at_ms, .. } => Ok(Some(format!(
                 "due, waiting {}s for the minimum interval",
                 recheck_at_ms.saturating_sub(now) / 1000
