@@ -42,7 +42,7 @@ else
 fi
 WORK="$FLYWHEEL_CACHE/demo-loop"
 START=$(date +%s)
-phase() { log "[$(( ($(date +%s) - START) / 60 ))m$(( ($(date +%s) - START) % 60 ))s] $*"; }
+phase() { local t=$(( $(date +%s) - START )); log "$(printf '%d:%02d' $((t / 60)) $((t % 60))) $*"; }
 
 phase "1/5 services, models, build"
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -174,7 +174,7 @@ EOF
 phase "3/5 simulated users on $TASK ($RATE conversations/s)"
 "$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.train.jsonl" \
   --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
-  --rate "$RATE" --conversations 1000000 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
+  --rate "$RATE" --duration-secs 86400 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
   --reask-rate 0.3 >"$WORK/users.log" 2>&1 &
 PIDS+=("$!")
 "$BIN/flywheel-canary" run --interval-ms 5000 --settle-ms 2000 >"$WORK/canary.log" 2>&1 &

@@ -11,7 +11,7 @@ mod common;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -51,24 +51,7 @@ impl LoggedEngine {
                 log.lock().unwrap().push(line);
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(300)) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                panic!("flywheel-engine did not print `listening on`: {other:?}");
-            }
-        };
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first stdout line is not `listening on ADDR`: {line:?}"))
-            .to_string();
+        let addr = listening_addr(&mut child);
         LoggedEngine {
             child,
             _stdin: stdin,

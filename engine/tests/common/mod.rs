@@ -67,26 +67,7 @@ impl Engine {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawning flywheel-engine");
         let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep draining so the engine never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(300)) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                panic!("flywheel-engine did not print `listening on`: {other:?}");
-            }
-        };
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first stdout line is not `listening on ADDR`: {line:?}"))
-            .to_string();
+        let addr = listening_addr(&mut child);
         Engine {
             child,
             _stdin: stdin,
@@ -283,4 +264,27 @@ pub fn assert_shape(name: &str, v: &Value) {
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
     assert!(errors.is_empty(), "not a valid {name}: {errors:?}\n{v}");
+}
+
+/// Waits (up to 5 min: the model loads first) for a spawned engine's
+/// `listening on ADDR` line and returns ADDR; its stdout is drained after
+/// that so the engine never blocks on a full pipe. Kills it on failure.
+pub fn listening_addr(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(300)) {
+        Ok(Some(Ok(line))) => line,
+        other => {
+            let _ = child.kill();
+            panic!("flywheel-engine did not print `listening on`: {other:?}");
+        }
+    };
+    line.strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first stdout line is not `listening on ADDR`: {line:?}"))
+        .to_string()
 }

@@ -220,8 +220,9 @@ impl Stack {
         }
     }
 
-    /// Simulated users: `rate` conversations a second, every answer
-    /// thumbed, answers of at most 64 tokens.
+    /// Simulated users: `rate` conversations a second until
+    /// `conversations` started (or killed), every answer thumbed, answers of
+    /// at most 64 tokens.
     fn users(&self, rate: &str, conversations: &str) -> Command {
         let mut users = Command::new(bin("flywheel-tuner"));
         users
@@ -231,6 +232,7 @@ impl Stack {
             .arg(self.suite.join("extraction.grader.json"))
             .args(["--gateway", &self.gateway.url("/v1"), "--api-key", KEY])
             .args(["--rate", rate, "--conversations", conversations])
+            .args(["--duration-secs", "36000"])
             .args(["--max-tokens", "64", "--feedback-rate", "1", "--noise", "0"])
             .args(["--feedback-delay-secs", "0.1", "--reask-rate", "0"])
             .stdout(Stdio::null())

@@ -118,13 +118,7 @@ fn build(
         for line in built.counts.lines() {
             println!("{line}");
         }
-        let ids: Vec<String> = built
-            .train
-            .iter()
-            .chain(&built.heldout)
-            .filter_map(|i| i.get_str("inference_id"))
-            .map(str::to_owned)
-            .collect();
+        let ids = built.inference_ids();
         store
             .record_training_usage(name, &ids)
             .await

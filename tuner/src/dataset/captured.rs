@@ -80,6 +80,19 @@ pub struct Built {
     pub counts: Counts,
 }
 
+impl Built {
+    /// The inferences kept (train and held-out): what `training_usage`
+    /// records, so retention keeps them.
+    pub fn inference_ids(&self) -> Vec<String> {
+        self.train
+            .iter()
+            .chain(&self.heldout)
+            .filter_map(|i| i.get_str("inference_id"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 pub struct Row {
     pub id: String,

@@ -164,24 +164,17 @@ impl RunCtx<'_> {
     }
 }
 
-/// `20261207t0301` for a time in ms since the epoch.
+/// `20261207t0301` for a time in ms since the epoch (UTC).
 pub fn utc_minute(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    // `2026-12-07 03:01:59` → its digits, `20261207030159`.
+    let digits: String = flywheel_canary_controller::report::utc(ms)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     format!(
-        "{year:04}{month:02}{day:02}t{:02}{:02}",
-        rest / 3600,
-        rest % 3600 / 60
+        "{}t{}",
+        digits.get(..8).unwrap_or_default(),
+        digits.get(8..12).unwrap_or_default()
     )
 }
 
@@ -246,13 +239,7 @@ pub async fn dataset(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
             ),
         ));
     }
-    let ids: Vec<String> = built
-        .train
-        .iter()
-        .chain(&built.heldout)
-        .filter_map(|i| i.get_str("inference_id"))
-        .map(str::to_owned)
-        .collect();
+    let ids = built.inference_ids();
     ctx.deps
         .store
         .record_training_usage(ctx.id, &ids)
