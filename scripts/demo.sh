@@ -20,7 +20,8 @@
 #   FAST=1 scripts/demo.sh          a smaller setting that shows every stage
 #
 # Knobs (environment): TASK (instructions | tool_call | extraction | ...), RATE (users'
-# conversations per second), FAST. Logs and state: $FLYWHEEL_CACHE/demo-loop.
+# conversations per second, default 0.15: about what these two cores answer
+# beside a training; more, and requests queue), FAST. Logs and state: $FLYWHEEL_CACHE/demo-loop.
 # The gateway alone in front of a mock provider: scripts/gateway-demo.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,11 +32,11 @@ FAST=${FAST:-0}
 if [ "$FAST" = 1 ]; then
   # Four training steps do not make a better model: the gate is opened
   # (MIN_GAIN < 0) so that every stage, the canary included, is shown.
-  RATE=${RATE:-0.5}; NEW_ROWS=40; MIN_ROWS=16; STEPS=4; BATCH=1; GROUP=4; GATE_ITEMS=8
+  RATE=${RATE:-0.15}; NEW_ROWS=40; MIN_ROWS=16; STEPS=4; BATCH=1; GROUP=4; GATE_ITEMS=8
   MIN_GAIN=-0.5; NON_INF=0.3
   STEP_SECS=240; MIN_SAMPLES=8; RAMP='[{ name = "50%", candidate_percent = 50.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
 else
-  RATE=${RATE:-0.5}; NEW_ROWS=150; MIN_ROWS=60; STEPS=50; BATCH=1; GROUP=8; GATE_ITEMS=30
+  RATE=${RATE:-0.15}; NEW_ROWS=150; MIN_ROWS=60; STEPS=50; BATCH=1; GROUP=8; GATE_ITEMS=30
   MIN_GAIN=0.05; NON_INF=0.05
   STEP_SECS=600; MIN_SAMPLES=30
   RAMP='[{ name = "25%", candidate_percent = 25.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
@@ -159,6 +160,7 @@ guide = true
 heldout_items = $GATE_ITEMS
 min_gain = $MIN_GAIN
 non_inferiority = $NON_INF
+max_tokens = 128
 [tuner.jobs.online_grading]
 interval_secs = 5
 [tuner.jobs.canary]
@@ -174,7 +176,7 @@ EOF
 phase "3/5 simulated users on $TASK ($RATE conversations/s)"
 "$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.train.jsonl" \
   --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
-  --rate "$RATE" --duration-secs 86400 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
+  --rate "$RATE" --duration-secs 86400 --max-tokens 128 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
   --reask-rate 0.3 >"$WORK/users.log" 2>&1 &
 PIDS+=("$!")
 "$BIN/flywheel-canary" run --interval-ms 5000 --settle-ms 2000 >"$WORK/canary.log" 2>&1 &

@@ -362,10 +362,6 @@ pub async fn run(
     summary
 }
 
-fn captured_reference_key() -> &'static str {
-    crate::dataset::captured::REFERENCE_METADATA_KEY
-}
-
 /// One user's conversation: the ask, the judgement, the thumbs, maybe one
 /// re-ask.
 async fn converse(
@@ -377,15 +373,12 @@ async fn converse(
 ) {
     let mut body = Gateway::request_body(&c.item, &settings.route, &settings.params);
     body["user"] = Value::String(c.user.clone());
-    // A labelled user: the answer it expects travels with the request, as
-    // OpenAI's `metadata` (string values), so the captured traffic can be
-    // graded and trained on (the dataset reads it back as the reference).
-    if let Some(reference) = &c.item.reference_answer {
-        let text = match reference {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        body["metadata"] = serde_json::json!({ captured_reference_key(): text });
+    // A labelled user: what its grader reads (the reference answer and the
+    // item's own fields) travels with the request as OpenAI's `metadata`,
+    // so the captured traffic can be graded and trained on (the dataset
+    // reads them back into the item).
+    if let Some(metadata) = crate::dataset::captured::labels_as_metadata(&c.item) {
+        body["metadata"] = metadata;
     }
     let mut feedback = JoinSet::new();
     // The variant of the answer a re-ask is about.

@@ -10,8 +10,9 @@
 //! prompt; `id` = `inference_id`; the request's `response_format`, `tools`,
 //! `tool_choice` and `metadata` kept (graders and the eval send the first
 //! three again; `metadata` is where a client puts what a grader may need,
-//! e.g. a reference answer, as `{{item.metadata.x}}`); `metadata.reference_answer`
-//! as the `reference_answer` (text, or the JSON object or array it holds); the
+//! e.g. a reference answer, as `{{item.metadata.x}}`); a labelled client's
+//! metadata ([`labels_as_metadata`]) back as the item's `reference_answer`
+//! and fields (text, or the JSON object or array it holds); the
 //! logged answer as `logged_output`; feedback as `feedback: {metric: value}`
 //! (inference-level feedback, then episode-level for metrics the inference
 //! lacks; the latest value wins); and a demonstration, when there is one,
@@ -309,10 +310,17 @@ fn item_of(row: &Row) -> Result<(Item, Option<Value>), Drop> {
         }
         logged = Some(answer);
     }
-    let reference_answer = request
-        .pointer(&format!("/metadata/{REFERENCE_METADATA_KEY}"))
-        .and_then(Value::as_str)
-        .map(reference_of);
+    let mut reference_answer = None;
+    if let Some(Value::Object(labels)) = request.get("metadata") {
+        for (key, value) in labels {
+            let Some(text) = value.as_str() else { continue };
+            if key == REFERENCE_METADATA_KEY {
+                reference_answer = Some(label_value(text));
+            } else if !extra.contains_key(key) {
+                extra.insert(key.clone(), label_value(text));
+            }
+        }
+    }
     let item = Item {
         messages,
         reference_answer,
@@ -325,9 +333,51 @@ fn item_of(row: &Row) -> Result<(Item, Option<Value>), Drop> {
 /// answer (a labelled workload, the simulated users) puts it.
 pub const REFERENCE_METADATA_KEY: &str = "reference_answer";
 
-/// A reference sent as metadata text: JSON objects and arrays come back as
+/// OpenAI's limit on `metadata`: 16 keys, values of at most 512 characters.
+const METADATA_KEYS: usize = 16;
+const METADATA_VALUE_CHARS: usize = 512;
+
+/// What a labelled client sends so that its traffic can be graded: the
+/// item's reference answer and its own fields that graders read
+/// (`item.keyword`), as OpenAI `metadata` (strings; JSON text for other
+/// values), within OpenAI's limits (longer values and keys beyond 16 are
+/// left out). `None` when there is nothing to send.
+pub fn labels_as_metadata(item: &Item) -> Option<Value> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let reference = item
+        .reference_answer
+        .as_ref()
+        .map(|r| (REFERENCE_METADATA_KEY.to_owned(), text(r)));
+    // Fields the request carries anyway, or that name the item.
+    const SENT_OR_IDS: [&str; 6] = [
+        "id",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "messages",
+    ];
+    let fields = item
+        .extra
+        .iter()
+        .filter(|(k, _)| !SENT_OR_IDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), text(v)));
+    let labels: Map<String, Value> = reference
+        .into_iter()
+        .chain(fields)
+        .filter(|(_, v)| v.chars().count() <= METADATA_VALUE_CHARS)
+        .take(METADATA_KEYS)
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    (!labels.is_empty()).then_some(Value::Object(labels))
+}
+
+/// A label sent as metadata text: JSON objects and arrays come back as
 /// JSON (metadata values are strings), anything else stays text.
-fn reference_of(text: &str) -> Value {
+fn label_value(text: &str) -> Value {
     match serde_json::from_str::<Value>(text) {
         Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
         _ => Value::String(text.to_owned()),
@@ -554,6 +604,36 @@ mod tests {
         );
         r.request_body = row(200, 2, 0, Value::Null).request_body;
         assert_eq!(to_item(&r, false).unwrap().reference_answer, None);
+    }
+
+    #[test]
+    fn a_labelled_items_reference_and_fields_survive_the_trip_through_metadata() {
+        let mut item = Item::new(
+            vec![Message::new("user", "Use the word \"sunlight\".")],
+            Some(json!({"lines": 3})),
+        );
+        item.extra.insert("keyword".into(), json!("sunlight"));
+        item.extra.insert("id".into(), json!("instructions-1-1"));
+        let metadata = labels_as_metadata(&item).unwrap();
+        assert_eq!(
+            metadata,
+            json!({"reference_answer": "{\"lines\":3}", "keyword": "sunlight"})
+        );
+        let mut r = row(
+            200,
+            2,
+            0,
+            answer(json!({"role": "assistant", "content": "ok"})),
+        );
+        r.request_body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                "metadata": metadata})
+        .to_string();
+        let back = to_item(&r, false).unwrap();
+        assert_eq!(back.reference_answer, Some(json!({"lines": 3})));
+        assert_eq!(back.extra["keyword"], json!("sunlight"));
+        // The captured row's own id wins over a label of the same name.
+        assert_eq!(back.id(), "i1");
+        assert_eq!(labels_as_metadata(&Item::new(vec![], None)), None);
     }
 
     #[test]
