@@ -197,7 +197,7 @@ RUN=$(ls -t "$WORK/tuner/runs" | head -1)
 "$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml" "$RUN"
 EXP=$(curl -sf http://127.0.0.1:8123/ --data-binary \
   "SELECT id FROM $DB.experiments FINAL WHERE origin = 'tuner:$RUN' LIMIT 1" || true)
-[ -z "$EXP" ] || "$BIN/flywheel-canary" show "$EXP" || true
+[ -z "$EXP" ] || "$BIN/flywheel-canary" status "$EXP" --last 20 || true
 log "per variant, all traffic of the demo (quality = the task grader's online score)"
 curl -sf http://127.0.0.1:8123/ --data-binary "
   SELECT i.variant AS variant, count() AS requests,
