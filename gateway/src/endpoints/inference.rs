@@ -377,24 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pinned_request_is_never_mirrored() {
-        let config = crate::config::Config::parse(
-            r#"
-            [auth]
-            enabled = false
-            [providers.a]
-            base_url = "http://127.0.0.1:1/v1"
-            [[routes]]
-            name = "r"
-            [[routes.variants]]
-            name = "base"
-            targets = [{ provider = "a", model = "m" }]
-            [[routes.variants]]
-            name = "cand"
-            weight = 0
-            targets = [{ provider = "a", model = "m2" }]
-            "#,
-        )
-        .unwrap();
+        let config = crate::config::Config::parse(crate::router::TWO_VARIANTS).unwrap();
         let state = AppState::new(config).unwrap();
         let every_request = crate::router::Mirror {
             variant: "cand".into(),

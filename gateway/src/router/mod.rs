@@ -275,29 +275,31 @@ impl Router {
     }
 }
 
+/// A test config: route `r` with variants `base` (weight 100) and `cand`
+/// (weight 0), on a provider nobody listens on.
+#[cfg(test)]
+pub(crate) const TWO_VARIANTS: &str = r#"
+[auth]
+enabled = false
+[providers.a]
+base_url = "http://127.0.0.1:1/v1"
+[[routes]]
+name = "r"
+[[routes.variants]]
+name = "base"
+targets = [{ provider = "a", model = "m" }]
+[[routes.variants]]
+name = "cand"
+weight = 0
+targets = [{ provider = "a", model = "m2" }]
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn router() -> Router {
-        let config = Config::parse(
-            r#"
-            [auth]
-            enabled = false
-            [providers.a]
-            base_url = "http://127.0.0.1:1/v1"
-            [[routes]]
-            name = "r"
-            [[routes.variants]]
-            name = "base"
-            targets = [{ provider = "a", model = "m" }]
-            [[routes.variants]]
-            name = "cand"
-            weight = 0
-            targets = [{ provider = "a", model = "m2" }]
-            "#,
-        )
-        .unwrap();
+        let config = Config::parse(TWO_VARIANTS).unwrap();
         let providers =
             crate::upstream::build_providers(&config, &Arc::new(crate::metrics::Metrics::new()))
                 .unwrap();
