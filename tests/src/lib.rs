@@ -26,6 +26,12 @@ pub const OTHER_KEY: &str = "sk-test-globex";
 /// The admin token of every test config.
 pub const ADMIN_TOKEN: &str = "admin-secret";
 
+/// Held by the end-to-end tests that load both cores for minutes (the
+/// whole loop trains beside two engines) and by the ones whose timing
+/// would not survive that (every captured event within seconds): they run
+/// one at a time, whatever `--test-threads` says.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,

@@ -244,6 +244,7 @@ impl Stack {
 #[tokio::test]
 async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person_and_survives_a_restart(
 ) {
+    let _heavy = HEAVY.lock().await;
     let stack = Stack::start();
     // Yesterday's traffic, then today's users: one conversation every 8 s
     // (the engine also trains and answers the gate on these two cores).
@@ -364,6 +365,7 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
 
 #[tokio::test]
 async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded() {
+    let _heavy = HEAVY.lock().await;
     let stack = Stack::start();
     // Some captured, graded traffic to build the dataset from.
     let status = stack.users("1", "20").status().unwrap();

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn simulated_users_converse_thumb_and_reask_through_the_gateway() {
+    let _heavy = HEAVY.lock().await;
     let engine = start_engine();
     let gw = start_gateway(&format!(
         "[providers.engine]\nbase_url = \"http://{}/v1\"\nprice_input_per_1m = 0.01\nprice_output_per_1m = 0.02\n\n[[feedback.metrics]]\nname = \"thumbs_up\"\ntype = \"boolean\"\n\n[[routes]]\nname = \"chat\"\n{ENGINE_RETRY}[[routes.variants]]\nname = \"base\"\ntargets = [{{ provider = \"engine\", model = \"base\" }}]\n",
