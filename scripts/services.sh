@@ -30,7 +30,10 @@ REDIS_DIR="$SERVICES_DIR/redis"
 CH_PIDFILE="$CH_DIR/clickhouse-server.pid"
 REDIS_PIDFILE="$REDIS_DIR/redis.pid"
 
-PACKAGES=(clickhouse-server clickhouse-client redis-server cmake)
+# chromium (+ its driver) runs the dashboards' browser tests; prometheus checks
+# the Grafana dashboards' PromQL against a live gateway; bubblewrap sandboxes
+# the python graders.
+PACKAGES=(clickhouse-server clickhouse-client redis-server cmake chromium chromium-driver prometheus bubblewrap)
 
 die() { printf 'services.sh: %s\n' "$*" >&2; exit 1; }
 

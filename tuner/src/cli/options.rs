@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
-use flywheel_tuner::grader::GraderOptions;
+use flywheel_tuner::grader::{GraderOptions, PythonSandbox};
 
 /// Where graders that reach outside the process go: the `score_model`
 /// judge, the `python` interpreter and its limits, `endpoint` timeouts.
@@ -32,6 +32,12 @@ pub struct GraderArgs {
     /// Address-space limit of a `python` grader worker, in MiB.
     #[arg(long, default_value_t = 512)]
     python_memory_mib: u64,
+    /// How `python` graders are isolated: `bwrap` (bubblewrap: no network,
+    /// own namespaces, read-only filesystem, rlimits; a python grader fails
+    /// to load where it cannot run) or `none` (no sandbox: trusted graders
+    /// only, logged as a warning). See SECURITY.md.
+    #[arg(long, default_value = "bwrap", value_parser = ["bwrap", "none"])]
+    python_sandbox: String,
     /// Seconds before an `endpoint` request is abandoned.
     #[arg(long, default_value_t = 60.0)]
     endpoint_timeout_secs: f64,
@@ -54,6 +60,10 @@ impl GraderArgs {
             python: self.python.clone(),
             python_timeout: secs("python-timeout-secs", self.python_timeout_secs)?,
             python_memory_bytes: self.python_memory_mib << 20,
+            python_sandbox: self
+                .python_sandbox
+                .parse::<PythonSandbox>()
+                .map_err(anyhow::Error::msg)?,
             endpoint_timeout: secs("endpoint-timeout-secs", self.endpoint_timeout_secs)?,
             ..GraderOptions::default()
         })
@@ -145,6 +155,25 @@ mod tests {
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn python_sandbox_flag() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: GraderArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from([&["t"], args].concat())
+                .map(|c| c.options.options().unwrap().python_sandbox)
+        };
+        assert_eq!(parse(&[]).unwrap(), PythonSandbox::Bwrap);
+        assert_eq!(
+            parse(&["--python-sandbox", "none"]).unwrap(),
+            PythonSandbox::None
+        );
+        assert!(parse(&["--python-sandbox", "docker"]).is_err());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! not implemented yet.
 //!
 //! - `python` runs the config's `source` (`def grade(sample, item) -> float`)
-//!   in a sandboxed `python3` worker (stdlib only); see [`python`] for the
-//!   limits (wall clock, CPU, memory, no network, no subprocesses).
+//!   in a `python3` worker (stdlib only) sandboxed with bubblewrap; see
+//!   [`python`] for the sandbox and the limits (wall clock, CPU, memory,
+//!   processes, files, no network).
 //! - `score_model` asks an OpenAI-compatible chat model (by default the
 //!   Flywheel gateway, [`GraderOptions::judge_base_url`]) for
 //!   `{"result": number}`, normalised to [0, 1] by the config's `range`;
@@ -49,6 +50,7 @@ mod text_similarity;
 use std::{fmt, path::PathBuf, time::Duration};
 
 use config::Cfg;
+pub use python::PythonSandbox;
 use serde_json::{json, Value};
 
 use crate::item::{Item, Sample};
@@ -89,9 +91,14 @@ pub struct GraderOptions {
     pub python_timeout: Duration,
     /// Address-space limit (RLIMIT_AS) of a python worker.
     pub python_memory_bytes: u64,
-    /// Run python workers in a fresh network namespace where the kernel
-    /// allows it (the audit hook applies either way).
+    /// Without the sandbox ([`PythonSandbox::None`]), run python workers in
+    /// a fresh network namespace where the kernel allows it (the audit hook
+    /// applies either way). The sandbox always has an empty one.
     pub python_network_namespace: bool,
+    /// How python workers are isolated: in bubblewrap (the default; a
+    /// python grader fails to load where it cannot run) or, as an explicit
+    /// opt-out for trusted graders, not at all. See [`python`].
+    pub python_sandbox: PythonSandbox,
     /// Per-request timeout for `endpoint` graders.
     pub endpoint_timeout: Duration,
 }
@@ -107,6 +114,7 @@ impl Default for GraderOptions {
             python_timeout: Duration::from_secs(10),
             python_memory_bytes: 512 << 20,
             python_network_namespace: true,
+            python_sandbox: PythonSandbox::Bwrap,
             endpoint_timeout: Duration::from_secs(60),
         }
     }

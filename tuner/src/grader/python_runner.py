@@ -9,11 +9,20 @@
 #   -> {"sample": {...}, "item": {...}}               (one per line)
 #   <- {"score": float} or {"error": str}
 #
+#   "sandbox" in the setup is null (`--python-sandbox none`) or
+#   {"uid": int|null, "nproc": int, "fsize": int, "nofile": int}: this
+#   script then runs inside bubblewrap (its own pid namespace, where it is
+#   pid 2 under bwrap's init), started by the tuner. With a uid (the tuner
+#   runs as root, so the sandbox has no user namespace) it first drops to
+#   that uid, which clears its capabilities; then it sets the rlimits.
+#
 # Each sample is graded in a forked child (so samples can't leak state into
 # each other) with RLIMIT_CPU set and a wall-clock deadline enforced here
-# with SIGKILL. RLIMIT_AS (hard and soft) and the audit hook are installed
-# before the user's source is compiled. The network namespace, where the
-# kernel allows one, is created by the tuner before this script starts.
+# with SIGKILL. RLIMIT_AS (hard and soft), the sandbox's rlimits and the
+# audit hook are installed before the user's source is compiled. In the
+# sandbox, every process but this one is killed after each sample (and
+# after the source is loaded), so nothing a sample started outlives it,
+# whatever session or process group it moved to.
 import json
 import math
 import os
@@ -55,24 +64,105 @@ def _recv():
     return json.loads(line)
 
 
-_BLOCKED_EVENTS = frozenset({
-    # Network.
-    "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto",
-    "socket.sendmsg", "socket.gethostbyname", "socket.gethostbyaddr",
-    "socket.getnameinfo",
-    # Other processes (which would not be under this hook) ...
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-    # ... and foreign calls (libc's connect() directly).
-    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle",
-})
-_BLOCKED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes"})
+def _install_audit_hook():
+    # Everything the hook uses is bound here, in its closure: it never
+    # reads a global or a builtin at call time, so user code cannot disarm
+    # it by overwriting this script's globals (`__main__`) or `builtins`;
+    # and nothing outside keeps a reference to it. The routes to its
+    # closure cells (the garbage collector, tracing and profiling hooks)
+    # are blocked, and so is opening /proc files for writing (patching the
+    # interpreter's memory through /proc/self/mem). This is defence in
+    # depth only: the sandbox is the boundary.
+    blocked = frozenset({
+        # Network.
+        "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto",
+        "socket.sendmsg", "socket.gethostbyname", "socket.gethostbyaddr",
+        "socket.getnameinfo",
+        # Other processes (which would not be under this hook) ...
+        "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+        # ... and foreign calls (libc's connect() directly).
+        "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle",
+        # The ways to this hook's closure.
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+        "sys.settrace", "sys.setprofile", "sys._settraceallthreads",
+        "sys._setprofileallthreads", "sys.monitoring.register_callback",
+    })
+    blocked_imports = frozenset({"_posixsubprocess", "_ctypes"})
+    deny = PermissionError
+    str_type, bytes_type, int_type, type_of, len_of = str, bytes, int, type, len
+    as_str = str.__str__  # an exact str, even from a str subclass with its own __eq__
+    decode = bytes.decode
+    stat = os.stat
+    writing = os.O_WRONLY | os.O_RDWR
+    try:
+        proc_dev = stat("/proc").st_dev
+    except OSError:
+        proc_dev = None
+
+    def hook(event, args):
+        if event in blocked:
+            raise deny(f"{event} is not allowed in a grader (network and process creation are disabled)")
+        if event == "import" and args:
+            name = args[0]
+            if type_of(name) is not str_type:
+                name = as_str(name)
+            if name in blocked_imports:
+                raise deny(f"importing {name} is not allowed in a grader")
+        elif event == "open" and len_of(args) >= 3:
+            path, flags = args[0], args[2]
+            if type_of(flags) is not int_type or not flags & writing:
+                return
+            if type_of(path) is bytes_type:
+                path = decode(path, "utf-8", "surrogateescape")
+            elif type_of(path) is not str_type:
+                return
+            on_proc = path.startswith("/proc") or "/proc/" in path
+            if not on_proc and proc_dev is not None:
+                try:
+                    on_proc = stat(path).st_dev == proc_dev
+                except OSError:
+                    pass
+            if on_proc:
+                raise deny("writing to /proc is not allowed in a grader")
+
+    sys.addaudithook(hook)
 
 
-def _audit(event, args):
-    if event in _BLOCKED_EVENTS:
-        raise PermissionError(f"{event} is not allowed in a grader (network and process creation are disabled)")
-    if event == "import" and args and args[0] in _BLOCKED_IMPORTS:
-        raise PermissionError(f"importing {args[0]} is not allowed in a grader")
+def _kill_strays(sandbox):
+    # In the sandbox's pid namespace this script is the only process that
+    # must live (bwrap's init, pid 1, is spared by kill(-1) and not ours to
+    # signal anyway): kill(-1) reaches every process the user code started,
+    # whichever session or process group it is in. Never outside the
+    # sandbox, where kill(-1) would reach every process of the user.
+    if sandbox is None or os.getpid() != 2:
+        return
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    # Reap the ones that were this script's own children (forked by
+    # module-level code): zombies would count against RLIMIT_NPROC.
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+
+
+def _enter_sandbox(sandbox):
+    uid = sandbox.get("uid")
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise RuntimeError("could not drop root in the sandbox")
+    for limit, value in (
+        (resource.RLIMIT_NPROC, sandbox["nproc"]),
+        (resource.RLIMIT_FSIZE, sandbox["fsize"]),
+        (resource.RLIMIT_NOFILE, sandbox["nofile"]),
+    ):
+        resource.setrlimit(limit, (value, value))
 
 
 def _describe(exc):
@@ -107,7 +197,14 @@ def _child(grade, req, timeout, w):
     os._exit(0)
 
 
-def _grade_one(grade, req, timeout):
+def _grade_one(grade, req, timeout, sandbox):
+    try:
+        return _grade_in_child(grade, req, timeout)
+    finally:
+        _kill_strays(sandbox)
+
+
+def _grade_in_child(grade, req, timeout):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -117,6 +214,14 @@ def _grade_one(grade, req, timeout):
         finally:
             os._exit(1)
     os.close(w)
+    # The child's exit, not only the pipe's EOF, ends the wait: a
+    # grandchild holding the pipe open would otherwise turn a sample that
+    # returned into a time-out.
+    try:
+        exited = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        exited = None
+    watch = [r] if exited is None else [r, exited]
     deadline = time.monotonic() + timeout
     chunks = []
     timed_out = False
@@ -125,14 +230,26 @@ def _grade_one(grade, req, timeout):
         if left <= 0:
             timed_out = True
             break
-        ready, _, _ = select.select([r], [], [], left)
+        ready, _, _ = select.select(watch, [], [], left)
         if not ready:
             continue
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
+        if r in ready:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            continue
+        # The child is gone: what it wrote is in the pipe already.
+        os.set_blocking(r, False)
+        try:
+            while chunk := os.read(r, 65536):
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        break
     os.close(r)
+    if exited is not None:
+        os.close(exited)
     if timed_out:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -161,9 +278,12 @@ def main():
         return
     timeout = float(setup["timeout"])
     mem = int(setup["memory_bytes"])
+    sandbox = setup.get("sandbox")
+    if sandbox is not None:
+        _enter_sandbox(sandbox)
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    sys.addaudithook(_audit)
+    _install_audit_hook()
     namespace = {"__name__": "grader", "__builtins__": __builtins__}
     try:
         code = compile(setup["source"], "<grader source>", "exec")
@@ -171,6 +291,8 @@ def main():
     except BaseException as e:
         _send({"error": _describe(e)})
         return
+    finally:
+        _kill_strays(sandbox)
     grade = namespace.get("grade")
     if not callable(grade):
         _send({"error": "the source must define a function `grade(sample, item)`"})
@@ -180,7 +302,7 @@ def main():
         req = _recv()
         if req is None:
             return
-        _send(_grade_one(grade, req, timeout))
+        _send(_grade_one(grade, req, timeout, sandbox))
 
 
 main()
