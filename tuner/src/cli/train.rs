@@ -110,10 +110,35 @@ pub struct Args {
     /// Run id in `training_steps` (default: the --out directory name).
     #[arg(long)]
     run_id: Option<String>,
+    /// Exit as soon as the process that started this one is gone. The tuner
+    /// service starts its trainings with it: a service killed with SIGKILL
+    /// cannot stop its child, and an orphan would go on writing the
+    /// checkpoint that the restarted service's own trainer resumes from.
+    #[arg(long)]
+    exit_with_parent: bool,
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
     #[command(flatten)]
     options: GraderArgs,
+}
+
+/// Watches the parent from a thread and exits (status 3) when this process
+/// is re-parented, which is how Linux reports that the parent died. Polling
+/// once a second needs no `unsafe` (`prctl(PR_SET_PDEATHSIG)` would); a
+/// restarted service takes longer than that to reach its training stage
+/// again.
+// A plain thread may sleep; and exit is the point: the orphaned trainer has
+// nothing to flush that the restarted service's trainer would want.
+#[allow(clippy::disallowed_methods)]
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if std::os::unix::process::parent_id() != parent {
+            eprintln!("train: the process that started this training is gone; exiting");
+            std::process::exit(3);
+        }
+    });
 }
 
 // The trainer's enums, as flag values. The trainer does not depend on
@@ -179,6 +204,9 @@ impl From<Scale> for ScaleRewards {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.exit_with_parent {
+        exit_with_parent();
+    }
     let train_items = read_dataset(&a.train)?;
     let heldout = a
         .heldout

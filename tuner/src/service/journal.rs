@@ -69,6 +69,10 @@ pub struct RunSummary {
 /// The journals of every run under a state directory.
 pub struct Journal {
     root: PathBuf,
+    /// Summaries of the runs that ended. An ended run's journal never
+    /// changes, and the service lists the runs at every poll: without this,
+    /// each poll would re-read every journal the service ever wrote.
+    ended: parking_lot::Mutex<std::collections::HashMap<String, RunSummary>>,
 }
 
 impl Journal {
@@ -76,7 +80,10 @@ impl Journal {
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         let root = state_dir.join("runs");
         fs::create_dir_all(&root).map_err(io_error(&root))?;
-        Ok(Journal { root })
+        Ok(Journal {
+            root,
+            ended: Default::default(),
+        })
     }
 
     /// The directory of a run: its journal and its stages' outputs.
@@ -166,15 +173,25 @@ impl Journal {
             let Ok(started_ms) = started.parse::<u64>() else {
                 continue;
             };
+            if let Some(summary) = self.ended.lock().get(&id) {
+                out.push(summary.clone());
+                continue;
+            }
             let records = self.read(&id)?;
             let events: Vec<Event> = records.iter().map(|r| r.event.clone()).collect();
-            out.push(RunSummary {
+            let summary = RunSummary {
                 job: job.to_string(),
                 started_ms,
                 last_ms: records.last().map_or(started_ms, |r| r.at_ms),
                 next: run::next(&events),
                 id,
-            });
+            };
+            if matches!(summary.next, Next::Done(_)) {
+                self.ended
+                    .lock()
+                    .insert(summary.id.clone(), summary.clone());
+            }
+            out.push(summary);
         }
         out.sort_by(|a, b| (b.started_ms, &b.id).cmp(&(a.started_ms, &a.id)));
         Ok(out)

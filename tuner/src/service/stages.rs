@@ -284,7 +284,8 @@ pub async fn train(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .args(["--eval-every", &h.eval_interval.to_string()])
         .args(["--patience", &h.early_stopping_patience.to_string()])
         .args(["--rank", &h.lora_rank.to_string()])
-        .args(["--run-id", ctx.id]);
+        .args(["--run-id", ctx.id])
+        .arg("--exit-with-parent");
     if h.guide {
         cmd.arg("--guide");
     }

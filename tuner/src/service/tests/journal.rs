@@ -110,6 +110,14 @@ fn runs_are_listed_newest_first_with_where_they_stand() {
         ]
     );
     assert_eq!(runs[1].last_ms, 103);
+
+    // An ended run is read once: its summary is kept, while a run in
+    // progress is read again at every listing.
+    std::fs::write(j.run_dir(&old).join("journal.jsonl"), "not json\n").unwrap();
+    j.append(&new, 202, started(Stage::Train)).unwrap();
+    let runs = j.runs().unwrap();
+    assert_eq!(state(&runs[1].next), "skipped");
+    assert_eq!(runs[0].last_ms, 202);
 }
 
 #[test]
