@@ -78,6 +78,17 @@ impl Engine {
     pub fn client(&self) -> Http {
         Http::new(&self.addr)
     }
+
+    /// Resident memory of the engine process, MiB (Linux `/proc`).
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
 }
 
 impl Drop for Engine {

@@ -1,4 +1,4 @@
-use candle_core::{Device, Result};
+use candle_core::Result;
 use indexmap::IndexMap;
 use itertools::Itertools;
 use tracing::info;
@@ -131,19 +131,14 @@ impl PrefixCacheManagerV2 {
                 continue;
             };
 
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                n_on_device += 1;
+            // Every cache with data counts, on the CPU too: with no
+            // accelerator the "device" is host memory, and caches that were
+            // never counted were never evicted (one KV cache per request,
+            // kept forever).
+            if matches!(first_non_none, KvCache::Shared { .. }) {
+                continue;
             }
+            n_on_device += 1;
         }
         let mut n_evicted = 0;
         // Intentionally evict the first ones first, as they are the oldest
@@ -159,20 +154,11 @@ impl PrefixCacheManagerV2 {
                 continue;
             };
 
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                cache.cache.clear();
-                n_evicted += 1;
+            if matches!(first_non_none, KvCache::Shared { .. }) {
+                continue;
             }
+            cache.cache.clear();
+            n_evicted += 1;
         }
 
         self.caches.retain(|_tokens, cache| !cache.cache.is_empty());
