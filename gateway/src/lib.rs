@@ -20,6 +20,9 @@ pub mod server;
 pub mod signals;
 pub mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 use std::{ops::Deref, sync::Arc, time::Duration};
 
 use axum::{middleware::from_fn_with_state, Router as HttpRouter};
@@ -69,7 +72,10 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let providers = upstream::build_providers(&config, &metrics)?;
         let router = Arc::new(Router::new(&config, &providers)?);
-        let recent = RecentInferences::new(config.feedback.recent_capacity);
+        let recent = RecentInferences::new(
+            config.feedback.recent_capacity,
+            config.feedback.recent_max_bytes,
+        );
         let capture = match &config.capture {
             Some(cfg) => {
                 // Inferences still in the log are not in ClickHouse yet:
@@ -192,9 +198,10 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///      (`from_fn_with_state`, [`ApiKeyAuth`]: the keys, the [`Limiter`],
 ///      the metrics). Looks the bearer token's SHA-256 up among
 ///      `auth.keys` (401 if absent), counts the request against the key's
-///      `requests_per_minute` / `tokens_per_minute` (429 with
-///      `Retry-After`), and **inserts [`Tenant`](middleware::Tenant)**,
-///      which carries the key's `pin_variants`. With `auth.enabled = false`
+///      `requests_per_minute` and refuses it while the minute's
+///      `tokens_per_minute` are used up (429 with `Retry-After`), and
+///      **inserts [`Tenant`](middleware::Tenant)**, which carries the key's
+///      `pin_variants` and `tokens_per_minute`. With `auth.enabled = false`
 ///      it inserts the `anonymous` tenant (which may pin) and checks
 ///      nothing.
 ///    - `/admin/*` ([`endpoints::admin`]): **[`require_admin_token`]**
@@ -203,7 +210,15 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///      the admin API answers 404. Adds no extensions.
 ///    - `/metrics`, `/health` ([`endpoints::ops`]): no layer.
 /// 5. **Handlers** read the body themselves, bounded by
-///    `server.max_body_bytes` (413) and `server.body_read_timeout_ms` (408).
+///    `server.max_body_bytes` (413) and `server.body_read_timeout_ms` (408),
+///    and refuse client-chosen ids and fields over their limits (episode id
+///    header, `user`, `metadata`; feedback ids, idempotency key, `tags`:
+///    400 naming the field, [`endpoints::body::MAX_ID_BYTES`] and
+///    [`endpoints::body::MAX_PAIRS`]). Before any attempt, the inference
+///    handlers reserve the request's tokens (prompt estimate + `max_tokens`
+///    × `n`) against the key's `tokens_per_minute` (429 when they do not
+///    fit); the reservation is settled to what was used when the request
+///    ends.
 ///    The inference handlers need both [`Tenant`](middleware::Tenant) and [`RequestStart`](middleware::RequestStart)
 ///    (`Extension` extractors: a missing one would be a 500, so they only
 ///    sit behind layers 2 and 4); `POST /v1/feedback` needs [`Tenant`](middleware::Tenant).
@@ -212,8 +227,10 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///    set, and answer 403 otherwise: the permission is checked there, not in
 ///    a layer, because it only matters once a request names a route.
 ///
-/// Header read and keep-alive timeouts are the connection's, set in
-/// [`server::serve`], outside this stack.
+/// What bounds a connection (the first request's wait, header reads,
+/// idle and HTTP/2 keep-alive timeouts, HTTP/2 streams, the cap on open
+/// connections) is the accept loop's, [`server::serve`], outside this
+/// stack: it counts each request in flight, response body included.
 pub fn app(state: AppState) -> HttpRouter {
     let api_keys = ApiKeyAuth {
         keys: Arc::new(Keys::new(&state.config.auth)),

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub redis_up: prometheus::IntGauge,
     pub rate_limit_fallbacks: prometheus::IntCounter,
     pub rate_limited: IntCounterVec,
+    /// Events left out of the JSONL file because its queue was full.
+    pub metering_dropped: prometheus::IntCounter,
     pub feedback: IntCounterVec,
     capture: CaptureMetrics,
 }
@@ -229,6 +231,11 @@ impl Metrics {
                 "Rate-limit decisions taken per process because Redis was unavailable",
             )
             .expect("metric"),
+            metering_dropped: prometheus::IntCounter::new(
+                "flywheel_metering_events_dropped_total",
+                "Events left out of the JSONL file because metering.max_queued_bytes were waiting for the disk",
+            )
+            .expect("metric"),
             feedback: IntCounterVec::new(
                 Opts::new(
                     "flywheel_feedback_total",
@@ -246,7 +253,7 @@ impl Metrics {
             )
             .expect("metric"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.requests.clone()),
@@ -264,6 +271,7 @@ impl Metrics {
             Box::new(m.rate_limit_fallbacks.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.feedback.clone()),
+            Box::new(m.metering_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

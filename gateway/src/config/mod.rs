@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 pub use uninitialized::{
     CircuitBreakerConfig, Continuation, FeedbackConfig, ImplicitConfig, MeteringConfig,
     MetricConfig, MetricKind, MetricLevel, Optimize, RetryConfig, SinkKind, TargetConfig,
-    UninitializedConfig, VariantConfig,
+    UninitializedConfig, UpstreamConfig, VariantConfig,
 };
 pub use validate::ConfigError;
 
@@ -45,6 +45,8 @@ pub struct Config {
     /// capture (events go to `[metering]` only).
     pub capture: Option<flywheel_feedback::CaptureConfig>,
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Limits on what is read from upstreams (every size > 0).
+    pub upstream: UpstreamConfig,
     /// Upstreams by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Public model names that clients send in `model`.
@@ -57,8 +59,18 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Larger request bodies get 413 (> 0).
     pub max_body_bytes: usize,
+    /// > 0; also bounds a connection's wait for its first request.
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// > 0.
+    pub idle_timeout: Duration,
+    /// In 1..=`Semaphore::MAX_PERMITS`.
+    pub max_connections: usize,
+    /// `None` = no HTTP/2 pings.
+    pub http2_keep_alive_interval: Option<Duration>,
+    pub http2_keep_alive_timeout: Duration,
+    /// > 0.
+    pub http2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
 }
 

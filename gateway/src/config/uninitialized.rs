@@ -35,6 +35,8 @@ pub struct UninitializedConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
     /// Upstreams by name.
     #[serde(default)]
     pub providers: BTreeMap<String, UninitializedProviderConfig>,
@@ -55,11 +57,32 @@ pub struct UninitializedServerConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body; larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Time allowed for a client to send the request headers. It also bounds
-    /// how long an idle keep-alive connection is held open.
+    /// Time allowed for a client to send the request headers (> 0). It also
+    /// bounds how long an idle HTTP/1 keep-alive connection is held open,
+    /// and how long a new connection of either protocol may go without
+    /// starting a request: a client that connects and sends nothing, or
+    /// stalls before its HTTP/2 handshake ends, is closed after it.
     pub header_read_timeout_ms: u64,
     /// Time allowed to receive the whole request body once headers arrived.
     pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed,
+    /// whatever its protocol (> 0). It bounds idle HTTP/2 connections,
+    /// which have no header timeout between requests.
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once (> 0). Over it, new connections
+    /// are not refused: they wait in the listen backlog until an open one
+    /// closes (the timeouts above bound how long that takes). Keep it below
+    /// the process's open-file limit (`ulimit -n`), which upstream
+    /// connections and log files share.
+    pub max_connections: usize,
+    /// HTTP/2 keep-alive: a ping every this often on each connection;
+    /// 0 = no pings.
+    pub http2_keep_alive_interval_ms: u64,
+    /// HTTP/2 keep-alive: a connection whose ping is not acknowledged
+    /// within this time is closed (a dead peer), requests in flight included.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// Most requests (streams) in flight at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
     /// On SIGINT/SIGTERM, stop accepting and wait this long for in-flight
     /// requests to finish before exiting anyway.
     pub shutdown_grace_ms: u64,
@@ -72,7 +95,36 @@ impl Default for UninitializedServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            max_connections: 4_096,
+            http2_keep_alive_interval_ms: 20_000,
+            http2_keep_alive_timeout_ms: 10_000,
+            http2_max_concurrent_streams: 128,
             shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// `[upstream]`: limits on what the gateway reads from upstreams, so that an
+/// upstream's bytes cannot exhaust its memory.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Largest server-sent event (or line of one) accepted in a streamed
+    /// answer (> 0); a larger one fails the attempt as `bad_response`.
+    pub max_sse_event_bytes: usize,
+    /// Largest answer held in memory (> 0): a non-streamed answer, or a
+    /// streamed one held back until it passes output validation, or the
+    /// text of a streamed one (kept to continue it on another attempt). A
+    /// larger one fails the attempt as `bad_response`.
+    pub max_response_bytes: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            max_sse_event_bytes: 1024 * 1024,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -107,8 +159,10 @@ pub struct UninitializedApiKeyConfig {
     /// all gateway processes through Redis, per process without it.
     #[serde(default)]
     pub requests_per_minute: u32,
-    /// Prompt + completion tokens per minute for this key; 0 = no limit. A
-    /// request is refused once the minute's tokens reached the limit.
+    /// Prompt + completion tokens per minute for this key; 0 = no limit.
+    /// Each request reserves its prompt estimate plus `max_tokens` × `n`
+    /// before it runs (429 when that does not fit in the minute's window)
+    /// and is charged what it used when it ends.
     #[serde(default)]
     pub tokens_per_minute: u64,
     /// May requests with this key pin a route's variant with the
@@ -160,6 +214,10 @@ pub struct FeedbackConfig {
     /// Recent inferences whose owner is kept in memory for feedback
     /// authorization (older ones are looked up in ClickHouse).
     pub recent_capacity: usize,
+    /// Memory that index may use, in bytes (estimated per entry: ids,
+    /// names and bookkeeping); the oldest entries go first past either
+    /// limit.
+    pub recent_max_bytes: usize,
     /// Metrics that `POST /v1/feedback` accepts.
     pub metrics: Vec<MetricConfig>,
     pub implicit: ImplicitConfig,
@@ -169,6 +227,7 @@ impl Default for FeedbackConfig {
     fn default() -> Self {
         Self {
             recent_capacity: 500_000,
+            recent_max_bytes: 128 * 1024 * 1024,
             metrics: Vec::new(),
             implicit: ImplicitConfig::default(),
         }
@@ -250,6 +309,12 @@ pub struct MeteringConfig {
     /// updates Prometheus metrics.
     pub sink: SinkKind,
     pub path: PathBuf,
+    /// `jsonl`: events waiting for the writer may hold at most this many
+    /// bytes (as written). When the disk falls that far behind, new events
+    /// are left out of the file (counted in
+    /// `flywheel_metering_events_dropped_total` and logged) rather than
+    /// held in memory or blocking requests; `[capture]` is the lossless path.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for MeteringConfig {
@@ -257,6 +322,7 @@ impl Default for MeteringConfig {
         Self {
             sink: SinkKind::None,
             path: PathBuf::from("flywheel-events.jsonl"),
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -285,7 +351,9 @@ pub struct RetryConfig {
     /// Deadline of one upstream attempt (non-streaming: the whole answer;
     /// streaming: until the first token).
     pub attempt_timeout_ms: u64,
-    /// Deadline of the whole request, all attempts and backoffs included.
+    /// Deadline of the whole request, all attempts and backoffs included,
+    /// and a stream too: one still running then is cut, and the client's
+    /// stream ends with an error event.
     pub total_timeout_ms: u64,
     /// A stream that sends nothing for this long is treated as stalled and
     /// continued on the next attempt.

@@ -105,6 +105,22 @@ impl UninitializedConfig {
                 ));
             }
         }
+        for (key, value) in [
+            (
+                "upstream.max_sse_event_bytes",
+                self.upstream.max_sse_event_bytes,
+            ),
+            (
+                "upstream.max_response_bytes",
+                self.upstream.max_response_bytes,
+            ),
+            ("feedback.recent_max_bytes", self.feedback.recent_max_bytes),
+            ("metering.max_queued_bytes", self.metering.max_queued_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
         let r = self.feedback.implicit.reask_similarity;
         if !(r > 0.0 && r <= 1.0) {
             return Err(invalid(
@@ -185,6 +201,7 @@ impl UninitializedConfig {
             feedback: self.feedback,
             capture: self.capture,
             circuit_breaker: self.circuit_breaker,
+            upstream: self.upstream,
             providers,
             routes,
         })
@@ -192,14 +209,40 @@ impl UninitializedConfig {
 }
 
 fn load_server(s: UninitializedServerConfig) -> Result<ServerConfig, ConfigError> {
-    if s.max_body_bytes == 0 {
-        return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+    for (key, value) in [
+        ("server.max_body_bytes", s.max_body_bytes as u64),
+        ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+        ("server.idle_timeout_ms", s.idle_timeout_ms),
+        (
+            "server.http2_keep_alive_timeout_ms",
+            s.http2_keep_alive_timeout_ms,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            u64::from(s.http2_max_concurrent_streams),
+        ),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+    }
+    if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&s.max_connections) {
+        return Err(invalid(
+            "server.max_connections",
+            format!("must be in 1..={}", tokio::sync::Semaphore::MAX_PERMITS),
+        ));
     }
     Ok(ServerConfig {
         listen: s.listen,
         max_body_bytes: s.max_body_bytes,
         header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        max_connections: s.max_connections,
+        http2_keep_alive_interval: (s.http2_keep_alive_interval_ms > 0)
+            .then(|| Duration::from_millis(s.http2_keep_alive_interval_ms)),
+        http2_keep_alive_timeout: Duration::from_millis(s.http2_keep_alive_timeout_ms),
+        http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
     })
 }
@@ -455,6 +498,18 @@ mod tests {
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
         assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.server.max_connections, 4_096);
+        assert_eq!(
+            c.server.http2_keep_alive_interval,
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(c.server.http2_keep_alive_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.http2_max_concurrent_streams, 128);
+        assert_eq!(c.upstream.max_sse_event_bytes, 1024 * 1024);
+        assert_eq!(c.upstream.max_response_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.feedback.recent_max_bytes, 128 * 1024 * 1024);
+        assert_eq!(c.metering.max_queued_bytes, 64 * 1024 * 1024);
         // A route's own [retry] table replaces the global one, defaults included.
         assert_eq!(c.routes[0].retry.max_retries, 5);
         assert_eq!(c.routes[0].retry.total_timeout_ms, 120_000);
@@ -479,6 +534,28 @@ mod tests {
             "[[auth.keys]]\ntenant = \"t\"\nsha256 = \"{upper}\"\n"
         ));
         assert!(e.contains("auth.keys[0].sha256"), "{e}");
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused_naming_the_key() {
+        for (table, key) in [
+            ("server", "header_read_timeout_ms"),
+            ("server", "idle_timeout_ms"),
+            ("server", "max_connections"),
+            ("server", "http2_keep_alive_timeout_ms"),
+            ("server", "http2_max_concurrent_streams"),
+            ("upstream", "max_sse_event_bytes"),
+            ("upstream", "max_response_bytes"),
+            ("feedback", "recent_max_bytes"),
+            ("metering", "max_queued_bytes"),
+        ] {
+            let e = err(&format!("{PROVIDERS}[{table}]\n{key} = 0\n"));
+            assert!(e.contains(&format!("`{table}.{key}`")), "{e}");
+        }
+        let c = Config::parse(&format!(
+            "{PROVIDERS}[server]\nhttp2_keep_alive_interval_ms = 0\n"
+        ));
+        assert_eq!(c.unwrap().server.http2_keep_alive_interval, None);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Per-key limits on requests and tokens per minute. With Redis they hold
 //! across gateway processes (fixed one-minute windows, `INCR` + `EXPIRE`);
 //! without it, or while it is down, each process enforces them alone.
+//!
+//! Tokens are reserved before a request runs ([`Limiter::reserve`]: its
+//! prompt estimate plus `max_tokens` × `n`), so that concurrent requests
+//! cannot overrun the limit together, and the reservation is replaced by
+//! what the request used when it ends ([`Limiter::settle`]).
 
 use std::{
     collections::HashMap,
@@ -32,6 +37,14 @@ pub enum Verdict {
     Limited {
         retry_after_s: u64,
     },
+}
+
+/// Tokens taken from a key's window before a request ran.
+#[derive(Debug)]
+pub struct Reservation {
+    key: Arc<str>,
+    minute: u64,
+    tokens: u64,
 }
 
 /// Requests and tokens counted in one process's current window.
@@ -100,34 +113,104 @@ impl Limiter {
             self.metrics.rate_limit_fallbacks.inc();
         }
         let mut local = self.local.lock();
-        let w = local.entry(key.clone()).or_default();
-        if w.minute != minute {
-            *w = LocalWindow {
-                minute,
-                ..Default::default()
-            };
-        }
-        w.requests += 1;
+        let w = window(&mut local, key, minute);
+        w.requests = w.requests.saturating_add(1);
         verdict(limits, u64::from(w.requests), w.tokens, left)
     }
 
-    /// Adds the tokens a finished request used to its key's window.
+    /// Reserves `tokens` in `key`'s window, or gives the seconds to wait
+    /// before retrying (the window's end): refused
+    /// when the window would then hold more than `tokens_per_minute`. A
+    /// request larger than a whole minute's budget reserves the budget: it
+    /// runs when it has a window to itself.
+    pub async fn reserve(
+        &self,
+        key: &Arc<str>,
+        tokens_per_minute: u64,
+        tokens: u64,
+    ) -> Result<Reservation, u64> {
+        let tokens = tokens.min(tokens_per_minute);
+        let (minute, left) = now_minute();
+        let limited = left.max(1);
+        if let Some(redis) = &self.redis {
+            if let Some(mut conn) = redis.conn() {
+                let tok_key = format!("{}rl:{key}:{minute}:tok", redis.prefix);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .incr(&tok_key, tokens)
+                    .cmd("EXPIRE")
+                    .arg(&tok_key)
+                    .arg(120)
+                    .arg("NX")
+                    .ignore();
+                let result =
+                    tokio::time::timeout(redis.timeout, pipe.query_async::<(i64,)>(&mut conn))
+                        .await;
+                match result {
+                    Ok(Ok((total,))) => {
+                        if total > signed(tokens_per_minute) {
+                            // Give back what was taken for a refused request.
+                            self.add_redis(key, minute, -signed(tokens));
+                            return Err(limited);
+                        }
+                        // The fallback count, should Redis go down.
+                        self.add_local(key, minute, signed(tokens));
+                        return Ok(Reservation {
+                            key: key.clone(),
+                            minute,
+                            tokens,
+                        });
+                    }
+                    Ok(Err(e)) => redis.mark_down(&e),
+                    Err(_) => redis.mark_down(&"token reservation timed out"),
+                }
+            }
+            self.metrics.rate_limit_fallbacks.inc();
+        }
+        let mut local = self.local.lock();
+        let w = window(&mut local, key, minute);
+        if w.tokens.saturating_add(tokens) > tokens_per_minute {
+            return Err(limited);
+        }
+        w.tokens += tokens;
+        Ok(Reservation {
+            key: key.clone(),
+            minute,
+            tokens,
+        })
+    }
+
+    /// Replaces a reservation by the tokens the request used. Once its
+    /// minute is over, the use counts in the current window.
+    pub fn settle(&self, reservation: &Reservation, used: u64) {
+        let (minute, _) = now_minute();
+        let delta = if minute == reservation.minute {
+            signed(used).saturating_sub(signed(reservation.tokens))
+        } else {
+            signed(used)
+        };
+        self.add_tokens(&reservation.key, minute, delta);
+    }
+
+    /// Adds the tokens a finished request used to its key's window (a
+    /// request that reserved none).
     pub fn record_tokens(&self, key: &Arc<str>, tokens: u64) {
-        if tokens == 0 {
+        let (minute, _) = now_minute();
+        self.add_tokens(key, minute, signed(tokens));
+    }
+
+    /// Adds `delta` (negative: gives back) to `key`'s window of `minute`,
+    /// here and in Redis.
+    fn add_tokens(&self, key: &Arc<str>, minute: u64, delta: i64) {
+        if delta == 0 {
             return;
         }
-        let (minute, _) = now_minute();
-        {
-            let mut local = self.local.lock();
-            let w = local.entry(key.clone()).or_default();
-            if w.minute != minute {
-                *w = LocalWindow {
-                    minute,
-                    ..Default::default()
-                };
-            }
-            w.tokens += tokens;
-        }
+        self.add_local(key, minute, delta);
+        self.add_redis(key, minute, delta);
+    }
+
+    /// Adds `delta` to `key`'s window of `minute` in Redis, if any.
+    fn add_redis(&self, key: &Arc<str>, minute: u64, delta: i64) {
         let Some(redis) = self.redis.clone() else {
             return;
         };
@@ -137,7 +220,7 @@ impl Limiter {
         tokio::spawn(async move {
             let mut pipe = redis::pipe();
             pipe.atomic()
-                .incr(&tok_key, tokens)
+                .incr(&tok_key, delta)
                 .ignore()
                 .cmd("EXPIRE")
                 .arg(&tok_key)
@@ -151,6 +234,37 @@ impl Limiter {
             }
         });
     }
+
+    /// Adds `delta` to this process's window of `minute` (a window already
+    /// past is left alone).
+    fn add_local(&self, key: &Arc<str>, minute: u64, delta: i64) {
+        let mut local = self.local.lock();
+        let w = window(&mut local, key, now_minute().0);
+        if w.minute == minute {
+            w.tokens = w.tokens.saturating_add_signed(delta);
+        }
+    }
+}
+
+/// Token counts fit an `i64` (what Redis counts in); larger ones saturate.
+fn signed(tokens: u64) -> i64 {
+    i64::try_from(tokens).unwrap_or(i64::MAX)
+}
+
+/// `key`'s window of `minute`, fresh if it held an older minute.
+fn window<'a>(
+    local: &'a mut HashMap<Arc<str>, LocalWindow>,
+    key: &Arc<str>,
+    minute: u64,
+) -> &'a mut LocalWindow {
+    let w = local.entry(key.clone()).or_default();
+    if w.minute != minute {
+        *w = LocalWindow {
+            minute,
+            ..Default::default()
+        };
+    }
+    w
 }
 
 fn verdict(limits: KeyLimits, requests: u64, tokens: u64, left_s: u64) -> Verdict {
@@ -196,5 +310,28 @@ mod tests {
             limiter.admit(&other, limits).await,
             Verdict::Limited { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn reservations_hold_the_limit_and_settle_to_what_was_used() {
+        let limiter = Limiter::new(None, Arc::new(Metrics::new()));
+        let key: Arc<str> = Arc::from("k");
+        let a = limiter.reserve(&key, 100, 80).await.unwrap();
+        assert!(
+            limiter.reserve(&key, 100, 30).await.is_err(),
+            "80 + 30 > 100"
+        );
+        // The request used 50: 30 more fit, then nothing.
+        limiter.settle(&a, 50);
+        let b = limiter.reserve(&key, 100, 30).await.unwrap();
+        assert!(limiter.reserve(&key, 100, 21).await.is_err());
+        // Settling a refused or cancelled request's reservation to 0 gives
+        // everything back.
+        limiter.settle(&b, 0);
+        limiter.reserve(&key, 100, 50).await.unwrap();
+        // Larger than the budget: it takes a whole window.
+        let other: Arc<str> = Arc::from("o");
+        limiter.reserve(&other, 100, 10_000).await.unwrap();
+        assert!(limiter.reserve(&other, 100, 1).await.is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-pub use limits::{KeyLimits, Limiter, Verdict};
+pub use limits::{KeyLimits, Limiter, Reservation, Verdict};
 use redis::aio::ConnectionManager;
 pub use weights::{publish as publish_weights, spawn_weight_sync};
 

@@ -8,7 +8,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::{
     future::Future,
@@ -384,13 +384,29 @@ pub async fn send(
     })
 }
 
-/// Reads a whole body within a size limit and a deadline.
-pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, String> {
+/// Reads a whole body within a size limit and a deadline; else how the
+/// attempt failed: `bad_response` over the limit, `timeout` otherwise (a
+/// cut or a deadline, as before the limit was told apart).
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, (AttemptOutcome, String)> {
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) => Err(format!("reading the answer failed: {e}")),
-        Err(_) => Err("timed out reading the answer".to_owned()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
+            AttemptOutcome::BadResponse,
+            format!("answer larger than {limit} bytes (upstream.max_response_bytes)"),
+        )),
+        Ok(Err(e)) => Err((
+            AttemptOutcome::Timeout,
+            format!("reading the answer failed: {e}"),
+        )),
+        Err(_) => Err((
+            AttemptOutcome::Timeout,
+            "timed out reading the answer".to_owned(),
+        )),
     }
 }
 

@@ -28,6 +28,7 @@ pub use unary::run as run_unary;
 pub use validate::Validator;
 
 use crate::{
+    coordination::Reservation,
     middleware::Tenant,
     router::{Route, Target, UnknownVariant},
 };
@@ -65,6 +66,11 @@ pub struct Call {
     pub tenant: String,
     /// The caller's key, when it has a token limit to count against.
     pub token_key: Option<Arc<str>>,
+    /// That limit (`tokens_per_minute`; 0 = none).
+    pub tokens_per_minute: u64,
+    /// The tokens reserved against it before the first attempt, settled
+    /// with what the request used when it ends.
+    pub reservation: Option<Reservation>,
     pub op: Operation,
     pub route: Arc<Route>,
     pub variant: usize,
@@ -113,7 +119,9 @@ impl Call {
             ts_ms: now.as_millis() as u64,
             start,
             tenant: tenant.name,
-            token_key: tenant.counts_tokens.then_some(tenant.key_id),
+            token_key: (tenant.tokens_per_minute > 0).then_some(tenant.key_id),
+            tokens_per_minute: tenant.tokens_per_minute,
+            reservation: None,
             op,
             route,
             variant,
@@ -142,6 +150,8 @@ impl Call {
             start: self.start,
             tenant: self.tenant.clone(),
             token_key: None,
+            tokens_per_minute: 0,
+            reservation: None,
             op: self.op,
             route: self.route.clone(),
             variant,
@@ -245,7 +255,7 @@ pub(crate) mod testing {
         let tenant = Tenant {
             name: "t".into(),
             key_id: Arc::from("k"),
-            counts_tokens: false,
+            tokens_per_minute: 0,
             pin_variants: false,
         };
         Call::new(op, tenant, route, body, None, None, Instant::now()).unwrap()

@@ -9,12 +9,18 @@
 //! When the request asks for structured output, the answer must be validated
 //! as a whole before the client sees any of it, so chunks are buffered and
 //! replayed once the answer passed.
+//!
+//! An upstream's stream is bounded like the rest of the request: the
+//! request's deadline (`retry.total_timeout_ms`) cuts a stream that never
+//! ends (the client's stream then ends with an error event), an event over
+//! `upstream.max_sse_event_bytes` or an answer over
+//! `upstream.max_response_bytes` fails the attempt as a bad answer.
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flywheel_api::error::ErrorBody;
@@ -29,12 +35,20 @@ use super::{
     Call, Operation,
 };
 use crate::{
-    config::Continuation,
+    config::{Continuation, UpstreamConfig},
     error::GatewayError,
     metering::{self, AttemptOutcome, Outcome},
-    upstream::sse::{SseEvent, SseParser},
+    upstream::{
+        preview,
+        sse::{SseEvent, SseParser},
+    },
     AppState,
 };
+
+/// Time the end of a stream (`[DONE]`, an error event, a validated answer)
+/// may take to reach a client that reads slowly, past the request's
+/// deadline; a client that does not read at all is not waited for longer.
+const TRAILER_GRACE: Duration = Duration::from_secs(5);
 
 /// 499: the client closed the request (nginx's convention).
 const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
@@ -56,6 +70,8 @@ struct Output {
     /// Hold chunks until the whole answer passed validation.
     buffered: bool,
     buffer: Vec<Bytes>,
+    /// Bytes in `buffer`.
+    buffer_bytes: usize,
     /// Text of choice 0 that the client has (or will get from the buffer).
     text: String,
     /// The client went away.
@@ -78,6 +94,7 @@ impl Output {
             tx,
             buffered: call.validator.is_some(),
             buffer: Vec::new(),
+            buffer_bytes: 0,
             text: String::new(),
             closed: false,
             continuable: call.can_continue,
@@ -98,6 +115,7 @@ impl Output {
         frame.extend_from_slice(b"\n\n");
         let frame = Bytes::from(frame);
         if self.buffered {
+            self.buffer_bytes += frame.len();
             self.buffer.push(frame);
             return;
         }
@@ -120,12 +138,36 @@ impl Output {
     async fn flush_buffer(&mut self, call: &Call, who: (&str, &str)) {
         self.buffered = false;
         self.start(call, who);
+        self.buffer_bytes = 0;
         for frame in std::mem::take(&mut self.buffer) {
-            if self.tx.send(frame).await.is_err() {
+            if !self.send_trailer(call, frame).await {
                 self.closed = true;
                 return;
             }
         }
+    }
+
+    /// Drops what was held back for validation: the next attempt starts over.
+    fn discard(&mut self) {
+        self.buffer.clear();
+        self.buffer_bytes = 0;
+        self.text.clear();
+    }
+
+    /// Bytes of the answer held in memory: the buffered frames, or the text
+    /// kept to continue the answer.
+    fn held_bytes(&self) -> usize {
+        self.buffer_bytes.max(self.text.len())
+    }
+
+    /// Sends one of the frames that end the stream, within the request's
+    /// deadline and [`TRAILER_GRACE`]: whether it was sent.
+    async fn send_trailer(&self, call: &Call, frame: Bytes) -> bool {
+        let until = call.deadline().max(Instant::now()) + TRAILER_GRACE;
+        matches!(
+            tokio::time::timeout_at(until.into(), self.tx.send(frame)).await,
+            Ok(Ok(()))
+        )
     }
 }
 
@@ -136,6 +178,10 @@ enum StreamEnd {
         outcome: AttemptOutcome,
         reason: String,
     },
+    /// The answer outgrew `upstream.max_response_bytes`.
+    TooLarge(String),
+    /// The request's deadline passed: no attempt may follow.
+    Deadline(String),
     ClientClosed,
 }
 
@@ -151,6 +197,7 @@ pub async fn run(
         out: Output::new(Some(started), tx, &call),
         first_contributor: None,
         diverged: false,
+        limits: state.config.upstream,
     };
     let (ended, mut ledger) = attempts::run(&call, &mut streamer).await;
     ledger.failover_diverged = streamer.diverged;
@@ -169,18 +216,18 @@ pub async fn run(
             // The answer is the text of every attempt that broke after the
             // client got part of it, then of this one; its prompt is the
             // first such attempt's.
-            let continued: u64 = ledger
+            // Upstream counts: saturate rather than overflow.
+            let continued = ledger
                 .attempts
                 .iter()
                 .filter(|a| a.outcome == AttemptOutcome::MidStreamFailover)
-                .map(|a| a.completion_tokens)
-                .sum();
+                .fold(0u64, |sum, a| sum.saturating_add(a.completion_tokens));
             #[expect(
                 clippy::indexing_slicing,
                 reason = "the index is the ledger's own, from attempts::run"
             )]
             let prompt = ledger.attempts[first_contributor.unwrap_or(index)].prompt_tokens;
-            let tokens = (prompt, continued + a.completion_tokens);
+            let tokens = (prompt, continued.saturating_add(a.completion_tokens));
             if out.buffered {
                 out.flush_buffer(&call, (&a.provider, &a.model)).await;
             }
@@ -218,7 +265,7 @@ pub async fn run(
                 let event = ErrorBody::new("upstream_error", error.to_string())
                     .code(Some("upstream_failed"))
                     .to_sse_event();
-                let _ = out.tx.send(Bytes::from(event)).await;
+                out.send_trailer(&call, Bytes::from(event)).await;
             }
             let outcome = Outcome::failed(status, out.first_byte);
             metering::record_request(&state, &call, ledger, outcome);
@@ -234,6 +281,7 @@ struct Streamer {
     first_contributor: Option<usize>,
     /// A restarted answer did not start with the text the client had.
     diverged: bool,
+    limits: UpstreamConfig,
 }
 
 impl Reader for Streamer {
@@ -244,6 +292,7 @@ impl Reader for Streamer {
             out,
             first_contributor,
             diverged,
+            limits,
         } = self;
         let continuing = out.sent_any();
         let restart = continuing && attempt.target.provider.continuation == Continuation::Restart;
@@ -260,27 +309,38 @@ impl Reader for Streamer {
             }
         };
         let mut pump = Pump::new(call, continuing, restart.then(|| out.text.clone()));
+        pump.limits = *limits;
         let end = pump.forward(response.into_body(), out, attempt).await;
         attempt.usage = pump.usage;
         *diverged |= pump.diverged;
         let result = match end {
             StreamEnd::Done => match call.validator.as_ref().map(|v| v.check(&out.text)) {
                 Some(Err(reason)) => {
-                    out.buffer.clear();
-                    out.text.clear();
+                    out.discard();
                     Err(Failed::invalid(reason))
                 }
                 None | Some(Ok(())) => Ok(()),
             },
             StreamEnd::ClientClosed => Err(Failed::client_closed()),
+            StreamEnd::TooLarge(reason) if out.sent_any() => {
+                // The client has part of an answer that cannot be continued
+                // without growing past the limit again.
+                Err(Failed::next_target(AttemptOutcome::BadResponse, reason).fatal())
+            }
+            StreamEnd::TooLarge(reason) => {
+                out.discard();
+                Err(Failed::retryable(AttemptOutcome::BadResponse, reason))
+            }
+            StreamEnd::Deadline(reason) => {
+                Err(Failed::retryable(AttemptOutcome::Timeout, reason).fatal())
+            }
             StreamEnd::Broken { outcome, reason } => {
                 if pump.chunks_with_text > 0 && !out.buffered {
                     first_contributor.get_or_insert(attempt.index);
                 }
                 if out.buffered {
                     // Nothing was sent: start over on the next attempt.
-                    out.buffer.clear();
-                    out.text.clear();
+                    out.discard();
                 }
                 Err(if !out.sent_any() {
                     Failed::retryable(outcome, reason)
@@ -324,11 +384,13 @@ async fn finish_stream(call: &Call, out: &mut Output, (prompt, completion): (u64
         let chunk = json!({
             "id": call.id, "object": object, "created": out.created.clone().unwrap_or(json!(call.ts_ms / 1000)),
             "model": call.route.name, "choices": [],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)},
         });
-        let _ = out.tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await;
+        out.send_trailer(call, Bytes::from(format!("data: {chunk}\n\n")))
+            .await;
     }
-    let _ = out.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    out.send_trailer(call, Bytes::from_static(b"data: [DONE]\n\n"))
+        .await;
 }
 
 /// Reads one upstream stream and forwards its chunks.
@@ -341,6 +403,7 @@ struct Pump<'a> {
     diverged: bool,
     chunks_with_text: u64,
     usage: Option<(u64, u64)>,
+    limits: UpstreamConfig,
 }
 
 impl<'a> Pump<'a> {
@@ -352,10 +415,30 @@ impl<'a> Pump<'a> {
             diverged: false,
             chunks_with_text: 0,
             usage: None,
+            limits: UpstreamConfig::default(),
         }
     }
 
+    /// Forwards the stream until it ends or the request's deadline passes
+    /// (a stream that never stalls nor ends, or a client too slow to take
+    /// it, would otherwise hold the request forever).
     async fn forward(
+        &mut self,
+        body: Incoming,
+        out: &mut Output,
+        attempt: &mut Attempt<'_>,
+    ) -> StreamEnd {
+        let deadline = self.call.deadline();
+        match tokio::time::timeout_at(deadline.into(), self.pump(body, out, attempt)).await {
+            Ok(end) => end,
+            Err(_) => StreamEnd::Deadline(format!(
+                "request timed out mid-stream (retry.total_timeout_ms = {})",
+                self.call.route.retry.total_timeout_ms
+            )),
+        }
+    }
+
+    async fn pump(
         &mut self,
         mut body: Incoming,
         out: &mut Output,
@@ -363,7 +446,7 @@ impl<'a> Pump<'a> {
     ) -> StreamEnd {
         let target = attempt.target;
         let who = (target.provider.name.as_str(), target.model.as_str());
-        let mut parser = SseParser::default();
+        let mut parser = SseParser::new(self.limits.max_sse_event_bytes);
         loop {
             // Until the first chunk the attempt deadline applies; after it,
             // the idle deadline detects stalls.
@@ -400,10 +483,10 @@ impl<'a> Pump<'a> {
                 let event = match parser.next_event() {
                     Ok(Some(event)) => event,
                     Ok(None) => break,
-                    Err(_) => {
+                    Err(e) => {
                         return StreamEnd::Broken {
                             outcome: AttemptOutcome::BadResponse,
-                            reason: "stream is not UTF-8".into(),
+                            reason: e.to_string(),
                         }
                     }
                 };
@@ -414,7 +497,7 @@ impl<'a> Pump<'a> {
                 let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
                     return StreamEnd::Broken {
                         outcome: AttemptOutcome::BadResponse,
-                        reason: format!("malformed chunk: {}", &data[..data.len().min(200)]),
+                        reason: format!("malformed chunk: {}", preview(&data, 200)),
                     };
                 };
                 if let Some(error) = chunk.get("error") {
@@ -427,7 +510,14 @@ impl<'a> Pump<'a> {
                     .ttft
                     .get_or_insert_with(|| attempt.started.elapsed());
                 if self.rewrite(&mut chunk, out) {
-                    out.emit(self.call, chunk.to_string().as_bytes(), who).await;
+                    let frame = chunk.to_string();
+                    if out.held_bytes() + frame.len() > self.limits.max_response_bytes {
+                        return StreamEnd::TooLarge(format!(
+                            "answer larger than {} bytes (upstream.max_response_bytes)",
+                            self.limits.max_response_bytes
+                        ));
+                    }
+                    out.emit(self.call, frame.as_bytes(), who).await;
                     if out.closed {
                         return StreamEnd::ClientClosed;
                     }
@@ -688,6 +778,158 @@ mod tests {
         assert_eq!(pump.skip_repeated(" there"), " there");
         assert!(pump.diverged);
         assert_eq!(pump.skip_repeated(" world"), " world", "no more skipping");
+    }
+
+    /// Upstream bytes through the whole app: see [`crate::testing`].
+    mod whole_path {
+        use std::time::{Duration, Instant};
+
+        use bytes::Bytes;
+        use futures_util::stream;
+
+        use crate::{
+            metering::AttemptOutcome,
+            testing::{self, chat, sse_chunk, sse_response},
+        };
+
+        const CHAT: &str = "/v1/chat/completions";
+
+        #[tokio::test]
+        async fn a_malformed_chunk_cut_inside_a_multibyte_character_fails_the_attempt() {
+            // 199 ASCII bytes, then `é` (2 bytes): byte 200, where the reason
+            // is cut, falls inside it.
+            let bad = Bytes::from(format!("data: {}é not JSON\n\n", "x".repeat(199)));
+            let addr = testing::chat_upstream(move || {
+                let bad = bad.clone();
+                async move { sse_response(stream::iter([Ok(bad)])) }
+            })
+            .await;
+            let (state, sink) = testing::state(addr, "[retry]\nmax_retries = 0\n");
+            let answer =
+                testing::post(&state, CHAT, &[], &chat(true), Duration::from_secs(10)).await;
+            assert_eq!(answer.status, 502, "{}", answer.body);
+            let events = testing::inferences(&sink, 1).await;
+            assert_eq!(events.len(), 1, "the failed request has its event");
+            let attempt = &events[0].attempts[0];
+            assert_eq!(attempt.outcome, AttemptOutcome::BadResponse);
+            let reason = attempt.reason.as_deref().unwrap_or_default();
+            assert!(reason.starts_with("malformed chunk: xxx"), "{reason}");
+        }
+
+        #[tokio::test]
+        async fn the_request_deadline_cuts_a_stream_that_never_ends() {
+            // A token every 50 ms, forever: never idle, never done.
+            let addr = testing::chat_upstream(|| async {
+                let tokens = stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((Ok(sse_chunk("la ")), ()))
+                });
+                sse_response(tokens)
+            })
+            .await;
+            let retry = "[retry]\nmax_retries = 0\ntotal_timeout_ms = 800\nstream_idle_timeout_ms = 500\nattempt_timeout_ms = 5000\n";
+            let (state, sink) = testing::state(addr, retry);
+            let start = Instant::now();
+            let answer =
+                testing::post(&state, CHAT, &[], &chat(true), Duration::from_secs(5)).await;
+            let took = start.elapsed();
+            assert!(took < Duration::from_millis(2500), "cut after {took:?}");
+            assert_eq!(answer.status, 200);
+            let tokens = answer.body.matches(r#""content":"la ""#).count();
+            assert!(
+                tokens >= 5,
+                "{tokens} tokens before the cut: {}",
+                answer.body
+            );
+            // The client's stream ends with an error event, not [DONE].
+            let last = testing_last_event(&answer.body);
+            assert!(
+                last.contains("\"error\"") && last.contains("timed out"),
+                "{last}"
+            );
+            let events = testing::inferences(&sink, 1).await;
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].status, 504);
+            assert_eq!(events[0].attempts[0].outcome, AttemptOutcome::Timeout);
+        }
+
+        #[tokio::test]
+        async fn an_event_over_max_sse_event_bytes_fails_the_attempt() {
+            let line = Bytes::from(format!("data: {}", "x".repeat(8 * 1024)));
+            let addr = testing::chat_upstream(move || {
+                let line = line.clone();
+                async move { sse_response(stream::iter([Ok(line)])) }
+            })
+            .await;
+            let config = "[retry]\nmax_retries = 0\n[upstream]\nmax_sse_event_bytes = 4096\n";
+            let (state, sink) = testing::state(addr, config);
+            let answer =
+                testing::post(&state, CHAT, &[], &chat(true), Duration::from_secs(10)).await;
+            assert_eq!(answer.status, 502, "{}", answer.body);
+            let events = testing::inferences(&sink, 1).await;
+            let attempt = &events[0].attempts[0];
+            assert_eq!(attempt.outcome, AttemptOutcome::BadResponse);
+            let reason = attempt.reason.as_deref().unwrap_or_default();
+            assert!(reason.contains("max_sse_event_bytes"), "{reason}");
+        }
+
+        #[tokio::test]
+        async fn a_validated_stream_over_max_response_bytes_fails_the_attempt() {
+            // Held back for validation, never ending: 100 chunks of 1 KiB.
+            let addr = testing::chat_upstream(|| async {
+                let chunk = sse_chunk(&"y".repeat(1024));
+                sse_response(stream::iter((0..100).map(move |_| Ok(chunk.clone()))))
+            })
+            .await;
+            let config = "[retry]\nmax_retries = 0\n[upstream]\nmax_response_bytes = 16384\n";
+            let (state, sink) = testing::state(addr, config);
+            let mut body = chat(true);
+            body["response_format"] = serde_json::json!({"type": "json_object"});
+            let answer = testing::post(&state, CHAT, &[], &body, Duration::from_secs(10)).await;
+            assert_eq!(answer.status, 502, "{}", answer.body);
+            let events = testing::inferences(&sink, 1).await;
+            let attempt = &events[0].attempts[0];
+            assert_eq!(attempt.outcome, AttemptOutcome::BadResponse);
+            let reason = attempt.reason.as_deref().unwrap_or_default();
+            assert!(reason.contains("max_response_bytes"), "{reason}");
+        }
+
+        #[tokio::test]
+        async fn usage_counts_past_u64_sums_saturate() {
+            let usage = serde_json::json!({
+                "choices": [], "usage": {"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX},
+            });
+            let frames = [
+                Ok(sse_chunk("hi")),
+                Ok(Bytes::from(format!("data: {usage}\n\n"))),
+                Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+            ];
+            let addr = testing::chat_upstream(move || {
+                let frames = frames.clone();
+                async move { sse_response(stream::iter(frames)) }
+            })
+            .await;
+            let (state, sink) = testing::state(addr, "");
+            let mut body = chat(true);
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+            let answer = testing::post(&state, CHAT, &[], &body, Duration::from_secs(10)).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert!(answer.body.ends_with("data: [DONE]\n\n"), "{}", answer.body);
+            assert!(answer
+                .body
+                .contains(&format!("\"total_tokens\":{}", u64::MAX)));
+            let events = testing::inferences(&sink, 1).await;
+            assert_eq!(events[0].completion_tokens, u64::MAX);
+        }
+
+        /// The last `data:` payload of an SSE body.
+        fn testing_last_event(body: &str) -> String {
+            body.split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .last()
+                .unwrap_or_default()
+                .to_owned()
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use flywheel_api::headers::Totals;
 use http::StatusCode;
@@ -18,9 +18,6 @@ use crate::{
     AppState,
 };
 
-/// Largest upstream answer accepted.
-const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
-
 /// A successful answer and who gave it.
 pub struct Answer {
     pub body: Value,
@@ -30,7 +27,10 @@ pub struct Answer {
 
 /// The answer or the error, and in both cases what the attempts cost.
 pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>, Totals) {
-    let (ended, ledger) = attempts::run(call, &mut Unary).await;
+    let mut reader = Unary {
+        max_bytes: state.config.upstream.max_response_bytes,
+    };
+    let (ended, ledger) = attempts::run(call, &mut reader).await;
     let error = match ended {
         Ended::Answered {
             answer: body,
@@ -64,15 +64,18 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
     (Err(error), totals)
 }
 
-/// Reads a whole JSON answer.
-struct Unary;
+/// Reads a whole JSON answer, of at most `max_bytes`
+/// (`upstream.max_response_bytes`).
+struct Unary {
+    max_bytes: usize,
+}
 
 impl Reader for Unary {
     type Answer = Value;
 
     async fn read(&mut self, call: &Call, attempt: &mut Attempt<'_>) -> Tried<Value> {
         let sent = call.upstream_body(attempt.target, None);
-        let result = read_answer(call, attempt, &sent).await;
+        let result = read_answer(call, attempt, &sent, self.max_bytes).await;
         let completion_estimate = result.as_ref().map_or(0, estimate_completion);
         Tried {
             sent,
@@ -87,13 +90,14 @@ async fn read_answer(
     call: &Call,
     attempt: &mut Attempt<'_>,
     body: &Value,
+    max_bytes: usize,
 ) -> Result<Value, Failed> {
     let response = send(call, attempt, body).await?;
     // The attempt timeout covers reading the answer too.
     let left = attempt.timeout.saturating_sub(attempt.started.elapsed());
-    let bytes = read_body(response.into_body(), MAX_ANSWER_BYTES, left)
+    let bytes = read_body(response.into_body(), max_bytes, left)
         .await
-        .map_err(|reason| Failed::retryable(AttemptOutcome::Timeout, reason))?;
+        .map_err(|(outcome, reason)| Failed::retryable(outcome, reason))?;
     let answer = match serde_json::from_slice::<Value>(&bytes) {
         Ok(answer) if answer.get("choices").is_some() || answer.get("data").is_some() => answer,
         Ok(_) | Err(_) => {
@@ -157,4 +161,49 @@ fn estimate_completion(answer: &Value) -> u64 {
         })
         .map(tokens::estimate_text)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::response::IntoResponse;
+    use http::StatusCode;
+
+    use crate::{
+        metering::AttemptOutcome,
+        testing::{self, chat},
+    };
+
+    /// An upstream that always answers 429 with this `Retry-After`.
+    async fn throttled(retry_after: &'static str) -> std::net::SocketAddr {
+        testing::chat_upstream(move || async move {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(http::header::RETRY_AFTER, retry_after)],
+                "{}",
+            )
+                .into_response()
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_absurd_retry_after_moves_on_instead_of_panicking() {
+        for retry_after in ["1e20", "1e300", "18446744073709551616", "-1", "NaN", "inf"] {
+            let addr = throttled(retry_after).await;
+            let (state, sink) = testing::state(addr, "[retry]\nmax_retries = 3\n");
+            let within = Duration::from_secs(10);
+            let answer =
+                testing::post(&state, "/v1/chat/completions", &[], &chat(false), within).await;
+            assert_eq!(answer.status, 502, "{retry_after}: {}", answer.body);
+            let events = testing::inferences(&sink, 1).await;
+            assert_eq!(events.len(), 1, "{retry_after}: the request has its event");
+            let outcomes: Vec<_> = events[0].attempts.iter().map(|a| a.outcome).collect();
+            assert!(
+                outcomes.iter().all(|o| *o == AttemptOutcome::ErrorStatus),
+                "{retry_after}: {outcomes:?}"
+            );
+        }
+    }
 }

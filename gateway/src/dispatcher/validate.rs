@@ -3,7 +3,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use flywheel_api::openai::ResponseFormat;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::time::Duration;
 
@@ -14,6 +14,83 @@ use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
 
 use crate::error::GatewayError;
+
+/// Longest client-chosen id or key (episode id, `user`, idempotency key):
+/// each is kept in memory (the recent-inference index, the implicit
+/// signals) and in every event, so its size is bounded where it comes in.
+pub const MAX_ID_BYTES: usize = 256;
+/// `metadata` (inference requests) and `tags` (feedback): at most this many
+/// pairs, keys and values of at most these sizes (OpenAI's limits for
+/// `metadata`); a value that is not a string counts as its JSON text.
+pub const MAX_PAIRS: usize = 16;
+pub const MAX_KEY_BYTES: usize = 64;
+pub const MAX_VALUE_BYTES: usize = 512;
+
+/// A 400 naming `param` when a client-chosen id is over [`MAX_ID_BYTES`].
+pub fn check_id(id: &str, param: &str) -> Result<(), GatewayError> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(GatewayError::invalid(
+            format!(
+                "`{param}` is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+                id.len()
+            ),
+            Some(param),
+        ));
+    }
+    Ok(())
+}
+
+/// A 400 naming the field when key/value pairs (`metadata`, `tags`) are
+/// over [`MAX_PAIRS`], [`MAX_KEY_BYTES`] or [`MAX_VALUE_BYTES`]; `pairs`
+/// gives each key and its value's size.
+pub fn check_pairs<'a>(
+    param: &str,
+    count: usize,
+    pairs: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Result<(), GatewayError> {
+    if count > MAX_PAIRS {
+        return Err(GatewayError::invalid(
+            format!("`{param}` has {count} entries; at most {MAX_PAIRS} are allowed"),
+            Some(param),
+        ));
+    }
+    for (key, value_bytes) in pairs {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(GatewayError::invalid(
+                format!("a key of `{param}` is longer than {MAX_KEY_BYTES} bytes"),
+                Some(param),
+            ));
+        }
+        if value_bytes > MAX_VALUE_BYTES {
+            let field = format!("{param}.{key}");
+            return Err(GatewayError::invalid(
+                format!("`{field}` is longer than {MAX_VALUE_BYTES} bytes"),
+                Some(&field),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The client-chosen fields of an inference body that the gateway keeps
+/// (`user`) or forwards and records (`metadata`), within their limits.
+pub fn check_client_fields(body: &Value) -> Result<(), GatewayError> {
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        check_id(user, "user")?;
+    }
+    if let Some(metadata) = body.get("metadata").and_then(Value::as_object) {
+        let size = |v: &Value| match v {
+            Value::String(s) => s.len(),
+            other => other.to_string().len(),
+        };
+        check_pairs(
+            "metadata",
+            metadata.len(),
+            metadata.iter().map(|(k, v)| (k.as_str(), size(v))),
+        )?;
+    }
+    Ok(())
+}
 
 /// Reads the whole body within `limit` bytes and `timeout`.
 pub async fn read_json(body: Body, limit: usize, timeout: Duration) -> Result<Value, GatewayError> {

@@ -13,7 +13,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::collections::BTreeMap;
 
@@ -25,7 +25,7 @@ use flywheel_feedback::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{read_json, view};
+use super::body::{check_id, check_pairs, read_json, view};
 use crate::{
     config::{MetricKind, MetricLevel},
     error::GatewayError,
@@ -49,6 +49,27 @@ struct FeedbackBody {
     idempotency_key: Option<String>,
 }
 
+impl FeedbackBody {
+    /// Client-chosen ids and tags within their limits: they are stored
+    /// with the feedback and the episode id is looked up in memory.
+    fn check_sizes(&self) -> Result<(), GatewayError> {
+        for (id, param) in [
+            (&self.inference_id, "inference_id"),
+            (&self.episode_id, "episode_id"),
+            (&self.idempotency_key, "idempotency_key"),
+        ] {
+            if let Some(id) = id {
+                check_id(id, param)?;
+            }
+        }
+        check_pairs(
+            "tags",
+            self.tags.len(),
+            self.tags.iter().map(|(k, v)| (k.as_str(), v.len())),
+        )
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
@@ -61,6 +82,7 @@ pub async fn create(
     )
     .await?;
     let body: FeedbackBody = view(&raw)?;
+    body.check_sizes()?;
     let metrics = &state.config.feedback.metrics;
     let metric = metrics
         .iter()
@@ -189,5 +211,48 @@ fn typed_value(kind: MetricKind, value: &Value) -> Result<FeedbackValue, Gateway
                 "an assistant message ({\"role\": \"assistant\", \"content\": …}) or its content",
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::testing;
+
+    const METRICS: &str = "[[feedback.metrics]]\nname = \"thumbs\"\ntype = \"boolean\"\n\
+        [[feedback.metrics]]\nname = \"solved\"\ntype = \"boolean\"\nlevel = \"episode\"\n";
+
+    #[tokio::test]
+    async fn client_supplied_fields_over_their_limit_are_a_400_naming_them() {
+        let addr = testing::chat_upstream(|| async { testing::chat_answer(3, 1) }).await;
+        let (state, _) = testing::state(addr, METRICS);
+        let long = "k".repeat(10_000);
+        let id = uuid::Uuid::now_v7().to_string();
+        let thumbs = |extra: serde_json::Value| {
+            let mut body = json!({"inference_id": id, "metric": "thumbs", "value": true});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let many_tags: serde_json::Map<_, _> =
+            (0..100).map(|i| (format!("t{i}"), json!("v"))).collect();
+        for (body, param) in [
+            (thumbs(json!({"idempotency_key": long})), "idempotency_key"),
+            (thumbs(json!({"tags": {"by": long}})), "tags.by"),
+            (thumbs(json!({"tags": many_tags})), "tags"),
+            (
+                json!({"episode_id": long, "metric": "solved", "value": true}),
+                "episode_id",
+            ),
+        ] {
+            let answer =
+                testing::post(&state, "/v1/feedback", &[], &body, Duration::from_secs(10)).await;
+            assert_eq!(answer.status, 400, "{param}: {}", answer.body);
+            assert_eq!(answer.json()["error"]["param"], param, "{}", answer.body);
+        }
     }
 }

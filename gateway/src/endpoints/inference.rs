@@ -23,7 +23,7 @@
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
-#![deny(clippy::indexing_slicing, clippy::panic)]
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use axum::{
     body::Body,
@@ -38,10 +38,14 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
-use super::body::{read_json, view, ChatRequest, CompletionRequest, EmbeddingRequest};
+use super::body::{
+    check_client_fields, check_id, read_json, view, ChatRequest, CompletionRequest,
+    EmbeddingRequest,
+};
 use crate::{
     dispatcher::{run_stream, run_unary, Call, Operation, Validator},
     error::GatewayError,
+    metering::tokens,
     middleware::{RequestStart, Tenant},
     AppState,
 };
@@ -73,6 +77,8 @@ pub async fn chat_completions(
             .ok()
             .flatten()
     });
+    let completion = request.max_completion_tokens.or(request.max_tokens);
+    reserve_tokens(&state, &mut call, completion, request.n).await?;
     respond(state, call, mirror).await
 }
 
@@ -96,6 +102,7 @@ pub async fn completions(
     call.set_streaming(request.stream, request.stream_options.as_ref());
     call.can_continue = request.n.unwrap_or(1) == 1 && request.prompt.is_string();
     let mirror = mirror_of(&state, &mut call, || None);
+    reserve_tokens(&state, &mut call, request.max_tokens, request.n).await?;
     respond(state, call, mirror).await
 }
 
@@ -113,7 +120,7 @@ pub async fn embeddings(
             Some("input"),
         ));
     }
-    let call = new_call(
+    let mut call = new_call(
         &state,
         Operation::Embedding,
         (tenant, start),
@@ -121,6 +128,7 @@ pub async fn embeddings(
         value,
         &headers,
     )?;
+    reserve_tokens(&state, &mut call, None, None).await?;
     respond(state, call, None).await
 }
 
@@ -136,6 +144,7 @@ async fn parse<T: serde::de::DeserializeOwned>(
     )
     .await?;
     let request = view(&value)?;
+    check_client_fields(&value)?;
     Ok((value, request))
 }
 
@@ -155,10 +164,50 @@ fn new_call(
         .get(fw::EPISODE_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let Some(episode) = &episode {
+        check_id(episode, fw::EPISODE_ID)?;
+    }
     let pinned = pinned_variant(headers, &tenant)?;
     Ok(Call::new(
         op, tenant, route, body, episode, pinned, start.0,
     )?)
+}
+
+/// Reserves the request's tokens against its key's `tokens_per_minute`
+/// before any attempt (429 when they do not fit): the prompt's estimate
+/// plus `max_tokens` × `n`. Without `max_tokens` only the prompt is
+/// reserved, and the completion counts when the request ends. Called last
+/// before [`respond`], whose request always ends in
+/// [`crate::metering::record_request`], which settles the reservation.
+async fn reserve_tokens(
+    state: &AppState,
+    call: &mut Call,
+    max_tokens: Option<u32>,
+    n: Option<u32>,
+) -> Result<(), GatewayError> {
+    let Some(key) = &call.token_key else {
+        return Ok(());
+    };
+    let completion = u64::from(max_tokens.unwrap_or(0)) * u64::from(n.unwrap_or(1).max(1));
+    let tokens = tokens::estimate_prompt(&call.body).saturating_add(completion);
+    match state
+        .limiter
+        .reserve(key, call.tokens_per_minute, tokens)
+        .await
+    {
+        Ok(reservation) => {
+            call.reservation = Some(reservation);
+            Ok(())
+        }
+        Err(retry_after_s) => {
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&[&call.tenant])
+                .inc();
+            Err(GatewayError::RateLimited { retry_after_s })
+        }
+    }
 }
 
 /// The variant the request pins with `x-flywheel-variant`, if any; 403 when
@@ -350,7 +399,7 @@ mod tests {
         Tenant {
             name: "t".into(),
             key_id: Arc::from("k"),
-            counts_tokens: false,
+            tokens_per_minute: 0,
             pin_variants,
         }
     }
@@ -405,6 +454,103 @@ mod tests {
         assert_eq!(pinned.variant_name(), "base");
         assert!(mirror_of(&state, &mut pinned, || None).is_none());
         assert_eq!(pinned.pair_id, None, "an unmirrored call has no pair");
+    }
+
+    mod limits {
+        use std::time::Duration;
+
+        use serde_json::json;
+
+        use crate::testing::{self, chat};
+
+        const CHAT: &str = "/v1/chat/completions";
+        const WITHIN: Duration = Duration::from_secs(10);
+
+        #[tokio::test]
+        async fn client_supplied_ids_and_fields_over_their_limit_are_a_400_naming_them() {
+            let addr = testing::chat_upstream(|| async { testing::chat_answer(3, 1) }).await;
+            let (state, sink) = testing::state(addr, "");
+            let long = "e".repeat(10_000);
+            let header = testing::post(
+                &state,
+                CHAT,
+                &[("x-flywheel-episode-id", &long)],
+                &chat(false),
+                WITHIN,
+            )
+            .await;
+            let mut user = chat(false);
+            user["user"] = json!(long);
+            let mut metadata = chat(false);
+            metadata["metadata"] = json!({"k": long});
+            let mut many = chat(false);
+            many["metadata"] = (0..100).map(|i| (format!("k{i}"), json!("v"))).collect();
+            for (answer, param) in [
+                (header, "x-flywheel-episode-id"),
+                (
+                    testing::post(&state, CHAT, &[], &user, WITHIN).await,
+                    "user",
+                ),
+                (
+                    testing::post(&state, CHAT, &[], &metadata, WITHIN).await,
+                    "metadata.k",
+                ),
+                (
+                    testing::post(&state, CHAT, &[], &many, WITHIN).await,
+                    "metadata",
+                ),
+            ] {
+                assert_eq!(answer.status, 400, "{param}: {}", answer.body);
+                assert_eq!(answer.json()["error"]["param"], param, "{}", answer.body);
+            }
+            assert!(sink.inferences().is_empty(), "refused before any attempt");
+            // At the limit is fine.
+            let ok = "e".repeat(256);
+            let answer = testing::post(
+                &state,
+                CHAT,
+                &[("x-flywheel-episode-id", &ok)],
+                &chat(false),
+                WITHIN,
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+
+        #[tokio::test]
+        async fn the_token_limit_reserves_max_tokens_times_n_up_front() {
+            // Each answer takes 300 ms and uses 60 tokens.
+            let addr = testing::chat_upstream(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                testing::chat_answer(10, 50)
+            })
+            .await;
+            let key = format!(
+                "[[auth.keys]]\ntenant = \"t\"\nsha256 = \"{}\"\ntokens_per_minute = 100\n",
+                flywheel_api::keys::sha256_hex("k")
+            );
+            let (state, _) = testing::state(addr, &key);
+            let auth = [("authorization", "Bearer k")];
+            let mut body = chat(false);
+            body["max_tokens"] = json!(40);
+            body["n"] = json!(2);
+            // Two at once, each reserving 80 of the 100: one must wait.
+            let (a, b) = tokio::join!(
+                testing::post(&state, CHAT, &auth, &body, WITHIN),
+                testing::post(&state, CHAT, &auth, &body, WITHIN),
+            );
+            let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+            statuses.sort_unstable();
+            assert_eq!(statuses, [200, 429], "{} / {}", a.body, b.body);
+            // The answer used 60, not 80: the rest of the reservation is
+            // released, and 30 more fit.
+            body["max_tokens"] = json!(30);
+            body["n"] = json!(1);
+            let answer = testing::post(&state, CHAT, &auth, &body, WITHIN).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let answer = testing::post(&state, CHAT, &auth, &body, WITHIN).await;
+            assert_eq!(answer.status, 429, "{}", answer.body);
+        }
     }
 
     #[test]

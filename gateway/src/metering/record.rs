@@ -57,10 +57,11 @@ impl Outcome {
 /// has its event in the log.
 pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
     // A shadow call has no token key: the tenant is not billed for it.
-    if let Some(key) = &call.token_key {
-        state
-            .limiter
-            .record_tokens(key, outcome.tokens.0 + outcome.tokens.1);
+    let used = outcome.tokens.0.saturating_add(outcome.tokens.1);
+    match (&call.reservation, &call.token_key) {
+        (Some(reservation), _) => state.limiter.settle(reservation, used),
+        (None, Some(key)) => state.limiter.record_tokens(key, used),
+        (None, None) => {}
     }
     let status = outcome.status;
     let event = inference_event(call, ledger, outcome, state.capture_bodies());
@@ -168,8 +169,15 @@ fn totals(event: &InferenceEvent) -> Totals {
     Totals {
         attempts: event.attempts.len() as u32,
         fallback_depth: event.fallback_depth,
-        prompt_tokens: event.attempts.iter().map(|a| a.prompt_tokens).sum(),
-        completion_tokens: event.attempts.iter().map(|a| a.completion_tokens).sum(),
+        // Upstream counts: saturate rather than overflow.
+        prompt_tokens: event
+            .attempts
+            .iter()
+            .fold(0u64, |sum, a| sum.saturating_add(a.prompt_tokens)),
+        completion_tokens: event
+            .attempts
+            .iter()
+            .fold(0u64, |sum, a| sum.saturating_add(a.completion_tokens)),
         cost_usd: event.cost_usd,
     }
 }

@@ -1,7 +1,14 @@
 //! Where events go. Recording never blocks the request path: sinks hand the
 //! event to a background writer.
 
-use std::{io::Write, path::Path, sync::Arc};
+use std::{
+    io::Write,
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 use flywheel_feedback::{Capture, Record};
 use futures_util::future::BoxFuture;
@@ -32,28 +39,41 @@ impl EventSink for NullSink {
 /// `{"feedback": …}`). A background thread owns the file so that disk
 /// latency never reaches a request. Nothing here survives a crash: the
 /// write-ahead log (`[capture]`) is the lossless path.
+///
+/// Lines waiting for the writer hold at most `max_queued_bytes`: when the
+/// disk falls that far behind, a new event is left out of the file
+/// (counted in `flywheel_metering_events_dropped_total`, logged) instead of
+/// growing memory or blocking the request that recorded it.
 pub struct JsonlSink {
-    tx: Mutex<Option<mpsc::UnboundedSender<Record>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
+    /// Bytes of the lines sent and not yet written.
+    queued: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    dropped: prometheus::IntCounter,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl JsonlSink {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(
+        path: &Path,
+        max_queued_bytes: usize,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
+        // Unbounded as a channel; bounded in bytes by `queued`.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = queued.clone();
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::new(file);
-            while let Some(event) = rx.blocking_recv() {
-                let mut write = |e: &Record| -> std::io::Result<()> {
-                    serde_json::to_writer(&mut out, e)?;
-                    out.write_all(b"\n")
-                };
-                if let Err(e) = write(&event) {
+            while let Some(line) = rx.blocking_recv() {
+                if let Err(e) = out.write_all(&line) {
                     tracing::error!(error = %e, "cannot write metering event");
                 }
+                written.fetch_sub(line.len(), Ordering::AcqRel);
                 // Flush once the burst is written, not per event.
                 if rx.is_empty() {
                     if let Err(e) = out.flush() {
@@ -65,6 +85,9 @@ impl JsonlSink {
         });
         Ok(Self {
             tx: Mutex::new(Some(tx)),
+            queued,
+            max_queued_bytes,
+            dropped,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -72,8 +95,32 @@ impl JsonlSink {
 
 impl EventSink for JsonlSink {
     fn record(&self, record: Record) {
-        if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send(record);
+        // Serialised here, so that the queue's bytes are known exactly.
+        let mut line = match serde_json::to_vec(&record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise metering event");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let len = line.len();
+        // Take the room before sending, so that concurrent records cannot
+        // overshoot the limit together.
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > self.max_queued_bytes {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.inc();
+            tracing::warn!(
+                id = record.id(),
+                queued = before,
+                "metering file behind by metering.max_queued_bytes: event left out"
+            );
+            return;
+        }
+        let sent = self.tx.lock().as_ref().map(|tx| tx.send(line).is_ok());
+        if sent != Some(true) {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
         }
     }
 
@@ -169,7 +216,64 @@ pub fn build_sink(
     }
     match config.sink {
         SinkKind::None => {}
-        SinkKind::Jsonl => sinks.push(Box::new(JsonlSink::open(&config.path)?)),
+        SinkKind::Jsonl => sinks.push(Box::new(JsonlSink::open(
+            &config.path,
+            config.max_queued_bytes,
+            metrics.metering_dropped.clone(),
+        )?)),
     }
     Ok(Arc::new(MetricsSink::new(metrics, sinks)))
+}
+
+#[cfg(test)]
+mod tests {
+    use flywheel_feedback::event::{FeedbackEvent, FeedbackTarget, FeedbackValue};
+
+    use super::*;
+
+    fn feedback(n: usize) -> Record {
+        Record::Feedback(FeedbackEvent {
+            id: format!("f{n}"),
+            ts_ms: 0,
+            tenant: "t".into(),
+            target: FeedbackTarget::inference("i"),
+            route: "r".into(),
+            variant: "v".into(),
+            metric: "m".into(),
+            value: FeedbackValue::Boolean(true),
+            tags: Default::default(),
+            idempotency_key: None,
+            source: "api".into(),
+        })
+    }
+
+    async fn lines(sink: JsonlSink, path: &Path) -> usize {
+        sink.shutdown().await;
+        std::fs::read_to_string(path).unwrap().lines().count()
+    }
+
+    #[tokio::test]
+    async fn events_past_the_queued_bytes_are_left_out_and_counted() {
+        let dir = std::env::temp_dir().join(format!("flywheel-sink-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        // Smaller than one event: nothing can be queued.
+        let sink = JsonlSink::open(&path, 16, dropped.clone()).unwrap();
+        for n in 0..100 {
+            sink.record(feedback(n));
+        }
+        assert_eq!(lines(sink, &path).await, 0);
+        assert_eq!(dropped.get(), 100);
+
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let sink = JsonlSink::open(&path, 1 << 20, dropped.clone()).unwrap();
+        for n in 0..100 {
+            sink.record(feedback(n));
+        }
+        assert!(sink.queued.load(Ordering::Acquire) <= 1 << 20);
+        assert_eq!(lines(sink, &path).await, 100);
+        assert_eq!(dropped.get(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -26,8 +26,9 @@ use crate::{
 pub struct Tenant {
     pub name: String,
     pub key_id: Arc<str>,
-    /// The key has a token limit, so finished requests report their tokens.
-    pub counts_tokens: bool,
+    /// The key's `tokens_per_minute` (0 = no limit): each request reserves
+    /// its tokens against it up front.
+    pub tokens_per_minute: u64,
     /// The key may pin a route's variant with `x-flywheel-variant`
     /// (`pin_variants`); without it a pinning request gets 403.
     pub pin_variants: bool,
@@ -39,7 +40,7 @@ impl Tenant {
         Self {
             name: "anonymous".into(),
             key_id: Arc::from("anonymous"),
-            counts_tokens: false,
+            tokens_per_minute: 0,
             // Without auth there is no one to trust more than another.
             pin_variants: true,
         }
@@ -73,7 +74,7 @@ impl Keys {
                 let tenant = Tenant {
                     name: k.tenant.clone(),
                     key_id: Arc::from(keys::hex(&k.sha256[..8])),
-                    counts_tokens: k.tokens_per_minute > 0,
+                    tokens_per_minute: k.tokens_per_minute,
                     pin_variants: k.pin_variants,
                 };
                 let limits = KeyLimits {

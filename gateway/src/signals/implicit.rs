@@ -10,11 +10,15 @@
 //!   whether its first attempt's answer was valid
 //!   (`implicit_validation_first_try`).
 //!
-//! State is per process and bounded; a conversation pinned to a replica by
-//! episode hashing sees all its turns.
+//! State is per process and bounded in bytes: at most `max_tracked` turns,
+//! each holding hashes of at most [`MAX_WORDS`] words of its question
+//! (a question longer than that is compared on its first words), and ids
+//! bounded where they come in. A conversation pinned to a replica by episode
+//! hashing sees all its turns.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::{Hash, Hasher},
     time::{Duration, Instant},
 };
 
@@ -29,13 +33,17 @@ pub const REGENERATE: &str = "implicit_regenerate";
 pub const REASK: &str = "implicit_reask";
 pub const VALIDATION: &str = "implicit_validation_first_try";
 
+/// Distinct words of a question kept (as hashes) to recognise a re-ask.
+const MAX_WORDS: usize = 256;
+
 struct Turn {
     at: Instant,
     inference_id: String,
     route: String,
     variant: String,
     messages_hash: [u8; 32],
-    words: HashSet<String>,
+    /// Hashes of the question's first [`MAX_WORDS`] distinct words.
+    words: HashSet<u64>,
 }
 
 /// What the signals need to know about a finished request.
@@ -57,14 +65,25 @@ pub struct Signals {
     last: Mutex<HashMap<String, Turn>>,
 }
 
-fn normalized_words(text: &str) -> HashSet<String> {
-    text.split(|c: char| !c.is_alphanumeric())
+/// Hashes of the first [`MAX_WORDS`] distinct lower-cased words of `text`.
+fn normalized_words(text: &str) -> HashSet<u64> {
+    let mut words = HashSet::new();
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    {
+        if words.len() >= MAX_WORDS {
+            break;
+        }
+        // Fixed keys: hashes compare across requests within the process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        word.to_lowercase().hash(&mut hasher);
+        words.insert(hasher.finish());
+    }
+    words
 }
 
-fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
+fn jaccard(a: &HashSet<u64>, b: &HashSet<u64>) -> f64 {
     let inter = a.intersection(b).count();
     let union = a.len() + b.len() - inter;
     if union == 0 {
@@ -246,6 +265,28 @@ mod tests {
         );
         let other = json!([{"role": "user", "content": "Tell me a joke about cats"}]);
         assert!(observe(&s, "d", &other).is_empty());
+    }
+
+    #[test]
+    fn the_state_of_a_turn_is_bounded_whatever_its_message() {
+        let s = Signals::new(cfg());
+        let words: Vec<String> = (0..100_000).map(|i| format!("w{i}")).collect();
+        let q = json!([{"role": "user", "content": words.join(" ")}]);
+        observe(&s, "a", &q);
+        let last = s.last.lock();
+        let turn = last.values().next().unwrap();
+        assert!(
+            turn.words.len() <= MAX_WORDS,
+            "{} words kept",
+            turn.words.len()
+        );
+        drop(last);
+        // A re-ask of a long question is still recognised.
+        assert_eq!(observe(&s, "b", &q)[0].metric, REGENERATE);
+        let mut again = words.clone();
+        again.push("please".into());
+        let reask = json!([{"role": "user", "content": again.join(" ")}]);
+        assert_eq!(observe(&s, "c", &reask)[0].metric, REASK);
     }
 
     #[test]

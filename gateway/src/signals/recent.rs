@@ -3,8 +3,9 @@
 //! Feedback often arrives seconds after the answer, before the write-ahead
 //! log shipped the inference to ClickHouse, so authorization cannot rely on
 //! ClickHouse alone. This index remembers the last `capacity` inferences
-//! (and the episodes they belong to); older ones are looked up in
-//! ClickHouse. On start it is refilled from the unshipped log.
+//! (and the episodes they belong to), within `max_bytes` of memory (the
+//! episode ids are the client's); older ones are looked up in ClickHouse.
+//! On start it is refilled from the unshipped log.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -28,11 +29,29 @@ struct Inner {
     /// of indexed inferences that reference it (removed at zero).
     episodes: HashMap<Arc<str>, (Owner, u32)>,
     order: VecDeque<u128>,
+    /// Sum of [`cost`] over `inferences`.
+    bytes: usize,
 }
 
 pub struct RecentInferences {
     capacity: usize,
+    max_bytes: usize,
     inner: Mutex<Inner>,
+}
+
+/// What an entry is charged beyond its strings: its slots in the maps and
+/// the queue and the `Arc` headers. An estimate: it need only grow with
+/// what is stored, so that `max_bytes` bounds the memory within a factor.
+const ENTRY_OVERHEAD: usize = 192;
+
+/// Estimated bytes an indexed inference holds (its episode's entry
+/// included: the episode id is shared).
+fn cost(owner: &Owner) -> usize {
+    ENTRY_OVERHEAD
+        + owner.tenant.len()
+        + owner.route.len()
+        + owner.variant.len()
+        + owner.episode_id.as_ref().map_or(0, |e| e.len())
 }
 
 fn key(id: &str) -> Option<u128> {
@@ -40,13 +59,15 @@ fn key(id: &str) -> Option<u128> {
 }
 
 impl RecentInferences {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes,
             inner: Mutex::new(Inner {
                 inferences: HashMap::new(),
                 episodes: HashMap::new(),
                 order: VecDeque::new(),
+                bytes: 0,
             }),
         }
     }
@@ -61,14 +82,17 @@ impl RecentInferences {
                 .or_insert_with(|| (owner.clone(), 0))
                 .1 += 1;
         }
-        if inner.inferences.insert(k, owner).is_none() {
-            inner.order.push_back(k);
+        inner.bytes += cost(&owner);
+        match inner.inferences.insert(k, owner) {
+            None => inner.order.push_back(k),
+            Some(replaced) => inner.bytes = inner.bytes.saturating_sub(cost(&replaced)),
         }
-        while inner.order.len() > self.capacity {
+        while inner.order.len() > self.capacity || inner.bytes > self.max_bytes {
             let Some(old) = inner.order.pop_front() else {
                 break;
             };
             if let Some(o) = inner.inferences.remove(&old) {
+                inner.bytes = inner.bytes.saturating_sub(cost(&o));
                 if let Some(ep) = o.episode_id {
                     let gone = inner.episodes.get_mut(&ep).map(|e| {
                         e.1 -= 1;
@@ -150,8 +174,30 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_bounded_by_bytes_whatever_the_episode_ids() {
+        let r = RecentInferences::new(1_000_000, 64 * 1024);
+        let ids: Vec<String> = (0..2_000)
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            r.insert(id, owner("t", Some(&format!("{i}:{}", "e".repeat(250)))));
+        }
+        let inner = r.inner.lock();
+        assert!(inner.bytes <= 64 * 1024, "{} bytes", inner.bytes);
+        let kept = inner.inferences.len();
+        assert!(kept > 50 && kept < 2_000, "{kept} kept");
+        assert_eq!(inner.episodes.len(), kept, "evicted episodes go too");
+        drop(inner);
+        assert!(
+            r.inference(ids.last().unwrap()).is_some(),
+            "the newest stays"
+        );
+        assert!(r.inference(&ids[0]).is_none(), "the oldest goes");
+    }
+
+    #[test]
     fn evicts_oldest_and_its_episode() {
-        let r = RecentInferences::new(2);
+        let r = RecentInferences::new(2, usize::MAX);
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
         r.insert(&ids[0], owner("a", Some("ep1")));
         r.insert(&ids[1], owner("b", None));

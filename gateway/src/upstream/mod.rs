@@ -194,14 +194,28 @@ pub fn build_providers(
 }
 
 /// Seconds from a `Retry-After` header (delta-seconds form only; HTTP dates
-/// are rare from LLM APIs and are treated as absent).
+/// are rare from LLM APIs and are treated as absent). The value is an
+/// upstream's: one past what a [`Duration`] holds (`1e20`) saturates rather
+/// than panics, and the plan moves on to the next target instead of
+/// waiting, as for any wait over `retry.max_retry_after_ms`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    let seconds = v.trim().parse::<f64>().ok()?;
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
+}
+
+/// At most the first `max_bytes` of an upstream's text, cut at a character
+/// boundary (slicing a `str` inside a character panics), for error reasons
+/// and logs.
+pub fn preview(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 /// Statuses worth another attempt: the upstream may answer differently next
@@ -213,4 +227,43 @@ pub fn is_retryable(status: StatusCode) -> bool {
         || status == StatusCode::UNAUTHORIZED
         || status == StatusCode::FORBIDDEN
         || status.is_server_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        assert_eq!(after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn previews_cut_at_a_character_boundary() {
+        let text = format!("{}é and more", "x".repeat(199));
+        assert_eq!(preview(&text, 200), "x".repeat(199));
+        assert_eq!(preview(&text, 201), format!("{}é", "x".repeat(199)));
+        assert_eq!(preview("日本", 1), "");
+        assert_eq!(preview("short", 200), "short");
+    }
+
+    #[test]
+    fn an_absurd_retry_after_never_panics() {
+        // Past u64 seconds: `Duration::from_secs_f64` panics on these.
+        for huge in ["1e20", "1e300", "18446744073709551616"] {
+            let wait = after(huge).unwrap();
+            assert!(wait >= Duration::from_secs(3600), "{huge}: {wait:?}");
+        }
+        for nonsense in ["-1", "-0.5", "NaN", "inf", "-inf", ""] {
+            assert_eq!(after(nonsense), None, "{nonsense}");
+        }
+    }
 }
