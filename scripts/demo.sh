@@ -21,7 +21,8 @@
 #
 # Knobs (environment): TASK (instructions | tool_call | extraction | ...), RATE (users'
 # conversations per second, default 0.15: about what these two cores answer
-# beside a training; more, and requests queue), FAST. Logs and state: $FLYWHEEL_CACHE/demo-loop.
+# beside a training; more, and requests queue), FAST, DASH_PORT (the
+# dashboards, 8090), KEEP=1 (leave everything running after the report). Logs and state: $FLYWHEEL_CACHE/demo-loop.
 # The gateway alone in front of a mock provider: scripts/gateway-demo.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,7 @@ start_listening "$WORK/engine-small.log" "$ENGINE" serve --model "$SMALL" --name
 PIDS+=("$STARTED_PID"); SMALL_ADDR=$ADDR
 start_listening "$WORK/engine-big.log" "$ENGINE" serve --model "$BIG" --name qwen --listen 127.0.0.1:0
 PIDS+=("$STARTED_PID"); BIG_ADDR=$ADDR
-USER_KEY=sk-demo-user; TUNER_KEY=sk-demo-tuner
+USER_KEY=sk-demo-user; TUNER_KEY=sk-demo-tuner; DASH_ADMIN=demo-admin
 sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 cat >"$WORK/gateway.toml" <<EOF
 [server]
@@ -80,6 +81,8 @@ sha256 = "$(sha $USER_KEY)"
 tenant = "flywheel-tuner"
 sha256 = "$(sha $TUNER_KEY)"
 pin_variants = true
+[admin]
+token_sha256 = "$(sha $DASH_ADMIN)"
 [capture]
 clickhouse_url = "http://127.0.0.1:8123"
 database = "$DB"
@@ -91,6 +94,10 @@ key_prefix = "flywheel_demo:"
 weights_poll_ms = 500
 [[feedback.metrics]]
 name = "thumbs_up"
+type = "boolean"
+# The dashboards' playground records its thumbs as `thumbs`.
+[[feedback.metrics]]
+name = "thumbs"
 type = "boolean"
 [retry]
 max_retries = 1
@@ -126,6 +133,12 @@ EOF
 start_listening "$WORK/gateway.log" "$BIN/flywheel-gateway" --config "$WORK/gateway.toml"
 PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
 log "gateway on $GATEWAY: route demo = chain (SmolLM2 + validation retry → Qwen 0.5B); engines $SMALL_ADDR, $BIG_ADDR"
+DASH=127.0.0.1:${DASH_PORT:-8090}
+"$BIN/flywheel-dashboards" --listen "$DASH" --gateway-config "$WORK/gateway.toml" --database "$DB" \
+  --gateway-url "http://$GATEWAY" --playground-key "$TUNER_KEY" --tuner-state "$WORK/tuner" \
+  --redis-prefix flywheel_demo: >"$WORK/dashboards.log" 2>&1 &
+PIDS+=("$!")
+log "dashboards: http://$DASH (token $DASH_ADMIN: every page; $USER_KEY: the users' tenant only)"
 
 "$BIN/flywheel-tuner" tasks --out "$WORK/tasks" --task "$TASK" --n 200 >/dev/null
 export FLYWHEEL_CLICKHOUSE_URL=http://127.0.0.1:8123 FLYWHEEL_CLICKHOUSE_DATABASE=$DB \
@@ -212,3 +225,8 @@ curl -sf http://127.0.0.1:8123/ --data-binary "
              WHERE metric = 'grader_demo' GROUP BY id) AS g USING id
   GROUP BY variant ORDER BY variant FORMAT PrettyCompactNoEscapes"
 phase "done in $(( ($(date +%s) - START) / 60 )) min; logs and state in $WORK"
+log "look next: the dashboards at http://$DASH (token $DASH_ADMIN): cost per successful answer and the frontier, the experiment's interval band and decision log, the run's curves and gate"
+if [ "${KEEP:-0}" = 1 ]; then
+  log "KEEP=1: everything keeps running for the dashboards; Ctrl-C stops it"
+  wait
+fi

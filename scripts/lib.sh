@@ -12,10 +12,12 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # A virtualenv with the Python packages the tests and benchmarks use.
 ensure_python() {
-  if [ ! -x "$FLYWHEEL_VENV/bin/python" ] || ! "$FLYWHEEL_VENV/bin/python" -c 'import openai' 2>/dev/null; then
-    log "creating $FLYWHEEL_VENV (openai SDK)"
+  # openai: the SDK compatibility tests; selenium: the dashboards' browser
+  # test (dashboards/tests/browser.py, driving Debian's chromium-driver).
+  if [ ! -x "$FLYWHEEL_VENV/bin/python" ] || ! "$FLYWHEEL_VENV/bin/python" -c 'import openai, selenium' 2>/dev/null; then
+    log "creating $FLYWHEEL_VENV (openai SDK, selenium)"
     python3 -m venv "$FLYWHEEL_VENV"
-    "$FLYWHEEL_VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+    "$FLYWHEEL_VENV/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3' 'selenium>=4.10,<5'
   fi
   export FLYWHEEL_PYTHON="$FLYWHEEL_VENV/bin/python"
 }

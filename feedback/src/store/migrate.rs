@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "canary_unload",
         sql: include_str!("../../migrations/0007_canary_unload.sql"),
     },
+    Migration {
+        version: 8,
+        name: "dashboards",
+        sql: include_str!("../../migrations/0008_dashboards.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.

@@ -66,7 +66,7 @@ fn tuner_config(
     dir: &Path,
     engines: &[&str],
     gateway: &Proc,
-    suite: &Path,
+    grader: &Path,
     trigger: &str,
 ) -> PathBuf {
     let engines: Vec<String> = engines.iter().map(|e| format!("\"http://{e}\"")).collect();
@@ -119,7 +119,7 @@ n_star = 50.0
         gw = gateway.addr,
         engines = engines.join(", "),
         model = model_dir().display(),
-        grader = suite.join("extraction.grader.json").display(),
+        grader = grader.display(),
     );
     let path = dir.join("tuner.toml");
     std::fs::write(&path, text).unwrap();
@@ -241,6 +241,19 @@ impl Stack {
     }
 }
 
+/// Trainer processes whose arguments name a path under `state`.
+fn trainers_under(state: &Path) -> usize {
+    let state = state.to_string_lossy();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" train ") && c.contains(&*state))
+        .count()
+}
+
 #[tokio::test]
 async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person_and_survives_a_restart(
 ) {
@@ -269,7 +282,7 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
         dir,
         &[&engine.addr],
         gw,
-        suite,
+        &suite.join("extraction.grader.json"),
         "every_secs = 0\nnew_rows = 6\nmin_interval_secs = 0",
     );
     let state = dir.join("state");
@@ -287,6 +300,16 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
         logged()
     );
     drop(service);
+    // SIGKILL leaves the service no chance to stop its trainer: the trainer
+    // must notice by itself, or it would write the checkpoint that the next
+    // service's trainer resumes from.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            trainers_under(&state) == 0
+        })
+        .await,
+        "the killed service's trainer is still running"
+    );
     let _service = serve(&config, services, &log);
 
     assert!(
@@ -383,7 +406,7 @@ async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded
         &stack.dir,
         &[&stack.engine.addr, &refusing.addr],
         &stack.gateway,
-        &stack.suite,
+        &stack.suite.join("extraction.grader.json"),
         "every_secs = 1\nnew_rows = 0\nmin_interval_secs = 3600",
     );
     let state = stack.dir.join("state");
@@ -416,8 +439,14 @@ async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded
     assert_eq!(events.last().unwrap()["outcome"], "failed", "{story}");
     assert!(story.contains("failed"), "{story}");
     // Nothing of the run stays loaded, on the engine that took it either.
+    assert_only_base_loaded(&stack.engine).await;
+}
+
+/// The engine serves its base model and nothing else: no tuned version, no
+/// alias.
+async fn assert_only_base_loaded(engine: &Proc) {
     let models: Value = client()
-        .get(stack.engine.url("/admin/models"))
+        .get(engine.url("/admin/models"))
         .bearer_auth(ENGINE_ADMIN)
         .send()
         .await
@@ -433,4 +462,59 @@ async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded
         .collect();
     assert_eq!(names, ["base"], "{models}");
     assert_eq!(models["aliases"], serde_json::json!({}), "{models}");
+}
+
+#[tokio::test]
+async fn a_run_whose_grader_always_errors_is_recorded_failed_and_deploys_nothing() {
+    let _heavy = HEAVY.lock().await;
+    let stack = Stack::start();
+    let status = stack.users("1", "20").status().unwrap();
+    assert!(status.success());
+    let grader = stack.dir.join("broken.grader.json");
+    std::fs::write(
+        &grader,
+        serde_json::json!({
+            "type": "python",
+            "name": "broken",
+            "source": "def grade(sample, item):\n    raise RuntimeError('this grader is broken')\n",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let config = tuner_config(
+        &stack.dir,
+        &[&stack.engine.addr],
+        &stack.gateway,
+        &grader,
+        "every_secs = 1\nnew_rows = 0\nmin_interval_secs = 3600",
+    );
+    let state = stack.dir.join("state");
+    let log = stack.dir.join("serve.log");
+    let _service = serve(&config, &stack.services, &log);
+    assert!(
+        eventually(Duration::from_secs(600), || async {
+            has(&journal(&state), "ended", "")
+        })
+        .await,
+        "the run did not end: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (run, events) = trained_run(&state).unwrap();
+    let (ok, story) = tuner(&["runs", "--config", config.to_str().unwrap(), &run]);
+    assert!(ok, "{story}");
+    let failure = events
+        .iter()
+        .find(|e| e["event"] == "failed")
+        .unwrap_or_else(|| panic!("no failure recorded: {story}"));
+    assert_eq!(failure["stage"], "train", "{story}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("this grader is broken"),
+        "{story}"
+    );
+    assert_eq!(events.last().unwrap()["outcome"], "failed", "{story}");
+    assert!(!has(&events, "started", "deploy"), "{story}");
+    assert_only_base_loaded(&stack.engine).await;
 }
