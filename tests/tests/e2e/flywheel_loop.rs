@@ -402,11 +402,35 @@ async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded
         .args(["--name", "base", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn");
     let refusing = spawn_listening(cmd, scratch_dir("engine-refusing"));
+    let (events, failure, story) = failed_run(
+        &stack,
+        &[&stack.engine.addr, &refusing.addr],
+        &stack.suite.join("extraction.grader.json"),
+    )
+    .await;
+    assert_eq!(failure["stage"], "deploy", "{story}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused the model"),
+        "{story}"
+    );
+    assert!(has(&events, "cleaned_up", ""), "{story}");
+    assert!(story.contains("failed"), "{story}");
+    // Nothing of the run stays loaded, on the engine that took it either.
+    assert_only_base_loaded(&stack.engine).await;
+}
+
+/// Runs the tuner service on `engines` with `grader` until its first run
+/// ends, which must be as failed: the run's journal events, its failure
+/// event and the `runs RUN` story.
+async fn failed_run(stack: &Stack, engines: &[&str], grader: &Path) -> (Vec<Value>, Value, String) {
     let config = tuner_config(
         &stack.dir,
-        &[&stack.engine.addr, &refusing.addr],
+        engines,
         &stack.gateway,
-        &stack.suite.join("extraction.grader.json"),
+        grader,
         "every_secs = 1\nnew_rows = 0\nmin_interval_secs = 3600",
     );
     let state = stack.dir.join("state");
@@ -426,20 +450,10 @@ async fn a_run_an_engine_refuses_is_recorded_failed_and_leaves_no_version_loaded
     let failure = events
         .iter()
         .find(|e| e["event"] == "failed")
+        .cloned()
         .unwrap_or_else(|| panic!("no failure recorded: {story}"));
-    assert_eq!(failure["stage"], "deploy", "{story}");
-    assert!(
-        failure["reason"]
-            .as_str()
-            .unwrap()
-            .contains("refused the model"),
-        "{story}"
-    );
-    assert!(has(&events, "cleaned_up", ""), "{story}");
     assert_eq!(events.last().unwrap()["outcome"], "failed", "{story}");
-    assert!(story.contains("failed"), "{story}");
-    // Nothing of the run stays loaded, on the engine that took it either.
-    assert_only_base_loaded(&stack.engine).await;
+    (events, failure, story)
 }
 
 /// The engine serves its base model and nothing else: no tuned version, no
@@ -481,31 +495,7 @@ async fn a_run_whose_grader_always_errors_is_recorded_failed_and_deploys_nothing
         .to_string(),
     )
     .unwrap();
-    let config = tuner_config(
-        &stack.dir,
-        &[&stack.engine.addr],
-        &stack.gateway,
-        &grader,
-        "every_secs = 1\nnew_rows = 0\nmin_interval_secs = 3600",
-    );
-    let state = stack.dir.join("state");
-    let log = stack.dir.join("serve.log");
-    let _service = serve(&config, &stack.services, &log);
-    assert!(
-        eventually(Duration::from_secs(600), || async {
-            has(&journal(&state), "ended", "")
-        })
-        .await,
-        "the run did not end: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let (run, events) = trained_run(&state).unwrap();
-    let (ok, story) = tuner(&["runs", "--config", config.to_str().unwrap(), &run]);
-    assert!(ok, "{story}");
-    let failure = events
-        .iter()
-        .find(|e| e["event"] == "failed")
-        .unwrap_or_else(|| panic!("no failure recorded: {story}"));
+    let (events, failure, story) = failed_run(&stack, &[&stack.engine.addr], &grader).await;
     assert_eq!(failure["stage"], "train", "{story}");
     assert!(
         failure["reason"]
@@ -514,7 +504,6 @@ async fn a_run_whose_grader_always_errors_is_recorded_failed_and_deploys_nothing
             .contains("this grader is broken"),
         "{story}"
     );
-    assert_eq!(events.last().unwrap()["outcome"], "failed", "{story}");
     assert!(!has(&events, "started", "deploy"), "{story}");
     assert_only_base_loaded(&stack.engine).await;
 }

@@ -135,7 +135,13 @@ fn exit_with_parent() {
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
         if std::os::unix::process::parent_id() != parent {
-            eprintln!("train: the process that started this training is gone; exiting");
+            // Not `eprintln!`: stderr is most likely a pipe to the dead
+            // parent, and a failed print panics this thread instead of
+            // exiting.
+            let _ = writeln!(
+                std::io::stderr(),
+                "train: the process that started this training is gone; exiting"
+            );
             std::process::exit(3);
         }
     });
