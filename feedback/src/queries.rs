@@ -424,19 +424,56 @@ impl Store {
         Ok(None)
     }
 
-    /// Owner of an episode: its latest inference's. Scans `episode_id`
-    /// (not in the sorting key): meant for the feedback endpoint's rare
-    /// episode-level feedback, not for hot paths.
-    pub async fn episode_owner(&self, episode_id: &str) -> Result<Option<InferenceOwner>> {
+    /// Owner of an inference of `tenant` (also after retention moved it),
+    /// or None if ClickHouse does not have it, or has it for another
+    /// tenant. `id` is the sorting key: one granule read per table.
+    pub async fn tenant_inference_owner(
+        &self,
+        tenant: &str,
+        inference_id: &str,
+    ) -> Result<Option<InferenceOwner>> {
+        for table in ["inferences", "inferences_retained"] {
+            let sql = format!(
+                "SELECT tenant, episode_id, route, variant FROM {}.{table} \
+                 WHERE id = ? AND tenant = ? LIMIT 1",
+                self.database()
+            );
+            let owner = timed(
+                "inference owner",
+                self.client()
+                    .query(&sql)
+                    .bind(inference_id)
+                    .bind(tenant)
+                    .fetch_optional::<InferenceOwner>(),
+            )
+            .await?;
+            if owner.is_some() {
+                return Ok(owner);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Owner of `tenant`'s episode `episode_id`: its latest inference's, or
+    /// None if `tenant` has no inference in that episode (another tenant
+    /// using the same client-chosen id does not count). Reads `episodes`
+    /// (migration 0009), sorted by (tenant, episode_id): a lookup reads one
+    /// granule, whatever the id, so random ids cannot force a scan.
+    pub async fn tenant_episode_owner(
+        &self,
+        tenant: &str,
+        episode_id: &str,
+    ) -> Result<Option<InferenceOwner>> {
         let sql = format!(
-            "SELECT tenant, episode_id, route, variant FROM {}.inferences \
-             WHERE episode_id = ? ORDER BY ts_ms DESC LIMIT 1",
+            "SELECT tenant, toNullable(episode_id) AS ep, route, variant FROM {}.episodes \
+             WHERE tenant = ? AND episode_id = ? ORDER BY ts_ms DESC LIMIT 1",
             self.database()
         );
         timed(
             "episode owner",
             self.client()
                 .query(&sql)
+                .bind(tenant)
                 .bind(episode_id)
                 .fetch_optional::<InferenceOwner>(),
         )

@@ -218,7 +218,12 @@ async fn queries_on_known_data() {
     );
     assert_eq!(store.inference_owner("no-such-id").await.unwrap(), None);
     assert_eq!(
-        store.episode_owner("ep-2").await.unwrap().unwrap().variant,
+        store
+            .tenant_episode_owner("tenant-a", "ep-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .variant,
         "a"
     );
 

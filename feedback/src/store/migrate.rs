@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dashboards",
         sql: include_str!("../../migrations/0008_dashboards.sql"),
     },
+    Migration {
+        version: 9,
+        name: "episodes",
+        sql: include_str!("../../migrations/0009_episodes.sql"),
+    },
 ];
 
 /// The statements of a migration file, `{db}` substituted.

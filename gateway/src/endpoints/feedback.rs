@@ -10,6 +10,11 @@
 //! have its type, and the target must belong to the caller's tenant
 //! (inferences still in the write-ahead log included). A repeated
 //! `idempotency_key` stores the feedback once.
+//!
+//! Episode ids are the clients', so two tenants may use the same one: an
+//! episode is (tenant, episode id), and only the caller's tenant's is looked
+//! up. Tenant B sending tenant A's episode id reaches B's own episode of that
+//! id (or a 404 if B has none), never A's.
 
 // Untrusted bytes (client bodies, upstream answers): a malformed input
 // must become an error, never a panic.
@@ -119,7 +124,7 @@ pub async fn create(
             }
             (
                 FeedbackTarget::inference(id),
-                state.owner_of_inference(id).await?,
+                inference_owner(&state, &tenant.name, id).await?,
             )
         }
         MetricLevel::Episode => {
@@ -135,7 +140,7 @@ pub async fn create(
             };
             (
                 FeedbackTarget::episode(id),
-                state.owner_of_episode(id).await?,
+                episode_owner(&state, &tenant.name, id).await?,
             )
         }
     };
@@ -175,6 +180,51 @@ pub async fn create(
     };
     state.sink.record(Record::Feedback(event));
     Ok(Json(json!({"id": id})))
+}
+
+/// Owner of inference `id` if it is `tenant`'s: the in-memory index of
+/// recent ones, then the capture store, asked for `tenant`'s only. Inference
+/// ids are the gateway's UUIDs, unique across tenants: one in memory for
+/// another tenant is not `tenant`'s, without asking ClickHouse.
+async fn inference_owner(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Owner>, GatewayError> {
+    if let Some(owner) = state.recent.inference(id) {
+        return Ok(Some(owner).filter(|o| *o.tenant == *tenant));
+    }
+    let Some(capture) = &state.capture else {
+        return Ok(None);
+    };
+    let found = capture
+        .store()
+        .tenant_inference_owner(tenant, id)
+        .await
+        .map_err(crate::store_unavailable)?;
+    Ok(found.map(Owner::from))
+}
+
+/// Owner of `tenant`'s episode `id` (never another tenant's episode with
+/// the same id): the in-memory index, then the capture store's episode
+/// table, sorted by (tenant, episode id), so a lookup costs one granule.
+async fn episode_owner(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Owner>, GatewayError> {
+    if let Some(owner) = state.recent.tenant_episode(tenant, id) {
+        return Ok(Some(owner));
+    }
+    let Some(capture) = &state.capture else {
+        return Ok(None);
+    };
+    let found = capture
+        .store()
+        .tenant_episode_owner(tenant, id)
+        .await
+        .map_err(crate::store_unavailable)?;
+    Ok(found.map(Owner::from))
 }
 
 fn typed_value(kind: MetricKind, value: &Value) -> Result<FeedbackValue, GatewayError> {

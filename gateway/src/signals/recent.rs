@@ -6,6 +6,10 @@
 //! (and the episodes they belong to), within `max_bytes` of memory (the
 //! episode ids are the client's); older ones are looked up in ClickHouse.
 //! On start it is refilled from the unshipped log.
+//!
+//! Episode ids are the clients', so two tenants may use the same one: an
+//! episode is keyed by (tenant, episode id), and looked up for one tenant
+//! only ([`RecentInferences::tenant_episode`]).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -25,9 +29,9 @@ pub struct Owner {
 
 struct Inner {
     inferences: HashMap<u128, Owner>,
-    /// Owner of each episode (its first indexed inference), with the number
-    /// of indexed inferences that reference it (removed at zero).
-    episodes: HashMap<Arc<str>, (Owner, u32)>,
+    /// Owner of each (tenant, episode) (its first indexed inference), with
+    /// the number of indexed inferences that reference it (removed at zero).
+    episodes: HashMap<EpisodeKey, (Owner, u32)>,
     order: VecDeque<u128>,
     /// Sum of [`cost`] over `inferences`.
     bytes: usize,
@@ -54,6 +58,16 @@ fn cost(owner: &Owner) -> usize {
         + owner.episode_id.as_ref().map_or(0, |e| e.len())
 }
 
+/// (tenant, episode id).
+type EpisodeKey = (Arc<str>, Arc<str>);
+
+fn episode_key(owner: &Owner) -> Option<EpisodeKey> {
+    owner
+        .episode_id
+        .as_ref()
+        .map(|ep| (owner.tenant.clone(), ep.clone()))
+}
+
 fn key(id: &str) -> Option<u128> {
     uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
 }
@@ -75,10 +89,10 @@ impl RecentInferences {
     pub fn insert(&self, id: &str, owner: Owner) {
         let Some(k) = key(id) else { return };
         let mut inner = self.inner.lock();
-        if let Some(ep) = &owner.episode_id {
+        if let Some(ep) = episode_key(&owner) {
             inner
                 .episodes
-                .entry(ep.clone())
+                .entry(ep)
                 .or_insert_with(|| (owner.clone(), 0))
                 .1 += 1;
         }
@@ -93,7 +107,7 @@ impl RecentInferences {
             };
             if let Some(o) = inner.inferences.remove(&old) {
                 inner.bytes = inner.bytes.saturating_sub(cost(&o));
-                if let Some(ep) = o.episode_id {
+                if let Some(ep) = episode_key(&o) {
                     let gone = inner.episodes.get_mut(&ep).map(|e| {
                         e.1 -= 1;
                         e.1 == 0
@@ -111,12 +125,15 @@ impl RecentInferences {
         self.inner.lock().inferences.get(&k).cloned()
     }
 
-    /// Tenant, route and variant of an episode's first indexed inference.
-    pub fn episode(&self, id: &str) -> Option<Owner> {
+    /// Tenant, route and variant of the first indexed inference of
+    /// `tenant`'s episode `id`; another tenant's episode with the same id is
+    /// never returned.
+    pub fn tenant_episode(&self, tenant: &str, id: &str) -> Option<Owner> {
+        let k: EpisodeKey = (Arc::from(tenant), Arc::from(id));
         self.inner
             .lock()
             .episodes
-            .get(id)
+            .get(&k)
             .map(|(owner, _)| owner.clone())
     }
 }
@@ -201,11 +218,39 @@ mod tests {
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
         r.insert(&ids[0], owner("a", Some("ep1")));
         r.insert(&ids[1], owner("b", None));
-        assert_eq!(r.episode("ep1").unwrap().tenant.as_ref(), "a");
+        assert_eq!(r.tenant_episode("a", "ep1").unwrap().tenant.as_ref(), "a");
         r.insert(&ids[2], owner("c", None));
         assert!(r.inference(&ids[0]).is_none());
-        assert!(r.episode("ep1").is_none());
+        assert!(r.tenant_episode("a", "ep1").is_none());
         assert_eq!(r.inference(&ids[2]).unwrap().tenant.as_ref(), "c");
         assert!(r.inference("not-a-uuid").is_none());
+    }
+
+    #[test]
+    fn episodes_are_per_tenant_whoever_used_the_id_first() {
+        let r = RecentInferences::new(100, usize::MAX);
+        let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        // Tenant b claims the id first: a's episode is still a's.
+        r.insert(&ids[0], owner("b", Some("shared")));
+        r.insert(&ids[1], owner("a", Some("shared")));
+        assert_eq!(
+            r.tenant_episode("a", "shared").unwrap().tenant.as_ref(),
+            "a"
+        );
+        assert_eq!(
+            r.tenant_episode("b", "shared").unwrap().tenant.as_ref(),
+            "b"
+        );
+        assert!(r.tenant_episode("c", "shared").is_none());
+        // Each tenant's entry is counted and evicted on its own.
+        let r = RecentInferences::new(1, usize::MAX);
+        r.insert(&ids[0], owner("b", Some("shared")));
+        r.insert(&ids[1], owner("a", Some("shared")));
+        assert!(r.tenant_episode("b", "shared").is_none());
+        assert_eq!(
+            r.tenant_episode("a", "shared").unwrap().tenant.as_ref(),
+            "a"
+        );
+        assert_eq!(r.inner.lock().episodes.len(), 1);
     }
 }

@@ -115,6 +115,7 @@ pub struct Row {
 
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 struct FeedbackRow {
+    tenant: String,
     inference_id: Option<String>,
     episode_id: Option<String>,
     metric: String,
@@ -164,13 +165,18 @@ pub async fn fetch_rows(store: &Store, q: &Query) -> Result<Vec<Row>, clickhouse
 
 /// `{inference_id: {metric: value}}` for `rows`, inference-level feedback
 /// first, then episode-level for metrics not already set.
+///
+/// Feedback joins on (tenant, inference id) and (tenant, episode id), never
+/// on an id alone: episode ids are the clients', so another tenant's
+/// feedback on its own episode of the same id is not this row's.
 async fn fetch_feedback(
     store: &Store,
     rows: &[Row],
 ) -> Result<HashMap<String, Map<String, Value>>, clickhouse::error::Error> {
     let db = store.database();
-    let mut by_inference: HashMap<String, Map<String, Value>> = HashMap::new();
-    let mut by_episode: HashMap<String, Map<String, Value>> = HashMap::new();
+    // Keyed by (tenant, id).
+    let mut by_inference: HashMap<(String, String), Map<String, Value>> = HashMap::new();
+    let mut by_episode: HashMap<(String, String), Map<String, Value>> = HashMap::new();
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let episodes: Vec<&str> = {
         let mut e: Vec<&str> = rows
@@ -184,7 +190,7 @@ async fn fetch_feedback(
     for (column, keys) in [("inference_id", &ids), ("episode_id", &episodes)] {
         for chunk in keys.chunks(1000) {
             let sql = format!(
-                "SELECT inference_id, episode_id, metric, toInt8(value_kind) AS value_kind, value_float, value_text \
+                "SELECT tenant, inference_id, episode_id, metric, toInt8(value_kind) AS value_kind, value_float, value_text \
                  FROM (SELECT * FROM {db}.feedback FINAL UNION ALL SELECT * FROM {db}.feedback_retained FINAL) \
                  WHERE {column} IN {}{} ORDER BY ts_ms, id",
                 flywheel_feedback::store::placeholders(chunk.len()),
@@ -209,8 +215,8 @@ async fn fetch_feedback(
                     _ => Value::String(f.value_text),
                 };
                 let target = match (column, f.inference_id, f.episode_id) {
-                    ("inference_id", Some(id), _) => by_inference.entry(id),
-                    (_, _, Some(ep)) => by_episode.entry(ep),
+                    ("inference_id", Some(id), _) => by_inference.entry((f.tenant, id)),
+                    (_, _, Some(ep)) => by_episode.entry((f.tenant, ep)),
                     _ => continue,
                 };
                 target.or_default().insert(f.metric, value);
@@ -219,8 +225,14 @@ async fn fetch_feedback(
     }
     let mut out = HashMap::new();
     for r in rows {
-        let mut merged = by_inference.remove(&r.id).unwrap_or_default();
-        if let Some(ep) = r.episode_id.as_ref().and_then(|e| by_episode.get(e)) {
+        let mut merged = by_inference
+            .remove(&(r.tenant.clone(), r.id.clone()))
+            .unwrap_or_default();
+        if let Some(ep) = r
+            .episode_id
+            .as_ref()
+            .and_then(|e| by_episode.get(&(r.tenant.clone(), e.clone())))
+        {
             for (k, v) in ep {
                 merged.entry(k.clone()).or_insert_with(|| v.clone());
             }
