@@ -8,6 +8,7 @@
 #
 #   scripts/dashboards-bench.sh            # generate (once) and measure
 #   KEEP=1 scripts/dashboards-bench.sh     # reuse the generated database
+#   SKIP_BUILD=1 ...                       # use the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -20,7 +21,7 @@ PORT=${PORT:-18290}
 WORK="$FLYWHEEL_CACHE/dashboards-bench"
 CH=http://127.0.0.1:8123
 
-build_release
+[ "${SKIP_BUILD:-0}" = 1 ] || build_release
 scripts/services.sh start
 mkdir -p "$WORK"
 ch() { curl -sS --fail-with-body "$CH/" --data-binary "$1"; }

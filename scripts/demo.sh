@@ -135,7 +135,7 @@ PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
 log "gateway on $GATEWAY: route demo = chain (SmolLM2 + validation retry → Qwen 0.5B); engines $SMALL_ADDR, $BIG_ADDR"
 DASH=127.0.0.1:${DASH_PORT:-8090}
 "$BIN/flywheel-dashboards" --listen "$DASH" --gateway-config "$WORK/gateway.toml" --database "$DB" \
-  --gateway-url "http://$GATEWAY" --playground-key "$TUNER_KEY" --tuner-state "$WORK/tuner" \
+  --gateway-url "http://$GATEWAY" --gateway-metrics-token "$DASH_ADMIN" --playground-key "$TUNER_KEY" --tuner-state "$WORK/tuner" \
   --redis-prefix flywheel_demo: >"$WORK/dashboards.log" 2>&1 &
 PIDS+=("$!")
 log "dashboards: http://$DASH (token $DASH_ADMIN: every page; $USER_KEY: the users' tenant only)"

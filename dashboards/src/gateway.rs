@@ -20,6 +20,9 @@ pub const CIRCUIT_METRIC: &str = "flywheel_circuit_state";
 pub struct Gateway {
     base: String,
     http: reqwest::Client,
+    /// Bearer token of `/metrics` (the gateway asks for one once it has an
+    /// admin or metrics token).
+    metrics_token: Option<String>,
 }
 
 /// One provider's circuit breaker.
@@ -39,19 +42,25 @@ impl Gateway {
         Ok(Self {
             base: url.trim_end_matches('/').to_owned(),
             http,
+            metrics_token: None,
         })
     }
 
+    /// Sends `token` as the bearer token of `/metrics`.
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token;
+        self
+    }
+
     pub async fn circuits(&self) -> Result<Vec<Circuit>, reqwest::Error> {
-        let text = self
+        let mut request = self
             .http
             .get(format!("{}/metrics", self.base))
-            .timeout(SHORT_TIMEOUT)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+            .timeout(SHORT_TIMEOUT);
+        if let Some(token) = &self.metrics_token {
+            request = request.bearer_auth(token);
+        }
+        let text = request.send().await?.error_for_status()?.text().await?;
         Ok(parse_circuits(&text))
     }
 

@@ -113,6 +113,8 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub gateway_url: Option<String>,
+    /// Bearer token of the gateway's `/metrics`.
+    pub gateway_metrics_token: Option<String>,
     pub tuner_state: Option<PathBuf>,
     pub playground_key: Option<String>,
 }
@@ -132,7 +134,13 @@ pub fn state(
         gateway: opts
             .gateway_url
             .as_deref()
-            .map(gateway::Gateway::new)
+            .map(|url| {
+                gateway::Gateway::new(url).map(|g| {
+                    g.with_metrics_token(
+                        opts.gateway_metrics_token.clone().filter(|t| !t.is_empty()),
+                    )
+                })
+            })
             .transpose()?,
         runs: opts.tuner_state.as_deref().map(Runs::new),
         playground_key: opts.playground_key.filter(|k| !k.is_empty()),

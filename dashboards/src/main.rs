@@ -30,6 +30,10 @@ struct Cli {
     /// the circuits. Unset: no playground, no circuits.
     #[arg(long, env = "FLYWHEEL_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// The bearer token the gateway's `/metrics` needs (its admin token or
+    /// its `admin.metrics_token_sha256` token). Unset: none is sent.
+    #[arg(long, env = "FLYWHEEL_GATEWAY_METRICS_TOKEN", hide_env_values = true)]
+    gateway_metrics_token: Option<String>,
     /// An API key of the gateway config that the admin's playground calls
     /// use (it needs `pin_variants`). Unset: the admin has no playground.
     #[arg(long, env = "FLYWHEEL_PLAYGROUND_KEY", hide_env_values = true)]
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         access,
         Options {
             gateway_url: cli.gateway_url,
+            gateway_metrics_token: cli.gateway_metrics_token,
             tuner_state: cli.tuner_state,
             playground_key: cli.playground_key,
         },

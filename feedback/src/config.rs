@@ -16,14 +16,20 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// ClickHouse HTTP endpoint. Default `http://127.0.0.1:8123`.
+    /// ClickHouse HTTP endpoint, `http://` or `https://` (TLS with the
+    /// Mozilla roots). Default `http://127.0.0.1:8123`.
     pub clickhouse_url: String,
     /// Database for all tables (created by the migrations). Default `flywheel`.
     pub database: String,
     /// Default: none (ClickHouse's `default` user).
     pub user: Option<String>,
-    /// Default: none.
+    /// Default: none. Prefer `password_env`: a config file is often more
+    /// widely readable than the process's environment.
     pub password: Option<String>,
+    /// Name of the environment variable holding the password, read by
+    /// [`CaptureConfig::resolve_password`] (the gateway does so when it
+    /// loads its config). Not with `password`. Default: none.
+    pub password_env: Option<String>,
     /// Directory of the write-ahead log. Default `/var/tmp/flywheel/wal`.
     pub wal_dir: PathBuf,
     /// A segment is sealed when it reaches this size. Default 8 MiB.
@@ -56,6 +62,7 @@ impl Default for CaptureConfig {
             database: "flywheel".into(),
             user: None,
             password: None,
+            password_env: None,
             wal_dir: PathBuf::from("/var/tmp/flywheel/wal"),
             segment_bytes: 8 << 20,
             max_segment_age_ms: 1000,
@@ -70,6 +77,37 @@ impl Default for CaptureConfig {
 }
 
 impl CaptureConfig {
+    /// Reads `password_env` into `password`: an error naming the problem
+    /// when both are set or the variable is unset (or not UTF-8).
+    pub fn resolve_password(&mut self) -> Result<(), String> {
+        self.resolve_password_with(|var| std::env::var(var))
+    }
+
+    /// [`Self::resolve_password`] reading variables through `lookup`.
+    pub fn resolve_password_with(
+        &mut self,
+        lookup: impl Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<(), String> {
+        let Some(var) = &self.password_env else {
+            return Ok(());
+        };
+        if self.password.is_some() {
+            return Err("set either capture.password or capture.password_env, not both".into());
+        }
+        match lookup(var) {
+            Ok(p) => {
+                self.password = Some(p);
+                Ok(())
+            }
+            Err(std::env::VarError::NotPresent) => {
+                Err(format!("environment variable {var} is not set"))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("environment variable {var} is not UTF-8"))
+            }
+        }
+    }
+
     pub fn wal_config(&self) -> WalConfig {
         WalConfig {
             segment_bytes: self.segment_bytes,
@@ -102,5 +140,61 @@ impl CaptureConfig {
             max_backoff: Duration::from_millis(self.max_backoff_ms.max(1)),
             ..ShipperConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_env_is_read_and_checked() {
+        let var = "FLYWHEEL_TEST_CAPTURE_PASSWORD";
+        let env = |v: &str| {
+            if v == var {
+                Ok("hunter2".to_owned())
+            } else {
+                Err(std::env::VarError::NotPresent)
+            }
+        };
+        let mut c: CaptureConfig = toml::from_str(&format!("password_env = \"{var}\"")).unwrap();
+        c.resolve_password_with(env).unwrap();
+        assert_eq!(c.store_config().password.as_deref(), Some("hunter2"));
+
+        let mut both = c.clone();
+        assert!(both
+            .resolve_password_with(env)
+            .unwrap_err()
+            .contains("not both"));
+        let mut unset: CaptureConfig =
+            toml::from_str("password_env = \"FLYWHEEL_TEST_CAPTURE_UNSET\"").unwrap();
+        assert!(unset.resolve_password().unwrap_err().contains("is not set"));
+    }
+
+    /// An `https://` URL speaks TLS: the first byte ClickHouse gets is a
+    /// TLS handshake record (0x16), not an HTTP request line.
+    #[tokio::test]
+    async fn https_clickhouse_urls_use_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            b[0]
+        });
+        let c = CaptureConfig {
+            clickhouse_url: format!("https://127.0.0.1:{port}"),
+            ..CaptureConfig::default()
+        };
+        let store = c.store().unwrap();
+        let query = store.client().query("SELECT 1").fetch_all::<u8>();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), query).await;
+        let byte = tokio::time::timeout(std::time::Duration::from_secs(5), first)
+            .await
+            .expect("the client never connected")
+            .unwrap();
+        assert_eq!(byte, 0x16);
     }
 }

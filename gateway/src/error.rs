@@ -40,6 +40,12 @@ pub enum GatewayError {
     BodyTimeout,
     /// All attempts failed. The status is 502 (bad answers), 503 (nothing
     /// reachable or every circuit open) or 504 (deadline).
+    ///
+    /// The client sees `message` and, per attempt, the provider, model,
+    /// outcome and status, never the attempt's `reason`: a reason may quote
+    /// an upstream's body (a provider's "incorrect API key" text) or a
+    /// connect error naming an internal address. Reasons stay in the event
+    /// and the log.
     #[error("{message}")]
     Upstream {
         status: StatusCode,
@@ -119,7 +125,8 @@ impl IntoResponse for GatewayError {
             .param(param)
             .code(code);
         if !attempts.is_empty() {
-            body = body.with("attempts", attempts);
+            let public: Vec<PublicAttempt<'_>> = attempts.iter().map(PublicAttempt::from).collect();
+            body = body.with("attempts", public);
         }
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::RateLimited { retry_after_s } = self {
@@ -128,6 +135,27 @@ impl IntoResponse for GatewayError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         response
+    }
+}
+
+/// What a client is told about one attempt: no `reason` (see
+/// [`GatewayError::Upstream`]).
+#[derive(serde::Serialize)]
+struct PublicAttempt<'a> {
+    provider: &'a str,
+    model: &'a str,
+    outcome: crate::metering::AttemptOutcome,
+    status: Option<u16>,
+}
+
+impl<'a> From<&'a AttemptSummary> for PublicAttempt<'a> {
+    fn from(a: &'a AttemptSummary) -> Self {
+        Self {
+            provider: &a.provider,
+            model: &a.model,
+            outcome: a.outcome,
+            status: a.status,
+        }
     }
 }
 
@@ -210,7 +238,7 @@ mod tests {
             v,
             json!({"error": {"message": "deadline", "type": "upstream_error", "param": null,
                 "code": "upstream_failed", "attempts": [{"provider": "p", "model": "m",
-                "outcome": "timeout", "status": null, "reason": "slow"}]}})
+                "outcome": "timeout", "status": null}]}})
         );
         let (_, v) = body_of(GatewayError::Upstream {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -219,5 +247,42 @@ mod tests {
         })
         .await;
         assert!(v["error"].get("attempts").is_none(), "{v}");
+    }
+
+    /// A reason quotes what an upstream said (a provider's 401 text) or where
+    /// it is (a connect error's address): the client sees neither.
+    #[tokio::test]
+    async fn upstream_reasons_never_reach_the_client() {
+        let attempt = |outcome, status, reason: &str| AttemptSummary {
+            provider: "p".into(),
+            model: "m".into(),
+            outcome,
+            status,
+            reason: Some(reason.into()),
+        };
+        let (_, v) = body_of(GatewayError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            message: "every upstream attempt failed".into(),
+            attempts: vec![
+                attempt(
+                    AttemptOutcome::ErrorStatus,
+                    Some(401),
+                    "status 401: Incorrect API key provided: sk-abc",
+                ),
+                attempt(
+                    AttemptOutcome::ConnectError,
+                    None,
+                    "tcp connect error: 10.1.2.3:8443 refused",
+                ),
+            ],
+        })
+        .await;
+        let text = v.to_string();
+        assert!(
+            !text.contains("Incorrect API key") && !text.contains("10.1.2.3"),
+            "{text}"
+        );
+        assert_eq!(v["error"]["attempts"][0]["status"], 401);
+        assert_eq!(v["error"]["attempts"][1]["outcome"], "connect_error");
     }
 }

@@ -33,7 +33,8 @@ use flywheel_feedback::{BodiesPolicy, Capture};
 use metering::EventSink;
 use metrics::Metrics;
 use middleware::{
-    record_http_metrics, require_admin_token, require_api_key, AdminToken, ApiKeyAuth, Keys,
+    record_http_metrics, require_admin_token, require_api_key, require_metrics_token, AdminToken,
+    ApiKeyAuth, Keys, MetricsToken,
 };
 use router::Router;
 use signals::{RecentInferences, Signals};
@@ -118,42 +119,6 @@ impl AppState {
         })))
     }
 
-    /// Owner of an inference: the in-memory index of recent ones, then the
-    /// capture store.
-    pub async fn owner_of_inference(
-        &self,
-        id: &str,
-    ) -> Result<Option<signals::Owner>, GatewayError> {
-        if let Some(owner) = self.recent.inference(id) {
-            return Ok(Some(owner));
-        }
-        let Some(capture) = &self.capture else {
-            return Ok(None);
-        };
-        let found = capture
-            .store()
-            .inference_owner(id)
-            .await
-            .map_err(store_unavailable)?;
-        Ok(found.map(signals::Owner::from))
-    }
-
-    /// Owner of an episode, like [`AppState::owner_of_inference`].
-    pub async fn owner_of_episode(&self, id: &str) -> Result<Option<signals::Owner>, GatewayError> {
-        if let Some(owner) = self.recent.episode(id) {
-            return Ok(Some(owner));
-        }
-        let Some(capture) = &self.capture else {
-            return Ok(None);
-        };
-        let found = capture
-            .store()
-            .episode_owner(id)
-            .await
-            .map_err(store_unavailable)?;
-        Ok(found.map(signals::Owner::from))
-    }
-
     /// Whether events carry request and response bodies.
     pub fn capture_bodies(&self) -> bool {
         self.capture_bodies
@@ -208,7 +173,13 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///      (`from_fn_with_state`, [`AdminToken`]): the bearer token must hash
 ///      to `admin.token_sha256`, compared in constant time (401); unset,
 ///      the admin API answers 404. Adds no extensions.
-///    - `/metrics`, `/health` ([`endpoints::ops`]): no layer.
+///    - `/metrics` ([`endpoints::metrics`]): **[`require_metrics_token`]**
+///      (`from_fn_with_state`, [`MetricsToken`]): it names tenants and
+///      their costs, so whenever `admin.token_sha256` or
+///      `admin.metrics_token_sha256` is set the bearer token must hash to
+///      one of them, compared in constant time (401); with neither set it
+///      is open. Adds no extensions.
+///    - `/health` ([`endpoints::ops`]): no layer.
 /// 5. **Handlers** read the body themselves, bounded by
 ///    `server.max_body_bytes` (413) and `server.body_read_timeout_ms` (408),
 ///    and refuse client-chosen ids and fields over their limits (episode id
@@ -242,9 +213,17 @@ pub fn app(state: AppState) -> HttpRouter {
         AdminToken(state.config.admin.token_sha256),
         require_admin_token,
     ));
+    let metrics = endpoints::metrics().route_layer(from_fn_with_state(
+        MetricsToken([
+            state.config.admin.token_sha256,
+            state.config.admin.metrics_token_sha256,
+        ]),
+        require_metrics_token,
+    ));
     HttpRouter::new()
         .merge(api)
         .merge(admin)
+        .merge(metrics)
         .merge(endpoints::ops())
         .fallback(|uri: http::Uri| async move {
             GatewayError::NotFound(format!("no route for {}", uri.path()))

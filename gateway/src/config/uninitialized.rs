@@ -180,6 +180,11 @@ pub struct UninitializedAdminConfig {
     /// Hex SHA-256 of the admin bearer token for `/admin/*`. Unset = the
     /// admin API is disabled (404).
     pub token_sha256: Option<String>,
+    /// Hex SHA-256 of a bearer token that may read `/metrics` only (for a
+    /// Prometheus scraper). Whenever this or `token_sha256` is set,
+    /// `/metrics` needs one of the two tokens (401); with neither set it is
+    /// open, as there is no secret to ask for.
+    pub metrics_token_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -57,13 +57,18 @@ impl UninitializedConfig {
     pub fn load(self) -> Result<Config, ConfigError> {
         let server = load_server(self.server)?;
         let auth = load_auth(self.auth)?;
+        let digest = |key: &str, value: &Option<String>| match value {
+            None => Ok(None),
+            Some(token) => sha256_digest(token)
+                .map(Some)
+                .ok_or_else(|| invalid(key, "must be 64 lower-case hex characters")),
+        };
         let admin = AdminConfig {
-            token_sha256: match &self.admin.token_sha256 {
-                None => None,
-                Some(token) => Some(sha256_digest(token).ok_or_else(|| {
-                    invalid("admin.token_sha256", "must be 64 lower-case hex characters")
-                })?),
-            },
+            token_sha256: digest("admin.token_sha256", &self.admin.token_sha256)?,
+            metrics_token_sha256: digest(
+                "admin.metrics_token_sha256",
+                &self.admin.metrics_token_sha256,
+            )?,
         };
         let redis = load_redis(self.redis)?;
         let cb = &self.circuit_breaker;
@@ -192,6 +197,14 @@ impl UninitializedConfig {
                 retry: route.retry.unwrap_or_else(|| self.retry.clone()),
             })
             .collect();
+        let capture = match self.capture {
+            None => None,
+            Some(mut c) => {
+                c.resolve_password()
+                    .map_err(|e| invalid("capture.password_env", e))?;
+                Some(c)
+            }
+        };
         Ok(Config {
             server,
             auth,
@@ -199,7 +212,7 @@ impl UninitializedConfig {
             metering: self.metering,
             redis,
             feedback: self.feedback,
-            capture: self.capture,
+            capture,
             circuit_breaker: self.circuit_breaker,
             upstream: self.upstream,
             providers,
@@ -523,6 +536,8 @@ mod tests {
             ("[providers.p]\nbase_url = \"http://x/v1\"\nreplicas = [\"host:1\"]\n", "providers.p.replicas[0]"),
             ("[providers.p]\nbase_url = \"http://x/v1\"\napi_key_env = \"FLYWHEEL_TEST_UNSET_VAR\"\n", "providers.p.api_key_env"),
             ("[admin]\ntoken_sha256 = \"abc\"\n", "admin.token_sha256"),
+            ("[admin]\nmetrics_token_sha256 = \"abc\"\n", "admin.metrics_token_sha256"),
+            ("[capture]\npassword_env = \"FLYWHEEL_TEST_UNSET_VAR\"\n", "capture.password_env"),
             ("[redis]\nurl = \"http://x\"\n", "redis.url"),
         ] {
             let e = err(&format!("[auth]\nenabled = false\n{text}"));

@@ -430,12 +430,29 @@ pub fn exhausted_error(call: &Call, ledger: &Ledger) -> GatewayError {
         } else {
             (StatusCode::BAD_GATEWAY, "every upstream attempt failed")
         };
+    // The reasons (upstream body excerpts, connect errors with addresses)
+    // go to the log and the event, not to the client (see
+    // `GatewayError::Upstream`).
+    for a in &attempts {
+        tracing::warn!(
+            request_id = %call.id,
+            tenant = %call.tenant,
+            provider = %a.provider,
+            model = %a.model,
+            outcome = ?a.outcome,
+            status = ?a.status,
+            reason = a.reason.as_deref().unwrap_or(""),
+            "upstream attempt failed"
+        );
+    }
     GatewayError::Upstream {
         status,
         message: format!(
-            "{what} for model `{}` after {} attempt(s)",
+            "{what} for model `{}` after {} attempt(s) (status {}, request id {})",
             call.route.name,
-            attempts.len()
+            attempts.len(),
+            status.as_u16(),
+            call.id
         ),
         attempts,
     }

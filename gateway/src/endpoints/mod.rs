@@ -32,9 +32,12 @@ pub fn admin() -> Router<AppState> {
         .route("/admin/routes/{route}/weights", put(admin::set_weights))
 }
 
+/// `/metrics` (behind the metrics-token layer: it names tenants and costs).
+pub fn metrics() -> Router<AppState> {
+    Router::new().route("/metrics", get(models::metrics))
+}
+
 /// Unauthenticated operational routes.
 pub fn ops() -> Router<AppState> {
-    Router::new()
-        .route("/metrics", get(models::metrics))
-        .route("/health", get(|| async { "ok" }))
+    Router::new().route("/health", get(|| async { "ok" }))
 }

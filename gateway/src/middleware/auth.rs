@@ -158,6 +158,36 @@ pub async fn require_admin_token(
     }
 }
 
+/// State of [`require_metrics_token`]: the digests that may read
+/// `/metrics` (`admin.token_sha256` and `admin.metrics_token_sha256`).
+#[derive(Clone, Copy)]
+pub struct MetricsToken(pub [Option<[u8; 32]>; 2]);
+
+/// Guards `/metrics`, which names tenants and their costs: whenever a token
+/// is configured the bearer token must hash to one of them (compared in
+/// constant time; 401). With neither configured there is no secret to
+/// check and `/metrics` is open.
+pub async fn require_metrics_token(
+    State(MetricsToken(tokens)): State<MetricsToken>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if tokens.iter().all(Option::is_none) {
+        return next.run(req).await;
+    }
+    let presented = bearer(req.headers());
+    let ok = presented.is_some_and(|token| {
+        tokens.iter().flatten().fold(false, |ok, expected| {
+            ok | keys::token_matches(token, expected)
+        })
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        GatewayError::Unauthorized.into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::{body::Body, routing::get, Extension, Router};
@@ -294,5 +324,49 @@ mod tests {
         let (code, body) = status(&admin(None), "/admin/x", Some("root")).await;
         assert_eq!(code, StatusCode::NOT_FOUND);
         assert!(body.contains("admin.token_sha256"), "{body}");
+    }
+
+    fn metrics(admin: Option<&str>, scraper: Option<&str>) -> Router {
+        Router::new()
+            .route("/metrics", get(|| async { "tenant_cost" }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                MetricsToken([admin.map(keys::digest), scraper.map(keys::digest)]),
+                require_metrics_token,
+            ))
+    }
+
+    #[tokio::test]
+    async fn metrics_need_the_admin_or_the_metrics_token_once_either_is_set() {
+        for app in [
+            metrics(Some("root"), Some("scrape")),
+            metrics(Some("root"), None),
+        ] {
+            assert_eq!(
+                status(&app, "/metrics", None).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                status(&app, "/metrics", Some("wrong")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                status(&app, "/metrics", Some("root")).await.0,
+                StatusCode::OK
+            );
+        }
+        let app = metrics(None, Some("scrape"));
+        assert_eq!(
+            status(&app, "/metrics", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/metrics", Some("scrape")).await.0,
+            StatusCode::OK
+        );
+        // No token configured anywhere: nothing to check.
+        assert_eq!(
+            status(&metrics(None, None), "/metrics", None).await.0,
+            StatusCode::OK
+        );
     }
 }

@@ -6,5 +6,8 @@
 mod auth;
 mod http_metrics;
 
-pub use auth::{require_admin_token, require_api_key, AdminToken, ApiKeyAuth, Keys, Tenant};
+pub use auth::{
+    require_admin_token, require_api_key, require_metrics_token, AdminToken, ApiKeyAuth, Keys,
+    MetricsToken, Tenant,
+};
 pub use http_metrics::{record_http_metrics, RequestStart};

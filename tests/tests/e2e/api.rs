@@ -239,8 +239,18 @@ async fn metrics_reflect_traffic() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // It names tenants and costs: not for anyone without the admin token
+    // (the config has one), a tenant's key included.
+    for key in [None, Some(KEY)] {
+        let mut r = client().get(gw.url("/metrics"));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401, "{key:?}");
+    }
     let text = client()
         .get(gw.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -134,6 +134,7 @@ async fn clickhouse_outage_loses_nothing() {
     answered.extend(during);
     let metrics = client()
         .get(gw.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

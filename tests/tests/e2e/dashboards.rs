@@ -367,6 +367,8 @@ async fn start_dashboards(gw: &Proc, services: &Services, state_dir: &Path) -> P
         .args([
             "--gateway-url",
             &gw.url(""),
+            "--gateway-metrics-token",
+            ADMIN_TOKEN,
             "--playground-key",
             KEY,
             "--tuner-state",

@@ -646,8 +646,8 @@ fn start_prometheus(gw: &Proc) -> Proc {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: flywheel-gateway\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{}']\n",
-            gw.addr
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: flywheel-gateway\n    metrics_path: /metrics\n    authorization:\n      credentials: {}\n    static_configs:\n      - targets: ['{}']\n",
+            ADMIN_TOKEN, gw.addr
         ),
     )
     .unwrap();

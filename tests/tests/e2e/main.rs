@@ -25,6 +25,7 @@ mod redis;
 mod reliability;
 mod shutdown;
 mod simulate;
+mod tenants;
 mod trainer;
 mod tuner;
 mod validation;

@@ -26,6 +26,7 @@ async fn send(gw: &Proc, key: &str) -> reqwest::Response {
 async fn redis_up(gw: &Proc) -> bool {
     let m = client()
         .get(gw.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -94,6 +95,7 @@ async fn limits_hold_across_processes_and_survive_redis_outage() {
     }
     let m = client()
         .get(a.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -151,6 +151,12 @@ async fn all_attempts_failing_is_502_listing_them() {
     assert!(attempts
         .iter()
         .all(|a| a["status"] == 500 && a["provider"] == "down"));
+    // What the upstream said stays in the event and the log.
+    assert!(!body.to_string().contains("mock injected error"), "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("request id"));
 }
 
 #[tokio::test]
@@ -171,6 +177,8 @@ async fn unreachable_upstream_is_503() {
     let (status, _, body) = post(&gw, "chat").await;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["attempts"][0]["outcome"], "connect_error");
+    // The connect error names the upstream's address: not for the client.
+    assert!(!body.to_string().contains(&port.to_string()), "{body}");
 }
 
 #[tokio::test]
@@ -219,6 +227,7 @@ async fn circuit_opens_and_skips_the_provider() {
     assert_eq!(outcomes(&e), ["circuit_open", "ok"]);
     let metrics = client()
         .get(gw.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -14,11 +14,51 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
+    /// Hex SHA-256 of the bearer token reward requests must carry (or
+    /// FLYWHEEL_REWARD_TOKEN_SHA256). Required unless listening on a
+    /// loopback address.
+    #[arg(long, env = "FLYWHEEL_REWARD_TOKEN_SHA256")]
+    token_sha256: Option<String>,
+    /// Largest request body in bytes (413 past it).
+    #[arg(long, default_value_t = flywheel_tuner::grader::serve::BODY_LIMIT)]
+    max_body_bytes: usize,
+    /// Requests graded at once; past it a request is answered 503.
+    #[arg(long, default_value_t = flywheel_tuner::grader::serve::MAX_CONCURRENT)]
+    max_concurrent: usize,
     #[command(flatten)]
     options: GraderArgs,
 }
 
+impl Args {
+    fn serve_options(&self) -> Result<flywheel_tuner::grader::serve::ServeOptions> {
+        let token_sha256 = match &self.token_sha256 {
+            None if !self.listen.ip().is_loopback() => anyhow::bail!(
+                "--token-sha256 (or FLYWHEEL_REWARD_TOKEN_SHA256) is required to listen on {}",
+                self.listen
+            ),
+            None => None,
+            Some(hex) => Some(flywheel_api::keys::parse_sha256_hex(hex).with_context(|| {
+                "--token-sha256 must be 64 lower-case hex characters".to_owned()
+            })?),
+        };
+        anyhow::ensure!(
+            self.max_concurrent > 0,
+            "--max-concurrent must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_body_bytes > 0,
+            "--max-body-bytes must be at least 1"
+        );
+        Ok(flywheel_tuner::grader::serve::ServeOptions {
+            token_sha256,
+            body_limit: self.max_body_bytes,
+            max_concurrent: self.max_concurrent,
+        })
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
+    let serve_options = args.serve_options()?;
     let grader = Arc::new(load_grader(&args.grader, &args.options.options()?)?);
     let listen = args.listen;
     runtime()?.block_on(async move {
@@ -34,7 +74,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         if let Some(layers) = grader.python_sandbox() {
             eprintln!("python sandbox: {layers}");
         }
-        flywheel_tuner::grader::serve::serve(listener, grader, shutdown_signal())
+        flywheel_tuner::grader::serve::serve(listener, grader, &serve_options, shutdown_signal())
             .await
             .context("serving")
     })?;
@@ -106,5 +146,25 @@ mod tests {
             panic!("not serve-reward")
         };
         assert!(args.options.options().is_err());
+    }
+
+    #[test]
+    fn a_public_listener_needs_a_token() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["flywheel-tuner", "serve-reward", "--grader", "g"];
+            argv.extend_from_slice(extra);
+            let Command::ServeReward(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve-reward")
+            };
+            args.serve_options()
+        };
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.body_limit, 4 << 20);
+        assert!(o.token_sha256.is_none());
+        assert!(parse(&["--listen", "0.0.0.0:8090"]).is_err());
+        let hex = flywheel_api::keys::sha256_hex("t");
+        let o = parse(&["--listen", "0.0.0.0:8090", "--token-sha256", &hex]).unwrap();
+        assert_eq!(o.token_sha256, Some(flywheel_api::keys::digest("t")));
+        assert!(parse(&["--token-sha256", "abc"]).is_err());
     }
 }

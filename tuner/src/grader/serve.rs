@@ -21,32 +21,99 @@
 //! malformed body is HTTP 400 with `{"error": "entry 2 (id \"x\"): ..."}`.
 //! `GET /health` answers `ok`. Grading runs on the blocking pool, one
 //! [`Grader::grade_batch`] per request.
+//!
+//! [`ServeOptions`] bound it: a bearer token (its SHA-256; 401 without it,
+//! `/health` excepted), a body limit (413) and a cap on requests graded at
+//! once (503 past it, so a flood cannot queue unbounded work).
 
 use std::{future::Future, sync::Arc};
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
-    http::StatusCode,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{header, StatusCode},
+    middleware::{from_fn_with_state, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
 use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
 
 use super::Grader;
 use crate::item::{Item, Message, Sample};
 
-/// Largest request body accepted (RFT batches can be big).
-pub const BODY_LIMIT: usize = 64 << 20;
+/// Default largest request body (`--max-body-bytes`).
+pub const BODY_LIMIT: usize = 4 << 20;
+/// Default cap on requests graded at once (`--max-concurrent`).
+pub const MAX_CONCURRENT: usize = 8;
+
+/// What bounds the reward server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// SHA-256 of the bearer token every reward request must carry; `None`
+    /// = no authentication (the CLI refuses that on a non-loopback address).
+    pub token_sha256: Option<[u8; 32]>,
+    /// Largest request body (413 past it).
+    pub body_limit: usize,
+    /// Requests graded at once; one more is a 503.
+    pub max_concurrent: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            token_sha256: None,
+            body_limit: BODY_LIMIT,
+            max_concurrent: MAX_CONCURRENT,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    token_sha256: Option<[u8; 32]>,
+    slots: Arc<Semaphore>,
+}
+
+/// The bearer token (when set), then a free slot (503 when none).
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &g.token_sha256 {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !token.is_some_and(|t| flywheel_api::keys::token_matches(t, expected)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({ "error": "missing or invalid bearer token" })),
+            )
+                .into_response();
+        }
+    }
+    let Ok(_permit) = g.slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "error": "too many requests in flight; retry later" })),
+        )
+            .into_response();
+    };
+    next.run(req).await
+}
 
 /// The reward server's routes.
-pub fn router(grader: Arc<Grader>) -> Router {
+pub fn router(grader: Arc<Grader>, options: &ServeOptions) -> Router {
+    let g = Guard {
+        token_sha256: options.token_sha256,
+        slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+    };
     Router::new()
         .route("/", post(reward))
         .route("/reward", post(reward))
+        .route_layer(from_fn_with_state(g, guard))
         .route("/health", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(options.body_limit))
         .with_state(grader)
 }
 
@@ -54,9 +121,10 @@ pub fn router(grader: Arc<Grader>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     grader: Arc<Grader>,
+    options: &ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(grader))
+    axum::serve(listener, router(grader, options))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -210,7 +278,7 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use super::router;
+    use super::{router, ServeOptions};
     use crate::{
         grader::{testutil::Server, Grader, GraderError},
         item::{Item, Message, Sample},
@@ -222,7 +290,56 @@ mod tests {
             "input": "{{sample.output_text}}", "reference": "{{item.reference_answer.value}}"
         }))
         .unwrap();
-        Server::start(router(Arc::new(g)))
+        Server::start(router(Arc::new(g), &ServeOptions::default()))
+    }
+
+    /// Before: no token, 64 MiB bodies and no cap on requests in flight.
+    #[test]
+    fn token_body_limit_and_concurrency_cap_are_enforced() {
+        let exact = || {
+            Arc::new(
+                Grader::from_config(&json!({
+                    "type": "string_check", "name": "exact", "operation": "eq",
+                    "input": "{{sample.output_text}}", "reference": "x"
+                }))
+                .unwrap(),
+            )
+        };
+        let options = ServeOptions {
+            token_sha256: Some(flywheel_api::keys::digest("s3cret")),
+            body_limit: 1024,
+            max_concurrent: 1,
+        };
+        let server = Server::start(router(exact(), &options));
+        let client = reqwest::blocking::Client::new();
+        let send = |token: Option<&str>, body: String| {
+            let mut r = client.post(server.url("/")).body(body);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().unwrap().status().as_u16()
+        };
+        assert_eq!(send(None, "[]".into()), 401);
+        assert_eq!(send(Some("wrong"), "[]".into()), 401);
+        assert_eq!(send(Some("s3cret"), "[]".into()), 200);
+        assert_eq!(send(Some("s3cret"), format!("[{}]", " ".repeat(2048))), 413);
+        let health = client.get(server.url("/health")).send().unwrap();
+        assert_eq!(health.status().as_u16(), 200);
+
+        // No slot free: a 503. A python grader that sleeps holds the slot.
+        let sem = Arc::new(tokio::sync::Semaphore::new(1));
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let busy = super::Guard {
+            token_sha256: None,
+            slots: sem,
+        };
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn_with_state(busy, super::guard));
+        let busy_server = Server::start(app);
+        let status = client.post(busy_server.url("/")).send().unwrap().status();
+        assert_eq!(status.as_u16(), 503);
+        drop(held);
     }
 
     fn item(id: &str, value: Value) -> Item {
