@@ -11,6 +11,8 @@
 #   THREADS=1 ENGINE_ARGS="--max-seqs 8" SKIP_LLAMA=1 scripts/engine-bench.sh
 #
 # ENGINE_CONFIGS: `label=engine flags` separated by `|`; ENGINE_ARGS is added to every one.
+# Flags that start with a path (`label=/tmp/old/flywheel-engine --isq q8_0`) run that
+# engine binary instead of this build's, to compare two builds in one run.
 # Prints one JSON line per measurement, then the Markdown table (engine/bench/table.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,11 +37,15 @@ fi
 
 # One engine configuration: start it, check its answers, measure every load, stop it.
 bench_engine() {
-  local label=$1 args=$2 log
+  local label=$1 args=$2 bin=$ENGINE log
+  if [[ $args == /* ]]; then
+    bin=${args%% *}
+    args=${args#"$bin"}
+  fi
   log=$(mktemp /tmp/engine-bench.XXXXXX.log)
-  log "[$label] starting flywheel-engine (RAYON_NUM_THREADS=$THREADS $args ${ENGINE_ARGS:-}); log $log"
+  log "[$label] starting $bin (RAYON_NUM_THREADS=$THREADS $args ${ENGINE_ARGS:-}); log $log"
   # shellcheck disable=SC2086
-  RAYON_NUM_THREADS=$THREADS start_listening "$log" "$ENGINE" serve --model "$HF" --name base $args ${ENGINE_ARGS:-}
+  RAYON_NUM_THREADS=$THREADS start_listening "$log" "$bin" serve --model "$HF" --name base $args ${ENGINE_ARGS:-}
   trap 'kill $STARTED_PID 2>/dev/null || true' EXIT
   python3 "$ROOT/engine/bench/answers.py" --url "http://$ADDR" --model base --label "mistral.rs $label" | tee -a "$OUT"
   for prompt in $PROMPTS; do

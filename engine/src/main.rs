@@ -103,10 +103,10 @@ struct ServeArgs {
     /// Quantize the weights when a version loads (mistral.rs in-situ quantization), base
     /// and deployed versions alike. `none` (default): the weights stay in `--dtype`, the
     /// trainer's numerics bit for bit. `auto`: Q8_0 on a CPU build with AVX2 or NEON kernels
-    /// (`scripts/lib.sh` `build_engine` enables AVX2 where the CPU has it), none on a GPU:
-    /// on a CPU 2.7x F32's decode speed, on a par with llama.cpp (BENCHMARKS §3), but a
-    /// batched greedy answer may differ from the one given alone at a near tie (1 in 40 in
-    /// the engine's test), so it is not the default yet.
+    /// (`scripts/lib.sh` `build_engine` enables AVX2 where the CPU has it), none on a GPU;
+    /// on a CPU about 2.7x F32's decode speed, on a par with llama.cpp, and batched answers
+    /// equal the ones given alone, but SmolLM2's task-suite scores were lower with it on 4 of
+    /// 5 tasks (BENCHMARKS §3), so it is not the default.
     #[arg(long, value_enum, default_value = "none")]
     isq: Isq,
     /// Most sequences decoded together per version (mistral.rs max_num_seqs).

@@ -56,6 +56,11 @@ pub enum GatewayError {
     /// request is at fault, so its answer is returned as it came.
     #[error("upstream rejected the request with status {status}")]
     UpstreamRejected { status: StatusCode, body: Bytes },
+    /// The event log refused a record (full, or its disk failing): the
+    /// feedback was not kept, so the client should send it again. The
+    /// reason is in the gateway's log.
+    #[error("the feedback could not be recorded right now; send it again later")]
+    NotRecorded,
     /// The gateway failed on its own (a panicked or cancelled task).
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,6 +84,7 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream { status, .. } | Self::UpstreamRejected { status, .. } => *status,
+            Self::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,6 +103,7 @@ impl GatewayError {
             Self::Upstream { .. } | Self::UpstreamRejected { .. } => {
                 ("upstream_error", Some("upstream_failed"))
             }
+            Self::NotRecorded => ("api_error", Some("not_recorded")),
             Self::Internal(_) => ("internal_error", None),
         }
     }

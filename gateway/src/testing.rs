@@ -39,8 +39,9 @@ impl RecordingSink {
 }
 
 impl EventSink for RecordingSink {
-    fn record(&self, record: Record) {
+    fn record(&self, record: Record) -> Result<(), crate::metering::NotRecorded> {
         self.0.lock().push(record);
+        Ok(())
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

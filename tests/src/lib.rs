@@ -445,6 +445,19 @@ pub fn capture_config(services: &Services, wal_dir: &std::path::Path) -> String 
     )
 }
 
+/// The gateway's Prometheus text, read with the admin token.
+pub async fn metrics_text(gw: &Proc) -> String {
+    client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls until `f` returns true or `timeout` passes; returns the last result.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where

@@ -725,14 +725,18 @@ impl Wal {
         }
     }
 
-    /// fsyncs the active segment now (whatever the policy).
+    /// fsyncs the active segment now (whatever the policy). The segment
+    /// counts as synced only once the fsync succeeded.
     pub fn sync(&self) -> Result<()> {
         let mut st = self.lock();
-        st.dirty = false;
-        match &st.active {
+        let synced = match &st.active {
             Some(a) => a.file.sync_data().map_err(io_err(&a.meta.path)),
             None => Ok(()),
+        };
+        if synced.is_ok() {
+            st.dirty = false;
         }
+        synced
     }
 }
 
@@ -765,22 +769,36 @@ fn sync_loop(shared: &Shared, every: Duration) {
         if *stop {
             return;
         }
-        let file = {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !st.dirty {
-                continue;
-            }
-            st.dirty = false;
-            st.active
-                .as_ref()
-                .map(|a| (a.file.try_clone(), a.meta.path.clone()))
-        };
-        if let Some((file, path)) = file {
-            if let Err(e) = file.and_then(|f| f.sync_data()) {
-                tracing::warn!(path = %path.display(), error = %e, "WAL fsync failed");
-            }
+        if let Some((path, Err(e))) = sync_if_dirty(shared, File::sync_data) {
+            tracing::warn!(path = %path.display(), error = %e, "WAL fsync failed; retrying at the next tick");
         }
     }
+}
+
+/// One pass of the `interval_ms` syncer: when the active segment is dirty,
+/// `sync` it on a duplicate handle, outside the lock. The flag is cleared
+/// before the fsync (an append during it marks the segment dirty again)
+/// and set again if the fsync fails, so a failed fsync is retried rather
+/// than taken for durability. Returns the segment and the outcome when it
+/// synced.
+fn sync_if_dirty(
+    shared: &Shared,
+    sync: impl FnOnce(&File) -> std::io::Result<()>,
+) -> Option<(PathBuf, std::io::Result<()>)> {
+    let (file, path) = {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.dirty {
+            return None;
+        }
+        st.dirty = false;
+        let a = st.active.as_ref()?;
+        (a.file.try_clone(), a.meta.path.clone())
+    };
+    let synced = file.and_then(|f| sync(&f));
+    if synced.is_err() {
+        shared.state.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+    }
+    Some((path, synced))
 }
 
 /// The JSON payload of a record. serde_json writes non-finite floats as
@@ -921,4 +939,45 @@ fn recover_segment(dir: &Path, seq: u64, path: &Path, newest: bool) -> Result<Re
         meta.note_ts(f.ts_ms);
     }
     Ok(Recovered::Kept(meta, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed fsync leaves the segment dirty, so the next tick tries
+    /// again; only a successful one clears it.
+    #[test]
+    fn a_failed_interval_fsync_is_retried_not_taken_for_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig {
+            // The syncer thread must not run during the test.
+            fsync: FsyncPolicy::IntervalMs(3_600_000),
+            ..WalConfig::default()
+        };
+        let wal = Wal::open(dir.path(), cfg).unwrap();
+        let thumbs = crate::event::FeedbackEvent {
+            id: crate::event::FeedbackEvent::new_id(),
+            ts_ms: 1,
+            tenant: "t".into(),
+            target: crate::event::FeedbackTarget::inference("i"),
+            route: "r".into(),
+            variant: "v".into(),
+            metric: "thumbs_up".into(),
+            value: crate::event::FeedbackValue::Boolean(true),
+            tags: Default::default(),
+            idempotency_key: None,
+            source: crate::event::feedback_source::API.into(),
+        };
+        wal.append(&[Record::Feedback(thumbs)]).unwrap();
+        let dirty = || wal.shared.state.lock().unwrap().dirty;
+        assert!(dirty());
+        let failed = sync_if_dirty(&wal.shared, |_| Err(std::io::Error::other("EIO")));
+        assert!(matches!(failed, Some((_, Err(_)))));
+        assert!(dirty(), "a failed fsync cleared the dirty flag");
+        let synced = sync_if_dirty(&wal.shared, |f| f.sync_data());
+        assert!(matches!(synced, Some((_, Ok(())))));
+        assert!(!dirty());
+        assert!(sync_if_dirty(&wal.shared, |_| unreachable!("clean")).is_none());
+    }
 }

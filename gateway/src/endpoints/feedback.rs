@@ -178,7 +178,12 @@ pub async fn create(
         idempotency_key: body.idempotency_key,
         source: feedback_source::API.to_owned(),
     };
-    state.sink.record(Record::Feedback(event));
+    // An id is only given for feedback that is in the log: a refused one
+    // answers 503, so the client sends it again.
+    state
+        .sink
+        .record(Record::Feedback(event))
+        .map_err(|_| GatewayError::NotRecorded)?;
     Ok(Json(json!({"id": id})))
 }
 

@@ -12,7 +12,7 @@ pub use flywheel_feedback::{
     AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation,
 };
 pub use record::{record_request, Ledger, Outcome};
-pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NullSink, WalSink};
+pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NotRecorded, NullSink, WalSink};
 
 /// USD cost of `prompt` + `completion` tokens at per-1M-token prices.
 pub fn cost_usd(prompt: u64, completion: u64, price_in_per_1m: f64, price_out_per_1m: f64) -> f64 {

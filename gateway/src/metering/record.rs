@@ -79,9 +79,12 @@ pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Ou
         Vec::new()
     };
     let totals = totals(&event);
-    state.sink.record(Record::Inference(event));
+    // The answer is already the client's: a refused event is logged and
+    // counted by the sink, and the request is served (module docs of
+    // `sink`). Implicit signals are dropped with it.
+    let _ = state.sink.record(Record::Inference(event));
     for feedback in implied {
-        state.sink.record(Record::Feedback(feedback));
+        let _ = state.sink.record(Record::Feedback(feedback));
     }
     totals
 }

@@ -1,5 +1,11 @@
 //! Where events go. Recording never blocks the request path: sinks hand the
-//! event to a background writer.
+//! event to a background writer, or append it to the write-ahead log.
+//!
+//! A sink that cannot take an event says so ([`NotRecorded`]). What happens
+//! then is the caller's policy: an answered inference is served and the
+//! loss counted (`flywheel_wal_dropped_full_total`,
+//! `flywheel_metering_events_dropped_total`); explicit feedback is refused
+//! with 503, so the client knows to send it again.
 
 use std::{
     io::Write,
@@ -20,8 +26,14 @@ use crate::{
     metrics::Metrics,
 };
 
+/// A sink refused an event (a full or failing log, a writer too far
+/// behind); the reason is for the log, not for tenants.
+#[derive(Debug, thiserror::Error)]
+#[error("event not recorded: {0}")]
+pub struct NotRecorded(pub String);
+
 pub trait EventSink: Send + Sync + 'static {
-    fn record(&self, record: Record);
+    fn record(&self, record: Record) -> Result<(), NotRecorded>;
     /// Writes out everything recorded so far; called on shutdown.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
@@ -29,7 +41,9 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct NullSink;
 
 impl EventSink for NullSink {
-    fn record(&self, _record: Record) {}
+    fn record(&self, _record: Record) -> Result<(), NotRecorded> {
+        Ok(())
+    }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
@@ -94,15 +108,12 @@ impl JsonlSink {
 }
 
 impl EventSink for JsonlSink {
-    fn record(&self, record: Record) {
+    fn record(&self, record: Record) -> Result<(), NotRecorded> {
         // Serialised here, so that the queue's bytes are known exactly.
-        let mut line = match serde_json::to_vec(&record) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise metering event");
-                return;
-            }
-        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| {
+            tracing::error!(error = %e, "cannot serialise metering event");
+            NotRecorded(format!("cannot serialise: {e}"))
+        })?;
         line.push(b'\n');
         let len = line.len();
         // Take the room before sending, so that concurrent records cannot
@@ -116,12 +127,16 @@ impl EventSink for JsonlSink {
                 queued = before,
                 "metering file behind by metering.max_queued_bytes: event left out"
             );
-            return;
+            return Err(NotRecorded(
+                "the metering file is behind by metering.max_queued_bytes".into(),
+            ));
         }
         let sent = self.tx.lock().as_ref().map(|tx| tx.send(line).is_ok());
         if sent != Some(true) {
             self.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(NotRecorded("the metering file is closed".into()));
         }
+        Ok(())
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -152,12 +167,15 @@ impl WalSink {
 }
 
 impl EventSink for WalSink {
-    fn record(&self, record: Record) {
-        if let Err(e) = self.capture.append(std::slice::from_ref(&record)) {
-            // Full log: counted in the WAL stats (documented policy: new
-            // records are refused, unshipped ones are never dropped).
-            tracing::error!(error = %e, id = record.id(), "event not captured");
-        }
+    fn record(&self, record: Record) -> Result<(), NotRecorded> {
+        self.capture
+            .append(std::slice::from_ref(&record))
+            .map_err(|e| {
+                // Full log: counted in the WAL stats (documented policy: new
+                // records are refused, unshipped ones are never dropped).
+                tracing::error!(error = %e, id = record.id(), "event not captured");
+                NotRecorded(e.to_string())
+            })
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -178,7 +196,7 @@ impl MetricsSink {
 }
 
 impl EventSink for MetricsSink {
-    fn record(&self, record: Record) {
+    fn record(&self, record: Record) -> Result<(), NotRecorded> {
         match &record {
             Record::Inference(e) => self.metrics.observe(e),
             Record::Feedback(f) => self
@@ -187,12 +205,17 @@ impl EventSink for MetricsSink {
                 .with_label_values(&[&f.metric, &f.source])
                 .inc(),
         }
+        // Every sink gets the event; the first refusal is reported.
+        let mut recorded = Ok(());
         if let Some((last, rest)) = self.sinks.split_last() {
             for sink in rest {
-                sink.record(record.clone());
+                let r = sink.record(record.clone());
+                recorded = recorded.and(r);
             }
-            last.record(record);
+            let r = last.record(record);
+            recorded = recorded.and(r);
         }
+        recorded
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
@@ -261,7 +284,10 @@ mod tests {
         // Smaller than one event: nothing can be queued.
         let sink = JsonlSink::open(&path, 16, dropped.clone()).unwrap();
         for n in 0..100 {
-            sink.record(feedback(n));
+            assert!(
+                sink.record(feedback(n)).is_err(),
+                "a left-out event is reported"
+            );
         }
         assert_eq!(lines(sink, &path).await, 0);
         assert_eq!(dropped.get(), 100);
@@ -269,7 +295,7 @@ mod tests {
         let dropped = prometheus::IntCounter::new("d", "d").unwrap();
         let sink = JsonlSink::open(&path, 1 << 20, dropped.clone()).unwrap();
         for n in 0..100 {
-            sink.record(feedback(n));
+            sink.record(feedback(n)).unwrap();
         }
         assert!(sink.queued.load(Ordering::Acquire) <= 1 << 20);
         assert_eq!(lines(sink, &path).await, 100);

@@ -248,15 +248,7 @@ async fn metrics_reflect_traffic() {
         }
         assert_eq!(r.send().await.unwrap().status(), 401, "{key:?}");
     }
-    let text = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&gw).await;
     for needle in [
         "flywheel_requests_total{route=\"chat\",status=\"200\",variant=\"base\"} 3",
         "flywheel_attempts_total{outcome=\"ok\",provider=\"mock\"} 3",

@@ -132,15 +132,7 @@ async fn clickhouse_outage_loses_nothing() {
         "requests failed while ClickHouse was down"
     );
     answered.extend(during);
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     assert!(
         metrics.contains("flywheel_wal_records_pending"),
         "{metrics}"
@@ -216,4 +208,61 @@ async fn feedback_on_shipped_inferences_checks_clickhouse() {
     };
     assert_eq!(send(OTHER_KEY).await.unwrap().status(), 404);
     assert_eq!(send(KEY).await.unwrap().status(), 200);
+}
+
+/// A full log refuses new records. Explicit feedback is then answered 503
+/// (it used to get 200 and an id, and was lost), and inference keeps
+/// serving, the loss counted. ClickHouse is never started here, so nothing
+/// ships and the 8 KiB log fills.
+#[tokio::test]
+async fn feedback_that_a_full_log_refuses_is_answered_503_while_inference_keeps_serving() {
+    let services = Services::new();
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-full");
+    let cfg = config(&mock, &services, &dir.join("wal")).replace(
+        "max_backoff_ms = 300\n",
+        "max_backoff_ms = 300\nmax_bytes = 8192\nsegment_bytes = 4096\n",
+    );
+    let gw = start_gateway(&cfg);
+    let feedback = |id: &str| {
+        client()
+            .post(gw.url("/v1/feedback"))
+            .bearer_auth(KEY)
+            .json(&json!({"inference_id": id, "metric": "thumbs_up", "value": true}))
+            .send()
+    };
+    let first = load(&gw, 1).await;
+    let r = feedback(&first[0]).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Fill the log; every request is still answered.
+    let answered = load(&gw, 40).await;
+    assert_eq!(
+        answered.len(),
+        40,
+        "inference stopped serving with a full log"
+    );
+    // A feedback record is smaller than an inference event, so the room an
+    // inference left may still take a few: send until one is refused.
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = feedback(&answered[39]).await.unwrap();
+        if r.status() != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("50 feedback records into a full 8 KiB log were all answered 200");
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_recorded", "{body}");
+    let metrics = metrics_text(&gw).await;
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flywheel_wal_dropped_full_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        dropped > 0.0,
+        "the refused records are not counted: {metrics}"
+    );
 }

@@ -24,15 +24,7 @@ async fn send(gw: &Proc, key: &str) -> reqwest::Response {
 }
 
 async fn redis_up(gw: &Proc) -> bool {
-    let m = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     m.lines().any(|l| l == "flywheel_redis_up 1")
 }
 
@@ -93,14 +85,6 @@ async fn limits_hold_across_processes_and_survive_redis_outage() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-flywheel-variant"], "canary");
     }
-    let m = client()
-        .get(a.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&a).await;
     assert!(m.lines().any(|l| l == "flywheel_redis_up 0"), "{m}");
 }

@@ -225,15 +225,7 @@ async fn circuit_opens_and_skips_the_provider() {
     assert_eq!(before, after, "an open circuit must not send requests");
     let e = event_for(&gw, &id);
     assert_eq!(outcomes(&e), ["circuit_open", "ok"]);
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     assert!(
         metrics.contains("flywheel_circuit_state{provider=\"down\"} 1"),
         "{metrics}"

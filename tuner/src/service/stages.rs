@@ -19,9 +19,10 @@ use flywheel_canary_controller::{
     engines::EngineAdmin,
     ops::{self, NewExperiment, OpError},
     spec::EnginePlan,
-    CanaryStore, Status, Weights,
+    unload::grace_deadline_ms,
+    CanaryStore, Experiment, Status, Weights,
 };
-use flywheel_feedback::Store;
+use flywheel_feedback::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -383,6 +384,15 @@ pub async fn deploy(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .find(|s| s.variant != incumbent)
         .cloned()
         .ok_or_else(|| failed("no free slot: every slot variant is the incumbent"))?;
+    let experiments = ctx
+        .deps
+        .canary
+        .experiments()
+        .await
+        .map_err(|e| StageError::Retry(format!("reading the route's experiments: {e}")))?;
+    if let Some(wait) = held_for_rollback(&experiments, &ctx.job.route, &slot, now_ms()) {
+        return Ok(StageEnd::Pending(wait));
+    }
     let engines = &ctx.deps.config.engines;
     let admin = &ctx.deps.engines;
     let path = trained.model.to_string_lossy().into_owned();
@@ -412,6 +422,35 @@ pub async fn deploy(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
     serde_json::to_value(&detail)
         .map(StageEnd::Finished)
         .map_err(failed)
+}
+
+/// Why the free slot must not be re-pointed yet, if it must not: a
+/// promotion on the route that completed within its grace period still
+/// needs the slot's version, the old incumbent, for an instant rollback
+/// (the controller unloads it when the grace period ends). Pointing the
+/// slot at a new candidate then would make that rollback serve the new,
+/// ungated version. The default trigger interval outlasts the default
+/// grace period; this holds whatever the configuration says.
+fn held_for_rollback(
+    experiments: &[Experiment],
+    route: &str,
+    slot: &Slot,
+    now_ms: u64,
+) -> Option<String> {
+    experiments
+        .iter()
+        .filter(|e| e.route == route && e.status == Status::Completed && e.incumbent == slot.variant)
+        .find_map(|e| {
+            let deadline = grace_deadline_ms(e);
+            (now_ms < deadline).then(|| {
+                format!(
+                    "slot {} still backs experiment {}'s instant rollback until {} UTC; deploying after that",
+                    slot.variant,
+                    e.id,
+                    flywheel_canary_controller::report::utc(deadline)
+                )
+            })
+        })
 }
 
 /// The offline gate: the candidate's slot, the incumbent and the chain
@@ -606,6 +645,56 @@ pub async fn clean_up(ctx: &RunCtx<'_>) -> Result<Value, StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route whose promotion of `tuned-a` over `tuned-b` completed at
+    /// `completed_ms`, with a 60 s grace period.
+    fn promoted(route: &str, completed_ms: u64) -> Experiment {
+        let mut spec = flywheel_canary_controller::Spec {
+            quality: vec![flywheel_canary_controller::QualityMetric::parse("thumbs_up").unwrap()],
+            ..Default::default()
+        };
+        spec.engine.grace_secs = 60;
+        let mut e = Experiment::new(route, "tuned-b", "tuned-a", spec, "test", 0).unwrap();
+        e.status = Status::Completed;
+        e.updated_ms = completed_ms;
+        e
+    }
+
+    #[test]
+    fn a_slot_is_not_repointed_while_a_promotion_may_still_roll_back_to_it() {
+        let slot = |v: &str| Slot {
+            variant: v.into(),
+            model: format!("job-{v}"),
+        };
+        let exps = [promoted("extract", 1_000_000)];
+        // Within the grace period: the old incumbent's slot waits...
+        let wait = held_for_rollback(&exps, "extract", &slot("tuned-b"), 1_030_000).unwrap();
+        assert!(
+            wait.contains("tuned-b") && wait.contains(&exps[0].id),
+            "{wait}"
+        );
+        // ...until it ends.
+        assert_eq!(
+            held_for_rollback(&exps, "extract", &slot("tuned-b"), 1_060_000),
+            None
+        );
+        // Another route's promotion, or a slot that is not the old incumbent, does not hold it.
+        assert_eq!(
+            held_for_rollback(&exps, "other", &slot("tuned-b"), 1_030_000),
+            None
+        );
+        assert_eq!(
+            held_for_rollback(&exps, "extract", &slot("tuned-c"), 1_030_000),
+            None
+        );
+        // An experiment that did not complete holds nothing.
+        let mut rolled_back = promoted("extract", 1_000_000);
+        rolled_back.status = Status::RolledBack;
+        assert_eq!(
+            held_for_rollback(&[rolled_back], "extract", &slot("tuned-b"), 1_030_000),
+            None
+        );
+    }
 
     #[test]
     fn version_names_carry_the_runs_start_to_the_minute_in_utc() {

@@ -4,6 +4,7 @@ mod cpu;
 mod cuda;
 #[cfg(feature = "cuda")]
 mod ffi;
+mod rows;
 
 use std::{
     borrow::Cow,
@@ -23,77 +24,6 @@ use crate::{
     utils::{deserialize_tensor, serialize_tensor, version_is_compatible, UQFF_VERSION},
     IsqType, QuantMethod, QuantMethodConfig, QuantizeOntoGuard, QuantizedSerde, QuantizedSerdeType,
 };
-
-/// On the CPU, inputs of at least this many sequence positions (a prompt's
-/// prefill) are multiplied as a dense F32 matmul over the weights dequantized
-/// for the call; decode steps (one position per sequence) keep the quantized
-/// kernel.
-///
-/// candle's quantized CPU matmul computes one block dot product per output
-/// element, row after row: it re-reads the weights for every input row and has
-/// no register blocking, so a prompt of N tokens costs nearly N decode steps
-/// (on SmolLM2-135M with Q8_0, 2 cores: a 53-token prompt took 0.36 s against
-/// 0.14 s in F32). Dequantizing a matrix costs about one pass over its F32
-/// size, once per call, and the blocked F32 GEMM then does the prompt at F32
-/// speed. Decode steps stay on the quantized kernel, which reads 4x fewer
-/// bytes per token, however many sequences the batch holds.
-///
-/// The choice is by positions, not rows, so that a batched decode step (many
-/// sequences, one position each) and a decode step alone both take the
-/// quantized kernel. A prompt resumed from the prefix cache with one position
-/// left takes the quantized kernel too, where computed afresh it went dense:
-/// the input rounding below keeps the two within float summation order.
-const CPU_DENSE_MIN_POSITIONS: usize = 2;
-
-fn prefill_via_dense(a: &Tensor, q: &QTensor) -> bool {
-    // (batch, positions, in); other ranks (flattened tokens) keep the quantized kernel.
-    let positions = match *a.dims() {
-        [_, positions, _] | [_, _, positions, _] => positions,
-        _ => return false,
-    };
-    a.device().is_cpu() && q.device().is_cpu() && positions >= CPU_DENSE_MIN_POSITIONS
-}
-
-/// The input rounded as the quantized kernel rounds it before its dot
-/// products (to the weights' vec-dot type: Q8_0 for Q4_0, Q5_0 and Q8_0, Q8K
-/// for the k-quants), so that the dense path multiplies the same numbers and
-/// differs from the quantized kernel only in the order of its sums, as two
-/// F32 matmuls of different shapes do. Without it a sequence's logits would
-/// depend on the path its step took: a prompt that the prefix cache holds is
-/// resumed with one position (quantized kernel) where, computed afresh, it
-/// went dense, and 3 of 40 batched greedy answers in the engine test
-/// `concurrent_requests_get_their_own_answers` differed from the ones given
-/// alone. Other types (Q4_1, Q5_1: candle cannot dequantize their Q8_1) keep
-/// the input as it is.
-fn round_like_vec_dot(a: &Tensor, w: GgmlDType) -> Result<Tensor> {
-    let vec_dot = match w {
-        GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => GgmlDType::Q8_0,
-        GgmlDType::Q2K
-        | GgmlDType::Q3K
-        | GgmlDType::Q4K
-        | GgmlDType::Q5K
-        | GgmlDType::Q6K
-        | GgmlDType::Q8K => GgmlDType::Q8K,
-        _ => return Ok(a.clone()),
-    };
-    let k = a.dims().last().copied().unwrap_or(0);
-    let rows = a.elem_count() / k.max(1);
-    let flat = a.to_dtype(DType::F32)?.reshape((rows, k))?;
-    QTensor::quantize(&flat, vec_dot)?
-        .dequantize(a.device())?
-        .reshape(a.shape())?
-        .to_dtype(a.dtype())
-}
-
-/// `a @ w^T` with `w` of shape (out, in), as `QMatMul::Tensor` does it.
-fn dense_matmul(a: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let w = match *a.dims() {
-        [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
-        [bsize, _, _] => w.broadcast_left(bsize)?.t()?,
-        _ => w.t()?,
-    };
-    a.matmul(&w)
-}
 
 #[derive(Debug)]
 pub struct GgufMatMul {
@@ -129,12 +59,15 @@ impl QuantMethod for GgufMatMul {
     }
 
     fn forward(&self, a: &Tensor) -> Result<Tensor> {
-        let x = match &self.w {
-            QMatMul::QTensor(q) if prefill_via_dense(a, q) => dense_matmul(
-                &round_like_vec_dot(a, q.dtype())?,
-                &q.dequantize(a.device())?.to_dtype(a.dtype())?,
-            )?,
-            w => w.forward(a)?,
+        // Many rows on the CPU (a prompt, a batched decode step): tiled, bit for bit
+        // what candle's kernel gives row by row, at a fraction of the weight reads.
+        let tiled = match &self.w {
+            QMatMul::QTensor(q) => rows::matmul(a, q)?,
+            _ => None,
+        };
+        let x = match tiled {
+            Some(x) => x,
+            None => self.w.forward(a)?,
         };
         if let Some(ref b) = self.b {
             x.broadcast_add(b)
@@ -551,71 +484,5 @@ impl GgufMatMul {
         };
 
         IsqType::try_from(dtype)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    /// A (batch, positions, k) input against quantized (n, k) weights, through
-    /// `GgufMatMul::forward`, next to the same input one sequence and position at
-    /// a time (always the quantized kernel) and a dense matmul over the
-    /// dequantized weights. Returns the largest differences (dense, quantized),
-    /// relative to the largest output.
-    fn compare(dtype: GgmlDType, batch: usize, positions: usize) -> Result<(f32, f32)> {
-        let dev = Device::Cpu;
-        let (n, k) = (96, 256);
-        let w = Tensor::randn(0f32, 1f32, (n, k), &dev)?;
-        let q = Arc::new(QTensor::quantize(&w, dtype)?);
-        let layer = GgufMatMul::new(QuantMethodConfig::Gguf {
-            q_weight: q.clone(),
-            b: None,
-        })?;
-        let x = Tensor::randn(0f32, 1f32, (batch, positions, k), &dev)?;
-        let got = layer.forward(&x)?;
-        let one_by_one = (0..batch)
-            .map(|b| {
-                let rows = (0..positions)
-                    .map(|p| QMatMul::QTensor(q.clone()).forward(&x.narrow(0, b, 1)?.narrow(1, p, 1)?))
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&rows, 1)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let one_by_one = Tensor::cat(&one_by_one, 0)?;
-        let dense = dense_matmul(&round_like_vec_dot(&x, dtype)?, &q.dequantize(&dev)?)?;
-        let max_abs = |t: &Tensor| -> Result<f32> { t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
-        let scale = max_abs(&dense)?;
-        Ok((
-            max_abs(&(&got - &dense)?)? / scale,
-            max_abs(&(&got - &one_by_one)?)? / scale,
-        ))
-    }
-
-    #[test]
-    fn a_prompt_is_multiplied_densely_and_agrees_with_the_quantized_kernel() -> Result<()> {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-            for (batch, positions) in [(1, 37), (3, CPU_DENSE_MIN_POSITIONS)] {
-                let (vs_dense, vs_quantized) = compare(dtype, batch, positions)?;
-                // Exactly the dense product over the dequantized weights...
-                assert_eq!(vs_dense, 0.0, "{dtype:?} {batch}x{positions}");
-                // ...and the quantized kernel's results up to the order of the
-                // sums: the same products (without rounding the input like the
-                // kernel, the gap was about 1e-2 here).
-                assert!(vs_quantized < 1e-5, "{dtype:?} {batch}x{positions}: {vs_quantized}");
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn decode_steps_stay_on_the_quantized_kernel_however_large_the_batch() -> Result<()> {
-        for batch in [1, 40] {
-            let (vs_dense, vs_quantized) = compare(GgmlDType::Q8_0, batch, 1)?;
-            assert_eq!(vs_quantized, 0.0, "batch {batch}");
-            assert!(vs_dense > 0.0, "the dense path sums in another order");
-        }
-        Ok(())
     }
 }
