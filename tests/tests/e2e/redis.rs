@@ -24,7 +24,7 @@ async fn send(gw: &Proc, key: &str) -> reqwest::Response {
 }
 
 async fn redis_up(gw: &Proc) -> bool {
-    let m = metrics_text(&gw).await;
+    let m = metrics_text(gw).await;
     m.lines().any(|l| l == "flywheel_redis_up 1")
 }
 
