@@ -15,7 +15,7 @@ export RUSTFLAGS="$ENGINE_RUSTFLAGS"  # the flags build_engine used, or cargo re
 # dependency features, so only the test harnesses are compiled (~2 min on 2 cores).
 log "testing the vendored mistral.rs crates: CPU attention, llguidance factory, quantized tiled matmul"
 cargo test --release $(locked_flag) -p mistralrs-core -p mistralrs-quant -p flywheel-engine --lib -- \
-  attention::backends::cpu:: pipeline::llg:: gguf::
+  attention::backends::cpu:: pipeline::llg:: gguf::rows::
 log "testing flywheel-engine"
 # Test binaries each start their own engine; two at once is plenty on 2 cores.
 cargo test --release $(locked_flag) -p flywheel-engine "$@" -- --test-threads "${TEST_THREADS:-2}"

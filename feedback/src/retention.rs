@@ -9,6 +9,12 @@
 //! * inferences with feedback (on the inference, or on its episode:
 //!   feedback that names no inference; in `feedback` or
 //!   `feedback_retained`) or listed in `training_usage`;
+//!   - only feedback of the inference's own tenant counts (episode ids are
+//!     the client's: another tenant's feedback on the same episode id must
+//!     not keep this tenant's bodies);
+//!   - implicit signals (`implicit:*`, which the gateway infers, e.g.
+//!     "valid on the first try" on every structured answer) do not count:
+//!     they would keep nearly all structured traffic forever;
 //! * the attempts of those inferences;
 //! * all feedback (small, and it is the labels).
 //!
@@ -114,14 +120,19 @@ async fn retain_month(store: &Store, month: u32, dry_run: bool) -> Result<Partit
     // Episode-level feedback is feedback that names no inference: an
     // online grader's score names its inference and that inference's
     // episode, and keeps the inference, not the whole episode.
+    let explicit = "source NOT LIKE 'implicit:%'";
     let keep = format!(
-        "(id IN (SELECT assumeNotNull(inference_id) FROM {db}.feedback WHERE isNotNull(inference_id)) \
-          OR id IN (SELECT assumeNotNull(inference_id) FROM {db}.feedback_retained WHERE isNotNull(inference_id)) \
+        "((tenant, id) IN (SELECT tenant, assumeNotNull(inference_id) FROM {db}.feedback \
+              WHERE isNotNull(inference_id) AND {explicit}) \
+          OR (tenant, id) IN (SELECT tenant, assumeNotNull(inference_id) FROM {db}.feedback_retained \
+              WHERE isNotNull(inference_id) AND {explicit}) \
           OR id IN (SELECT inference_id FROM {db}.training_usage) \
-          OR (isNotNull(episode_id) AND assumeNotNull(episode_id) IN \
-              (SELECT assumeNotNull(episode_id) FROM {db}.feedback WHERE isNotNull(episode_id) AND isNull(inference_id))) \
-          OR (isNotNull(episode_id) AND assumeNotNull(episode_id) IN \
-              (SELECT assumeNotNull(episode_id) FROM {db}.feedback_retained WHERE isNotNull(episode_id) AND isNull(inference_id))))"
+          OR (isNotNull(episode_id) AND (tenant, assumeNotNull(episode_id)) IN \
+              (SELECT tenant, assumeNotNull(episode_id) FROM {db}.feedback \
+               WHERE isNotNull(episode_id) AND isNull(inference_id) AND {explicit})) \
+          OR (isNotNull(episode_id) AND (tenant, assumeNotNull(episode_id)) IN \
+              (SELECT tenant, assumeNotNull(episode_id) FROM {db}.feedback_retained \
+               WHERE isNotNull(episode_id) AND isNull(inference_id) AND {explicit})))"
     );
     let in_month = format!("toYYYYMM(date) = {month}");
     let count = |sql: String| async move {

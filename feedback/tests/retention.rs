@@ -177,3 +177,75 @@ async fn retention_keeps_feedback_and_training_rows() {
     );
     drop_db(&store).await;
 }
+
+/// Retention is not steered from outside a tenant's own explicit feedback:
+/// another tenant's feedback on the same (client-chosen) episode id keeps
+/// nothing, and neither does an implicit signal (the gateway's "valid on
+/// the first try" on every structured answer kept nearly all structured
+/// traffic before). The tenant's own explicit feedback still keeps its
+/// inference.
+#[tokio::test]
+async fn retention_is_not_steered_by_another_tenant_or_by_implicit_signals() {
+    let store = migrated_store("retention_steer").await;
+    let mk = |ts: u64, ep: Option<&str>| {
+        let mut e = inference(&uuid(), ts, "chat", "a");
+        e.episode_id = ep.map(str::to_owned);
+        e
+    };
+    let episode_of_a = mk(OLD, Some("shared-ep"));
+    let validated = mk(OLD + 1, None);
+    let thumbed = mk(OLD + 2, None);
+    let mut other_tenant = feedback(
+        FeedbackTarget::episode("shared-ep"),
+        OLD + 10,
+        "chat",
+        "a",
+        "solved",
+        FeedbackValue::Float(1.0),
+    );
+    other_tenant.tenant = "tenant-b".into();
+    let mut implicit = feedback(
+        FeedbackTarget::inference(validated.id.clone()),
+        OLD + 11,
+        "chat",
+        "a",
+        "valid",
+        FeedbackValue::Boolean(true),
+    );
+    implicit.source = flywheel_feedback::event::feedback_source::IMPLICIT_VALIDATION.into();
+    let explicit = feedback(
+        FeedbackTarget::inference(thumbed.id.clone()),
+        OLD + 12,
+        "chat",
+        "a",
+        "thumbs",
+        FeedbackValue::Boolean(true),
+    );
+    let recs: Vec<Record> = [&episode_of_a, &validated, &thumbed]
+        .into_iter()
+        .cloned()
+        .map(Record::Inference)
+        .chain([other_tenant, implicit, explicit].map(Record::Feedback))
+        .collect();
+    ship_batch(&store, &recs, BodiesPolicy::Store)
+        .await
+        .unwrap();
+
+    let done = run_retention_at(&store, NOW, 30, false).await.unwrap();
+    assert_eq!(
+        (
+            done.partitions[0].inferences,
+            done.partitions[0].inferences_kept
+        ),
+        (3, 1)
+    );
+    let db = store.database().to_owned();
+    let kept: Vec<String> = store
+        .client()
+        .query(&format!("SELECT id FROM {db}.inferences_retained"))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![thumbed.id.clone()]);
+    drop_db(&store).await;
+}

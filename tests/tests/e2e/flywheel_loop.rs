@@ -357,6 +357,14 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
         .parse()
         .unwrap();
     assert!(decisions >= 2, "{decisions} evaluation rows\n{story}");
+    // The gate's arms, candidate and chain, are stored under the run's id
+    // for the dashboards' training page.
+    let gate_arms = services
+        .query(&format!(
+            "SELECT count() FROM flywheel.eval_results FINAL WHERE run_id = '{run}'"
+        ))
+        .await;
+    assert_eq!(gate_arms.trim(), "2", "gate rows in eval_results\n{story}");
     // The version serves after a promotion, and is gone after a rollback.
     let version = events
         .iter()

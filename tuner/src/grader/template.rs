@@ -64,14 +64,27 @@ impl Template {
 
     /// Renders to text. `ctx` is `{"sample": ..., "item": ...}`.
     pub fn render(&self, ctx: &Value) -> Result<String, MissingField> {
+        self.render_with(ctx, &|_, text| text)
+    }
+
+    /// Renders to text, passing each variable's text through `wrap` with
+    /// its path (a judge fences the graded sample's text with it).
+    pub fn render_with(
+        &self,
+        ctx: &Value,
+        wrap: &dyn Fn(&[String], String) -> String,
+    ) -> Result<String, MissingField> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Var(path) => match lookup(ctx, path)? {
-                    Value::String(s) => out.push_str(s),
-                    other => out.push_str(&other.to_string()),
-                },
+                Part::Var(path) => {
+                    let text = match lookup(ctx, path)? {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    out.push_str(&wrap(path, text));
+                }
             }
         }
         Ok(out)

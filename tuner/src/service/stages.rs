@@ -35,6 +35,7 @@ use super::{
 use crate::{
     dataset::{self, captured, pii::PiiFilter},
     eval::{
+        self,
         client::{run_config, Gateway, RequestParams},
         Observation, Outcome as EvalOutcome,
     },
@@ -424,6 +425,43 @@ pub async fn deploy(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .map_err(failed)
 }
 
+/// The gate's per-arm results as `eval_results` rows under the run's id,
+/// as `flywheel-tuner eval --store` writes them, so the dashboards'
+/// training page shows the gate beside the run. The verdict itself is in
+/// the journal; a failed insert is logged and does not redo the gate.
+async fn store_gate_evals(
+    ctx: &RunCtx<'_>,
+    params: &RequestParams,
+    grader: &str,
+    configs: Vec<eval::ConfigReport>,
+) {
+    let report = eval::report::Report {
+        run_id: ctx.id.to_owned(),
+        ts_ms: now_ms(),
+        dataset: format!("{}/dataset/heldout.jsonl", ctx.id),
+        grader: grader.to_owned(),
+        temperature: params.temperature,
+        max_tokens: params.max_tokens,
+        configs,
+    };
+    let stored = match report.rows() {
+        Ok(rows) => ctx
+            .deps
+            .store
+            .insert_rows("eval_results", &rows)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        eprintln!(
+            "{} {}: the gate's results were not stored in eval_results: {e}",
+            super::serve::clock(),
+            ctx.id
+        );
+    }
+}
+
 /// Why the free slot must not be re-pointed yet, if it must not: a
 /// promotion on the route that completed within its grace period still
 /// needs the slot's version, the old incumbent, for an instant rollback
@@ -478,6 +516,7 @@ pub async fn gate(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         arms.push(deployed.incumbent.clone());
     }
     let mut answers: Vec<Vec<Answer>> = Vec::new();
+    let mut summaries = Vec::new();
     for variant in &arms {
         let gw = ctx.deps.gateway.pinned(variant);
         let total = items.len();
@@ -498,7 +537,14 @@ pub async fn gate(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         )
         .await;
         answers.push(to_answers(variant, &obs)?);
+        let config = eval::Config {
+            name: variant.clone(),
+            model: ctx.job.route.clone(),
+            raw: false,
+        };
+        summaries.push(eval::summarize(&config, &obs));
     }
+    store_gate_evals(ctx, &params, grader.name(), summaries).await;
     let [candidate, chain_answers, rest @ ..] = answers.as_slice() else {
         return Err(failed("the gate lost an arm"));
     };
