@@ -22,6 +22,8 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: flywheel_listener::TlsArgs,
     /// The gateway's TOML config: its `auth.keys` (tenants), `admin.token_sha256`
     /// and `routes` are read (nothing else).
     #[arg(long)]
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tls = cli.tls.load()?;
     let access = Access::load(&cli.gateway_config)?;
     let conn = Connections::resolve(
         ConnectionFlags {
@@ -142,10 +145,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, database = conn.database, "dashboards listening");
-    axum::serve(listener, app(st))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    flywheel_listener::serve(
+        listener,
+        app(st),
+        &flywheel_listener::Limits::default(),
+        tls.as_ref(),
+        flywheel_listener::shutdown_signal(),
+    )
+    .await;
     Ok(())
 }

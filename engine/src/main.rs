@@ -127,6 +127,8 @@ struct ServeArgs {
     /// Exit when stdin reaches end-of-file (used by tests so that the server dies with them).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+    #[command(flatten)]
+    tls: flywheel_listener::TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +182,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.default_max_tokens == 0 {
         anyhow::bail!("--default-max-tokens must be at least 1");
     }
+    // Checked before the weights load: a bad certificate path fails in a second, not a minute.
+    let tls = args.tls.load()?;
     let opts = EngineOptions {
         dtype: match args.dtype {
             DType::F32 => ModelDType::F32,
@@ -229,22 +233,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             std::process::exit(0);
         });
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm() => {}
-            }
-        })
-        .await?;
+    // The gateway's accept loop and its default bounds: a client that
+    // connects and sends nothing, or trickles, cannot hold a slot forever.
+    flywheel_listener::serve(
+        listener,
+        router(state),
+        &flywheel_listener::Limits::default(),
+        tls.as_ref(),
+        flywheel_listener::shutdown_signal(),
+    )
+    .await;
     Ok(())
-}
-
-async fn sigterm() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
 }

@@ -16,7 +16,6 @@ pub mod metering;
 pub mod metrics;
 pub mod middleware;
 pub mod router;
-pub mod server;
 pub mod signals;
 pub mod upstream;
 
@@ -200,7 +199,7 @@ fn store_unavailable(e: flywheel_feedback::StoreError) -> GatewayError {
 ///
 /// What bounds a connection (the first request's wait, header reads,
 /// idle and HTTP/2 keep-alive timeouts, HTTP/2 streams, the cap on open
-/// connections) is the accept loop's, [`server::serve`], outside this
+/// connections) is the accept loop's, [`flywheel_listener::serve`], outside this
 /// stack: it counts each request in flight, response body included.
 pub fn app(state: AppState) -> HttpRouter {
     let api_keys = ApiKeyAuth {

@@ -2,7 +2,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use flywheel_api::keys;
-use flywheel_gateway::{app, config::Config, server, AppState};
+use flywheel_gateway::{app, config::Config, AppState};
 use tracing_subscriber::EnvFilter;
 
 /// Flywheel's OpenAI-compatible LLM gateway.
@@ -93,12 +93,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(config)?;
     // Tests and scripts read this line to find the port.
     println!("listening on {addr}");
-    tracing::info!(%addr, "flywheel gateway started");
-    server::serve(
+    tracing::info!(%addr, tls = server_cfg.tls.is_some(), "flywheel gateway started");
+    flywheel_listener::serve(
         listener,
         app(state.clone()),
-        &server_cfg,
-        server::shutdown_signal(),
+        &server_cfg.limits,
+        server_cfg.tls.as_ref(),
+        flywheel_listener::shutdown_signal(),
     )
     .await;
     state.sink.shutdown().await;
@@ -106,6 +107,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // Ship what can be shipped now; the rest stays in the log for the
         // next start.
         let deadline = server_cfg
+            .limits
             .shutdown_grace
             .min(std::time::Duration::from_secs(10));
         match std::sync::Arc::try_unwrap(capture) {

@@ -1,14 +1,33 @@
 """The official openai SDK against the Flywheel gateway, unchanged.
 
 Reads OPENAI_BASE_URL and OPENAI_API_KEY like any OpenAI client. Exits
-non-zero on the first failed check.
+non-zero on the first failed check. With FLYWHEEL_CA_FILE (an https base
+URL), the client trusts that CA, and first checks that a client which does
+not trust it refuses the gateway's certificate.
 """
 import json
+import os
+import ssl
 
 import openai
 import pydantic
 
-client = openai.OpenAI(max_retries=0)
+ca = os.environ.get("FLYWHEEL_CA_FILE")
+if ca:
+    assert os.environ["OPENAI_BASE_URL"].startswith("https://")
+    try:
+        openai.OpenAI(max_retries=0).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}]
+        )
+        raise SystemExit("a certificate from an untrusted CA was accepted")
+    except openai.APIConnectionError as e:
+        print("untrusted certificate refused:", repr(e.__cause__))
+    client = openai.OpenAI(
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=ca)),
+    )
+else:
+    client = openai.OpenAI(max_retries=0)
 
 # Plain chat.
 r = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])

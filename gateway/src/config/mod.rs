@@ -59,19 +59,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Larger request bodies get 413 (> 0).
     pub max_body_bytes: usize,
-    /// > 0; also bounds a connection's wait for its first request.
-    pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
-    /// > 0.
-    pub idle_timeout: Duration,
-    /// In 1..=`Semaphore::MAX_PERMITS`.
-    pub max_connections: usize,
-    /// `None` = no HTTP/2 pings.
-    pub http2_keep_alive_interval: Option<Duration>,
-    pub http2_keep_alive_timeout: Duration,
-    /// > 0.
-    pub http2_max_concurrent_streams: u32,
-    pub shutdown_grace: Duration,
+    /// What bounds each connection (validated: every timeout > 0).
+    pub limits: flywheel_listener::Limits,
+    /// Loaded and checked: `None` = plain HTTP.
+    pub tls: Option<flywheel_listener::Tls>,
 }
 
 /// `[auth]`.
@@ -142,6 +134,9 @@ pub struct ProviderConfig {
     pub health_path: String,
     /// > 0.
     pub health_check: Duration,
+    /// The client TLS setup for `https`: the public roots (webpki), plus
+    /// the certificates of `ca_file`.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// One `[[routes]]` entry. Every target names a provider of

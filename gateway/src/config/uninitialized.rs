@@ -86,6 +86,13 @@ pub struct UninitializedServerConfig {
     /// On SIGINT/SIGTERM, stop accepting and wait this long for in-flight
     /// requests to finish before exiting anyway.
     pub shutdown_grace_ms: u64,
+    /// Serve HTTPS (TLS 1.2/1.3, HTTP/2 by ALPN) with this PEM certificate
+    /// chain, leaf first; needs `tls_key_file`. Unset = plain HTTP. Read at
+    /// start (a relative path from the working directory): rotating it
+    /// takes a restart.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for UninitializedServerConfig {
@@ -101,6 +108,8 @@ impl Default for UninitializedServerConfig {
             http2_keep_alive_timeout_ms: 10_000,
             http2_max_concurrent_streams: 128,
             shutdown_grace_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -466,6 +475,11 @@ pub struct UninitializedProviderConfig {
     /// How often replicas are health-checked.
     #[serde(default = "default_health_check_ms")]
     pub health_check_ms: u64,
+    /// PEM file of CA certificates to trust for this provider's `https`,
+    /// besides the public roots: e.g. the private CA of an engine started
+    /// with `--tls-cert`. Unset = public roots only.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_true() -> bool {

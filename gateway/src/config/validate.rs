@@ -6,13 +6,15 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use flywheel_api::keys::parse_sha256_hex;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use redis::IntoConnectionInfo;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 use super::{
     uninitialized::{
@@ -245,19 +247,61 @@ fn load_server(s: UninitializedServerConfig) -> Result<ServerConfig, ConfigError
             format!("must be in 1..={}", tokio::sync::Semaphore::MAX_PERMITS),
         ));
     }
+    let tls = match (&s.tls_cert_file, &s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(
+            flywheel_listener::Tls::load(cert, key)
+                .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?,
+        ),
+        (Some(_), None) => return Err(invalid("server.tls_key_file", "needed with tls_cert_file")),
+        (None, Some(_)) => return Err(invalid("server.tls_cert_file", "needed with tls_key_file")),
+    };
     Ok(ServerConfig {
         listen: s.listen,
         max_body_bytes: s.max_body_bytes,
-        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
-        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-        max_connections: s.max_connections,
-        http2_keep_alive_interval: (s.http2_keep_alive_interval_ms > 0)
-            .then(|| Duration::from_millis(s.http2_keep_alive_interval_ms)),
-        http2_keep_alive_timeout: Duration::from_millis(s.http2_keep_alive_timeout_ms),
-        http2_max_concurrent_streams: s.http2_max_concurrent_streams,
-        shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+        limits: flywheel_listener::Limits {
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+            max_connections: s.max_connections,
+            http2_keep_alive_interval: (s.http2_keep_alive_interval_ms > 0)
+                .then(|| Duration::from_millis(s.http2_keep_alive_interval_ms)),
+            http2_keep_alive_timeout: Duration::from_millis(s.http2_keep_alive_timeout_ms),
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+        },
+        tls,
     })
+}
+
+/// The certificates of a PEM file, at least one.
+fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The public roots (webpki) and `extra` as the trust anchors, on *ring*.
+fn client_tls(extra: Vec<CertificateDer<'static>>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate cannot be a trust anchor: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn load_auth(a: UninitializedAuthConfig) -> Result<AuthConfig, ConfigError> {
@@ -389,6 +433,17 @@ fn load_provider(
             "must start with / (and health_check_ms must be > 0)",
         ));
     }
+    let ca_key = format!("providers.{name}.ca_file");
+    let extra_roots = match &p.ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            if base_url.scheme_str() != Some("https") {
+                return Err(invalid(ca_key, "needs an https:// base_url"));
+            }
+            load_ca_file(path).map_err(|e| invalid(&ca_key, e))?
+        }
+    };
+    let tls = client_tls(extra_roots).map_err(|e| invalid(ca_key, e))?;
     if p.price_input_per_1m < 0.0 || p.price_output_per_1m < 0.0 || p.price_per_second < 0.0 {
         return Err(invalid(
             format!("providers.{name}.price_*"),
@@ -408,6 +463,7 @@ fn load_provider(
         replicas,
         health_path: p.health_path,
         health_check: Duration::from_millis(p.health_check_ms),
+        tls,
     })
 }
 
@@ -453,6 +509,26 @@ mod tests {
     fn bad_key_hash_is_rejected() {
         let e = err("[[auth.keys]]\ntenant = \"t\"\nsha256 = \"abc\"\n");
         assert!(e.contains("auth.keys[0].sha256"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_loaded_at_start_and_a_half_or_bad_pair_is_named() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../listener/testdata");
+        let server = |extra: &str| format!("{PROVIDERS}[server]\n{extra}");
+        let e = err(&server(&format!("tls_cert_file = \"{dir}/server.pem\"\n")));
+        assert!(e.contains("server.tls_key_file"), "{e}");
+        let e = err(&server(&format!(
+            "tls_cert_file = \"{dir}/server.pem\"\ntls_key_file = \"{dir}/other.key\"\n"
+        )));
+        assert!(
+            e.contains("server.tls_cert_file") && e.contains("other.key"),
+            "{e}"
+        );
+        let c = Config::parse(&server(&format!(
+            "tls_cert_file = \"{dir}/server.pem\"\ntls_key_file = \"{dir}/server.key\"\n"
+        )))
+        .unwrap();
+        assert!(c.server.tls.is_some());
     }
 
     #[test]
@@ -508,17 +584,21 @@ mod tests {
         assert_eq!(c.redis.command_timeout, Duration::from_millis(50));
         assert_eq!(c.redis.weights_poll, Duration::from_millis(1_000));
         assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.server.limits.header_read_timeout, Duration::from_secs(30));
         assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
-        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
-        assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
-        assert_eq!(c.server.max_connections, 4_096);
+        assert_eq!(c.server.limits.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.server.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.server.limits.max_connections, 4_096);
         assert_eq!(
-            c.server.http2_keep_alive_interval,
+            c.server.limits.http2_keep_alive_interval,
             Some(Duration::from_secs(20))
         );
-        assert_eq!(c.server.http2_keep_alive_timeout, Duration::from_secs(10));
-        assert_eq!(c.server.http2_max_concurrent_streams, 128);
+        assert_eq!(
+            c.server.limits.http2_keep_alive_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.server.limits.http2_max_concurrent_streams, 128);
         assert_eq!(c.upstream.max_sse_event_bytes, 1024 * 1024);
         assert_eq!(c.upstream.max_response_bytes, 32 * 1024 * 1024);
         assert_eq!(c.feedback.recent_max_bytes, 128 * 1024 * 1024);
@@ -570,7 +650,7 @@ mod tests {
         let c = Config::parse(&format!(
             "{PROVIDERS}[server]\nhttp2_keep_alive_interval_ms = 0\n"
         ));
-        assert_eq!(c.unwrap().server.http2_keep_alive_interval, None);
+        assert_eq!(c.unwrap().server.limits.http2_keep_alive_interval, None);
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Provider {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(cfg.tls.as_ref().clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -26,6 +26,7 @@ mod reliability;
 mod shutdown;
 mod simulate;
 mod tenants;
+mod tls;
 mod trainer;
 mod tuner;
 mod validation;

@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         online
             .run(
                 Duration::from_millis(args.interval_ms),
-                shutdown_signal(),
+                flywheel_listener::shutdown_signal(),
                 |result| print_pass(&settings, result),
             )
             .await;
@@ -111,22 +111,6 @@ fn print_pass(settings: &Settings, result: &Result<Pass, OnlineError>) {
         }
         Err(e) => eprintln!("grade-online: pass failed, retrying at the next interval: {e}"),
     }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -70,23 +70,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config,
     };
     runtime.block_on(async {
-        serve::serve(deps, shutdown_signal()).await?;
+        serve::serve(deps, flywheel_listener::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }

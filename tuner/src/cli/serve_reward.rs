@@ -26,6 +26,8 @@ pub struct Args {
     #[arg(long, default_value_t = flywheel_tuner::grader::serve::MAX_CONCURRENT)]
     max_concurrent: usize,
     #[command(flatten)]
+    tls: flywheel_listener::TlsArgs,
+    #[command(flatten)]
     options: GraderArgs,
 }
 
@@ -59,6 +61,7 @@ impl Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let serve_options = args.serve_options()?;
+    let tls = args.tls.load()?;
     let grader = Arc::new(load_grader(&args.grader, &args.options.options()?)?);
     let listen = args.listen;
     runtime()?.block_on(async move {
@@ -66,42 +69,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "serving grader `{}` ({}) on http://{addr}/ (POST / or /reward)",
+            "serving grader `{}` ({}) on {scheme}://{addr}/ (POST / or /reward)",
             grader.name(),
             grader.kind()
         );
         if let Some(layers) = grader.python_sandbox() {
             eprintln!("python sandbox: {layers}");
         }
-        flywheel_tuner::grader::serve::serve(listener, grader, &serve_options, shutdown_signal())
-            .await
-            .context("serving")
+        flywheel_tuner::grader::serve::serve(
+            listener,
+            grader,
+            &serve_options,
+            tls.as_ref(),
+            flywheel_listener::shutdown_signal(),
+        )
+        .await;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

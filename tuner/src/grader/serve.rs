@@ -117,16 +117,18 @@ pub fn router(grader: Arc<Grader>, options: &ServeOptions) -> Router {
         .with_state(grader)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` completes.
+/// Serves [`router`] on `listener` until `shutdown` completes, with the
+/// gateway's accept loop and connection bounds (a silent or trickling
+/// client cannot hold a connection), over TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     grader: Arc<Grader>,
     options: &ServeOptions,
+    tls: Option<&flywheel_listener::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(grader, options))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    let limits = flywheel_listener::Limits::default();
+    flywheel_listener::serve(listener, router(grader, options), &limits, tls, shutdown).await;
 }
 
 fn bad_request(message: String) -> Response {
