@@ -295,8 +295,21 @@ async fn numbers_match_the_rows_and_tenants_are_isolated() {
     assert_eq!(unknown.status(), 401);
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(body["error"]["type"], "authentication_error");
-    assert_eq!(fx.get(Some(KEY_B), "/api/experiments").await.status(), 403);
-    assert_eq!(fx.get(Some(KEY_B), "/api/runs").await.status(), 403);
+    // Every admin call, whatever the id (known or not: a tenant must not
+    // learn which exist).
+    for path in [
+        "/api/experiments",
+        "/api/experiments/any-id",
+        "/api/runs",
+        "/api/runs/any-run",
+        "/api/overview?format=csv&table=frontier&tenant=a",
+        "/api/latency?tenant=a",
+        "/api/reliability?tenant=a",
+        "/api/quality?tenant=a",
+        "/api/filters?tenant=a",
+    ] {
+        assert_eq!(fx.get(Some(KEY_B), path).await.status(), 403, "{path}");
+    }
     assert_eq!(
         fx.get(Some(KEY_B), "/api/overview?tenant=a").await.status(),
         403
