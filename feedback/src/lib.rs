@@ -59,13 +59,23 @@
 //! is always safe (the shipper marks the next group while the current one
 //! is inserted: at worst a retry checks a group it did not need to).
 //!
-//! The remaining window: an INSERT that the client gave up on (timeout
-//! after 60 s, connection cut) but that the server commits *after* the
-//! retry's existence check ran. Then the rollups (only they) count that
-//! batch twice. The retry comes after a backoff, which makes this unlikely;
-//! it needs one shipper per WAL directory (the log's directory lock makes
-//! it so; the gateway runs exactly one). ClickHouse 18.16 has no insert
-//! deduplication for non-replicated tables that could close it.
+//! 4. **No check while an INSERT given up on still runs.** An INSERT
+//!    that the client abandoned (timeout, cut connection, crash) may still
+//!    be running on the server and commit *after* a retry's existence
+//!    check, which would then insert its rows again and make the rollups
+//!    count them twice. Every INSERT carries a `query_id` starting with
+//!    `flywheel-insert-{database}-`, and before an existence check of
+//!    inferences (a replay) the shipper waits until `system.processes`
+//!    lists none ([`store::Store::await_inserts_in_flight`]); past the
+//!    insert timeout it gives up the round and backs off. Test:
+//!    `tests/shipper.rs`, `an_insert_that_commits_after_its_timeout_is_not_inserted_again`.
+//!    What is left: ClickHouse 18.16 lists an HTTP INSERT only once it
+//!    has read the first `max_query_size` (256 KiB) of the body, or all of
+//!    a smaller one, so an INSERT whose body is still on its way (a
+//!    middlebox that keeps delivering after the client gave up) is not
+//!    waited for; the client closing its connection normally aborts it.
+//!    Two shippers on one database wait on each other's INSERTs (only a
+//!    wait).
 //!
 //! # Throughput
 //!

@@ -289,6 +289,13 @@ pub async fn ship_rows(
         duplicates: rows.duplicates,
         ..BatchOutcome::default()
     };
+    if check == ExistenceCheck::All {
+        // A replay after an ambiguous failure: an INSERT given up on may
+        // still be running, and would commit after the check below.
+        store
+            .await_inserts_in_flight(store.insert_timeout())
+            .await?;
+    }
     if check == ExistenceCheck::All && !rows.inferences.is_empty() {
         let ids: Vec<&str> = rows.inferences.iter().map(|(r, _)| r.id.as_str()).collect();
         let existing = store.existing_ids(IdTable::Inferences, &ids).await?;

@@ -467,3 +467,54 @@ async fn events_id(cap: &flywheel_feedback::Capture) -> String {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn an_insert_that_commits_after_its_timeout_is_not_inserted_again() {
+    let store = migrated_store("late_commit").await;
+    let recs = events(20);
+    // Each INSERT into inferences now takes 2 s on the server before its
+    // rows are written (a column whose default sleeps; the shipper does not
+    // send it), while the client gives up after 0.8 s: an INSERT that
+    // commits after its client timed out, as under a stalled disk.
+    let slow = Duration::from_secs(2);
+    let alter = format!(
+        "ALTER TABLE {}.inferences ADD COLUMN test_slow UInt8 DEFAULT sleep(2)",
+        store.database()
+    );
+    store.client().query(&alter).execute().await.unwrap();
+    let store = store.with_insert_timeout(Duration::from_millis(800));
+
+    let started = std::time::Instant::now();
+    let first = ship_batch(&store, &recs, BodiesPolicy::Store).await;
+    assert!(
+        matches!(first, Err(flywheel_feedback::StoreError::Timeout { .. })),
+        "{first:?}"
+    );
+    // The shipper's replay (the segment's marker is there, so checked),
+    // retried after each failure as the shipper does.
+    let mut waited = false;
+    let second = loop {
+        match ship_batch(&store, &recs, BodiesPolicy::Store).await {
+            Ok(outcome) => break outcome,
+            Err(flywheel_feedback::StoreError::InsertsInFlight { .. }) => waited = true,
+            // Without the wait, every replay inserts again, times out and
+            // commits late: it never settles, and each try is a duplicate.
+            Err(flywheel_feedback::StoreError::Timeout { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never settled: {:?}",
+            totals(&store).await
+        );
+    };
+    assert!(waited, "the replay did not wait for the INSERT given up on");
+    assert!(
+        started.elapsed() >= slow,
+        "the replay ran before the late commit"
+    );
+    // The late commit counts once; the replay inserted nothing again.
+    assert_eq!((second.inferences, second.attempts), (0, 0), "{second:?}");
+    assert_eq!(totals(&store).await, [20, 21, 1, 20, 1, 20]);
+    drop_db(&store).await;
+}

@@ -13,7 +13,10 @@
 pub mod migrate;
 pub mod rows;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use clickhouse::Client;
 pub use migrate::{Migration, MIGRATIONS};
@@ -27,7 +30,9 @@ use serde::{Deserialize, Serialize};
 /// `max_query_size` (256 KiB) with 36-character UUIDs.
 const IDS_PER_QUERY: usize = 2000;
 /// Upper bound for one INSERT or query. A timed-out INSERT may still commit
-/// on the server; the shipper's existence check after its backoff covers it.
+/// on the server: every INSERT carries a `query_id` starting with
+/// [`Store::insert_tag`], and the shipper waits until none is running
+/// before it trusts an existence check ([`Store::await_inserts_in_flight`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,15 @@ pub enum StoreError {
     },
     #[error("invalid identifier {0:?}: use letters, digits and underscores")]
     BadIdentifier(String),
+    #[error(
+        "clickhouse: {running} earlier INSERT(s) into {database} still running after {waited:?}; \
+         an existence check now could miss their rows"
+    )]
+    InsertsInFlight {
+        database: String,
+        running: u64,
+        waited: Duration,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -62,6 +76,9 @@ pub struct StoreConfig {
 pub struct Store {
     client: Client,
     database: String,
+    /// How long an INSERT may take before it is given up on (and may still
+    /// commit on the server).
+    insert_timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,7 +166,90 @@ impl Store {
         Ok(Store {
             client,
             database: cfg.database.clone(),
+            insert_timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// This store with another INSERT timeout (tests of the timeout path).
+    pub fn with_insert_timeout(mut self, timeout: Duration) -> Self {
+        self.insert_timeout = timeout;
+        self
+    }
+
+    /// How long an INSERT may take before it is given up on.
+    pub fn insert_timeout(&self) -> Duration {
+        self.insert_timeout
+    }
+
+    /// The `query_id` prefix of this database's INSERTs:
+    /// `flywheel-insert-{database}-`.
+    pub fn insert_tag(&self) -> String {
+        format!("flywheel-insert-{}-", self.database)
+    }
+
+    /// Waits until ClickHouse runs no INSERT of this database's
+    /// ([`Store::insert_tag`]), from this process or an earlier one.
+    ///
+    /// Why: an INSERT the client gave up on (a timeout, a cut connection,
+    /// a crash) may still be running on the server and commit later. An
+    /// existence check that runs before it ends sees none of its rows, the
+    /// rows are inserted again, and the rollups count them twice. Once no
+    /// such INSERT runs, each one has either committed (the check sees it)
+    /// or failed (nothing to see). Gives up after `patience` with
+    /// [`StoreError::InsertsInFlight`]; the shipper then backs off and
+    /// tries again, losing nothing.
+    pub async fn await_inserts_in_flight(&self, patience: Duration) -> Result<()> {
+        let system = self.client.clone().with_database("system");
+        let tag = self.insert_tag();
+        let start = Instant::now();
+        loop {
+            let running = timed(
+                "inserts in flight",
+                system
+                    .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
+                    .bind(tag.as_str())
+                    .fetch_one::<u64>(),
+            )
+            .await?;
+            if running == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= patience {
+                return Err(StoreError::InsertsInFlight {
+                    database: self.database.clone(),
+                    running,
+                    waited: start.elapsed(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One INSERT into `table` with this store's tag and timeout.
+    async fn insert_each<'r, T>(&self, table: &str, rows: impl Iterator<Item = &'r T>) -> Result<()>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite + 'r,
+    {
+        check_identifier(table)?;
+        let query_id = format!("{}{}", self.insert_tag(), uuid::Uuid::now_v7());
+        let insert = async {
+            let mut insert = self
+                .client
+                .insert::<T>(table)
+                .await?
+                .with_setting("query_id", query_id);
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        };
+        match tokio::time::timeout(self.insert_timeout, insert).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout {
+                what: "insert",
+                after: self.insert_timeout,
+            }),
+        }
     }
 
     /// The underlying client (database selected, validation off).
@@ -198,15 +298,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        check_identifier(table)?;
-        timed("insert", async {
-            let mut insert = self.client.insert::<T>(table).await?;
-            for row in rows {
-                insert.write(row).await?;
-            }
-            insert.end().await
-        })
-        .await
+        self.insert_each(table, rows.iter()).await
     }
 
     /// [`Store::insert_rows`] of rows held by reference (the shipper keeps
@@ -218,15 +310,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        check_identifier(table)?;
-        timed("insert", async {
-            let mut insert = self.client.insert::<T>(table).await?;
-            for row in rows {
-                insert.write(*row).await?;
-            }
-            insert.end().await
-        })
-        .await
+        self.insert_each(table, rows.iter().copied()).await
     }
 
     /// Records that `inference_ids` were used in training dataset `dataset`;
