@@ -53,6 +53,25 @@ pub struct CaptureConfig {
     pub migrate: bool,
     /// Cap of the shipper's exponential backoff after a failure. Default 10000.
     pub max_backoff_ms: u64,
+    /// What the gateway does with inference requests while the log refuses
+    /// records (full, or its disk failing). Default `serve`.
+    pub when_log_refuses: WhenLogRefuses,
+}
+
+/// `capture.when_log_refuses`: availability or a complete record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenLogRefuses {
+    /// Answer anyway; each answer whose event is refused is counted
+    /// (`flywheel_wal_dropped_full_total`, `flywheel_metering_events_dropped_total`)
+    /// and logged. Feedback is answered 503 either way.
+    #[default]
+    Serve,
+    /// Answer new inference requests 503 `not_recorded`, before any
+    /// upstream call, until the log takes records again: nothing is
+    /// answered that is not recorded, except requests already in flight
+    /// when it filled (counted as above).
+    Refuse,
 }
 
 impl Default for CaptureConfig {
@@ -72,6 +91,7 @@ impl Default for CaptureConfig {
             bodies: BodiesPolicy::default(),
             migrate: true,
             max_backoff_ms: 10_000,
+            when_log_refuses: WhenLogRefuses::Serve,
         }
     }
 }

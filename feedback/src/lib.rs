@@ -105,7 +105,7 @@ pub mod store;
 pub mod wal;
 
 pub use capture::{Capture, CaptureError, CaptureStats};
-pub use config::CaptureConfig;
+pub use config::{CaptureConfig, WhenLogRefuses};
 pub use event::{
     feedback_source, AttemptEvent, AttemptOutcome, AttemptSummary, FeedbackEvent, FeedbackTarget,
     FeedbackValue, InferenceEvent, Record, Validation,

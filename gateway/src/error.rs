@@ -57,10 +57,11 @@ pub enum GatewayError {
     #[error("upstream rejected the request with status {status}")]
     UpstreamRejected { status: StatusCode, body: Bytes },
     /// The event log refused a record (full, or its disk failing): the
-    /// feedback was not kept, so the client should send it again. The
+    /// feedback was not kept, or (`capture.when_log_refuses = "refuse"`)
+    /// the request was not served, so the client should send it again. The
     /// reason is in the gateway's log.
-    #[error("the feedback could not be recorded right now; send it again later")]
-    NotRecorded,
+    #[error("the {0} could not be recorded right now; send it again later")]
+    NotRecorded(&'static str),
     /// The gateway failed on its own (a panicked or cancelled task).
     #[error("internal error: {0}")]
     Internal(String),
@@ -84,7 +85,7 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream { status, .. } | Self::UpstreamRejected { status, .. } => *status,
-            Self::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,7 +104,7 @@ impl GatewayError {
             Self::Upstream { .. } | Self::UpstreamRejected { .. } => {
                 ("upstream_error", Some("upstream_failed"))
             }
-            Self::NotRecorded => ("api_error", Some("not_recorded")),
+            Self::NotRecorded(_) => ("api_error", Some("not_recorded")),
             Self::Internal(_) => ("internal_error", None),
         }
     }

@@ -126,6 +126,15 @@ impl AppState {
     pub fn body_timeout(&self) -> Duration {
         self.config.server.body_read_timeout
     }
+
+    /// `capture.when_log_refuses = "refuse"`: inference requests are
+    /// answered 503 while the log refuses records.
+    pub fn refuses_unrecorded(&self) -> bool {
+        self.config
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.when_log_refuses == flywheel_feedback::WhenLogRefuses::Refuse)
+    }
 }
 
 /// An owner lookup that could not reach ClickHouse: the caller may retry.

@@ -461,6 +461,15 @@ impl Wal {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes the quota still allows (`max_bytes` minus the segments on
+    /// disk).
+    pub fn room(&self) -> u64 {
+        self.shared
+            .cfg
+            .max_bytes
+            .saturating_sub(self.lock().bytes_on_disk)
+    }
+
     /// Appends `records` as one batch: all of them are written (and, with
     /// `fsync = "always"`, synced) when this returns `Ok`, or none counts.
     /// Returns [`WalError::Full`] when the quota would be exceeded.

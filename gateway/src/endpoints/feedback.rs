@@ -183,7 +183,7 @@ pub async fn create(
     state
         .sink
         .record(Record::Feedback(event))
-        .map_err(|_| GatewayError::NotRecorded)?;
+        .map_err(|_| GatewayError::NotRecorded("feedback"))?;
     Ok(Json(json!({"id": id})))
 }
 

@@ -156,6 +156,11 @@ fn new_call(
     body: Value,
     headers: &HeaderMap,
 ) -> Result<Call, GatewayError> {
+    // Before any upstream cost or token reservation: under "refuse", no
+    // answer goes out that the log could not keep.
+    if state.refuses_unrecorded() && !state.sink.accepting() {
+        return Err(GatewayError::NotRecorded("request"));
+    }
     let route = state
         .router
         .get(model)

@@ -5,13 +5,15 @@
 //! then is the caller's policy: an answered inference is served and the
 //! loss counted (`flywheel_wal_dropped_full_total`,
 //! `flywheel_metering_events_dropped_total`); explicit feedback is refused
-//! with 503, so the client knows to send it again.
+//! with 503, so the client knows to send it again. With
+//! `capture.when_log_refuses = "refuse"`, new inference requests are
+//! answered 503 while [`EventSink::accepting`] says no.
 
 use std::{
     io::Write,
     path::Path,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
 };
@@ -34,6 +36,12 @@ pub struct NotRecorded(pub String);
 
 pub trait EventSink: Send + Sync + 'static {
     fn record(&self, record: Record) -> Result<(), NotRecorded>;
+    /// Whether a record now would likely be taken: false while the log is
+    /// full or failing (`capture.when_log_refuses = "refuse"` asks this
+    /// before serving). Cheap while it is taking records.
+    fn accepting(&self) -> bool {
+        true
+    }
     /// Writes out everything recorded so far; called on shutdown.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
@@ -158,24 +166,46 @@ impl EventSink for JsonlSink {
 /// also waits for the disk.
 pub struct WalSink {
     capture: Arc<Capture>,
+    /// Set by a refused record, cleared by a taken one, or when the log has
+    /// room again (the shipper emptied it).
+    refusing: AtomicBool,
 }
 
 impl WalSink {
+    /// Free quota taken to mean "a record would fit": more than a large
+    /// event with its bodies (an eighth of a smaller quota).
+    const ROOM: u64 = 256 * 1024;
+
     pub fn new(capture: Arc<Capture>) -> Self {
-        Self { capture }
+        Self {
+            capture,
+            refusing: AtomicBool::new(false),
+        }
     }
 }
 
 impl EventSink for WalSink {
     fn record(&self, record: Record) -> Result<(), NotRecorded> {
-        self.capture
-            .append(std::slice::from_ref(&record))
-            .map_err(|e| {
-                // Full log: counted in the WAL stats (documented policy: new
-                // records are refused, unshipped ones are never dropped).
-                tracing::error!(error = %e, id = record.id(), "event not captured");
-                NotRecorded(e.to_string())
-            })
+        let appended = self.capture.append(std::slice::from_ref(&record));
+        self.refusing.store(appended.is_err(), Ordering::Relaxed);
+        appended.map_err(|e| {
+            // Full log: counted in the WAL stats (documented policy: new
+            // records are refused, unshipped ones are never dropped).
+            tracing::error!(error = %e, id = record.id(), "event not captured");
+            NotRecorded(e.to_string())
+        })
+    }
+    fn accepting(&self) -> bool {
+        if !self.refusing.load(Ordering::Relaxed) {
+            return true;
+        }
+        // A failing disk with room left passes here: the next record tells.
+        let wal = self.capture.wal();
+        let room = wal.room() >= Self::ROOM.min(wal.config().max_bytes / 8);
+        if room {
+            self.refusing.store(false, Ordering::Relaxed);
+        }
+        room
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -216,6 +246,9 @@ impl EventSink for MetricsSink {
             recorded = recorded.and(r);
         }
         recorded
+    }
+    fn accepting(&self) -> bool {
+        self.sinks.iter().all(|sink| sink.accepting())
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {

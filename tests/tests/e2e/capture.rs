@@ -210,6 +210,63 @@ async fn feedback_on_shipped_inferences_checks_clickhouse() {
     assert_eq!(send(KEY).await.unwrap().status(), 200);
 }
 
+/// With `when_log_refuses = "refuse"`, a full log turns new inference
+/// requests away with 503 (nothing is answered that is not recorded), and
+/// they are served again once the shipper has emptied it.
+#[tokio::test]
+async fn under_the_refuse_policy_a_full_log_turns_requests_away_until_it_has_shipped() {
+    let services = Services::new();
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-refuse");
+    let cfg = config(&mock, &services, &dir.join("wal")).replace(
+        "max_backoff_ms = 300\n",
+        "max_backoff_ms = 300\nmax_bytes = 8192\nsegment_bytes = 4096\nwhen_log_refuses = \"refuse\"\n",
+    );
+    let gw = start_gateway(&cfg);
+    let ask = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat("chat", "hello"))
+            .send()
+    };
+    // Served until the log is full; then turned away, and the refusals are
+    // the only requests not served.
+    let mut served = 0;
+    let refused = loop {
+        let r = ask().await.unwrap();
+        if r.status() != 200 {
+            break r;
+        }
+        served += 1;
+        assert!(
+            served < 100,
+            "100 requests into an 8 KiB log were all served"
+        );
+    };
+    assert!(served > 0);
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_recorded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request"),
+        "{body}"
+    );
+    assert_eq!(ask().await.unwrap().status(), 503, "served with a full log");
+    // ClickHouse comes up, the log ships and empties: served again.
+    services.start_clickhouse();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            ask().await.unwrap().status() == 200
+        })
+        .await,
+        "still refused after the log shipped"
+    );
+}
+
 /// A full log refuses new records. Explicit feedback is then answered 503
 /// (it used to get 200 and an id, and was lost), and inference keeps
 /// serving, the loss counted. ClickHouse is never started here, so nothing
