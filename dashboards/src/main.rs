@@ -145,13 +145,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     tracing::info!(addr = %listener.local_addr()?, database = conn.database, "dashboards listening");
-    flywheel_listener::serve(
-        listener,
-        app(st),
-        &flywheel_listener::Limits::default(),
-        tls.as_ref(),
-        flywheel_listener::shutdown_signal(),
-    )
-    .await;
+    flywheel_listener::serve_until_signal(listener, app(st), tls.as_ref()).await;
     Ok(())
 }

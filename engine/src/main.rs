@@ -235,13 +235,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // The gateway's accept loop and its default bounds: a client that
     // connects and sends nothing, or trickles, cannot hold a slot forever.
-    flywheel_listener::serve(
-        listener,
-        router(state),
-        &flywheel_listener::Limits::default(),
-        tls.as_ref(),
-        flywheel_listener::shutdown_signal(),
-    )
-    .await;
+    flywheel_listener::serve_until_signal(listener, router(state), tls.as_ref()).await;
     Ok(())
 }

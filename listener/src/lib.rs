@@ -173,6 +173,12 @@ pub async fn serve(
     }
 }
 
+/// [`serve`] with the default [`Limits`] until SIGINT or SIGTERM: the
+/// engine's, the reward server's and the dashboards' listener.
+pub async fn serve_until_signal(listener: TcpListener, app: axum::Router, tls: Option<&Tls>) {
+    serve(listener, app, &Limits::default(), tls, shutdown_signal()).await;
+}
+
 /// One connection, plain or TLS, under graceful shutdown.
 async fn drive<I>(builder: &auto::Builder<TokioExecutor>, watcher: Watcher, io: I, service: Tracked)
 where
