@@ -9,7 +9,7 @@ bound). Aggregate = all completion tokens / wall time of the measured phase.
 
     stream_bench.py --url http://127.0.0.1:PORT --model base --concurrency 8 --max-tokens 48
 """
-import argparse, http.client, json, statistics, sys, threading, time
+import argparse, http.client, json, os, statistics, sys, threading, time
 from urllib.parse import urlparse
 
 SHORT = "Write a short story about a robot who learns to paint. Use at least five sentences."
@@ -37,11 +37,11 @@ def unique(body):
         n = _counter[0]
     b = json.loads(json.dumps(body))
     b["messages"][-1]["content"] = f"Request {n}.\n" + b["messages"][-1]["content"]
-    return b
+    return b, n
 
 
 def one_request(url, body, timeout):
-    body = unique(body)
+    body, n = unique(body)
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     t0 = time.perf_counter()
@@ -53,6 +53,7 @@ def one_request(url, body, timeout):
     t_first = t_last = None
     usage = None
     chunks = 0
+    text, finish = [], None
     done = False
     buf = b""
     while True:
@@ -70,6 +71,8 @@ def one_request(url, body, timeout):
         if ev.get("usage"):
             usage = ev["usage"]
         for ch in ev.get("choices", []):
+            finish = ch.get("finish_reason") or finish
+            text.append((ch.get("delta") or {}).get("content") or "")
             if (ch.get("delta") or {}).get("content"):
                 now = time.perf_counter()
                 if t_first is None:
@@ -80,7 +83,8 @@ def one_request(url, body, timeout):
     t_end = time.perf_counter()
     if not done:
         raise RuntimeError("stream did not end with [DONE]")
-    return dict(t0=t0, t_first=t_first, t_last=t_last, t_end=t_end, usage=usage, chunks=chunks)
+    return dict(t0=t0, t_first=t_first, t_last=t_last, t_end=t_end, usage=usage, chunks=chunks,
+                n=n, text="".join(text), finish_reason=finish)
 
 
 def main():
@@ -142,6 +146,13 @@ def main():
         out["engine_reported_prompt_tok_s_median"] = round(statistics.median(r["usage"]["avg_prompt_tok_per_sec"] for r in ok), 1)
         out["engine_reported_compl_tok_s_median"] = round(statistics.median(r["usage"]["avg_compl_tok_per_sec"] for r in ok), 2)
     print(json.dumps(out))
+    # Each answer, for checking what a run's numbers are made of.
+    if os.environ.get("STREAM_BENCH_LOG"):
+        with open(os.environ["STREAM_BENCH_LOG"], "a") as f:
+            for r in sorted(ok, key=lambda r: r["n"]):
+                f.write(json.dumps({"label": a.label, "prompt": a.prompt, "concurrency": a.concurrency,
+                                    "n": r["n"], "completion_tokens": r["usage"]["completion_tokens"],
+                                    "finish_reason": r["finish_reason"], "text": r["text"]}) + "\n")
 
 
 if __name__ == "__main__":
