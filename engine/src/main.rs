@@ -110,11 +110,11 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value = "none")]
     isq: Isq,
     /// Most sequences decoded together per version (mistral.rs max_num_seqs).
-    /// Batched answers equal the ones given alone in the engine test
-    /// `concurrent_requests_get_their_own_answers` (mistral.rs 0.8.1 needed
-    /// the fix in vendor/PATCHES.md for that), but long streamed prompts
-    /// batched 8 at a time were seen to differ (README, "Known defect"):
-    /// 1 decodes one request at a time, where answers must not depend on load.
+    /// Batched answers equal the ones given alone in the engine tests
+    /// `concurrent_requests_get_their_own_answers` and
+    /// `answers_set_aside_mid_decode_continue_where_they_were` (mistral.rs 0.8.1
+    /// needed the fixes in vendor/PATCHES.md §1, §4 and §9 for that); 1 decodes
+    /// one request at a time.
     #[arg(long, default_value_t = 32)]
     max_seqs: usize,
     /// Sequences kept in mistral.rs's prefix cache per version (0: off).

@@ -184,6 +184,101 @@ async fn batched_answers_equal_the_ones_given_alone(weights: &[&str]) {
     );
 }
 
+/// mistral.rs decodes one sequence length at a time: the others wait, mid-answer, until
+/// the running ones finish or catch up. mistral.rs 0.8.1 then ran the waiting ones as
+/// prompts: their whole text (prompt and answer so far) was fed again on top of the KV
+/// cache that already held it, whenever the prompt had started from the prefix cache
+/// (which every request after the first does, through the chat template), and the answer
+/// went on garbled ("1. Red, a colour-L, you are a helpful AI"). Long and short prompts
+/// streamed together, the short answers of several lengths, several rounds, each answer
+/// compared with the same prompt alone (7 of 24 differed with the engine built without
+/// the fix in `vendor/PATCHES.md` §9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_set_aside_mid_decode_continue_where_they_were() {
+    const ROUNDS: usize = 3;
+    let dir = smollm2_dir();
+    let engine = Engine::spawn(
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--name",
+            "base",
+            "--max-seqs",
+            "32",
+        ],
+        &[],
+    );
+    let http = engine.client();
+    let ask = |content: String, max_tokens: u32| {
+        json!({
+            "model": "base",
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "stream": true,
+        })
+    };
+    let passage = "The printing press spread through Europe within fifty years of Gutenberg's \
+                   first Bible. Books became cheaper, literacy grew, and pamphlets carried \
+                   the Reformation to ordinary people. "
+        .repeat(8);
+    let long = |n: usize| {
+        ask(
+            format!("Request {n}.\n{passage}\nSummarize the passage above in three sentences."),
+            48,
+        )
+    };
+    let shorts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "Name three colours.",
+        "What is 2+2?",
+    ];
+    // The first request fills the prefix cache with the template and the passage.
+    let mut first = long(1);
+    first["stream"] = json!(false);
+    let (status, first) = http.post("/v1/chat/completions", &first).await;
+    assert_eq!(status, 200, "{first}");
+    let mut bodies = Vec::new();
+    for round in 0..ROUNDS {
+        bodies.extend((0..4).map(|i| long(10 + 4 * round + i)));
+        bodies.extend(
+            shorts
+                .iter()
+                .enumerate()
+                .map(|(i, q)| ask(q.to_string(), 6 + 4 * i as u32 + 20 * (round as u32 % 2))),
+        );
+    }
+    let mut answers = Vec::new();
+    for round in bodies.chunks(8) {
+        let together = futures_util::future::join_all(round.iter().map(|body| async {
+            let (status, events) = http.post_stream("/v1/chat/completions", body).await;
+            assert_eq!(status, 200);
+            chat_stream_text(&events.collect().await)
+        }))
+        .await;
+        answers.extend(together);
+    }
+    let mut differ = Vec::new();
+    for (body, together) in bodies.iter().zip(&answers) {
+        let mut body = body.clone();
+        body["stream"] = json!(false);
+        let (status, v) = http.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+        let alone = content(&v);
+        if *together != alone {
+            differ.push(format!("{together:?} (alone: {alone:?})"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} answers given together differ from the ones given alone:\n{}",
+        differ.len(),
+        answers.len(),
+        differ.join("\n")
+    );
+}
+
 /// Two conversations restored from the prefix cache, batched: mistral.rs 0.8.1 built a
 /// batch's KV cache at the first sequence's capacity and panicked when another's was larger
 /// (`shape mismatch on dim 2, 512 <> 1024`), after which the engine answered every request

@@ -1573,49 +1573,55 @@ impl SequenceGroup {
     }
 }
 
+/// A text sequence with no cache, sampler defaults and a dropped responder, for the
+/// tests of the scheduler and of the sequence itself.
+#[cfg(test)]
+pub(crate) fn test_sequence(id: usize, tokens: Vec<u32>) -> Sequence {
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let sampler =
+        Sampler::new(None, 0, None, None, None, None, None, 32, 1.0, 0.0, vec![]).unwrap();
+    let group = Arc::new(Mutex::new(SequenceGroup::new(1, false, true, None)));
+
+    Sequence::new_waiting(
+        tokens,
+        "prompt".to_string(),
+        id,
+        0,
+        1,
+        tx,
+        sampler,
+        vec![],
+        vec![],
+        None,
+        false,
+        false,
+        group,
+        0,
+        0,
+        SequenceRecognizer::None,
+        None,
+        None,
+        None,
+        None,
+        None, // input_videos
+        None,
+        None,
+        None,
+        SeqStepType::PromptAndDecode,
+        None,
+        None,
+        None,
+        false,
+        vec![],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc::channel;
 
     fn make_test_sequence() -> Sequence {
-        let (tx, _rx) = channel(1);
-        let sampler =
-            Sampler::new(None, 0, None, None, None, None, None, 32, 1.0, 0.0, vec![]).unwrap();
-        let group = Arc::new(Mutex::new(SequenceGroup::new(1, false, true, None)));
-
-        Sequence::new_waiting(
-            vec![1, 2, 3, 4, 5, 6, 7, 8],
-            "prompt".to_string(),
-            0,
-            0,
-            0,
-            tx,
-            sampler,
-            vec![],
-            vec![],
-            None,
-            false,
-            false,
-            group,
-            0,
-            0,
-            SequenceRecognizer::None,
-            None,
-            None,
-            None,
-            None,
-            None, // input_videos
-            None,
-            None,
-            None,
-            SeqStepType::PromptAndDecode,
-            None,
-            None,
-            None,
-            false,
-            vec![],
-        )
+        test_sequence(0, vec![1, 2, 3, 4, 5, 6, 7, 8])
     }
 
     #[test]

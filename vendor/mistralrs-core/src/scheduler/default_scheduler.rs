@@ -224,7 +224,12 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
             }
             (_, 0) => {
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
+                    // Only a new sequence starts with its prompt. The wait list also holds
+                    // sequences that bucketing set aside mid-decode: they resume where they
+                    // are, from their own KV cache, as in the general case below.
+                    if seq.is_waiting() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
                     self.running.push(seq);
                 }
                 self.waiting = Backer::new();
@@ -232,10 +237,7 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
-                return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
-                };
+                return split_by_phase(&mut self.running);
             }
             (0, _) => {
                 self.running = self.bucket_and_waitlist_seqs(running);
@@ -284,26 +286,30 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
         logger.set_num_running(self.running.len());
         logger.set_num_waiting(self.waiting.len());
 
-        let mut completion = Vec::new();
-        let mut prompt = Vec::new();
-        for seq in &mut self.running {
-            if seq.is_completion() {
-                completion.push(seq);
-            } else {
-                prompt.push(seq);
-            }
-        }
-
-        DefaultSchedulerOutput {
-            completion: completion.into(),
-            prompt: prompt.into(),
-        }
+        split_by_phase(&mut self.running)
     }
 
     fn sequence_fits(&self, running: &[Sequence], _seq: &Sequence) -> bool {
         match &self.method {
             DefaultSchedulerMethod::Fixed(n) => (running.len() + 1) <= (*n).into(),
         }
+    }
+}
+
+/// The running sequences, as the prompt step and the decode step will take them.
+fn split_by_phase(running: &mut [Sequence]) -> DefaultSchedulerOutput<'_> {
+    let mut completion = Vec::new();
+    let mut prompt = Vec::new();
+    for seq in running {
+        if seq.is_completion() {
+            completion.push(seq);
+        } else {
+            prompt.push(seq);
+        }
+    }
+    DefaultSchedulerOutput {
+        completion: completion.into(),
+        prompt: prompt.into(),
     }
 }
 
@@ -346,5 +352,66 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::VecDeque, num::NonZeroUsize, time::Duration};
+
+    use super::{DefaultScheduler, DefaultSchedulerMethod};
+    use crate::{
+        engine::IntervalLogger,
+        sequence::{test_sequence, Sequence, SequenceState, StopReason},
+    };
+
+    fn decoding(id: usize, len: u32) -> Sequence {
+        let seq = test_sequence(id, (0..len).collect());
+        seq.set_state(SequenceState::RunningCompletion);
+        seq
+    }
+
+    fn ids(seqs: &[&mut Sequence]) -> Vec<usize> {
+        seqs.iter().map(|s| *s.id()).collect()
+    }
+
+    /// Sequences of different lengths decode one length at a time: the others wait,
+    /// mid-decode. When every running sequence has finished, the waiting ones must resume
+    /// decoding. Run as prompts instead, their whole text is fed again on top of the KV
+    /// cache that already holds it (or, without a prefix-cache offset, recomputed from
+    /// scratch): answers that differ from the same request alone, garbled after a
+    /// prefix-cache hit.
+    #[test]
+    fn a_sequence_set_aside_mid_decode_resumes_decoding() {
+        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
+        let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
+            DefaultScheduler::new(DefaultSchedulerMethod::Fixed(NonZeroUsize::new(32).unwrap()));
+        scheduler.running = vec![decoding(0, 8), decoding(1, 12)];
+
+        let out = scheduler.schedule(&logger);
+        assert_eq!(ids(&out.completion), [0], "the shorter one runs first");
+        assert!(out.prompt.is_empty());
+        out.completion[0].set_state(SequenceState::Done(StopReason::Length(8)));
+
+        let out = scheduler.schedule(&logger);
+        assert!(
+            out.prompt.is_empty(),
+            "a sequence set aside mid-decode was scheduled as a prompt: {:?}",
+            ids(&out.prompt)
+        );
+        assert_eq!(ids(&out.completion), [1]);
+        assert!(out.completion[0].is_completion());
+    }
+
+    /// A new request still starts with its prompt when nothing else runs.
+    #[test]
+    fn a_new_sequence_starts_with_its_prompt() {
+        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
+        let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
+            DefaultScheduler::new(DefaultSchedulerMethod::Fixed(NonZeroUsize::new(32).unwrap()));
+        scheduler.waiting.push_back(test_sequence(0, vec![1, 2, 3]));
+        let out = scheduler.schedule(&logger);
+        assert_eq!(ids(&out.prompt), [0]);
+        assert!(out.completion.is_empty());
     }
 }
