@@ -371,6 +371,12 @@ mod tests {
         seq
     }
 
+    fn scheduler() -> (IntervalLogger, DefaultScheduler<VecDeque<Sequence>>) {
+        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
+        let method = DefaultSchedulerMethod::Fixed(NonZeroUsize::new(32).unwrap());
+        (logger, DefaultScheduler::new(method))
+    }
+
     fn ids(seqs: &[&mut Sequence]) -> Vec<usize> {
         seqs.iter().map(|s| *s.id()).collect()
     }
@@ -383,9 +389,7 @@ mod tests {
     /// prefix-cache hit.
     #[test]
     fn a_sequence_set_aside_mid_decode_resumes_decoding() {
-        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
-        let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
-            DefaultScheduler::new(DefaultSchedulerMethod::Fixed(NonZeroUsize::new(32).unwrap()));
+        let (logger, mut scheduler) = scheduler();
         scheduler.running = vec![decoding(0, 8), decoding(1, 12)];
 
         let out = scheduler.schedule(&logger);
@@ -406,9 +410,7 @@ mod tests {
     /// A new request still starts with its prompt when nothing else runs.
     #[test]
     fn a_new_sequence_starts_with_its_prompt() {
-        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
-        let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
-            DefaultScheduler::new(DefaultSchedulerMethod::Fixed(NonZeroUsize::new(32).unwrap()));
+        let (logger, mut scheduler) = scheduler();
         scheduler.waiting.push_back(test_sequence(0, vec![1, 2, 3]));
         let out = scheduler.schedule(&logger);
         assert_eq!(ids(&out.prompt), [0]);
