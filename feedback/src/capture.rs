@@ -10,7 +10,7 @@ use crate::{
     event::Record,
     shipper::{Shipper, ShipperHandle, ShipperStats, ShutdownReport},
     store::{Store, StoreError},
-    wal::{Wal, WalError, WalStats},
+    wal::{GroupCommit, Wal, WalError, WalStats},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,7 @@ pub struct CaptureStats {
 
 pub struct Capture {
     wal: Arc<Wal>,
+    writer: GroupCommit,
     store: Store,
     shipper: ShipperHandle,
 }
@@ -40,20 +41,26 @@ impl Capture {
     /// once it is reachable.
     pub fn start(cfg: &CaptureConfig) -> Result<Capture, CaptureError> {
         let wal = Arc::new(Wal::open(&cfg.wal_dir, cfg.wal_config())?);
+        let writer = GroupCommit::start(Arc::clone(&wal)).map_err(|source| WalError::Io {
+            path: cfg.wal_dir.clone(),
+            source,
+        })?;
         let store = Store::try_new(&cfg.store_config())?;
         let shipper = Shipper::spawn(Arc::clone(&wal), store.clone(), cfg.shipper_config());
         Ok(Capture {
             wal,
+            writer,
             store,
             shipper,
         })
     }
 
-    /// Appends records to the log (blocking file I/O: call it from a
-    /// dedicated writer thread or `spawn_blocking`). On
+    /// Appends records to the log through its writer thread (group commit,
+    /// [`GroupCommit`]): returns once they are written, and synced with
+    /// `fsync = "always"`, without blocking the calling thread. On
     /// [`WalError::Full`] the records are dropped and counted.
-    pub fn append(&self, records: &[Record]) -> Result<(), WalError> {
-        self.wal.append(records)
+    pub async fn append(&self, records: &[Record]) -> Result<(), WalError> {
+        self.writer.append(records).await
     }
 
     pub fn wal(&self) -> &Arc<Wal> {
@@ -77,8 +84,21 @@ impl Capture {
         self.shipper.nudge();
     }
 
-    /// Seals the log and ships what it can within `deadline`.
+    /// Writes what was handed to the writer, then seals the log and ships
+    /// what it can within `deadline`.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
-        self.shipper.shutdown(deadline).await
+        let Capture {
+            mut writer,
+            shipper,
+            ..
+        } = self;
+        // Joining the writer blocks until its last group is written.
+        if tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("closing the WAL writer panicked");
+        }
+        shipper.shutdown(deadline).await
     }
 }

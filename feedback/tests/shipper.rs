@@ -441,7 +441,7 @@ async fn capture_from_config_round_trip() {
         "deny_unknown_fields"
     );
     let cap = flywheel_feedback::Capture::start(&cfg).unwrap();
-    cap.append(&events(5)).unwrap();
+    cap.append(&events(5)).await.unwrap();
     assert!(
         eventually(PATIENCE, async || cap.stats().wal.records_pending == 0).await,
         "{:?}",

@@ -39,9 +39,9 @@ impl RecordingSink {
 }
 
 impl EventSink for RecordingSink {
-    fn record(&self, record: Record) -> Result<(), crate::metering::NotRecorded> {
+    fn record(&self, record: Record) -> BoxFuture<'_, Result<(), crate::metering::NotRecorded>> {
         self.0.lock().push(record);
-        Ok(())
+        Box::pin(async { Ok(()) })
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

@@ -241,18 +241,18 @@ pub async fn run(
                     .capture_bodies()
                     .then(|| streamed_answer(&call, &out.text)),
             };
-            metering::record_request(&state, &call, ledger, outcome);
+            metering::record_request(&state, &call, ledger, outcome).await;
             finish_stream(&call, &mut out, tokens).await;
         }
         Ended::Rejected { status, body } => {
-            metering::record_request(&state, &call, ledger, Outcome::failed(status, None));
+            metering::record_request(&state, &call, ledger, Outcome::failed(status, None)).await;
             if let Some(tx) = out.started.take() {
                 let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
             }
         }
         Ended::GaveUp if out.closed => {
             let outcome = Outcome::failed(CLIENT_CLOSED, out.first_byte);
-            metering::record_request(&state, &call, ledger, outcome);
+            metering::record_request(&state, &call, ledger, outcome).await;
         }
         Ended::GaveUp => {
             let error = exhausted_error(&call, &ledger);
@@ -268,7 +268,7 @@ pub async fn run(
                 out.send_trailer(&call, Bytes::from(event)).await;
             }
             let outcome = Outcome::failed(status, out.first_byte);
-            metering::record_request(&state, &call, ledger, outcome);
+            metering::record_request(&state, &call, ledger, outcome).await;
         }
     }
 }

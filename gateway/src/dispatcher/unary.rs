@@ -53,14 +53,14 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
                 provider: a.provider.clone(),
                 model: a.model.clone(),
             };
-            let totals = metering::record_request(state, call, ledger, outcome);
+            let totals = metering::record_request(state, call, ledger, outcome).await;
             return (Ok(answer), totals);
         }
         Ended::Rejected { status, body } => GatewayError::UpstreamRejected { status, body },
         Ended::GaveUp => exhausted_error(call, &ledger),
     };
     let outcome = Outcome::failed(error.status(), None);
-    let totals = metering::record_request(state, call, ledger, outcome);
+    let totals = metering::record_request(state, call, ledger, outcome).await;
     (Err(error), totals)
 }
 

@@ -183,6 +183,7 @@ pub async fn create(
     state
         .sink
         .record(Record::Feedback(event))
+        .await
         .map_err(|_| GatewayError::NotRecorded("feedback"))?;
     Ok(Json(json!({"id": id})))
 }

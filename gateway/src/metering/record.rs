@@ -55,7 +55,12 @@ impl Outcome {
 /// cost, for the `x-flywheel-*` response headers. Callers record it before
 /// the client gets the end of the answer, so that an answered request always
 /// has its event in the log.
-pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Outcome) -> Totals {
+pub async fn record_request(
+    state: &AppState,
+    call: &Call,
+    ledger: Ledger,
+    outcome: Outcome,
+) -> Totals {
     // A shadow call has no token key: the tenant is not billed for it.
     let used = outcome.tokens.0.saturating_add(outcome.tokens.1);
     match (&call.reservation, &call.token_key) {
@@ -82,9 +87,9 @@ pub fn record_request(state: &AppState, call: &Call, ledger: Ledger, outcome: Ou
     // The answer is already the client's: a refused event is logged and
     // counted by the sink, and the request is served (module docs of
     // `sink`). Implicit signals are dropped with it.
-    let _ = state.sink.record(Record::Inference(event));
+    let _ = state.sink.record(Record::Inference(event)).await;
     for feedback in implied {
-        let _ = state.sink.record(Record::Feedback(feedback));
+        let _ = state.sink.record(Record::Feedback(feedback)).await;
     }
     totals
 }

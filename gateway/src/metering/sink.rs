@@ -1,5 +1,6 @@
-//! Where events go. Recording never blocks the request path: sinks hand the
-//! event to a background writer, or append it to the write-ahead log.
+//! Where events go. Recording never blocks a runtime thread: sinks hand the
+//! event to a background writer (the metering file), or to the write-ahead
+//! log's writer thread and await its group commit.
 //!
 //! A sink that cannot take an event says so ([`NotRecorded`]). What happens
 //! then is the caller's policy: an answered inference is served and the
@@ -35,7 +36,9 @@ use crate::{
 pub struct NotRecorded(pub String);
 
 pub trait EventSink: Send + Sync + 'static {
-    fn record(&self, record: Record) -> Result<(), NotRecorded>;
+    /// Takes the event; resolves once the sink holds it as durably as it
+    /// promises (the write-ahead log: written, per its fsync policy).
+    fn record(&self, record: Record) -> BoxFuture<'_, Result<(), NotRecorded>>;
     /// Whether a record now would likely be taken: false while the log is
     /// full or failing (`capture.when_log_refuses = "refuse"` asks this
     /// before serving). Cheap while it is taking records.
@@ -49,8 +52,8 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct NullSink;
 
 impl EventSink for NullSink {
-    fn record(&self, _record: Record) -> Result<(), NotRecorded> {
-        Ok(())
+    fn record(&self, _record: Record) -> BoxFuture<'_, Result<(), NotRecorded>> {
+        Box::pin(async { Ok(()) })
     }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -115,8 +118,8 @@ impl JsonlSink {
     }
 }
 
-impl EventSink for JsonlSink {
-    fn record(&self, record: Record) -> Result<(), NotRecorded> {
+impl JsonlSink {
+    fn queue(&self, record: &Record) -> Result<(), NotRecorded> {
         // Serialised here, so that the queue's bytes are known exactly.
         let mut line = serde_json::to_vec(&record).map_err(|e| {
             tracing::error!(error = %e, "cannot serialise metering event");
@@ -146,6 +149,13 @@ impl EventSink for JsonlSink {
         }
         Ok(())
     }
+}
+
+impl EventSink for JsonlSink {
+    fn record(&self, record: Record) -> BoxFuture<'_, Result<(), NotRecorded>> {
+        let queued = self.queue(&record);
+        Box::pin(async move { queued })
+    }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         // Dropping the sender ends the writer loop after it drained the queue.
@@ -159,11 +169,11 @@ impl EventSink for JsonlSink {
     }
 }
 
-/// Appends each record to the write-ahead log, synchronously: when
-/// `record` returns, the record is in the log file (in the page cache, and
-/// on disk per the fsync policy), so an answered request survives a SIGKILL
-/// of the gateway. A write costs microseconds; with `fsync = "always"` it
-/// also waits for the disk.
+/// Appends each record to the write-ahead log: when `record` resolves, the
+/// record is in the log file (in the page cache, and on disk per the fsync
+/// policy), so an answered request survives a SIGKILL of the gateway. The
+/// log's writer thread does the I/O for a whole group of requests at once
+/// (`flywheel_feedback::wal::GroupCommit`); the request only awaits it.
 pub struct WalSink {
     capture: Arc<Capture>,
     /// Set by a refused record, cleared by a taken one, or when the log has
@@ -185,14 +195,16 @@ impl WalSink {
 }
 
 impl EventSink for WalSink {
-    fn record(&self, record: Record) -> Result<(), NotRecorded> {
-        let appended = self.capture.append(std::slice::from_ref(&record));
-        self.refusing.store(appended.is_err(), Ordering::Relaxed);
-        appended.map_err(|e| {
-            // Full log: counted in the WAL stats (documented policy: new
-            // records are refused, unshipped ones are never dropped).
-            tracing::error!(error = %e, id = record.id(), "event not captured");
-            NotRecorded(e.to_string())
+    fn record(&self, record: Record) -> BoxFuture<'_, Result<(), NotRecorded>> {
+        Box::pin(async move {
+            let appended = self.capture.append(std::slice::from_ref(&record)).await;
+            self.refusing.store(appended.is_err(), Ordering::Relaxed);
+            appended.map_err(|e| {
+                // Full log: counted in the WAL stats (documented policy: new
+                // records are refused, unshipped ones are never dropped).
+                tracing::error!(error = %e, id = record.id(), "event not captured");
+                NotRecorded(e.to_string())
+            })
         })
     }
     fn accepting(&self) -> bool {
@@ -226,7 +238,7 @@ impl MetricsSink {
 }
 
 impl EventSink for MetricsSink {
-    fn record(&self, record: Record) -> Result<(), NotRecorded> {
+    fn record(&self, record: Record) -> BoxFuture<'_, Result<(), NotRecorded>> {
         match &record {
             Record::Inference(e) => self.metrics.observe(e),
             Record::Feedback(f) => self
@@ -235,17 +247,19 @@ impl EventSink for MetricsSink {
                 .with_label_values(&[&f.metric, &f.source])
                 .inc(),
         }
-        // Every sink gets the event; the first refusal is reported.
-        let mut recorded = Ok(());
-        if let Some((last, rest)) = self.sinks.split_last() {
-            for sink in rest {
-                let r = sink.record(record.clone());
+        Box::pin(async move {
+            // Every sink gets the event; the first refusal is reported.
+            let mut recorded = Ok(());
+            if let Some((last, rest)) = self.sinks.split_last() {
+                for sink in rest {
+                    let r = sink.record(record.clone()).await;
+                    recorded = recorded.and(r);
+                }
+                let r = last.record(record).await;
                 recorded = recorded.and(r);
             }
-            let r = last.record(record);
-            recorded = recorded.and(r);
-        }
-        recorded
+            recorded
+        })
     }
     fn accepting(&self) -> bool {
         self.sinks.iter().all(|sink| sink.accepting())
@@ -318,7 +332,7 @@ mod tests {
         let sink = JsonlSink::open(&path, 16, dropped.clone()).unwrap();
         for n in 0..100 {
             assert!(
-                sink.record(feedback(n)).is_err(),
+                sink.record(feedback(n)).await.is_err(),
                 "a left-out event is reported"
             );
         }
@@ -328,7 +342,7 @@ mod tests {
         let dropped = prometheus::IntCounter::new("d", "d").unwrap();
         let sink = JsonlSink::open(&path, 1 << 20, dropped.clone()).unwrap();
         for n in 0..100 {
-            sink.record(feedback(n)).unwrap();
+            sink.record(feedback(n)).await.unwrap();
         }
         assert!(sink.queued.load(Ordering::Acquire) <= 1 << 20);
         assert_eq!(lines(sink, &path).await, 100);
