@@ -10,10 +10,7 @@ use serde_json::{json, Value};
 /// One engine (no admin token) shared by the tests of this file.
 fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = smollm2_dir();
-        Engine::spawn(&["--model", dir.to_str().unwrap(), "--name", "base"], &[])
-    })
+    E.get_or_init(|| Engine::smollm2(&[]))
 }
 
 fn france(extra: Value) -> Value {
@@ -97,17 +94,9 @@ async fn concurrent_requests_get_their_own_answers_with_q8_0_weights() {
 async fn batched_answers_equal_the_ones_given_alone(weights: &[&str]) {
     const ROUNDS: usize = 5;
     // Its own engine, batched explicitly whatever the default.
-    let dir = smollm2_dir();
-    let mut args = vec![
-        "--model",
-        dir.to_str().unwrap(),
-        "--name",
-        "base",
-        "--max-seqs",
-        "32",
-    ];
+    let mut args = vec!["--max-seqs", "32"];
     args.extend_from_slice(weights);
-    let engine = Engine::spawn(&args, &[]);
+    let engine = Engine::smollm2(&args);
     let http = engine.client();
     let ask = |content: &str, format: Value| {
         let mut body = json!({
@@ -196,18 +185,7 @@ async fn batched_answers_equal_the_ones_given_alone(weights: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_set_aside_mid_decode_continue_where_they_were() {
     const ROUNDS: usize = 3;
-    let dir = smollm2_dir();
-    let engine = Engine::spawn(
-        &[
-            "--model",
-            dir.to_str().unwrap(),
-            "--name",
-            "base",
-            "--max-seqs",
-            "32",
-        ],
-        &[],
-    );
+    let engine = Engine::smollm2(&["--max-seqs", "32"]);
     let http = engine.client();
     let ask = |content: String, max_tokens: u32| {
         json!({
@@ -288,20 +266,7 @@ async fn answers_set_aside_mid_decode_continue_where_they_were() {
 /// (found by simulated users on the extraction task). `vendor/PATCHES.md` §4 has the fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_conversations_restored_from_prefix_caches_of_different_sizes_are_answered() {
-    let dir = smollm2_dir();
-    let engine = Engine::spawn(
-        &[
-            "--model",
-            dir.to_str().unwrap(),
-            "--name",
-            "base",
-            "--max-seqs",
-            "32",
-            "--prefix-cache",
-            "16",
-        ],
-        &[],
-    );
+    let engine = Engine::smollm2(&["--max-seqs", "32", "--prefix-cache", "16"]);
     let http = engine.client();
     let facts = |subject: &str| -> String {
         // About 420 tokens: below 512, and above once 160 are generated.

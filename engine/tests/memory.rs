@@ -35,20 +35,7 @@ async fn ask(http: &Http, ids: std::ops::Range<usize>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_prefix_cache_keeps_no_more_kv_caches_than_it_is_allowed() {
-    let dir = smollm2_dir();
-    let engine = Engine::spawn(
-        &[
-            "--model",
-            dir.to_str().unwrap(),
-            "--name",
-            "base",
-            "--max-seqs",
-            "8",
-            "--prefix-cache",
-            "4",
-        ],
-        &[],
-    );
+    let engine = Engine::smollm2(&["--max-seqs", "8", "--prefix-cache", "4"]);
     let http = engine.client();
     // Warm up: the allocator's pools and the four cached prefixes fill.
     ask(&http, 0..16).await;

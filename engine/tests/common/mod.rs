@@ -75,6 +75,14 @@ impl Engine {
         }
     }
 
+    /// `serve` of the real SmolLM2 as version `base`, with `extra` flags.
+    pub fn smollm2(extra: &[&str]) -> Engine {
+        let dir = smollm2_dir();
+        let mut args = vec!["--model", dir.to_str().unwrap(), "--name", "base"];
+        args.extend_from_slice(extra);
+        Engine::spawn(&args, &[])
+    }
+
     pub fn client(&self) -> Http {
         Http::new(&self.addr)
     }
