@@ -529,6 +529,7 @@ impl Wal {
         }
         let mut st = match self.shared.state.try_lock() {
             Ok(st) => st,
+            // As in `lock`: a panic under the lock leaves the state usable.
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
@@ -851,9 +852,6 @@ fn sync_if_dirty(
     Some((path, synced))
 }
 
-/// The JSON payload of a record. serde_json writes non-finite floats as
-/// `null`, which would not read back into `f64`; such values (a bug
-/// upstream) are written as 0 so the rest of the event survives.
 /// Records encoded as log frames, ready to append. Encoding (JSON) needs no
 /// lock, so [`GroupCommit`] does it on the caller's thread.
 #[derive(Debug)]
@@ -892,17 +890,11 @@ impl Frames {
     pub fn bytes(&self) -> usize {
         self.buf.len()
     }
-
-    /// Records in the batch.
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records == 0
-    }
 }
 
+/// The JSON payload of a record. serde_json writes non-finite floats as
+/// `null`, which would not read back into `f64`; such values (a bug
+/// upstream) are written as 0 so the rest of the event survives.
 fn encode_payload(r: &Record) -> Result<Vec<u8>> {
     let encode = |r: &Record| {
         serde_json::to_vec(r).map_err(|source| WalError::Encode {
