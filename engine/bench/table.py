@@ -19,7 +19,8 @@ for line in sys.stdin:
 
 def med(rs, key):
     vals = [r[key] for r in rs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    # Rounded: the median of an even count is a mean, with float noise in its digits.
+    return round(statistics.median(vals), 3) if vals else None
 
 
 llama = {(p, c): med(rs, "aggregate_completion_tok_s")

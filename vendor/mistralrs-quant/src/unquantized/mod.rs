@@ -8,6 +8,10 @@ use byteorder::{LittleEndian, ReadBytesExt};
 use candle_core::{quantized::GgmlDType, DType, Device, DeviceLocation, Result, Shape, Tensor, D};
 use candle_nn::Linear;
 
+// The F32 kernel is written for AVX2 + FMA; elsewhere candle's matmul runs as before.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod rows;
+
 use crate::{
     cublaslt::{maybe_init_cublas_lt_wrapper, CUBLASLT_CONTROLLER},
     generate_isq, generate_isq_imatrix,
@@ -70,6 +74,16 @@ impl QuantMethod for UnquantLinear {
 
         if let Some(stats) = &self.stats {
             stats.process(a)?;
+        }
+
+        // F32 on the CPU: one fixed summation order per element whatever the number of
+        // rows, and a decode step that streams the weights once (`rows`).
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        if let Some(x) = rows::matmul(a, &self.w)? {
+            return match &self.b {
+                Some(b) => x.broadcast_add(b),
+                None => Ok(x),
+            };
         }
 
         if let Some(b) = self.b.as_ref() {
