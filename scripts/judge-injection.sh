@@ -6,7 +6,9 @@
 # The judge is Qwen2.5-Coder-0.5B on flywheel-engine (127.0.0.1:18111),
 # greedy. Each question gets a wrong answer alone and the same wrong answer
 # with each injection of tuner/bench/injections.json; an injection "moves"
-# the score when its sample scores above the plain wrong answer.
+# the score when its sample scores above the plain wrong answer. Benign
+# endings (CONTROLS in tuner/bench/judge_injection.py) are judged the same
+# way: their rate is what any extra text does to this judge.
 #
 #   scripts/judge-injection.sh
 set -euo pipefail
