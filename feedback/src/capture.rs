@@ -19,6 +19,9 @@ pub enum CaptureError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log's encryption keys (`capture.encryption_*`).
+    #[error("capture.encryption: {0}")]
+    Keys(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,7 +43,10 @@ impl Capture {
     /// serving starts even when it is down; the shipper migrates and ships
     /// once it is reachable.
     pub fn start(cfg: &CaptureConfig) -> Result<Capture, CaptureError> {
-        let wal = Arc::new(Wal::open(&cfg.wal_dir, cfg.wal_config())?);
+        let wal = Arc::new(Wal::open(
+            &cfg.wal_dir,
+            cfg.wal_config().map_err(CaptureError::Keys)?,
+        )?);
         let writer = GroupCommit::start(Arc::clone(&wal)).map_err(|source| WalError::Io {
             path: cfg.wal_dir.clone(),
             source,

@@ -2,14 +2,18 @@
 //! table of its TOML config; every field has a default, so `[capture]` may
 //! be empty.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     shipper::{BodiesPolicy, ShipperConfig},
     store::{Store, StoreConfig, StoreError},
-    wal::{FsyncPolicy, WalConfig},
+    wal::{FsyncPolicy, Keyring, WalConfig},
 };
 
 /// The `[capture]` table. Defaults are listed per field.
@@ -32,6 +36,17 @@ pub struct CaptureConfig {
     pub password_env: Option<String>,
     /// Directory of the write-ahead log. Default `/var/tmp/flywheel/wal`.
     pub wal_dir: PathBuf,
+    /// Encrypt the log at rest (AES-256-GCM, `flywheel_feedback::wal::seal`):
+    /// a file holding the key as 64 hex digits (`openssl rand -hex 32`),
+    /// readable by the gateway only. Default: none (the log is plain).
+    pub encryption_key_file: Option<PathBuf>,
+    /// Or the name of an environment variable holding the key. Not with
+    /// `encryption_key_file`. Default: none.
+    pub encryption_key_env: Option<String>,
+    /// Earlier keys (files), still needed to read segments written with
+    /// them: rotate by moving the old key here and the new one into
+    /// `encryption_key_file`. Default: none.
+    pub encryption_old_key_files: Vec<PathBuf>,
     /// A segment is sealed when it reaches this size. Default 8 MiB.
     pub segment_bytes: u64,
     /// The shipper seals a non-empty active segment older than this, so a
@@ -83,6 +98,9 @@ impl Default for CaptureConfig {
             password: None,
             password_env: None,
             wal_dir: PathBuf::from("/var/tmp/flywheel/wal"),
+            encryption_key_file: None,
+            encryption_key_env: None,
+            encryption_old_key_files: Vec::new(),
             segment_bytes: 8 << 20,
             max_segment_age_ms: 1000,
             fsync: FsyncPolicy::default(),
@@ -128,12 +146,50 @@ impl CaptureConfig {
         }
     }
 
-    pub fn wal_config(&self) -> WalConfig {
-        WalConfig {
+    /// The log's settings, its keyring read from the key files or variable:
+    /// an error naming the problem when a key cannot be read or is not a key.
+    pub fn wal_config(&self) -> Result<WalConfig, String> {
+        Ok(WalConfig {
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
             max_bytes: self.max_bytes,
-        }
+            keyring: self.keyring_with(|var| std::env::var(var))?,
+        })
+    }
+
+    /// The `encryption_*` keys as a keyring (`None` when none is set),
+    /// reading variables through `lookup`.
+    pub fn keyring_with(
+        &self,
+        lookup: impl Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<Option<Arc<Keyring>>, String> {
+        let current = match (&self.encryption_key_file, &self.encryption_key_env) {
+            (Some(_), Some(_)) => return Err(
+                "set either capture.encryption_key_file or capture.encryption_key_env, not both"
+                    .into(),
+            ),
+            (Some(file), None) => read_key_file(file)?,
+            (None, Some(var)) => lookup(var).map_err(|e| match e {
+                std::env::VarError::NotPresent => format!("environment variable {var} is not set"),
+                std::env::VarError::NotUnicode(_) => {
+                    format!("environment variable {var} is not UTF-8")
+                }
+            })?,
+            (None, None) if self.encryption_old_key_files.is_empty() => return Ok(None),
+            (None, None) => {
+                return Err("capture.encryption_old_key_files needs a current key \
+                            (capture.encryption_key_file or capture.encryption_key_env)"
+                    .into())
+            }
+        };
+        let old = self
+            .encryption_old_key_files
+            .iter()
+            .map(|f| read_key_file(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Keyring::from_hex(&current, &old)
+            .map(|k| Some(Arc::new(k)))
+            .map_err(|e| e.to_string())
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -161,6 +217,27 @@ impl CaptureConfig {
             ..ShipperConfig::default()
         }
     }
+}
+
+/// A key file's contents (64 hex digits; checked by [`Keyring::from_hex`]).
+/// A file that others can read is used, with a warning: the key protects
+/// nothing from whoever can read it.
+pub fn read_key_file(path: &Path) -> Result<String, String> {
+    let key = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "key file is readable by other users; chmod 600 it"
+                );
+            }
+        }
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -716,10 +716,11 @@ async fn prepare_group(
         .chunks(per_thread)
         .map(|segs| {
             let paths: Vec<_> = segs.iter().map(|s| s.path.clone()).collect();
+            let keys = wal.config().keyring.clone();
             tokio::task::spawn_blocking(move || {
                 let mut out = Vec::with_capacity(paths.len());
                 for path in paths {
-                    let contents = wal::read_segment(&path)?;
+                    let contents = wal::read_segment(&path, keys.as_deref())?;
                     let damage = contents
                         .is_damaged()
                         .then_some((contents.corrupt_bytes, contents.undecodable));

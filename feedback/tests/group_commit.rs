@@ -18,6 +18,7 @@ fn wal(dir: &std::path::Path, fsync: FsyncPolicy, max_bytes: u64) -> Arc<Wal> {
         segment_bytes: 8 << 20,
         fsync,
         max_bytes,
+        keyring: None,
     };
     Arc::new(Wal::open(dir, cfg).unwrap())
 }
@@ -27,7 +28,7 @@ fn on_disk(dir: &std::path::Path) -> Vec<Record> {
     wal::list_segments(dir)
         .unwrap()
         .iter()
-        .flat_map(|(_, path)| wal::read_segment(path).unwrap().records)
+        .flat_map(|(_, path)| wal::read_segment(path, None).unwrap().records)
         .collect()
 }
 
@@ -82,7 +83,10 @@ async fn every_batch_handed_over_is_written_once_before_its_append_resolves() {
 #[tokio::test]
 async fn a_full_log_refuses_only_the_batches_that_do_not_fit() {
     let dir = tempfile::tempdir().unwrap();
-    let one = wal::Frames::encode(&records(1, 1_700_000_000_000, "chat", "a")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let one = wal(scratch.path(), FsyncPolicy::Never, 1 << 30)
+        .encode(&records(1, 1_700_000_000_000, "chat", "a"))
+        .unwrap();
     // Room for the segment header and about two and a half batches.
     let max = wal::frame::HEADER_LEN as u64 + 5 * one.bytes() as u64 / 2;
     let w = wal(dir.path(), FsyncPolicy::Always, max);

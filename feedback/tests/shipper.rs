@@ -33,6 +33,7 @@ fn wal_cfg() -> WalConfig {
         segment_bytes: 4096,
         fsync: FsyncPolicy::IntervalMs(10),
         max_bytes: 1 << 30,
+        keyring: None,
     }
 }
 

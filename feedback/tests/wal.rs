@@ -19,13 +19,14 @@ fn cfg() -> WalConfig {
         segment_bytes: 8 << 20,
         fsync: FsyncPolicy::Never,
         max_bytes: 1 << 30,
+        keyring: None,
     }
 }
 
 fn all_records(w: &Wal) -> Vec<Record> {
     w.sealed_segments()
         .iter()
-        .flat_map(|s| wal::read_segment(&s.path).unwrap().records)
+        .flat_map(|s| wal::read_segment(&s.path, None).unwrap().records)
         .collect()
 }
 
@@ -97,7 +98,7 @@ fn crc_corruption_is_detected_and_skipped() {
     bytes[second + frame::FRAME_HEADER_LEN + 10] ^= 0x55;
     fs::write(&seg.path, &bytes).unwrap();
 
-    let c = wal::read_segment(&seg.path).unwrap();
+    let c = wal::read_segment(&seg.path, None).unwrap();
     assert_eq!(c.records, vec![recs[0].clone(), recs[2].clone()]);
     assert!(c.is_damaged());
     assert!(c.corrupt_bytes > 0);
@@ -137,7 +138,7 @@ fn torn_tail_is_truncated_on_reopen() {
     assert_eq!(st.torn_bytes_truncated, last_frame);
     assert_eq!(st.records_pending, 2);
     assert_eq!(all_records(&w), recs[..2].to_vec());
-    assert!(!wal::read_segment(&path).unwrap().is_damaged());
+    assert!(!wal::read_segment(&path, None).unwrap().is_damaged());
 
     // It continues: new appends go to a new segment after the recovered one.
     let more = records(1, 1_700_000_001_000, "chat", "a");
@@ -203,7 +204,7 @@ fn segments_rotate_at_segment_bytes() {
     w.seal().unwrap();
     let last = w.sealed_segments().pop().unwrap();
     assert!(last.bytes > 2048);
-    assert_eq!(wal::read_segment(&last.path).unwrap().records, big);
+    assert_eq!(wal::read_segment(&last.path, None).unwrap().records, big);
 }
 
 #[test]

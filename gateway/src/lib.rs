@@ -80,7 +80,8 @@ impl AppState {
             Some(cfg) => {
                 // Inferences still in the log are not in ClickHouse yet:
                 // index their owners so that feedback on them is accepted.
-                signals::index_unshipped(&cfg.wal_dir, &recent);
+                let wal_cfg = cfg.wal_config().map_err(anyhow::Error::msg)?;
+                signals::index_unshipped(&cfg.wal_dir, wal_cfg.keyring.as_deref(), &recent);
                 let capture = Capture::start(cfg).with_context(|| {
                     format!("cannot start capture (log in {})", cfg.wal_dir.display())
                 })?;

@@ -66,8 +66,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Prints a summary of each segment of a write-ahead log directory.
-    WalInspect { dir: PathBuf },
+    /// Prints a summary of each segment of a write-ahead log directory, with
+    /// the ids of the keys its sealed segments were written with.
+    WalInspect {
+        dir: PathBuf,
+        /// Key files (64 hex digits) that open sealed segments, as in
+        /// `capture.encryption_key_file` and `encryption_old_key_files`;
+        /// repeat for several. Without one, sealed segments show their key
+        /// ids only.
+        #[arg(long = "key-file")]
+        key_files: Vec<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -99,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             let report = retention::run_retention(&store, older_than_days, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::WalInspect { dir } => match wal_inspect(&dir) {
+        Command::WalInspect { dir, key_files } => match wal_inspect(&dir, &key_files) {
             // `wal-inspect DIR | head` is fine.
             Err(e)
                 if e.downcast_ref::<std::io::Error>()
@@ -110,8 +119,20 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
+fn wal_inspect(dir: &std::path::Path, key_files: &[PathBuf]) -> anyhow::Result<()> {
     use std::io::Write;
+    let keys = match key_files.split_first() {
+        None => None,
+        Some((current, old)) => {
+            let cfg = flywheel_feedback::CaptureConfig {
+                encryption_key_file: Some(current.clone()),
+                encryption_old_key_files: old.to_vec(),
+                ..Default::default()
+            };
+            cfg.keyring_with(|var| std::env::var(var))
+                .map_err(anyhow::Error::msg)?
+        }
+    };
     let segments = wal::list_segments(dir).with_context(|| format!("listing {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -133,7 +154,14 @@ fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
                 "empty: created just before a crash (removed on open)".to_owned(),
             )
         } else {
-            match wal::read_segment(&path) {
+            let sealed = match wal::segment_key_ids(&path) {
+                Ok(Some(ids)) => format!(
+                    " (sealed, key {})",
+                    ids.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+                _ => String::new(),
+            };
+            match wal::read_segment(&path, keys.as_deref()) {
                 Ok(c) => {
                     let inf = c
                         .records
@@ -143,16 +171,16 @@ fn wal_inspect(dir: &std::path::Path) -> anyhow::Result<()> {
                     total_records += c.records.len();
                     let status = if c.is_damaged() {
                         format!(
-                            "damaged: {} corrupt bytes, {} undecodable",
+                            "damaged: {} corrupt bytes, {} undecodable{sealed}",
                             c.corrupt_bytes, c.undecodable
                         )
                     } else {
-                        "ok".to_owned()
+                        format!("ok{sealed}")
                     };
                     let ts = || c.records.iter().map(|r| r.ts_ms());
                     (inf, c.records.len() - inf, ts().min(), ts().max(), status)
                 }
-                Err(e) => (0, 0, None, None, format!("error: {e}")),
+                Err(e) => (0, 0, None, None, format!("error: {e}{sealed}")),
             }
         };
         writeln!(

@@ -7,7 +7,9 @@
 //! len: u32 LE | crc: u32 LE | ts_ms: u64 LE | payload: len bytes
 //! ```
 //!
-//! `payload` is the serde_json encoding of a [`Record`]; `crc` is CRC-32
+//! `payload` is the serde_json encoding of a [`Record`] (sealed as
+//! [`super::seal`] describes in a segment that starts with
+//! [`SEALED_SEGMENT_MAGIC`]); `crc` is CRC-32
 //! (IEEE, crc32fast) of `len`, `ts_ms` and `payload`, so a corrupted length
 //! is caught like corrupted data. `ts_ms` repeats the record's time so that
 //! opening a log can compute "oldest unshipped" without parsing JSON.
@@ -23,8 +25,11 @@
 
 use crate::event::Record;
 
-/// "FWWAL", two zero bytes, format version 1.
+/// "FWWAL", two zero bytes, format version 1: payloads are JSON.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"FWWAL\0\0\x01";
+/// Format version 2: the same frames, each payload sealed (AES-256-GCM,
+/// [`super::seal`]). Written when the log has an encryption key.
+pub const SEALED_SEGMENT_MAGIC: &[u8; 8] = b"FWWAL\0\0\x02";
 pub const HEADER_LEN: usize = SEGMENT_MAGIC.len();
 /// len + crc + ts_ms.
 pub const FRAME_HEADER_LEN: usize = 16;
@@ -130,12 +135,18 @@ impl Scan {
     }
 }
 
-/// Scans a whole segment (header included). After an invalid frame it
-/// resynchronizes on the next offset that holds a valid frame, so one bad
-/// record does not hide the records behind it. The header is not checked
-/// here (callers do): scanning starts after it, and a `buf` no longer than
-/// the header holds no frames.
+/// Scans a whole segment of JSON payloads (header included): [`scan_with`]
+/// resynchronizing on payloads that start with `{"`.
 pub fn scan(buf: &[u8]) -> Scan {
+    scan_with(buf, &|payload| payload.starts_with(b"{\""))
+}
+
+/// Scans a whole segment (header included). After an invalid frame it
+/// resynchronizes on the next offset that holds a valid frame whose payload
+/// `starts_payload` accepts, so one bad record does not hide the records
+/// behind it. The header is not checked here (callers do): scanning starts
+/// after it, and a `buf` no longer than the header holds no frames.
+pub fn scan_with(buf: &[u8], starts_payload: &dyn Fn(&[u8]) -> bool) -> Scan {
     let mut scan = Scan::default();
     let mut pos = HEADER_LEN;
     while pos < buf.len() {
@@ -144,7 +155,7 @@ pub fn scan(buf: &[u8]) -> Scan {
                 pos = f.payload_end;
                 scan.frames.push(f);
             }
-            Decoded::Incomplete | Decoded::Invalid => match resync(buf, pos + 1) {
+            Decoded::Incomplete | Decoded::Invalid => match resync(buf, pos + 1, starts_payload) {
                 Some(next) => {
                     scan.corrupt.push((pos, next));
                     pos = next;
@@ -159,31 +170,33 @@ pub fn scan(buf: &[u8]) -> Scan {
     scan
 }
 
-/// The first offset at or after `from` that holds a valid frame. Every
-/// payload is a JSON object whose first key is the record kind, so a
-/// candidate must have `{"` as its first payload bytes before its CRC is
-/// computed: that keeps the search linear in practice.
-fn resync(buf: &[u8], from: usize) -> Option<usize> {
+/// The first offset at or after `from` that holds a valid frame. A
+/// candidate's payload must pass `starts_payload` (a JSON object's `{"`, a
+/// sealed payload's known key id) before its CRC is computed: that keeps
+/// the search linear in practice.
+fn resync(buf: &[u8], from: usize, starts_payload: &dyn Fn(&[u8]) -> bool) -> Option<usize> {
     let last = buf.len().checked_sub(FRAME_HEADER_LEN + 2)?;
     (from..=last).find(|&q| {
-        let payload = q + FRAME_HEADER_LEN;
-        buf.get(payload..payload + 2) == Some(b"{\"".as_slice())
+        buf.get(q + FRAME_HEADER_LEN..).is_some_and(starts_payload)
             && matches!(decode_at(buf, q), Decoded::Frame(_))
     })
 }
 
-/// Decodes a frame's payload (a frame that does not lie within `buf` is an
-/// error too).
+/// A frame's payload bytes (`None` when the frame does not lie within `buf`).
+pub fn payload<'a>(buf: &'a [u8], frame: &Frame) -> Option<&'a [u8]> {
+    buf.get(frame.payload_start..frame.payload_end)
+}
+
+/// Decodes a frame's JSON payload (a frame that does not lie within `buf`
+/// is an error too).
 pub fn decode_record(buf: &[u8], frame: &Frame) -> Result<Record, serde_json::Error> {
-    let payload = buf
-        .get(frame.payload_start..frame.payload_end)
-        .ok_or_else(|| {
-            <serde_json::Error as serde::de::Error>::custom(format!(
-                "frame at {} lies outside the segment ({} bytes)",
-                frame.offset,
-                buf.len()
-            ))
-        })?;
+    let payload = payload(buf, frame).ok_or_else(|| {
+        <serde_json::Error as serde::de::Error>::custom(format!(
+            "frame at {} lies outside the segment ({} bytes)",
+            frame.offset,
+            buf.len()
+        ))
+    })?;
     serde_json::from_slice(payload)
 }
 

@@ -98,7 +98,7 @@ impl GroupCommit {
             return Ok(());
         }
         let tx = self.tx.as_ref().ok_or(WalError::Closed)?;
-        let frames = Frames::encode(records)?;
+        let frames = self.wal.encode(records)?;
         if let Some(written) = self.wal.try_append_frames(&frames) {
             return written;
         }

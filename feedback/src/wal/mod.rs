@@ -29,6 +29,10 @@
 //! (see "Exactly once" in the crate docs). Markers are empty files and do
 //! not count towards the quota.
 //!
+//! Encryption at rest ([`seal`]): with [`WalConfig::keyring`] new segments
+//! are written sealed (a second header, [`frame::SEALED_SEGMENT_MAGIC`]),
+//! each payload AES-256-GCM; plain segments left from before still ship.
+//!
 //! Disk quota policy: the log (all segment files) never exceeds
 //! `max_bytes`. When an append would exceed it, **the new records are
 //! refused**: `append` returns [`WalError::Full`], the records are counted
@@ -40,6 +44,7 @@
 
 pub mod frame;
 mod group;
+pub mod seal;
 
 use std::{
     collections::{btree_map, BTreeMap},
@@ -54,8 +59,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_MAGIC};
+use frame::{HEADER_LEN, MAX_PAYLOAD_LEN, SEALED_SEGMENT_MAGIC, SEGMENT_MAGIC};
 pub use group::GroupCommit;
+pub use seal::{Keyring, SealError};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Record;
@@ -91,6 +97,14 @@ pub enum WalError {
     NotSealed { seq: u64 },
     #[error("{path} is not a write-ahead log segment (bad header)")]
     BadHeader { path: PathBuf },
+    /// A sealed segment, and the log has no key (module docs of [`seal`]).
+    #[error(
+        "{path} is encrypted and no key is configured: set capture.encryption_key_file \
+         (or _env), and list earlier keys in capture.encryption_old_key_files"
+    )]
+    NoKey { path: PathBuf },
+    #[error("cannot seal record {id}: {source}")]
+    Seal { id: String, source: SealError },
     /// The log's writer thread has stopped (shutdown) and takes no records.
     #[error("write-ahead log closed: it takes no more records")]
     Closed,
@@ -142,6 +156,9 @@ pub struct WalConfig {
     pub fsync: FsyncPolicy,
     /// Quota for all segment files together.
     pub max_bytes: u64,
+    /// Encrypt records at rest ([`seal`]): new segments are sealed with the
+    /// current key; sealed segments left by a previous run need their key.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Default for WalConfig {
@@ -150,6 +167,7 @@ impl Default for WalConfig {
             segment_bytes: 8 << 20,
             fsync: FsyncPolicy::default(),
             max_bytes: 1 << 30,
+            keyring: None,
         }
     }
 }
@@ -226,21 +244,68 @@ impl SegmentContents {
     }
 }
 
-/// Reads and decodes a segment file.
-pub fn read_segment(path: &Path) -> Result<SegmentContents> {
-    let buf = fs::read(path).map_err(io_err(path))?;
-    if buf.len() < HEADER_LEN || &buf[..HEADER_LEN] != SEGMENT_MAGIC {
-        return Err(WalError::BadHeader {
-            path: path.to_owned(),
-        });
+/// What a segment's payloads are, by its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payloads {
+    Json,
+    Sealed,
+}
+
+impl Payloads {
+    fn of(buf: &[u8]) -> Option<Payloads> {
+        match buf.get(..HEADER_LEN) {
+            Some(h) if h == SEGMENT_MAGIC => Some(Payloads::Json),
+            Some(h) if h == SEALED_SEGMENT_MAGIC => Some(Payloads::Sealed),
+            _ => None,
+        }
     }
-    let scan = frame::scan(&buf);
+
+    /// The keyring a segment of this kind needs: `Err(NoKey)` for a sealed
+    /// segment when the log has none.
+    fn keys<'k>(self, keys: Option<&'k Keyring>, path: &Path) -> Result<Option<&'k Keyring>> {
+        match (self, keys) {
+            (Payloads::Json, _) => Ok(None),
+            (Payloads::Sealed, Some(k)) => Ok(Some(k)),
+            (Payloads::Sealed, None) => Err(WalError::NoKey {
+                path: path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A segment's frames: JSON payloads resynchronize on `{"`, sealed ones on
+/// a key id of the keyring.
+fn scan_segment(buf: &[u8], keys: Option<&Keyring>) -> frame::Scan {
+    match keys {
+        None => frame::scan(buf),
+        Some(k) => frame::scan_with(buf, &|p| k.knows(p)),
+    }
+}
+
+/// Reads and decodes a segment file; a sealed one needs `keys` (the log's
+/// [`WalConfig::keyring`]). Frames sealed with a key that `keys` lacks, or
+/// altered, count as undecodable.
+pub fn read_segment(path: &Path, keys: Option<&Keyring>) -> Result<SegmentContents> {
+    let buf = fs::read(path).map_err(io_err(path))?;
+    let keys = Payloads::of(&buf)
+        .ok_or_else(|| WalError::BadHeader {
+            path: path.to_owned(),
+        })?
+        .keys(keys, path)?;
+    let scan = scan_segment(&buf, keys);
     let mut out = SegmentContents {
         corrupt_bytes: scan.corrupt_bytes() as u64,
         ..Default::default()
     };
     for f in &scan.frames {
-        match frame::decode_record(&buf, f) {
+        let decoded = match keys {
+            None => frame::decode_record(&buf, f).map_err(|e| e.to_string()),
+            Some(k) => frame::payload(&buf, f)
+                .ok_or_else(|| "frame outside the segment".to_owned())
+                .and_then(|p| k.open(f.ts_ms, p).map_err(|e| e.to_string()))
+                .and_then(|plain| serde_json::from_slice(&plain).map_err(|e| e.to_string())),
+        };
+        match decoded {
             Ok(r) => out.records.push(r),
             Err(e) => {
                 tracing::error!(path = %path.display(), offset = f.offset, error = %e, "undecodable WAL record");
@@ -249,6 +314,28 @@ pub fn read_segment(path: &Path) -> Result<SegmentContents> {
         }
     }
     Ok(out)
+}
+
+/// The ids of the keys a sealed segment's frames name (hex), or `None` for a
+/// plain segment: what `wal-inspect` shows, to tell when an old key is no
+/// longer needed.
+pub fn segment_key_ids(path: &Path) -> Result<Option<std::collections::BTreeSet<String>>> {
+    let buf = fs::read(path).map_err(io_err(path))?;
+    match Payloads::of(&buf) {
+        None => Err(WalError::BadHeader {
+            path: path.to_owned(),
+        }),
+        Some(Payloads::Json) => Ok(None),
+        Some(Payloads::Sealed) => {
+            let scan = frame::scan_with(&buf, &|p| p.len() >= seal::SEALED_OVERHEAD);
+            Ok(Some(
+                scan.frames
+                    .iter()
+                    .filter_map(|f| frame::payload(&buf, f).and_then(Keyring::payload_key_id))
+                    .collect(),
+            ))
+        }
+    }
 }
 
 /// The sequence number of a segment file name, if it is one.
@@ -382,7 +469,13 @@ impl Wal {
         let mut torn = 0;
         let mut quarantined = 0;
         for (seq, path) in segments {
-            match recover_segment(&dir, seq, &path, Some(seq) == newest)? {
+            match recover_segment(
+                &dir,
+                seq,
+                &path,
+                Some(seq) == newest,
+                cfg.keyring.as_deref(),
+            )? {
                 Recovered::Kept(meta, truncated) => {
                     torn += truncated;
                     bytes_on_disk += meta.bytes;
@@ -476,6 +569,12 @@ impl Wal {
             .saturating_sub(self.lock().bytes_on_disk)
     }
 
+    /// `records` as frames of this log (sealed when it has a keyring), ready
+    /// for [`Wal::append_frames`]. Needs no lock.
+    pub fn encode(&self, records: &[Record]) -> Result<Frames> {
+        Frames::encode(records, self.shared.cfg.keyring.as_deref())
+    }
+
     /// Appends `records` as one batch: all of them are written (and, with
     /// `fsync = "always"`, synced) when this returns `Ok`, or none counts.
     /// Returns [`WalError::Full`] when the quota would be exceeded.
@@ -483,7 +582,7 @@ impl Wal {
         if records.is_empty() {
             return Ok(());
         }
-        let frames = Frames::encode(records)?;
+        let frames = self.encode(records)?;
         self.append_frames(&[&frames])
             .into_iter()
             .next()
@@ -620,7 +719,11 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+        let magic = match self.shared.cfg.keyring {
+            Some(_) => SEALED_SEGMENT_MAGIC,
+            None => SEGMENT_MAGIC,
+        };
+        file.write_all(magic).map_err(io_err(&path))?;
         if self.shared.cfg.fsync != FsyncPolicy::Never {
             // Make the new name durable too, not only the data.
             file.sync_data().map_err(io_err(&path))?;
@@ -852,8 +955,9 @@ fn sync_if_dirty(
     Some((path, synced))
 }
 
-/// Records encoded as log frames, ready to append. Encoding (JSON) needs no
-/// lock, so [`GroupCommit`] does it on the caller's thread.
+/// Records encoded as log frames ([`Wal::encode`]), ready to append.
+/// Encoding (JSON, sealed when the log has a key) needs no lock, so
+/// [`GroupCommit`] does it on the caller's thread.
 #[derive(Debug)]
 pub struct Frames {
     buf: Vec<u8>,
@@ -863,7 +967,7 @@ pub struct Frames {
 }
 
 impl Frames {
-    pub fn encode(records: &[Record]) -> Result<Frames> {
+    fn encode(records: &[Record], keys: Option<&Keyring>) -> Result<Frames> {
         let mut frames = Frames {
             buf: Vec::with_capacity(records.len() * 1024),
             records: records.len(),
@@ -871,7 +975,15 @@ impl Frames {
             max_ts: 0,
         };
         for r in records {
-            let payload = encode_payload(r)?;
+            let mut payload = encode_payload(r)?;
+            if let Some(k) = keys {
+                payload = k
+                    .seal(r.ts_ms(), &payload)
+                    .map_err(|source| WalError::Seal {
+                        id: r.id().to_owned(),
+                        source,
+                    })?;
+            }
             if payload.len() > MAX_PAYLOAD_LEN {
                 return Err(WalError::RecordTooLarge {
                     id: r.id().to_owned(),
@@ -991,20 +1103,27 @@ enum Recovered {
     Quarantined,
 }
 
-/// Opens one existing segment at startup.
-fn recover_segment(dir: &Path, seq: u64, path: &Path, newest: bool) -> Result<Recovered> {
+/// Opens one existing segment at startup. A sealed segment without a
+/// keyring stops the open ([`WalError::NoKey`]): it could not ship.
+fn recover_segment(
+    dir: &Path,
+    seq: u64,
+    path: &Path,
+    newest: bool,
+    keys: Option<&Keyring>,
+) -> Result<Recovered> {
     let buf = fs::read(path).map_err(io_err(path))?;
     if buf.len() < HEADER_LEN {
         // Created but the header never made it: nothing can be inside.
         fs::remove_file(path).map_err(io_err(path))?;
         return Ok(Recovered::Removed);
     }
-    if &buf[..HEADER_LEN] != SEGMENT_MAGIC {
+    let Some(payloads) = Payloads::of(&buf) else {
         tracing::error!(path = %path.display(), "not a WAL segment (bad header)");
         quarantine(dir, path)?;
         return Ok(Recovered::Quarantined);
-    }
-    let scan = frame::scan(&buf);
+    };
+    let scan = scan_segment(&buf, payloads.keys(keys, path)?);
     let mut len = buf.len();
     let mut truncated = 0;
     if let (true, Some((start, end))) = (newest, scan.tail) {

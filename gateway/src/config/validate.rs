@@ -204,6 +204,9 @@ impl UninitializedConfig {
             Some(mut c) => {
                 c.resolve_password()
                     .map_err(|e| invalid("capture.password_env", e))?;
+                // Read the keys now, so that a bad one stops the load.
+                c.wal_config()
+                    .map_err(|e| invalid("capture.encryption_key_file", e))?;
                 Some(c)
             }
         };

@@ -149,14 +149,19 @@ impl From<flywheel_feedback::InferenceOwner> for Owner {
     }
 }
 
-/// Indexes the inferences of the log segments not shipped yet.
-pub fn index_unshipped(wal_dir: &std::path::Path, recent: &RecentInferences) {
+/// Indexes the inferences of the log segments not shipped yet (`keys`
+/// opens sealed segments: the log's keyring).
+pub fn index_unshipped(
+    wal_dir: &std::path::Path,
+    keys: Option<&flywheel_feedback::wal::Keyring>,
+    recent: &RecentInferences,
+) {
     let Ok(segments) = flywheel_feedback::wal::list_segments(wal_dir) else {
         return;
     };
     let mut n = 0usize;
     for (_, path) in segments {
-        let Ok(contents) = flywheel_feedback::wal::read_segment(&path) else {
+        let Ok(contents) = flywheel_feedback::wal::read_segment(&path, keys) else {
             continue;
         };
         for record in contents.records {

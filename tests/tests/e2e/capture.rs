@@ -183,6 +183,68 @@ async fn sigkill_replays_what_was_not_shipped() {
     assert!(shipped_feedback);
 }
 
+/// With `capture.encryption_key_file` the log on disk holds no prompt and
+/// no request id in the clear, and a gateway SIGKILLed with ClickHouse down
+/// replays it with the key: feedback on a logged inference is accepted, and
+/// every answered request reaches ClickHouse once.
+#[tokio::test]
+async fn an_encrypted_log_holds_no_plain_text_and_replays_after_a_sigkill() {
+    let services = Services::new();
+    let mock = start_mock(&[]);
+    let dir = scratch_dir("capture-sealed");
+    let key = dir.join("wal.key");
+    std::fs::write(
+        &key,
+        "8f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0\n",
+    )
+    .unwrap();
+    let wal = dir.join("wal");
+    let cfg = config(&mock, &services, &wal).replacen(
+        "[capture]\n",
+        &format!("[capture]\nencryption_key_file = \"{}\"\n", key.display()),
+        1,
+    );
+    let gw_dir = scratch_dir("gateway");
+    let full = format!("{}\n{}", base_config(&gw_dir.join("events.jsonl")), cfg);
+    let gw = start_gateway_with(&gw_dir, &full);
+    let answered = load(&gw, 20).await;
+    assert_eq!(answered.len(), 20);
+    gw.signal("KILL");
+    drop(gw);
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(&wal).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wal") {
+            on_disk.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(
+        on_disk.len() > 20 * 100,
+        "the log holds {} bytes",
+        on_disk.len()
+    );
+    for needle in ["request 1", answered[0].as_str(), "\"tenant\""] {
+        assert!(
+            !on_disk
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes()),
+            "{needle:?} is readable in the log"
+        );
+    }
+
+    services.start_clickhouse();
+    let gw = start_gateway_with(&gw_dir, &full);
+    let r = client()
+        .post(gw.url("/v1/feedback"))
+        .bearer_auth(KEY)
+        .json(&json!({"inference_id": answered[0], "metric": "thumbs_up", "value": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_exactly_once(&services, &answered).await;
+}
+
 #[tokio::test]
 async fn feedback_on_shipped_inferences_checks_clickhouse() {
     let services = Services::new();
