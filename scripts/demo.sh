@@ -39,8 +39,12 @@ if [ "$FAST" = 1 ]; then
 else
   RATE=${RATE:-0.15}; NEW_ROWS=150; MIN_ROWS=60; STEPS=50; BATCH=1; GROUP=8; GATE_ITEMS=30
   MIN_GAIN=0.05; NON_INF=0.05
-  STEP_SECS=600; MIN_SAMPLES=30
-  RAMP='[{ name = "25%", candidate_percent = 25.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
+  # Each arm of a 50 % step gets RATE/2 = 0.075 requests/s: 20 graded
+  # requests per arm take about 270 s, inside the 600 s limit. (The first
+  # full run, 2026-12-07, stepped 25 % with 30 per arm: the candidate had 21
+  # after 600 s and the experiment was rolled back for too few samples.)
+  STEP_SECS=600; MIN_SAMPLES=20
+  RAMP='[{ name = "50%", candidate_percent = 50.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
 fi
 WORK="$FLYWHEEL_CACHE/demo-loop"
 START=$(date +%s)
