@@ -6,7 +6,7 @@
 # end-to-end tests.
 #
 # Environment: SKIP_LINT=1 skips the fmt/clippy step (local reruns);
-# TEST_THREADS (4) parallel tests.
+# TEST_THREADS (4) parallel tests; FUZZ_SECONDS (15) per fuzz target, 0 = none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -36,3 +36,9 @@ export FLYWHEEL_ENGINE_BIN="$ENGINE_TARGET_DIR/release/flywheel-engine"
 build_release
 log "running tests"
 cargo test --release $(locked_flag) -- --test-threads "${TEST_THREADS:-4}"
+
+# The parsers of untrusted bytes, fuzzed briefly from their seed corpora
+# (fuzz/corpus; longer runs: scripts/fuzz.sh). FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-15}" != 0 ]; then
+  SECONDS_EACH="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
+fi

@@ -68,8 +68,11 @@ impl SseParser {
             let unscanned = self.buf.get(self.scanned..).unwrap_or_default();
             let Some(offset) = unscanned.iter().position(|&b| b == b'\n') else {
                 self.scanned = self.buf.len();
-                // A line still arriving counts toward its event already.
-                return if self.data.len() + self.buf.len() > self.max_event_bytes {
+                // A line still arriving counts toward its event already,
+                // less a last '\r' that the next byte may make a line end:
+                // the verdict must not depend on where a chunk ends.
+                let pending = self.buf.len() - usize::from(self.buf.last() == Some(&b'\r'));
+                return if self.data.len() + pending > self.max_event_bytes {
                     Err(self.too_large())
                 } else {
                     Ok(None)
@@ -145,6 +148,28 @@ mod tests {
         );
         p.push(b"data: 0123456789a\n\n");
         assert_eq!(p.next_event(), Err(SseError::TooLarge { limit: 16 }));
+    }
+
+    /// Found by `scripts/fuzz.sh sse`: a line of exactly the limit ended
+    /// by CRLF was refused when its '\r' arrived in one chunk and its '\n'
+    /// in the next (the '\r' counted), and accepted when it came whole.
+    #[test]
+    fn a_crlf_line_at_the_limit_is_accepted_however_it_is_chunked() {
+        let stream = b"data: 0123456789\r\n\r\n";
+        let mut whole = SseParser::new(16);
+        whole.push(stream);
+        let whole = whole.next_event();
+        assert_eq!(whole, Ok(Some(SseEvent::Data("0123456789".into()))));
+        let mut bytes = SseParser::new(16);
+        let mut got = Ok(None);
+        for b in stream {
+            bytes.push(std::slice::from_ref(b));
+            got = bytes.next_event();
+            if !matches!(got, Ok(None)) {
+                break;
+            }
+        }
+        assert_eq!(got, whole);
     }
 
     #[test]
