@@ -114,6 +114,30 @@ async fn assert_exactly_once(services: &Services, expected: &[String]) {
     assert_eq!(present, n, "answered requests missing from ClickHouse");
 }
 
+/// After a SIGKILL with ClickHouse down: starts ClickHouse and the gateway
+/// again. Feedback on an inference that is still only in the log is
+/// accepted (the restarted gateway indexed the unshipped log), and every
+/// answered request reaches ClickHouse once. Returns the gateway.
+async fn restart_and_replay(
+    services: &Services,
+    gw_dir: &std::path::Path,
+    config: &str,
+    answered: &[String],
+) -> Proc {
+    services.start_clickhouse();
+    let gw = start_gateway_with(gw_dir, config);
+    let r = client()
+        .post(gw.url("/v1/feedback"))
+        .bearer_auth(KEY)
+        .json(&json!({"inference_id": answered[0], "metric": "thumbs_up", "value": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_exactly_once(services, answered).await;
+    gw
+}
+
 #[tokio::test]
 async fn clickhouse_outage_loses_nothing() {
     let services = Services::new();
@@ -158,19 +182,7 @@ async fn sigkill_replays_what_was_not_shipped() {
     gw.signal("KILL");
     drop(gw);
 
-    services.start_clickhouse();
-    let gw = start_gateway_with(&gw_dir, &full);
-    // Feedback on an inference that is still only in the log is accepted:
-    // the restarted gateway indexed the unshipped log.
-    let r = client()
-        .post(gw.url("/v1/feedback"))
-        .bearer_auth(KEY)
-        .json(&json!({"inference_id": answered[0], "metric": "thumbs_up", "value": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_exactly_once(&services, &answered).await;
+    let _gw = restart_and_replay(&services, &gw_dir, &full, &answered).await;
     let shipped_feedback = eventually(Duration::from_secs(30), || async {
         count(
             &services,
@@ -232,17 +244,7 @@ async fn an_encrypted_log_holds_no_plain_text_and_replays_after_a_sigkill() {
         );
     }
 
-    services.start_clickhouse();
-    let gw = start_gateway_with(&gw_dir, &full);
-    let r = client()
-        .post(gw.url("/v1/feedback"))
-        .bearer_auth(KEY)
-        .json(&json!({"inference_id": answered[0], "metric": "thumbs_up", "value": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_exactly_once(&services, &answered).await;
+    restart_and_replay(&services, &gw_dir, &full, &answered).await;
 }
 
 #[tokio::test]
