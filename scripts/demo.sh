@@ -145,6 +145,12 @@ PIDS+=("$!")
 log "dashboards: http://$DASH (token $DASH_ADMIN: every page; $USER_KEY: the users' tenant only)"
 
 "$BIN/flywheel-tuner" tasks --out "$WORK/tasks" --task "$TASK" --n 200 >/dev/null
+# Users ask the whole suite, as real traffic is not split in advance. The
+# suite's files are split by the same prompt hash at 20 %, so users drawn
+# from its train file alone gave the tuner's 25 % split only the prompts
+# between 20 and 25 %: 5 held-out items at the trigger, too few for the gate
+# (BENCHMARKS §8, second run). The suite's held-out prompts all stay held out.
+cat "$WORK/tasks/$TASK.train.jsonl" "$WORK/tasks/$TASK.heldout.jsonl" >"$WORK/tasks/$TASK.users.jsonl"
 export FLYWHEEL_CLICKHOUSE_URL=http://127.0.0.1:8123 FLYWHEEL_CLICKHOUSE_DATABASE=$DB \
   FLYWHEEL_REDIS_URL=redis://127.0.0.1:6379/0 FLYWHEEL_REDIS_PREFIX=flywheel_demo: \
   FLYWHEEL_ENGINE_ADMIN_TOKEN=$ADMIN
@@ -191,7 +197,7 @@ EOF
 "$BIN/flywheel-tuner" jobs --config "$WORK/tuner.toml"
 
 phase "3/5 simulated users on $TASK ($RATE conversations/s)"
-"$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.train.jsonl" \
+"$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.users.jsonl" \
   --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
   --rate "$RATE" --duration-secs 86400 --max-tokens 128 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
   --reask-rate 0.3 >"$WORK/users.log" 2>&1 &
@@ -215,17 +221,17 @@ RUN=$(ls -t "$WORK/tuner/runs" | head -1)
 EXP=$(curl -sf http://127.0.0.1:8123/ --data-binary \
   "SELECT id FROM $DB.experiments FINAL WHERE origin = 'tuner:$RUN' LIMIT 1" || true)
 [ -z "$EXP" ] || "$BIN/flywheel-canary" status "$EXP" --last 20 || true
-log "per variant, all traffic of the demo (quality = the task grader's online score)"
+log "per variant, all traffic of the demo (quality = the task grader's online score, over the graded requests)"
 curl -sf http://127.0.0.1:8123/ --data-binary "
-  SELECT i.variant AS variant, count() AS requests,
-         round(avg(g.score), 3) AS quality,
+  SELECT i.variant AS variant, count() AS requests, sum(g.graded) AS graded_requests,
+         round(avgIf(g.score, g.graded = 1), 3) AS quality,
          round(avg(i.cost_usd) * 1e6, 3) AS cost_per_req_micro_usd,
          round(sum(i.cost_usd) / greatest(sum(g.score >= 0.5), 1) * 1e6, 3) AS cost_per_success_micro_usd,
          round(avg(i.retries), 3) AS retries_per_req,
          round(avg(i.fallback_depth > 0), 3) AS fallbacks_per_req,
          round(quantile(0.5)(i.latency_ms)) AS p50_ms, round(quantile(0.95)(i.latency_ms)) AS p95_ms
   FROM (SELECT * FROM $DB.inferences FINAL WHERE route = 'demo' AND shadow = 0) AS i
-  LEFT JOIN (SELECT assumeNotNull(inference_id) AS id, avg(value_float) AS score FROM $DB.feedback FINAL
+  LEFT JOIN (SELECT assumeNotNull(inference_id) AS id, avg(value_float) AS score, 1 AS graded FROM $DB.feedback FINAL
              WHERE metric = 'grader_demo' GROUP BY id) AS g USING id
   GROUP BY variant ORDER BY variant FORMAT PrettyCompactNoEscapes"
 phase "done in $(( ($(date +%s) - START) / 60 )) min; logs and state in $WORK"

@@ -83,9 +83,10 @@ pub enum WhenLogRefuses {
     #[default]
     Serve,
     /// Answer new inference requests 503 `not_recorded`, before any
-    /// upstream call, until the log takes records again: nothing is
-    /// answered that is not recorded, except requests already in flight
-    /// when it filled (counted as above).
+    /// upstream call, until the log takes records again; a request in
+    /// flight whose own event is refused gets 503 (or, streamed, an error
+    /// event and no `[DONE]`) instead of its answer. Nothing is answered
+    /// that is not recorded.
     Refuse,
 }
 
@@ -132,18 +133,8 @@ impl CaptureConfig {
         if self.password.is_some() {
             return Err("set either capture.password or capture.password_env, not both".into());
         }
-        match lookup(var) {
-            Ok(p) => {
-                self.password = Some(p);
-                Ok(())
-            }
-            Err(std::env::VarError::NotPresent) => {
-                Err(format!("environment variable {var} is not set"))
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(format!("environment variable {var} is not UTF-8"))
-            }
-        }
+        self.password = Some(env_value(var, &lookup)?);
+        Ok(())
     }
 
     /// The log's settings, its keyring read from the key files or variable:
@@ -169,12 +160,7 @@ impl CaptureConfig {
                     .into(),
             ),
             (Some(file), None) => read_key_file(file)?,
-            (None, Some(var)) => lookup(var).map_err(|e| match e {
-                std::env::VarError::NotPresent => format!("environment variable {var} is not set"),
-                std::env::VarError::NotUnicode(_) => {
-                    format!("environment variable {var} is not UTF-8")
-                }
-            })?,
+            (None, Some(var)) => env_value(var, &lookup)?,
             (None, None) if self.encryption_old_key_files.is_empty() => return Ok(None),
             (None, None) => {
                 return Err("capture.encryption_old_key_files needs a current key \
@@ -217,6 +203,18 @@ impl CaptureConfig {
             ..ShipperConfig::default()
         }
     }
+}
+
+/// The value of environment variable `var` through `lookup`, or an error
+/// that names it.
+fn env_value(
+    var: &str,
+    lookup: impl Fn(&str) -> Result<String, std::env::VarError>,
+) -> Result<String, String> {
+    lookup(var).map_err(|e| match e {
+        std::env::VarError::NotPresent => format!("environment variable {var} is not set"),
+        std::env::VarError::NotUnicode(_) => format!("environment variable {var} is not UTF-8"),
+    })
 }
 
 /// A key file's contents (64 hex digits; checked by [`Keyring::from_hex`]).

@@ -90,6 +90,15 @@ impl GatewayError {
         }
     }
 
+    /// The error as the `data:` event that ends a stream the client has
+    /// already started to read (OpenAI's form of a mid-stream error).
+    pub fn sse_event(&self) -> Vec<u8> {
+        let (kind, code) = self.kind();
+        ErrorBody::new(kind, self.to_string())
+            .code(code)
+            .to_sse_event()
+    }
+
     fn kind(&self) -> (&'static str, Option<&'static str>) {
         match self {
             Self::InvalidRequest { .. } => ("invalid_request_error", None),

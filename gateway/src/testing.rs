@@ -4,7 +4,14 @@
 //! end-to-end tests (which need release binaries), and they can feed the
 //! gateway bytes the mock never sends.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -21,11 +28,16 @@ use crate::{
     AppState,
 };
 
-/// Keeps every record, for assertions.
+/// Keeps every record, for assertions; refuses them all while told to (a
+/// failing log).
 #[derive(Default)]
-pub struct RecordingSink(Mutex<Vec<Record>>);
+pub struct RecordingSink(Mutex<Vec<Record>>, AtomicBool);
 
 impl RecordingSink {
+    pub fn refuse(&self, refusing: bool) {
+        self.1.store(refusing, Ordering::Relaxed);
+    }
+
     pub fn inferences(&self) -> Vec<InferenceEvent> {
         self.0
             .lock()
@@ -40,6 +52,10 @@ impl RecordingSink {
 
 impl EventSink for RecordingSink {
     fn record(&self, record: Record) -> BoxFuture<'_, Result<(), crate::metering::NotRecorded>> {
+        if self.1.load(Ordering::Relaxed) {
+            let refused = crate::metering::NotRecorded("told to refuse".into());
+            return Box::pin(async { Err(refused) });
+        }
         self.0.lock().push(record);
         Box::pin(async { Ok(()) })
     }

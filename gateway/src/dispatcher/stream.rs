@@ -23,7 +23,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flywheel_api::error::ErrorBody;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -241,18 +240,25 @@ pub async fn run(
                     .capture_bodies()
                     .then(|| streamed_answer(&call, &out.text)),
             };
-            metering::record_request(&state, &call, ledger, outcome).await;
-            finish_stream(&call, &mut out, tokens).await;
+            if metering::record_request(&state, &call, ledger, outcome)
+                .await
+                .withheld
+            {
+                withhold(&call, &mut out).await;
+            } else {
+                finish_stream(&call, &mut out, tokens).await;
+            }
         }
         Ended::Rejected { status, body } => {
-            metering::record_request(&state, &call, ledger, Outcome::failed(status, None)).await;
+            let _ = metering::record_request(&state, &call, ledger, Outcome::failed(status, None))
+                .await;
             if let Some(tx) = out.started.take() {
                 let _ = tx.send(Err(GatewayError::UpstreamRejected { status, body }));
             }
         }
         Ended::GaveUp if out.closed => {
             let outcome = Outcome::failed(CLIENT_CLOSED, out.first_byte);
-            metering::record_request(&state, &call, ledger, outcome).await;
+            let _ = metering::record_request(&state, &call, ledger, outcome).await;
         }
         Ended::GaveUp => {
             let error = exhausted_error(&call, &ledger);
@@ -262,15 +268,25 @@ pub async fn run(
             } else {
                 // The client already has part of the answer: end the stream
                 // with an error event, as OpenAI does for mid-stream errors.
-                let event = ErrorBody::new("upstream_error", error.to_string())
-                    .code(Some("upstream_failed"))
-                    .to_sse_event();
-                out.send_trailer(&call, Bytes::from(event)).await;
+                out.send_trailer(&call, Bytes::from(error.sse_event()))
+                    .await;
             }
             let outcome = Outcome::failed(status, out.first_byte);
-            metering::record_request(&state, &call, ledger, outcome).await;
+            let _ = metering::record_request(&state, &call, ledger, outcome).await;
         }
     }
+}
+
+/// The log refused the event of a finished answer under the refuse policy:
+/// the client gets a 503 if the stream has not started, else an error event
+/// and no `[DONE]`, so that it does not take the answer as complete.
+async fn withhold(call: &Call, out: &mut Output) {
+    let error = GatewayError::NotRecorded("request");
+    if let Some(tx) = out.started.take() {
+        let _ = tx.send(Err(error));
+        return;
+    }
+    out.send_trailer(call, Bytes::from(error.sse_event())).await;
 }
 
 /// Reads streamed answers into the client's stream, continuing it across

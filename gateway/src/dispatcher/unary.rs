@@ -53,15 +53,18 @@ pub async fn run(state: &AppState, call: &Call) -> (Result<Answer, GatewayError>
                 provider: a.provider.clone(),
                 model: a.model.clone(),
             };
-            let totals = metering::record_request(state, call, ledger, outcome).await;
-            return (Ok(answer), totals);
+            let recorded = metering::record_request(state, call, ledger, outcome).await;
+            if recorded.withheld {
+                return (Err(GatewayError::NotRecorded("request")), recorded.totals);
+            }
+            return (Ok(answer), recorded.totals);
         }
         Ended::Rejected { status, body } => GatewayError::UpstreamRejected { status, body },
         Ended::GaveUp => exhausted_error(call, &ledger),
     };
     let outcome = Outcome::failed(error.status(), None);
-    let totals = metering::record_request(state, call, ledger, outcome).await;
-    (Err(error), totals)
+    let recorded = metering::record_request(state, call, ledger, outcome).await;
+    (Err(error), recorded.totals)
 }
 
 /// Reads a whole JSON answer, of at most `max_bytes`

@@ -11,7 +11,7 @@ pub mod tokens;
 pub use flywheel_feedback::{
     AttemptEvent, AttemptOutcome, AttemptSummary, InferenceEvent, Validation,
 };
-pub use record::{record_request, Ledger, Outcome};
+pub use record::{record_request, Ledger, Outcome, Recorded};
 pub use sink::{build_sink, EventSink, JsonlSink, MetricsSink, NotRecorded, NullSink, WalSink};
 
 /// USD cost of `prompt` + `completion` tokens at per-1M-token prices.

@@ -51,16 +51,27 @@ impl Outcome {
     }
 }
 
-/// Records the event of a finished request and returns what its attempts
-/// cost, for the `x-flywheel-*` response headers. Callers record it before
-/// the client gets the end of the answer, so that an answered request always
-/// has its event in the log.
+/// What recording a finished request gave its caller.
+#[must_use = "an answer whose event was withheld must not reach the client"]
+pub struct Recorded {
+    /// What the attempts cost, for the `x-flywheel-*` response headers.
+    pub totals: Totals,
+    /// The sink refused the event and `capture.when_log_refuses = "refuse"`:
+    /// the caller answers 503 (or ends the stream with an error and no
+    /// `[DONE]`) instead of the answer, which the log could not keep.
+    pub withheld: bool,
+}
+
+/// Records the event of a finished request. Callers record it before the
+/// client gets the end of the answer, so that an answered request always
+/// has its event in the log; under the refuse policy they withhold the
+/// answer when the log refused it ([`Recorded::withheld`]).
 pub async fn record_request(
     state: &AppState,
     call: &Call,
     ledger: Ledger,
     outcome: Outcome,
-) -> Totals {
+) -> Recorded {
     // A shadow call has no token key: the tenant is not billed for it.
     let used = outcome.tokens.0.saturating_add(outcome.tokens.1);
     match (&call.reservation, &call.token_key) {
@@ -84,14 +95,19 @@ pub async fn record_request(
         Vec::new()
     };
     let totals = totals(&event);
-    // The answer is already the client's: a refused event is logged and
-    // counted by the sink, and the request is served (module docs of
-    // `sink`). Implicit signals are dropped with it.
-    let _ = state.sink.record(Record::Inference(event)).await;
-    for feedback in implied {
-        let _ = state.sink.record(Record::Feedback(feedback)).await;
+    // A refused event is logged and counted by the sink; the policy says
+    // whether the answer is served anyway (module docs of `sink`).
+    // Implicit signals are dropped with it.
+    let kept = state.sink.record(Record::Inference(event)).await.is_ok();
+    if kept {
+        for feedback in implied {
+            let _ = state.sink.record(Record::Feedback(feedback)).await;
+        }
     }
-    totals
+    Recorded {
+        totals,
+        withheld: !kept && status == StatusCode::OK && state.refuses_unrecorded(),
+    }
 }
 
 /// The event of a request; bodies only when the gateway captures them.
@@ -294,5 +310,94 @@ mod tests {
         assert_eq!((event.provider.as_str(), event.fallback_depth), ("", 0));
         assert_eq!(event.validation, Validation::Failed);
         assert!(!event.tokens_estimated);
+    }
+
+    /// A log that refuses the event of an answered request, under each
+    /// policy, through the whole app (unary and streamed).
+    mod withheld {
+        use std::time::Duration;
+
+        use futures_util::stream;
+
+        use crate::testing::{self, chat, chat_answer, sse_chunk, sse_response};
+
+        const CHAT: &str = "/v1/chat/completions";
+
+        /// The state of an upstream answering both ways, with capture on
+        /// (its log in a scratch directory, ClickHouse unreachable) and the
+        /// given `when_log_refuses`; its sink refuses every record.
+        async fn refusing(policy: &str) -> (crate::AppState, std::path::PathBuf) {
+            let addr = testing::upstream(axum::Router::new().route(
+                CHAT,
+                axum::routing::post(|body: axum::Json<serde_json::Value>| async move {
+                    if body["stream"] == true {
+                        let frames = [
+                            Ok(sse_chunk("hi")),
+                            Ok(bytes::Bytes::from_static(b"data: [DONE]\n\n")),
+                        ];
+                        sse_response(stream::iter(frames))
+                    } else {
+                        chat_answer(3, 2)
+                    }
+                }),
+            ))
+            .await;
+            let dir =
+                std::env::temp_dir().join(format!("flywheel-withheld-{}", uuid::Uuid::now_v7()));
+            let config = format!(
+                "[capture]\nclickhouse_url = \"http://127.0.0.1:9\"\nwal_dir = \"{}\"\nwhen_log_refuses = \"{policy}\"\n",
+                dir.display()
+            );
+            let (state, sink) = testing::state(addr, &config);
+            sink.refuse(true);
+            (state, dir)
+        }
+
+        #[tokio::test]
+        async fn under_refuse_the_client_never_holds_an_answer_the_log_lost() {
+            let (state, dir) = refusing("refuse").await;
+            let unary =
+                testing::post(&state, CHAT, &[], &chat(false), Duration::from_secs(10)).await;
+            assert_eq!(unary.status, 503, "{}", unary.body);
+            assert_eq!(
+                unary.json()["error"]["code"],
+                "not_recorded",
+                "{}",
+                unary.body
+            );
+            let streamed =
+                testing::post(&state, CHAT, &[], &chat(true), Duration::from_secs(10)).await;
+            assert_eq!(streamed.status, 200, "the stream had started");
+            assert!(
+                streamed.body.contains(r#""content":"hi""#),
+                "{}",
+                streamed.body
+            );
+            assert!(!streamed.body.contains("[DONE]"), "{}", streamed.body);
+            let last = streamed
+                .body
+                .trim_end()
+                .rsplit("data: ")
+                .next()
+                .unwrap_or_default();
+            assert!(last.contains(r#""code":"not_recorded""#), "{last}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+
+        #[tokio::test]
+        async fn under_serve_the_answer_goes_out_and_only_the_event_is_lost() {
+            let (state, dir) = refusing("serve").await;
+            let unary =
+                testing::post(&state, CHAT, &[], &chat(false), Duration::from_secs(10)).await;
+            assert_eq!(unary.status, 200, "{}", unary.body);
+            let streamed =
+                testing::post(&state, CHAT, &[], &chat(true), Duration::from_secs(10)).await;
+            assert!(
+                streamed.body.ends_with("data: [DONE]\n\n"),
+                "{}",
+                streamed.body
+            );
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -8,18 +8,20 @@
 //! `flywheel_metering_events_dropped_total`); explicit feedback is refused
 //! with 503, so the client knows to send it again. With
 //! `capture.when_log_refuses = "refuse"`, new inference requests are
-//! answered 503 while [`EventSink::accepting`] says no.
+//! answered 503 while [`EventSink::accepting`] says no, and an answer whose
+//! own event was refused is withheld ([`crate::metering::Recorded`]): a
+//! client never holds an answer that the log lost.
 
 use std::{
     io::Write,
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
 };
 
-use flywheel_feedback::{Capture, Record};
+use flywheel_feedback::{Capture, Record, WalError};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -179,19 +181,35 @@ pub struct WalSink {
     /// Set by a refused record, cleared by a taken one, or when the log has
     /// room again (the shipper emptied it).
     refusing: AtomicBool,
+    /// When the last record failed on the disk itself (a full file system,
+    /// an I/O error) rather than on the log's quota, in ms since the Unix
+    /// epoch; 0 when the last refusal was the quota's, or none.
+    failed_at_ms: AtomicU64,
 }
 
 impl WalSink {
     /// Free quota taken to mean "a record would fit": more than a large
     /// event with its bodies (an eighth of a smaller quota).
     const ROOM: u64 = 256 * 1024;
+    /// After the disk refused a record, how long `accepting` says no before
+    /// it lets requests through to try the disk again. The quota can be
+    /// read; a failing disk can only be tried, and each try costs an
+    /// upstream call whose answer is withheld if its record fails.
+    const PROBE_MS: u64 = 1_000;
 
     pub fn new(capture: Arc<Capture>) -> Self {
         Self {
             capture,
             refusing: AtomicBool::new(false),
+            failed_at_ms: AtomicU64::new(0),
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl EventSink for WalSink {
@@ -199,6 +217,9 @@ impl EventSink for WalSink {
         Box::pin(async move {
             let appended = self.capture.append(std::slice::from_ref(&record)).await;
             self.refusing.store(appended.is_err(), Ordering::Relaxed);
+            let on_disk = matches!(appended, Err(ref e) if !matches!(e, WalError::Full { .. }));
+            self.failed_at_ms
+                .store(if on_disk { now_ms().max(1) } else { 0 }, Ordering::Relaxed);
             appended.map_err(|e| {
                 // Full log: counted in the WAL stats (documented policy: new
                 // records are refused, unshipped ones are never dropped).
@@ -211,10 +232,15 @@ impl EventSink for WalSink {
         if !self.refusing.load(Ordering::Relaxed) {
             return true;
         }
-        // A failing disk with room left passes here: the next record tells.
+        let failed_at = self.failed_at_ms.load(Ordering::Relaxed);
+        if failed_at != 0 && now_ms().saturating_sub(failed_at) < Self::PROBE_MS {
+            return false;
+        }
+        // A failing disk with quota left passes here once a probe interval
+        // has gone by: the next record tells.
         let wal = self.capture.wal();
         let room = wal.room() >= Self::ROOM.min(wal.config().max_bytes / 8);
-        if room {
+        if room && failed_at == 0 {
             self.refusing.store(false, Ordering::Relaxed);
         }
         room

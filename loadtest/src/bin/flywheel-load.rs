@@ -25,7 +25,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = rt.block_on(runner::run(&args, body));
+    let runner::Run {
+        report,
+        answered_ids,
+    } = rt.block_on(runner::run(&args, body));
+    if let Some(path) = &args.ids_out {
+        let text: String = answered_ids.iter().map(|id| format!("{id}\n")).collect();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("flywheel-load: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {

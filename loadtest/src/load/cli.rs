@@ -70,6 +70,16 @@ pub struct LoadArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Write the --id-header value of every answered request (2xx, and for
+    /// streams complete), warm-up included, one per line: what a fault test
+    /// checks against the captured events.
+    #[arg(long, value_name = "FILE")]
+    pub ids_out: Option<PathBuf>,
+
+    /// Response header that names a request, for --ids-out.
+    #[arg(long, default_value = "x-flywheel-request-id", value_parser = parse_header_name)]
+    pub id_header: HeaderName,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +142,11 @@ fn parse_url(s: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().as_bytes())
+        .map_err(|e| format!("invalid header name {s:?}: {e}"))
+}
+
 fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = s
         .split_once(':')
@@ -162,8 +177,12 @@ mod tests {
             "--stream",
             "-H",
             "Authorization: Bearer x",
+            "--ids-out",
+            "ids.txt",
         ])
         .unwrap();
+        assert_eq!(args.ids_out, Some(PathBuf::from("ids.txt")));
+        assert_eq!(args.id_header, "x-flywheel-request-id");
         assert_eq!(args.rate, 500.0);
         assert_eq!(args.warmup, Duration::from_secs(2));
         assert_eq!(args.headers[0].1, "Bearer x");

@@ -54,6 +54,17 @@ struct Sample {
     latency: Duration,
     ttft: Option<Duration>,
     result: Result<(), RequestError>,
+    /// Whether the request counts in the statistics (not warm-up).
+    measured: bool,
+    /// The `--id-header` value, when the response had one.
+    id: Option<String>,
+}
+
+/// A run: the report, and the ids of the answered requests (warm-up
+/// included), in the order they completed.
+pub struct Run {
+    pub report: Report,
+    pub answered_ids: Vec<String>,
 }
 
 /// Everything a request task needs, shared by all of them.
@@ -64,9 +75,10 @@ struct Target {
     body: Bytes,
     stream: bool,
     timeout: Duration,
+    id_header: http::HeaderName,
 }
 
-pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
+pub async fn run(args: &LoadArgs, body: Bytes) -> Run {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
@@ -87,6 +99,7 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
         body,
         stream: args.stream,
         timeout: args.timeout,
+        id_header: args.id_header.clone(),
     });
 
     let rate = args.rate;
@@ -121,15 +134,13 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
                 }
                 in_flight.fetch_add(1, Ordering::Relaxed);
                 sent += measured as u64;
-                let tx = measured.then(|| tx.clone());
+                let tx = tx.clone();
                 let target = target.clone();
                 let in_flight = in_flight.clone();
                 handle.spawn(async move {
-                    let sample = one(&target, at).await;
+                    let sample = one(&target, at, measured).await;
                     in_flight.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(tx) = tx {
-                        let _ = tx.send(sample);
-                    }
+                    let _ = tx.send(sample);
                 });
             }
             (sent, dropped)
@@ -140,9 +151,16 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
     let mut ttft = new_histogram();
     let mut ok = 0u64;
     let mut error_kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut answered_ids = Vec::new();
     let us = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_US);
-    // Ends when the scheduler and every measured request have dropped their sender.
+    // Ends when the scheduler and every request have dropped their sender.
     while let Some(s) = rx.recv().await {
+        if let (Ok(()), Some(id)) = (&s.result, s.id) {
+            answered_ids.push(id);
+        }
+        if !s.measured {
+            continue;
+        }
         match s.result {
             Ok(()) => {
                 ok += 1;
@@ -165,7 +183,7 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
     };
 
     let duration_s = args.duration.as_secs_f64();
-    Report {
+    let report = Report {
         target_rate: rate,
         achieved_qps: if duration_s > 0.0 {
             ok as f64 / duration_s
@@ -181,13 +199,18 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Report {
         dropped,
         latency_ms: Percentiles::from_histogram(&latency),
         ttft_ms: args.stream.then(|| Percentiles::from_histogram(&ttft)),
+    };
+    Run {
+        report,
+        answered_ids,
     }
 }
 
 /// Sends one request and reads its body to the end. Times are measured from
 /// `scheduled`, not from when the request actually went out.
-async fn one(t: &Target, scheduled: Instant) -> Sample {
+async fn one(t: &Target, scheduled: Instant, measured: bool) -> Sample {
     let mut ttft = None;
+    let mut id = None;
     let work = async {
         // Method, URI and headers were checked when the target was built.
         let mut req = Request::new(Full::new(t.body.clone()));
@@ -202,6 +225,11 @@ async fn one(t: &Target, scheduled: Instant) -> Sample {
             }
         })?;
         let status = resp.status();
+        id = resp
+            .headers()
+            .get(&t.id_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut body = resp.into_body();
         let mut check = t.stream.then(StreamCheck::default);
         // Read to the end even for error statuses so the connection is reused.
@@ -228,5 +256,7 @@ async fn one(t: &Target, scheduled: Instant) -> Sample {
         latency: scheduled.elapsed(),
         ttft,
         result,
+        measured,
+        id,
     }
 }
