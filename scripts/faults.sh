@@ -15,7 +15,7 @@
 # log holds nothing older than 2 s (`flywheel_wal_oldest_unshipped_age_seconds`):
 # everything written during the fault has shipped.
 #
-#   scripts/faults.sh                 every scenario (about 8 minutes)
+#   scripts/faults.sh                 every scenario (about 10 minutes)
 #   SCENARIOS="clickhouse-sigkill gateway-sigkill" scripts/faults.sh
 #
 # Knobs (environment): RATE (offered req/s, half plain and half streamed;
