@@ -60,8 +60,8 @@ struct Sample {
     id: Option<String>,
 }
 
-/// A run: the report, and the ids of the answered requests (warm-up
-/// included), in the order they completed.
+/// A run: the report, and (with `--ids-out`) the ids of the answered
+/// requests, warm-up included, in the order they completed.
 pub struct Run {
     pub report: Report,
     pub answered_ids: Vec<String>,
@@ -75,7 +75,9 @@ struct Target {
     body: Bytes,
     stream: bool,
     timeout: Duration,
-    id_header: http::HeaderName,
+    /// The `--id-header` to read, only with `--ids-out`: without it no
+    /// request pays for the copy, and the run keeps no ids.
+    id_header: Option<http::HeaderName>,
 }
 
 pub async fn run(args: &LoadArgs, body: Bytes) -> Run {
@@ -99,7 +101,7 @@ pub async fn run(args: &LoadArgs, body: Bytes) -> Run {
         body,
         stream: args.stream,
         timeout: args.timeout,
-        id_header: args.id_header.clone(),
+        id_header: args.ids_out.is_some().then(|| args.id_header.clone()),
     });
 
     let rate = args.rate;
@@ -225,9 +227,10 @@ async fn one(t: &Target, scheduled: Instant, measured: bool) -> Sample {
             }
         })?;
         let status = resp.status();
-        id = resp
-            .headers()
-            .get(&t.id_header)
+        id = t
+            .id_header
+            .as_ref()
+            .and_then(|h| resp.headers().get(h))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut body = resp.into_body();
