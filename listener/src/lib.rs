@@ -24,7 +24,9 @@
 //!   above guarantee.
 //!
 //! Under TLS ([`Tls`]) the handshake runs on the connection's own task, so
-//! a client that stalls in it holds one slot, never the accept loop.
+//! a client that stalls in it holds one slot, never the accept loop; the
+//! certificate files are reread while serving (every 10 s and on SIGHUP), so
+//! a rotated certificate needs no restart.
 
 mod activity;
 mod tls;
@@ -49,7 +51,7 @@ use tokio::{
 };
 
 use crate::activity::{Activity, Tracked};
-pub use crate::tls::{Tls, TlsArgs, TlsError};
+pub use crate::tls::{Tls, TlsArgs, TlsError, RELOAD_EVERY};
 
 /// How long and how many connections may stay open; see the crate docs
 /// for what each bounds.
@@ -111,6 +113,8 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Certificate rotation: rereads the files beside the accept loop.
+    let reloader = tls.map(|tls| tokio::spawn(tls.clone().watch()));
     tokio::pin!(shutdown);
     loop {
         // Over the cap, stop accepting: new connections wait in the listen
@@ -163,6 +167,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     let grace = limits.shutdown_grace;
     tracing::info!(?grace, "shutting down: draining in-flight requests");
     if tokio::time::timeout(grace, graceful.shutdown())

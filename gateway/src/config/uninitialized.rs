@@ -87,9 +87,10 @@ pub struct UninitializedServerConfig {
     /// requests to finish before exiting anyway.
     pub shutdown_grace_ms: u64,
     /// Serve HTTPS (TLS 1.2/1.3, HTTP/2 by ALPN) with this PEM certificate
-    /// chain, leaf first; needs `tls_key_file`. Unset = plain HTTP. Read at
-    /// start (a relative path from the working directory): rotating it
-    /// takes a restart.
+    /// chain, leaf first; needs `tls_key_file`. Unset = plain HTTP. Checked
+    /// at start (a relative path from the working directory), then reread
+    /// every 10 s and on SIGHUP: a rotated pair reaches new connections
+    /// without a restart.
     pub tls_cert_file: Option<PathBuf>,
     /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,

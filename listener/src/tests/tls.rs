@@ -165,3 +165,84 @@ fn files_that_cannot_serve_are_refused_at_load_with_the_reason() {
     assert!(matches!(half.load(), Err(TlsError::Half("--tls-cert"))));
     assert!(TlsArgs::default().load().unwrap().is_none());
 }
+
+/// Whether a client that trusts only `ca` completes a handshake with `addr`.
+async fn trusted_by(addr: std::net::SocketAddr, ca: &str) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(testdata(ca)).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .is_ok()
+}
+
+/// A private copy of `server.pem` and `server.key` that a test may rotate.
+fn rotatable(test: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("flywheel-tls-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(testdata("server.pem"), &cert).unwrap();
+    std::fs::copy(testdata("server.key"), &key).unwrap();
+    (cert, key)
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_reaches_new_connections_and_a_half_done_rotation_changes_nothing() {
+    let (cert, key) = rotatable("reload");
+    let tls = Tls::load(&cert, &key).unwrap();
+    let addr = start(Limits::default(), Some(tls.clone())).await;
+    assert!(trusted_by(addr, "ca.pem").await);
+    assert!(!trusted_by(addr, "rotated-ca.pem").await);
+    assert!(!tls.reload().unwrap(), "unchanged files reloaded");
+
+    // A connection opened before the rotation.
+    let before = connect(addr, b"http/1.1").await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(before))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // The certificate is replaced before its key: that pair cannot serve,
+    // and the listener keeps the one it has.
+    std::fs::copy(testdata("rotated.pem"), &cert).unwrap();
+    let half = tls.reload().unwrap_err();
+    assert!(matches!(half, TlsError::Config { .. }), "{half}");
+    assert!(trusted_by(addr, "ca.pem").await);
+    assert!(!tls.reload().unwrap(), "the same bad pair was parsed again");
+
+    std::fs::copy(testdata("rotated.key"), &key).unwrap();
+    assert!(tls.reload().unwrap());
+    assert!(trusted_by(addr, "rotated-ca.pem").await);
+    assert!(!trusted_by(addr, "ca.pem").await);
+    // The connection from before keeps its session.
+    assert_eq!(
+        text(sender.send_request(health()).await.unwrap()).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_serving_listener_rereads_its_certificate_files_by_itself() {
+    let (cert, key) = rotatable("watch");
+    let tls = Tls::load(&cert, &key)
+        .unwrap()
+        .with_reload_every(Duration::from_millis(50));
+    let addr = start(Limits::default(), Some(tls)).await;
+    assert!(trusted_by(addr, "ca.pem").await);
+    std::fs::copy(testdata("rotated.key"), &key).unwrap();
+    std::fs::copy(testdata("rotated.pem"), &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !trusted_by(addr, "rotated-ca.pem").await {
+        assert!(Instant::now() < deadline, "the rotated certificate was never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
