@@ -100,6 +100,7 @@ pub mod config;
 pub mod event;
 pub mod queries;
 pub mod retention;
+pub mod sealed_file;
 pub mod shipper;
 pub mod store;
 pub mod wal;

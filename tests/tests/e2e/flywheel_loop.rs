@@ -61,7 +61,11 @@ fn gateway_config(engine: &Proc, services: &Services, wal: &Path) -> String {
     c
 }
 
-/// The service's config: `engines` as listed, the trigger as given.
+/// The key that seals the runs' dataset snapshots (`data.key` in `dir`).
+const DATA_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// The service's config: `engines` as listed, the trigger as given, its
+/// dataset snapshots sealed with [`DATA_KEY`].
 fn tuner_config(
     dir: &Path,
     engines: &[&str],
@@ -70,12 +74,15 @@ fn tuner_config(
     trigger: &str,
 ) -> PathBuf {
     let engines: Vec<String> = engines.iter().map(|e| format!("\"http://{e}\"")).collect();
+    let key = dir.join("data.key");
+    std::fs::write(&key, DATA_KEY).unwrap();
     let text = format!(
         r#"[tuner]
 state_dir = "{state}"
 gateway_url = "http://{gw}"
 engines = [{engines}]
 poll_secs = 1
+encryption_key_files = ["{key}"]
 
 [[tuner.jobs]]
 name = "extract"
@@ -121,6 +128,7 @@ n_star = 50.0
         engines = engines.join(", "),
         model = model_dir().display(),
         grader = grader.display(),
+        key = key.display(),
     );
     let path = dir.join("tuner.toml");
     std::fs::write(&path, text).unwrap();
@@ -332,6 +340,17 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
             "{story}"
         );
         assert!(story.contains(stage), "{stage} missing from:\n{story}");
+    }
+    // The dataset snapshot that the trainer (a child process, given the
+    // key) and the gate read is sealed at rest: no row is on disk in the
+    // clear.
+    for file in ["train.jsonl", "heldout.jsonl"] {
+        let bytes = std::fs::read(state.join("runs").join(&run).join("dataset").join(file)).unwrap();
+        assert!(bytes.starts_with(b"FLYWHEEL-SEALED-1\n"), "{file} is not sealed");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("\"messages\""),
+            "{file} holds plain JSON"
+        );
     }
     // Deployed once, whatever the restart did.
     let deploys = events

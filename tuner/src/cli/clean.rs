@@ -7,7 +7,7 @@ use flywheel_tuner::dataset::{self, pii};
 
 use super::{
     files::{read_dataset, write_jsonl},
-    options::parse_pattern,
+    options::{parse_pattern, KeyArgs},
 };
 
 #[derive(clap::Args)]
@@ -20,11 +20,14 @@ pub struct Args {
     /// Extra detector, `NAME=REGEX` (repeatable).
     #[arg(long = "pattern", value_parser = parse_pattern)]
     patterns: Vec<(String, String)>,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let filter = pii::PiiFilter::new(&args.patterns)?;
-    let mut items = read_dataset(&args.input)?;
+    let keys = args.keys.keyring()?;
+    let mut items = read_dataset(&args.input, keys.as_ref())?;
     let total = items.len();
     let action = if args.mask {
         pii::PiiAction::Mask
@@ -43,7 +46,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         !(hit && action == pii::PiiAction::Drop)
     });
     let duplicates = dataset::dedupe(&mut items);
-    write_jsonl(&args.out, &items)?;
+    write_jsonl(&args.out, &items, keys.as_ref())?;
     println!("read {total} rows");
     println!(
         "{flagged} rows with PII {}",

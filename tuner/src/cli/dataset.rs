@@ -11,7 +11,7 @@ use flywheel_tuner::dataset::{self, pii};
 
 use super::{
     files::write_jsonl,
-    options::{parse_pattern, ClickHouseArgs},
+    options::{parse_pattern, ClickHouseArgs, KeyArgs},
     runtime,
 };
 
@@ -59,6 +59,10 @@ pub struct Args {
     limit: u64,
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
+    /// Seals `train.jsonl` and `heldout.jsonl` (they hold captured prompts
+    /// and answers); `train`, `eval` and the rest read them with the key.
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -89,6 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &args.out,
         &name,
         &args.clickhouse.store()?,
+        args.keys.keyring()?.as_ref(),
     )
 }
 
@@ -98,6 +103,7 @@ fn build(
     out: &Path,
     name: &str,
     store: &flywheel_feedback::Store,
+    keys: Option<&flywheel_feedback::wal::Keyring>,
 ) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let built = dataset::captured::build(store, query, filter)
@@ -109,8 +115,8 @@ fn build(
                 )
             })?;
         std::fs::create_dir_all(out)?;
-        write_jsonl(&out.join("train.jsonl"), &built.train)?;
-        write_jsonl(&out.join("heldout.jsonl"), &built.heldout)?;
+        write_jsonl(&out.join("train.jsonl"), &built.train, keys)?;
+        write_jsonl(&out.join("heldout.jsonl"), &built.heldout, keys)?;
         std::fs::write(
             out.join("counts.json"),
             serde_json::to_string_pretty(&built.counts)?,

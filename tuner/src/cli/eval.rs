@@ -11,7 +11,7 @@ use flywheel_tuner::eval::{
 
 use super::{
     files::{load_grader, read_dataset},
-    options::{ClickHouseArgs, GraderArgs},
+    options::{ClickHouseArgs, GraderArgs, KeyArgs},
     runtime,
 };
 
@@ -62,6 +62,8 @@ pub struct Args {
     clickhouse: ClickHouseArgs,
     #[command(flatten)]
     options: GraderArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -74,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         c.raw = true;
     }
     let dataset = &args.dataset;
-    let mut items = read_dataset(dataset)?;
+    let mut items = read_dataset(dataset, args.keys.keyring()?.as_ref())?;
     if let Some(n) = args.limit {
         items.truncate(n);
     }

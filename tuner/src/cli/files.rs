@@ -1,13 +1,10 @@
 //! Reading and writing the files the subcommands take: JSONL datasets and
 //! grader configs.
 
-use std::{
-    fs::File,
-    io::{BufReader, BufWriter},
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use flywheel_feedback::wal::Keyring;
 use flywheel_tuner::{
     dataset::jsonl,
     grader::{Grader, GraderOptions},
@@ -15,15 +12,14 @@ use flywheel_tuner::{
 };
 use serde_json::Value;
 
-/// A JSONL dataset: its items and its bad lines.
-pub fn read_jsonl(path: &Path) -> Result<jsonl::Read> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(jsonl::read(BufReader::new(file))?)
+/// A JSONL dataset, plain or sealed: its items and its bad lines.
+pub fn read_jsonl(path: &Path, keys: Option<&Keyring>) -> Result<jsonl::Read> {
+    Ok(jsonl::read_file(path, keys)?)
 }
 
 /// Reads a dataset that must be clean: bad lines are listed and fatal.
-pub fn read_dataset(path: &Path) -> Result<Vec<Item>> {
-    let read = read_jsonl(path)?;
+pub fn read_dataset(path: &Path, keys: Option<&Keyring>) -> Result<Vec<Item>> {
+    let read = read_jsonl(path, keys)?;
     if let Some(first) = read.errors.first() {
         bail!(
             "{}: {} bad lines, first {first}",
@@ -34,9 +30,9 @@ pub fn read_dataset(path: &Path) -> Result<Vec<Item>> {
     Ok(read.items)
 }
 
-pub fn write_jsonl(path: &Path, items: &[Item]) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    jsonl::write(BufWriter::new(file), items)?;
+/// Writes a dataset, sealed when `keys` is given.
+pub fn write_jsonl(path: &Path, items: &[Item], keys: Option<&Keyring>) -> Result<()> {
+    jsonl::write_file(path, items, keys)?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     files::{load_grader, read_dataset},
-    options::GraderArgs,
+    options::{GraderArgs, KeyArgs},
 };
 
 #[derive(clap::Args)]
@@ -29,11 +29,13 @@ pub struct Args {
     references: bool,
     #[command(flatten)]
     options: GraderArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let grader = load_grader(&args.grader, &args.options.options()?)?;
-    let items = read_dataset(&args.dataset)?;
+    let items = read_dataset(&args.dataset, args.keys.keyring()?.as_ref())?;
     let pairs: Vec<(Sample, &Item)> = if args.references {
         items
             .iter()

@@ -1,11 +1,31 @@
 //! Flag groups that several subcommands flatten into their own: the
-//! graders' outside reach ([`GraderArgs`]) and the capture's ClickHouse
-//! ([`ClickHouseArgs`]).
+//! graders' outside reach ([`GraderArgs`]), the capture's ClickHouse
+//! ([`ClickHouseArgs`]) and the keys of sealed datasets ([`KeyArgs`]).
+
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use flywheel_tuner::grader::{GraderOptions, PythonSandbox};
+
+/// The keys of datasets encrypted at rest (SECURITY.md, "Encryption at
+/// rest"): a dataset written with one is sealed; sealed and plain datasets
+/// both read.
+#[derive(clap::Args, Default)]
+pub struct KeyArgs {
+    /// Key file (64 hex digits, `openssl rand -hex 32`) that seals the
+    /// datasets written and opens the ones read. Repeat it to rotate: the
+    /// first seals, every one opens.
+    #[arg(long = "encryption-key-file", value_name = "FILE", env = "FLYWHEEL_ENCRYPTION_KEY_FILE", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    /// `None` without a key file.
+    pub fn keyring(&self) -> Result<Option<flywheel_feedback::wal::Keyring>> {
+        Ok(flywheel_feedback::sealed_file::keyring_from_files(&self.files)?)
+    }
+}
 
 /// Where graders that reach outside the process go: the `score_model`
 /// judge, the `python` interpreter and its limits, `endpoint` timeouts.

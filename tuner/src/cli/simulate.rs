@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use super::{
     files::{load_grader, read_dataset},
-    options::GraderArgs,
+    options::{GraderArgs, KeyArgs},
     runtime,
 };
 
@@ -93,6 +93,8 @@ pub struct Args {
     summary: Option<PathBuf>,
     #[command(flatten)]
     options: GraderArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration> {
@@ -101,7 +103,7 @@ fn secs(name: &str, s: f64) -> Result<Duration> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let items = read_dataset(&args.dataset)?;
+    let items = read_dataset(&args.dataset, args.keys.keyring()?.as_ref())?;
     if items.is_empty() {
         bail!("{}: no items", args.dataset.display());
     }

@@ -37,10 +37,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     std::fs::create_dir_all(out)?;
     for task in tasks {
         let (train, heldout) = task.generate_split(args.seed, args.n);
-        write_jsonl(&out.join(format!("{}.train.jsonl", task.name())), &train)?;
+        write_jsonl(
+            &out.join(format!("{}.train.jsonl", task.name())),
+            &train,
+            None,
+        )?;
         write_jsonl(
             &out.join(format!("{}.heldout.jsonl", task.name())),
             &heldout,
+            None,
         )?;
         std::fs::write(
             out.join(format!("{}.grader.json", task.name())),

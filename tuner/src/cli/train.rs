@@ -14,7 +14,7 @@ use flywheel_tuner::rft::{LoopConfig, StepRecord};
 
 use super::{
     files::{load_grader, read_dataset},
-    options::{ClickHouseArgs, GraderArgs},
+    options::{ClickHouseArgs, GraderArgs, KeyArgs},
     runtime,
 };
 
@@ -119,6 +119,8 @@ pub struct Args {
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
     #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
     options: GraderArgs,
 }
 
@@ -213,11 +215,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.exit_with_parent {
         exit_with_parent();
     }
-    let train_items = read_dataset(&a.train)?;
+    let keys = a.keys.keyring()?;
+    let train_items = read_dataset(&a.train, keys.as_ref())?;
     let heldout = a
         .heldout
         .as_deref()
-        .map(read_dataset)
+        .map(|h| read_dataset(h, keys.as_ref()))
         .transpose()?
         .unwrap_or_default();
     if a.guide && train_items.iter().all(|i| i.reference_answer.is_none()) {

@@ -2,8 +2,20 @@
 //! one `{"messages": [...], "reference_answer": ..., ...extra}` per line.
 //! Reading never skips a bad line silently: every one is reported with its
 //! line number, and the caller decides whether any error is fatal.
+//!
+//! Files ([`read_file`], [`write_file`]) may be sealed at rest with the
+//! log's keys (`flywheel_feedback::sealed_file`): they hold whole prompts
+//! and answers from captured traffic.
 
-use std::io::{BufRead, Write};
+use std::{
+    io::{BufRead, Write},
+    path::Path,
+};
+
+use flywheel_feedback::{
+    sealed_file::{self, SealedFileError},
+    wal::Keyring,
+};
 
 use crate::item::Item;
 
@@ -71,6 +83,30 @@ pub fn parse_line(line: &str) -> Result<Item, String> {
     Ok(item)
 }
 
+/// A dataset file, plain or sealed (a sealed one needs `keys`).
+pub fn read_file(path: &Path, keys: Option<&Keyring>) -> Result<Read, SealedFileError> {
+    let bytes = sealed_file::read(path, keys)?;
+    read(&bytes[..]).map_err(|source| SealedFileError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `items` to `path`, sealed when `keys` is given; the number written.
+pub fn write_file<'a>(
+    path: &Path,
+    items: impl IntoIterator<Item = &'a Item>,
+    keys: Option<&Keyring>,
+) -> Result<usize, SealedFileError> {
+    let mut plain = Vec::new();
+    let n = write(&mut plain, items).map_err(|source| SealedFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    sealed_file::write(path, &plain, keys)?;
+    Ok(n)
+}
+
 pub fn write<'a>(
     mut out: impl Write,
     items: impl IntoIterator<Item = &'a Item>,
@@ -107,6 +143,23 @@ mod tests {
             first,
             serde_json::from_str::<serde_json::Value>(GOOD).unwrap()
         );
+    }
+
+    #[test]
+    fn a_file_written_with_a_key_reads_back_only_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        let items = read(GOOD.as_bytes()).unwrap().items;
+        let keys = Keyring::from_hex(&"ab".repeat(32), &[]).unwrap();
+        assert_eq!(write_file(&path, &items, Some(&keys)).unwrap(), 1);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(!String::from_utf8_lossy(&on_disk).contains("reference_answer"));
+        let refused = read_file(&path, None).unwrap_err();
+        assert!(matches!(refused, SealedFileError::NeedsKey { .. }), "{refused}");
+        assert_eq!(read_file(&path, Some(&keys)).unwrap().items, items);
+        // Plain files read with or without keys.
+        write_file(&path, &items, None).unwrap();
+        assert_eq!(read_file(&path, Some(&keys)).unwrap().items, items);
     }
 
     #[test]

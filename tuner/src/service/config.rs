@@ -11,6 +11,7 @@
 //! gateway_url = "http://127.0.0.1:8080"  # gate and canary traffic go through it
 //! engines = ["http://127.0.0.1:18101"]   # where versions are deployed (at least one)
 //! poll_secs = 10                         # how often triggers and canaries are looked at
+//! encryption_key_files = []              # seal each run's dataset snapshot (first seals, all open)
 //!
 //! [[tuner.jobs]]
 //! name = "extract"                 # required, [a-z0-9-], unique: part of version names
@@ -66,7 +67,10 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use flywheel_feedback::wal::Keyring;
 
 use flywheel_canary_controller::{QualityMetric, Spec};
 use serde::Deserialize;
@@ -113,6 +117,10 @@ pub struct TunerFile {
     pub engines: Vec<String>,
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// Key files (64 hex digits) that seal each run's dataset snapshot:
+    /// the first seals, every one opens (rotation). Default: none, plain.
+    #[serde(default)]
+    pub encryption_key_files: Vec<PathBuf>,
     #[serde(default)]
     pub jobs: Vec<JobFile>,
 }
@@ -370,6 +378,11 @@ pub struct ServiceConfig {
     pub engines: Vec<String>,
     /// How often triggers and running canaries are looked at.
     pub poll_secs: u64,
+    /// The key files of `encryption_key_files`, absolute, passed on to the
+    /// training child; empty: snapshots are plain.
+    pub encryption_key_files: Vec<PathBuf>,
+    /// Their keyring, read and checked at load.
+    pub keys: Option<Arc<Keyring>>,
     pub jobs: Vec<Job>,
 }
 
@@ -453,11 +466,21 @@ impl File {
         if t.poll_secs == 0 {
             return Err(invalid("tuner.poll_secs", "must be at least 1"));
         }
+        let encryption_key_files: Vec<PathBuf> = t
+            .encryption_key_files
+            .iter()
+            .map(|p| base_dir.join(p))
+            .collect();
+        let keys = flywheel_feedback::sealed_file::keyring_from_files(&encryption_key_files)
+            .map_err(|e| invalid("tuner.encryption_key_files", e.to_string()))?
+            .map(Arc::new);
         Ok(ServiceConfig {
             state_dir,
             gateway_url: t.gateway_url.trim_end_matches('/').to_string(),
             engines: t.engines,
             poll_secs: t.poll_secs,
+            encryption_key_files,
+            keys,
             jobs,
         })
     }

@@ -9,8 +9,7 @@
 //! poll (a dependency that is down while a canary is followed).
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     sync::Arc,
 };
@@ -208,10 +207,12 @@ pub async fn dataset(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .map_err(|e| failed(format!("reading captured traffic: {e}")))?;
     let dir = ctx.dir.join("dataset");
     std::fs::create_dir_all(&dir).map_err(failed)?;
+    // Sealed with the service's keys, when it has any: the snapshot holds
+    // captured prompts and answers.
+    let keys = ctx.deps.config.keys.as_deref();
     for (name, items) in [("train", &built.train), ("heldout", &built.heldout)] {
         let path = dir.join(format!("{name}.jsonl"));
-        let file = std::fs::File::create(&path).map_err(failed)?;
-        dataset::jsonl::write(std::io::BufWriter::new(file), items.iter())
+        dataset::jsonl::write_file(&path, items.iter(), keys)
             .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
     }
     let counts = serde_json::to_value(&built.counts).map_err(failed)?;
@@ -252,9 +253,10 @@ pub async fn dataset(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .map_err(failed)
 }
 
-fn count_lines(path: &Path) -> Result<u64, StageError> {
-    let f = std::fs::File::open(path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    Ok(BufReader::new(f).lines().count() as u64)
+/// The run's dataset file `name` (plain or sealed with the service's keys).
+fn snapshot(ctx: &RunCtx<'_>, name: &str) -> Result<dataset::jsonl::Read, StageError> {
+    let path = ctx.dir.join("dataset").join(name);
+    dataset::jsonl::read_file(&path, ctx.deps.config.keys.as_deref()).map_err(failed)
 }
 
 /// Training: `flywheel-tuner train` in a child process with the job's
@@ -265,7 +267,7 @@ pub async fn train(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
     let h = &ctx.job.hyperparameters;
     let data = ctx.dir.join("dataset");
     let out = ctx.dir.join("train");
-    let prompts = count_lines(&data.join("train.jsonl"))?;
+    let prompts = snapshot(ctx, "train.jsonl")?.items.len() as u64;
     let steps = h.length.steps(prompts, h.batch_size);
     let mut cmd = tokio::process::Command::new(&ctx.deps.tuner_exe);
     cmd.arg("train")
@@ -288,6 +290,9 @@ pub async fn train(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
         .args(["--rank", &h.lora_rank.to_string()])
         .args(["--run-id", ctx.id])
         .arg("--exit-with-parent");
+    for key in &ctx.deps.config.encryption_key_files {
+        cmd.arg("--encryption-key-file").arg(key);
+    }
     if h.guide {
         cmd.arg("--guide");
     }
@@ -498,9 +503,7 @@ fn held_for_rollback(
 pub async fn gate(ctx: &RunCtx<'_>) -> Result<StageEnd, StageError> {
     let deployed: DeployDetail = ctx.detail(Stage::Deploy)?;
     let grader = ctx.grader()?;
-    let path = ctx.dir.join("dataset").join("heldout.jsonl");
-    let file = std::fs::File::open(&path).map_err(failed)?;
-    let read = dataset::jsonl::read(BufReader::new(file)).map_err(failed)?;
+    let read = snapshot(ctx, "heldout.jsonl")?;
     let items: Vec<Item> = read
         .items
         .into_iter()

@@ -111,6 +111,10 @@ fn bad_values_are_named_with_their_path() {
         (MINIMAL.replace("name = \"extract\"", "name = \"Extract Job\""), "tuner.jobs[0].name:"),
         (MINIMAL.replace("route = \"extract\"\n", ""), "tuner.jobs[0].route: required"),
         (
+            MINIMAL.replace("[tuner]\n", "[tuner]\nencryption_key_files = [\"/nonexistent/data.key\"]\n"),
+            "tuner.encryption_key_files: cannot read key file /nonexistent/data.key",
+        ),
+        (
             format!("{MINIMAL}[tuner.jobs.trigger]\nevery_secs = 0\nnew_rows = 0\n"),
             "would never run",
         ),
