@@ -3,7 +3,7 @@
 //! canary store, the tuner journal, the gateway) and answers JSON, or one
 //! of its arrays as CSV with `format=csv&table=NAME`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use axum::{
     body::Body,
@@ -783,6 +783,38 @@ pub async fn playground_feedback(
         json!({"inference_id": body.inference_id, "metric": THUMBS_METRIC, "value": body.value});
     let resp = gw.feedback(&key, &req).await?;
     Ok(pass_through(resp))
+}
+
+/// How long [`playground_cost`] waits for an answer's event to ship.
+const COST_WAIT: Duration = Duration::from_secs(10);
+const COST_POLL: Duration = Duration::from_millis(250);
+
+/// `GET /api/playground/cost/{id}`: what a playground answer cost, read
+/// from its event in ClickHouse. A stream's cost is known only once its
+/// attempts end, so the page asks after the stream, and the call waits up
+/// to [`COST_WAIT`] for the event to ship (one request, not a poll of
+/// 404s). A tenant reads its own answers only; another tenant's id is a
+/// 404, as a missing one is, after the same wait.
+pub async fn playground_cost(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::bad("an inference id is 1 to 128 characters", "id"));
+    }
+    let deadline = tokio::time::Instant::now() + COST_WAIT;
+    loop {
+        if let Some(cost) = st.queries.answer_cost(&id, caller.tenant()).await? {
+            return Ok(Json(cost).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotFound(format!(
+                "no inference {id:?} in ClickHouse after {COST_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(COST_POLL).await;
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/playground/routes", get(api::playground_routes))
         .route("/api/playground/chat", post(api::playground_chat))
         .route("/api/playground/feedback", post(api::playground_feedback))
+        .route("/api/playground/cost/{id}", get(api::playground_cost))
         .route_layer(from_fn_with_state(access, auth::require_caller))
         .with_state(state);
     Router::new()

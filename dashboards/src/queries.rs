@@ -844,6 +844,26 @@ impl Queries {
         })
     }
 
+    /// The cost of inference `id` (a primary-key read), within `tenant`
+    /// when given; `None` until its event is in ClickHouse.
+    pub async fn answer_cost(&self, id: &str, tenant: Option<&str>) -> Result<Option<AnswerCost>> {
+        let mut sql = Sql::new(&format!(
+            "SELECT cost_usd, prompt_tokens, completion_tokens FROM {}.inferences",
+            self.db()
+        ));
+        sql.bind(" WHERE id = ?", id);
+        if let Some(t) = tenant {
+            sql.bind(" AND tenant = ?", t);
+        }
+        sql.push(" LIMIT 1");
+        let rows = timed(
+            "answer cost",
+            sql.query(self.client()).fetch_all::<AnswerCost>(),
+        )
+        .await?;
+        Ok(rows.into_iter().next())
+    }
+
     /// A training run's steps (`training_steps.run_id` is the tuner
     /// service's run id), by step.
     pub async fn training_steps(&self, run: &str) -> Result<Vec<TrainingStepRow>> {
@@ -873,6 +893,16 @@ impl Queries {
         )
         .await
     }
+}
+
+/// What one answer cost, from its event: known once its attempts have ended
+/// and the event has shipped (a streamed answer's cost is not in its
+/// stream).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Deserialize, Serialize)]
+pub struct AnswerCost {
+    pub cost_usd: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// Fills in the empty bins of each metric's histogram.

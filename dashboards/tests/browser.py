@@ -11,7 +11,10 @@ and not blank, and a PNG screenshot is saved. On the overview, the frontier
 table's numbers must equal the expected ones (computed by the caller from
 ClickHouse), and changing a filter in the bar must change them to the
 expected filtered ones. On the playground, two variants answer side by side
-and a thumbs-up is recorded.
+and a thumbs-up is recorded. On an experiment's page, an action button asks
+for confirmation (the dialog's button stays disabled until the id is typed,
+and Cancel changes nothing), then the action is applied: the page shows the
+new status and the decision log the reason.
 
 The expect file (every part optional but `overview`):
 
@@ -24,11 +27,14 @@ The expect file (every part optional but `overview`):
                      "totals": {...}, "frontier": [...]}},
      "playground": {"route": "r", "variants": ["a", "b"], "prompt": "hi",
                     "contains": ["..."], "thumbs": "up"},
+     "action": {"experiment": "exp", "action": "pause",          # an experiment action,
+                "status": "paused", "reason": "why"},            # clicked and confirmed
      "tolerance": 1e-6}                              # relative, for floats
 
 Exits 0 when everything holds; otherwise prints each failure and exits 1.
 The result file (optional) gets what the caller may check further: the
-playground's inference ids and which one got the thumbs.
+playground's inference ids, their costs as the page shows them, which one
+got the thumbs, and the action's outcome.
 """
 
 import argparse
@@ -334,6 +340,12 @@ class Browser:
             ids[side] = m.replace("inference ", "").strip() if m.startswith("inference ") else None
             self.check.ok(f"playground {side}: {len(text)} chars, {p.find_element(By.CSS_SELECTOR, '.answer-stats').text!r}")
         result["playground_ids"] = ids
+        # The streamed answers' costs arrive after the streams, from their
+        # events in ClickHouse.
+        self.wait(lambda: all(p.get_attribute("data-cost") for p in panes), 30,
+                  "both playground answers' costs")
+        result["playground_costs"] = {p.get_attribute("data-pane"): float(p.get_attribute("data-cost")) for p in panes}
+        self.check.ok(f"playground costs: {result['playground_costs']}")
         thumbs = pg.get("thumbs", "up")
         if thumbs and ids.get("A"):
             pane = next(p for p in panes if p.get_attribute("data-pane") == "A")
@@ -347,6 +359,46 @@ class Browser:
                 self.check.fail(f"playground: thumbs not recorded: {pane.find_element(By.CSS_SELECTOR, '.recorded').text}")
         elif thumbs:
             self.check.fail("playground: no inference id on answer A, so no thumbs")
+
+    def check_action(self, spec, result):
+        exp_id, action = spec["experiment"], spec["action"]
+        self.goto("experiments", arg=exp_id)
+        button = f"#view button[data-action='{action}']"
+
+        def open_dialog():
+            self.d.find_element(By.CSS_SELECTOR, button).click()
+            self.wait(lambda: self.d.find_element(By.ID, "confirm-dialog").get_attribute("open") is not None,
+                      5, f"the confirmation of {action}")
+
+        ok = lambda: self.d.find_element(By.ID, "confirm-ok")  # noqa: E731
+        # Cancel: nothing is applied.
+        open_dialog()
+        assert not ok().is_enabled(), "the confirm button is enabled before the id is typed"
+        self.d.find_element(By.ID, "confirm-cancel").click()
+        self.wait(lambda: self.d.find_element(By.ID, "confirm-dialog").get_attribute("open") is None,
+                  5, "the dialog to close on Cancel")
+        before = self.js("return document.querySelector('#view .page-head .badge').textContent")
+        # A wrong id keeps the button disabled; the right one enables it.
+        open_dialog()
+        field = self.d.find_element(By.ID, "confirm-input")
+        field.send_keys(exp_id + "x")
+        assert not ok().is_enabled(), "the confirm button is enabled for a wrong id"
+        field.clear()
+        field.send_keys(exp_id)
+        assert ok().is_enabled(), "the confirm button stays disabled for the right id"
+        self.d.find_element(By.ID, "confirm-reason").send_keys(spec["reason"])
+        self.screenshot("experiment-confirm")
+        ok().click()
+        want = spec["status"]
+        self.wait(lambda: self.d.find_element(By.ID, "confirm-dialog").get_attribute("open") is None
+                  and self.rendered() == f"experiments/{exp_id}"
+                  and self.js("return document.querySelector('#view .page-head .badge').textContent") == want,
+                  30, f"the experiment to show {want!r} (it showed {before!r} before)")
+        text = self.js("return document.getElementById('view').textContent")
+        assert spec["reason"] in text, f"the decision log does not show the reason {spec['reason']!r}"
+        result["action"] = {"experiment": exp_id, "action": action, "before": before, "after": want}
+        self.check.ok(f"{action} on {exp_id}: confirmed, {before} → {want}, reason in the log")
+        self.screenshot("experiment-after-action")
 
     def check_csv(self):
         """The CSV link downloads through the API with the header (a Blob)."""
@@ -426,6 +478,9 @@ def main():
             b.goto("playground", query=query)
         b.screenshot("playground")
 
+    def action():
+        b.check_action(exp["action"], result)
+
     try:
         b = Browser(args, check)
         scope = b.sign_in(query)
@@ -440,6 +495,9 @@ def main():
                 step("playground", playground)
             else:
                 step(page, page_and_detail, page)
+        # Last: it changes the experiment the pages above show.
+        if admin and exp.get("action") is not None:
+            step("experiment action", action)
     except AssertionError as e:
         check.fail(str(e))
     except Exception as e:  # noqa: BLE001

@@ -1681,7 +1681,22 @@
         if (tFirst != null) bTtft.textContent = fmtMs(tFirst - t0);
         bTok.textContent = isNum(pt) || isNum(ct) ? `${fmtCount(pt)} in · ${fmtCount(ct)} out` : DASH;
         bCost.textContent = isNum(cost) ? fmtUSD(cost) : DASH;
-        if (!isNum(cost)) sCost.title = 'a streamed answer\'s cost is known once its attempts end: see the Overview';
+        if (!isNum(cost) && inferenceId) {
+          // A stream's cost is known once its attempts end: the server reads
+          // it from the answer's event, waiting for it to ship.
+          bCost.textContent = '…';
+          sCost.title = 'read from the answer\'s event in ClickHouse';
+          const id = inferenceId;
+          api('playground/cost/' + encodeURIComponent(id)).then((found) => {
+            bCost.textContent = fmtUSD(found.cost_usd);
+            c.dataset.cost = String(found.cost_usd);
+          }, (e) => {
+            bCost.textContent = DASH;
+            sCost.title = `not known: ${e.message}`;
+          });
+        } else if (isNum(cost)) {
+          c.dataset.cost = String(cost);
+        }
         if (!content) text.appendChild(el('span', { class: 'muted' }, '(empty answer)'));
         idNode.textContent = inferenceId ? `inference ${inferenceId}` : 'no inference id: feedback unavailable';
         c.dataset.done = 'ok';

@@ -6,7 +6,9 @@
 //! here directly, from the raw tables, not through the server's rollups),
 //! before and after a filter; every page renders without a console error
 //! and draws its charts; the playground streams two variants side by side
-//! and its thumbs-up lands in ClickHouse.
+//! and its thumbs-up lands in ClickHouse; an experiment paused with the
+//! page's button (after its confirmation) is paused in ClickHouse, with the
+//! reason typed in its decision log.
 //!
 //! Needs Debian's `chromium` and `chromium-driver`, and `selenium` in
 //! `$FLYWHEEL_PYTHON` (scripts/lib.sh `ensure_python` installs it). The
@@ -26,6 +28,8 @@ const DATABASE: &str = "flywheel";
 /// The grader metric the overview's "successful answer" uses.
 const METRIC: &str = "grader_exact";
 const EXPERIMENT: &str = "exp-dash";
+/// What the browser types as the reason of its pause.
+const PAUSE_REASON: &str = "paused from the browser test";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -352,6 +356,13 @@ async fn count(services: &Services, sql: &str) -> u64 {
         .unwrap_or(0)
 }
 
+async fn scalar_f64(services: &Services, sql: &str) -> f64 {
+    let text = services.try_query(sql).await.unwrap_or_default();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
+}
+
 async fn rows_in(services: &Services, table: &str) -> u64 {
     count(services, &format!("SELECT count() FROM {DATABASE}.{table}")).await
 }
@@ -527,6 +538,7 @@ async fn dashboards_pages_show_clickhouse_numbers_in_a_browser() {
         "admin": true,
         "overview": overview,
         "playground": {"route": "chat", "variants": ["a", "b"], "prompt": "Say hello.", "thumbs": "up"},
+        "action": {"experiment": EXPERIMENT, "action": "pause", "status": "paused", "reason": PAUSE_REASON},
         "tolerance": 1e-6,
     });
     let admin_dir = work.join("admin");
@@ -542,6 +554,23 @@ async fn dashboards_pages_show_clickhouse_numbers_in_a_browser() {
         log.contains("training detail") && log.contains("experiments detail"),
         "the run {run} or experiment {EXPERIMENT} was not visited:\n{log}"
     );
+
+    // The pause clicked and confirmed in the browser is the experiment's
+    // state now, recorded as the dashboard's manual action with its reason.
+    let paused = count(
+        &services,
+        &format!("SELECT count() FROM {DATABASE}.experiments FINAL WHERE id = '{EXPERIMENT}' AND status = 'paused'"),
+    )
+    .await;
+    assert_eq!(paused, 1, "the experiment is not paused after the browser's action");
+    let recorded = count(
+        &services,
+        &format!(
+            "SELECT count() FROM {DATABASE}.canary_evaluations WHERE experiment_id = '{EXPERIMENT}' AND manual = 1 AND actor = 'dashboard' AND position(reason_json, '{PAUSE_REASON}') > 0"
+        ),
+    )
+    .await;
+    assert_eq!(recorded, 1, "the manual pause is not in the decision log");
 
     // The playground's thumbs went through the gateway into ClickHouse.
     let result: Value =
@@ -576,6 +605,19 @@ async fn dashboards_pages_show_clickhouse_numbers_in_a_browser() {
     assert_eq!(
         answered, 1,
         "the playground's answer {id} is not an inference of chat/a"
+    );
+    // The streamed answer's cost on the page is its event's.
+    let shown = result["playground_costs"]["A"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no cost shown in {result}"));
+    let cost = scalar_f64(
+        &services,
+        &format!("SELECT cost_usd FROM {DATABASE}.inferences WHERE id = '{id}'"),
+    )
+    .await;
+    assert!(
+        cost > 0.0 && (shown - cost).abs() <= 1e-12 + 1e-9 * cost,
+        "the page shows {shown} for {id}, ClickHouse holds {cost}"
     );
 
     // A tenant: its own rows only, no admin pages.
