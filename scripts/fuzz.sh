@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 SECONDS_EACH="${SECONDS_EACH:-600}"
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(wal_frames sse request_body gateway_config)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(wal_frames sse request_body gateway_config grader_config)
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR="$FLYWHEEL_CACHE/target-fuzz"
 # With --target, these flags reach the targets and their dependencies but
