@@ -13,8 +13,14 @@
 #   4. the tuner service triggers on the captured feedback, builds the
 #      dataset, trains, deploys, gates and canaries; the canary controller
 #      promotes or rolls back;
-#   5. the report: per variant before and after, the run's story and the
+#   5. the report: per variant before and after, each run's story and the
 #      canary's decisions.
+#
+# A second route, `onestep`, shows the gate saying no: the same task and
+# chain, but its job trains a single step, which leaves the model as it
+# was. Its candidate is the base model in all but name, no better per
+# dollar than the chain, so the gate must reject it and nothing of it may
+# serve traffic. Its users stop after ONESTEP_SECS, once it has triggered.
 #
 #   scripts/demo.sh                 the full loop (TASK=instructions, 50 training steps)
 #   FAST=1 scripts/demo.sh          a smaller setting that shows every stage
@@ -22,7 +28,9 @@
 # Knobs (environment): TASK (instructions | tool_call | extraction | ...), RATE (users'
 # conversations per second, default 0.15: about what these two cores answer
 # beside a training; more, and requests queue), FAST, DASH_PORT (the
-# dashboards, 8090), KEEP=1 (leave everything running after the report). Logs and state: $FLYWHEEL_CACHE/demo-loop.
+# dashboards, 8090), KEEP=1 (leave everything running after the report),
+# ONESTEP=0 (leave the second route out), ONESTEP_RATE (its users'
+# conversations per second, 0.05), ONESTEP_SECS (how long they ask, 360). Logs and state: $FLYWHEEL_CACHE/demo-loop.
 # The gateway alone in front of a mock provider: scripts/gateway-demo.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +55,8 @@ else
   RAMP='[{ name = "50%", candidate_percent = 50.0, shadow = false }, { name = "100%", candidate_percent = 100.0, shadow = false }]'
 fi
 WORK="$FLYWHEEL_CACHE/demo-loop"
+ONESTEP=${ONESTEP:-1}; ONESTEP_RATE=${ONESTEP_RATE:-0.05}; ONESTEP_SECS=${ONESTEP_SECS:-360}
+JOBS=(demo); [ "$ONESTEP" = 1 ] && JOBS+=(onestep)
 START=$(date +%s)
 phase() { local t=$(( $(date +%s) - START )); log "$(printf '%d:%02d' $((t / 60)) $((t % 60))) $*"; }
 
@@ -119,8 +129,9 @@ base_url = "http://$BIG_ADDR/v1"
 price_input_per_1m = 0.037
 price_output_per_1m = 0.074
 forward_response_format = false
+$(for job in "${JOBS[@]}"; do cat <<ROUTE
 [[routes]]
-name = "demo"
+name = "$job"
 [[routes.variants]]
 name = "chain"
 weight = 100
@@ -128,15 +139,17 @@ targets = [{ provider = "small", model = "base" }, { provider = "big", model = "
 [[routes.variants]]
 name = "tuned-a"
 weight = 0
-targets = [{ provider = "small", model = "demo-a" }, { provider = "big", model = "qwen" }]
+targets = [{ provider = "small", model = "$job-a" }, { provider = "big", model = "qwen" }]
 [[routes.variants]]
 name = "tuned-b"
 weight = 0
-targets = [{ provider = "small", model = "demo-b" }, { provider = "big", model = "qwen" }]
+targets = [{ provider = "small", model = "$job-b" }, { provider = "big", model = "qwen" }]
+ROUTE
+done)
 EOF
 start_listening "$WORK/gateway.log" "$BIN/flywheel-gateway" --config "$WORK/gateway.toml"
 PIDS+=("$STARTED_PID"); GATEWAY=$ADDR
-log "gateway on $GATEWAY: route demo = chain (SmolLM2 + validation retry → Qwen 0.5B); engines $SMALL_ADDR, $BIG_ADDR"
+log "gateway on $GATEWAY: route(s) ${JOBS[*]} = chain (SmolLM2 + validation retry → Qwen 0.5B); engines $SMALL_ADDR, $BIG_ADDR"
 DASH=127.0.0.1:${DASH_PORT:-8090}
 "$BIN/flywheel-dashboards" --listen "$DASH" --gateway-config "$WORK/gateway.toml" --database "$DB" \
   --gateway-url "http://$GATEWAY" --gateway-metrics-token "$DASH_ADMIN" --playground-key "$TUNER_KEY" --tuner-state "$WORK/tuner" \
@@ -168,7 +181,8 @@ grader = "$WORK/tasks/$TASK.grader.json"
 [tuner.jobs.trigger]
 every_secs = 0
 new_rows = $NEW_ROWS
-min_interval_secs = 0
+# One run per job: the demo shows one turn of the loop.
+min_interval_secs = 86400
 [tuner.jobs.dataset]
 min_rows = $MIN_ROWS
 heldout_fraction = 0.25
@@ -194,14 +208,57 @@ min_step_secs = 0
 max_step_secs = $STEP_SECS
 quality_margin = 0.1
 EOF
+if [ "$ONESTEP" = 1 ]; then
+  # The same task, chain and gate as a real job, but one training step:
+  # too little to change the model, so the gate must find no gain. Half
+  # the rows held out, for a gate with more than a handful of items; one
+  # run only (min_interval_secs).
+  cat >>"$WORK/tuner.toml" <<EOF
+[[tuner.jobs]]
+name = "onestep"
+route = "onestep"
+base_model = "$SMALL"
+grader = "$WORK/tasks/$TASK.grader.json"
+[tuner.jobs.trigger]
+every_secs = 0
+new_rows = 60
+min_interval_secs = 86400
+[tuner.jobs.dataset]
+min_rows = 10
+heldout_fraction = 0.5
+[tuner.jobs.hyperparameters]
+steps = 1
+batch_size = 1
+group_size = 4
+eval_interval = 1
+learning_rate = 5e-5
+guide = true
+[tuner.jobs.gate]
+heldout_items = 16
+min_gain = 0.05
+non_inferiority = 0.05
+max_tokens = 128
+[tuner.jobs.online_grading]
+interval_secs = 5
+[tuner.jobs.canary]
+steps = $RAMP
+EOF
+fi
 "$BIN/flywheel-tuner" jobs --config "$WORK/tuner.toml"
 
 phase "3/5 simulated users on $TASK ($RATE conversations/s)"
-"$BIN/flywheel-tuner" simulate --route demo --dataset "$WORK/tasks/$TASK.users.jsonl" \
-  --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
-  --rate "$RATE" --duration-secs 86400 --max-tokens 128 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
-  --reask-rate 0.3 >"$WORK/users.log" 2>&1 &
-PIDS+=("$!")
+users() { # route rate seconds
+  "$BIN/flywheel-tuner" simulate --route "$1" --dataset "$WORK/tasks/$TASK.users.jsonl" \
+    --grader "$WORK/tasks/$TASK.grader.json" --gateway "http://$GATEWAY/v1" --api-key "$USER_KEY" \
+    --rate "$2" --duration-secs "$3" --max-tokens 128 --feedback-rate 0.8 --noise 0.1 --feedback-delay-secs 2 \
+    --reask-rate 0.3 >"$WORK/users-$1.log" 2>&1 &
+  PIDS+=("$!")
+}
+users demo "$RATE" 86400
+if [ "$ONESTEP" = 1 ]; then
+  users onestep "$ONESTEP_RATE" "$ONESTEP_SECS"
+  log "and on route onestep, $ONESTEP_RATE conversations/s for ${ONESTEP_SECS}s: its job trains one step, which the gate must reject"
+fi
 "$BIN/flywheel-canary" run --interval-ms 5000 --settle-ms 2000 >"$WORK/canary.log" 2>&1 &
 PIDS+=("$!")
 
@@ -211,29 +268,33 @@ FLYWHEEL_API_KEY=$TUNER_KEY "$BIN/flywheel-tuner" serve --config "$WORK/tuner.to
 PIDS+=("$!")
 tail -n +1 -f "$WORK/tuner.log" | grep --line-buffered -vE 'grade-online' &
 PIDS+=("$!")
-until grep -q '"event":"ended"' "$WORK"/tuner/runs/*/journal.jsonl 2>/dev/null; do sleep 5; done
+# Until every job's run has ended (run ids are `<job>-<ms>`).
+ended() { grep -l '"event":"ended"' "$WORK"/tuner/runs/"$1"-*/journal.jsonl 2>/dev/null | head -1; }
+for job in "${JOBS[@]}"; do until [ -n "$(ended "$job")" ]; do sleep 5; done; done
 sleep 1
 
 phase "5/5 the report"
 "$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml"
-RUN=$(ls -t "$WORK/tuner/runs" | head -1)
-"$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml" "$RUN"
-EXP=$(curl -sf http://127.0.0.1:8123/ --data-binary \
-  "SELECT id FROM $DB.experiments FINAL WHERE origin = 'tuner:$RUN' LIMIT 1" || true)
-[ -z "$EXP" ] || "$BIN/flywheel-canary" status "$EXP" --last 20 || true
-log "per variant, all traffic of the demo (quality = the task grader's online score, over the graded requests)"
+for job in "${JOBS[@]}"; do
+  RUN=$(basename "$(dirname "$(ended "$job")")")
+  "$BIN/flywheel-tuner" runs --config "$WORK/tuner.toml" "$RUN"
+  EXP=$(curl -sf http://127.0.0.1:8123/ --data-binary \
+    "SELECT id FROM $DB.experiments FINAL WHERE origin = 'tuner:$RUN' LIMIT 1" || true)
+  [ -z "$EXP" ] || "$BIN/flywheel-canary" status "$EXP" --last 20 || true
+done
+log "per route and variant, all traffic of the demo (quality = the task grader's online score, over the graded requests)"
 curl -sf http://127.0.0.1:8123/ --data-binary "
-  SELECT i.variant AS variant, count() AS requests, sum(g.graded) AS graded_requests,
+  SELECT i.route AS route, i.variant AS variant, count() AS requests, sum(g.graded) AS graded_requests,
          round(avgIf(g.score, g.graded = 1), 3) AS quality,
          round(avg(i.cost_usd) * 1e6, 3) AS cost_per_req_micro_usd,
          round(sum(i.cost_usd) / greatest(sum(g.score >= 0.5), 1) * 1e6, 3) AS cost_per_success_micro_usd,
          round(avg(i.retries), 3) AS retries_per_req,
          round(avg(i.fallback_depth > 0), 3) AS fallbacks_per_req,
          round(quantile(0.5)(i.latency_ms)) AS p50_ms, round(quantile(0.95)(i.latency_ms)) AS p95_ms
-  FROM (SELECT * FROM $DB.inferences FINAL WHERE route = 'demo' AND shadow = 0) AS i
+  FROM (SELECT * FROM $DB.inferences FINAL WHERE shadow = 0) AS i
   LEFT JOIN (SELECT assumeNotNull(inference_id) AS id, avg(value_float) AS score, 1 AS graded FROM $DB.feedback FINAL
-             WHERE metric = 'grader_demo' GROUP BY id) AS g USING id
-  GROUP BY variant ORDER BY variant FORMAT PrettyCompactNoEscapes"
+             WHERE metric IN ($(printf "'grader_%s'," "${JOBS[@]}" | sed 's/,$//')) GROUP BY id) AS g USING id
+  GROUP BY route, variant ORDER BY route, variant FORMAT PrettyCompactNoEscapes"
 phase "done in $(( ($(date +%s) - START) / 60 )) min; logs and state in $WORK"
 log "look next: the dashboards at http://$DASH (token $DASH_ADMIN): cost per successful answer and the frontier, the experiment's interval band and decision log, the run's curves and gate"
 if [ "${KEEP:-0}" = 1 ]; then
