@@ -97,7 +97,9 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_token_sha256: Option<String>,
-    /// Weight dtype as loaded (before `--isq`; F32 is the fastest unquantized on a CPU).
+    /// Weight dtype as loaded (before `--isq`). On a CPU F32 is the fastest unquantized
+    /// (F16 decodes at 0.74x on one stream and 0.28x over 8, BENCHMARKS §3), and BF16 is
+    /// refused at start: candle 0.10.2's CPU matmul has no BF16 kernel.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DType,
     /// Quantize the weights when a version loads (mistral.rs in-situ quantization), base
@@ -126,6 +128,13 @@ struct ServeArgs {
     /// Run on the CPU even in a CUDA build.
     #[arg(long)]
     cpu: bool,
+    /// Pin the compute threads (the global rayon pool, where candle and mistral.rs run
+    /// their matmuls and attention) one to each CPU this process may use, in order,
+    /// instead of letting the scheduler move them (RAYON_NUM_THREADS threads, default one
+    /// per CPU). Linux only. Off by default: on the 2-vCPU machine of BENCHMARKS §3
+    /// ("Thread pinning, F16, BF16 and --max-seqs") decoding was within 1.5 % of unpinned.
+    #[arg(long)]
+    pin_threads: bool,
     /// Exit when stdin reaches end-of-file (used by tests so that the server dies with them).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
@@ -147,6 +156,16 @@ fn main() -> ExitCode {
     std::env::set_var("HF_HUB_OFFLINE", "1");
     match cli.command {
         Command::Serve(args) => {
+            if args.pin_threads {
+                // Before anything starts the global pool.
+                match pin_compute_threads() {
+                    Ok(cpus) => tracing::info!(?cpus, "compute threads pinned, one per CPU"),
+                    Err(e) => {
+                        eprintln!("flywheel-engine: error: --pin-threads: {e:#}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -163,6 +182,54 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Builds the global rayon pool with each worker pinned to one of the CPUs this process
+/// may run on (thread i on the i-th, round robin); the CPUs, in pool order.
+#[cfg(target_os = "linux")]
+fn pin_compute_threads() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            anyhow::bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect::<Vec<_>>()
+    };
+    if allowed.is_empty() {
+        anyhow::bail!("no CPU in this process's affinity mask");
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(allowed.len());
+    let order: Vec<usize> = (0..threads).map(|i| allowed[i % allowed.len()]).collect();
+    let pins = order.clone();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .start_handler(move |i| {
+            let cpu = pins[i % pins.len()];
+            // SAFETY: as above; pid 0 is the calling thread.
+            let rc = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            if rc != 0 {
+                tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "cannot pin a compute thread");
+            }
+        })
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("the global thread pool: {e}"))?;
+    Ok(order)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_compute_threads() -> anyhow::Result<Vec<usize>> {
+    anyhow::bail!("thread pinning is implemented for Linux only")
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -183,6 +250,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if args.default_max_tokens == 0 {
         anyhow::bail!("--default-max-tokens must be at least 1");
+    }
+    if matches!(args.dtype, DType::Bf16) && (args.cpu || !cfg!(feature = "cuda")) {
+        // Found by the engine benchmark: the weights load, then every request fails.
+        anyhow::bail!(
+            "--dtype bf16 does not run on the CPU: candle 0.10.2's CPU matmul has no BF16 \
+             kernel, so every request would fail; use f32 (the default) or f16"
+        );
     }
     // Checked before the weights load: a bad certificate path fails in a second, not a minute.
     let tls = args.tls.load()?;
