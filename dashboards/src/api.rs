@@ -801,7 +801,10 @@ pub async fn playground_cost(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::bad("an inference id is 1 to 128 characters", "id"));
+        return Err(ApiError::bad(
+            "an inference id is 1 to 128 characters",
+            "id",
+        ));
     }
     let deadline = tokio::time::Instant::now() + COST_WAIT;
     loop {

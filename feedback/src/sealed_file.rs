@@ -79,7 +79,11 @@ pub fn seal(keys: &Keyring, plain: &[u8]) -> Result<Vec<u8>, SealError> {
 
 /// The plain bytes of a file's contents: sealed ones opened with `keys`,
 /// plain ones as they are.
-pub fn open(path: &Path, bytes: Vec<u8>, keys: Option<&Keyring>) -> Result<Vec<u8>, SealedFileError> {
+pub fn open(
+    path: &Path,
+    bytes: Vec<u8>,
+    keys: Option<&Keyring>,
+) -> Result<Vec<u8>, SealedFileError> {
     let Some(sealed) = bytes.strip_prefix(MAGIC) else {
         return Ok(bytes);
     };
@@ -157,7 +161,10 @@ mod tests {
         write(&path, plain, Some(&keys(KEY_A, &[]))).unwrap();
         let on_disk = std::fs::read(&path).unwrap();
         assert!(is_sealed(&on_disk));
-        assert!(!on_disk.windows(4).any(|w| w == b"4111"), "plain text on disk");
+        assert!(
+            !on_disk.windows(4).any(|w| w == b"4111"),
+            "plain text on disk"
+        );
         assert_eq!(read(&path, Some(&keys(KEY_A, &[]))).unwrap(), plain);
         assert!(!d.path().join("train.jsonl.tmp").exists());
     }
@@ -173,7 +180,13 @@ mod tests {
         assert!(none.to_string().contains(&a.current_id()), "{none}");
         let other = read(&path, Some(&keys(KEY_B, &[]))).unwrap_err();
         assert!(
-            matches!(other, SealedFileError::Seal { source: SealError::UnknownKey(_), .. }),
+            matches!(
+                other,
+                SealedFileError::Seal {
+                    source: SealError::UnknownKey(_),
+                    ..
+                }
+            ),
             "{other}"
         );
     }
@@ -191,7 +204,10 @@ mod tests {
         assert_eq!(read(&old, Some(&rotated)).unwrap(), b"old\n");
         let new = d.path().join("new.jsonl");
         write(&new, b"new\n", Some(&rotated)).unwrap();
-        assert!(read(&new, Some(&keys(KEY_A, &[]))).is_err(), "sealed with the old key");
+        assert!(
+            read(&new, Some(&keys(KEY_A, &[]))).is_err(),
+            "sealed with the old key"
+        );
     }
 
     #[test]
@@ -202,7 +218,13 @@ mod tests {
         bytes[last] ^= 1;
         let tampered = open(Path::new("f"), bytes, Some(&a)).unwrap_err();
         assert!(
-            matches!(tampered, SealedFileError::Seal { source: SealError::Tampered(_), .. }),
+            matches!(
+                tampered,
+                SealedFileError::Seal {
+                    source: SealError::Tampered(_),
+                    ..
+                }
+            ),
             "{tampered}"
         );
         // A log frame's payload, sealed with its time as associated data.

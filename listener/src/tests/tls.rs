@@ -242,7 +242,10 @@ async fn a_serving_listener_rereads_its_certificate_files_by_itself() {
     std::fs::copy(testdata("rotated.pem"), &cert).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !trusted_by(addr, "rotated-ca.pem").await {
-        assert!(Instant::now() < deadline, "the rotated certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -562,7 +562,10 @@ async fn dashboards_pages_show_clickhouse_numbers_in_a_browser() {
         &format!("SELECT count() FROM {DATABASE}.experiments FINAL WHERE id = '{EXPERIMENT}' AND status = 'paused'"),
     )
     .await;
-    assert_eq!(paused, 1, "the experiment is not paused after the browser's action");
+    assert_eq!(
+        paused, 1,
+        "the experiment is not paused after the browser's action"
+    );
     let recorded = count(
         &services,
         &format!(

@@ -345,8 +345,12 @@ async fn the_loop_turns_from_user_feedback_to_a_canary_decision_without_a_person
     // key) and the gate read is sealed at rest: no row is on disk in the
     // clear.
     for file in ["train.jsonl", "heldout.jsonl"] {
-        let bytes = std::fs::read(state.join("runs").join(&run).join("dataset").join(file)).unwrap();
-        assert!(bytes.starts_with(b"FLYWHEEL-SEALED-1\n"), "{file} is not sealed");
+        let bytes =
+            std::fs::read(state.join("runs").join(&run).join("dataset").join(file)).unwrap();
+        assert!(
+            bytes.starts_with(b"FLYWHEEL-SEALED-1\n"),
+            "{file} is not sealed"
+        );
         assert!(
             !String::from_utf8_lossy(&bytes).contains("\"messages\""),
             "{file} holds plain JSON"

@@ -2,7 +2,6 @@
 //! graders' outside reach ([`GraderArgs`]), the capture's ClickHouse
 //! ([`ClickHouseArgs`]) and the keys of sealed datasets ([`KeyArgs`]).
 
-
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
@@ -16,14 +15,21 @@ pub struct KeyArgs {
     /// Key file (64 hex digits, `openssl rand -hex 32`) that seals the
     /// datasets written and opens the ones read. Repeat it to rotate: the
     /// first seals, every one opens.
-    #[arg(long = "encryption-key-file", value_name = "FILE", env = "FLYWHEEL_ENCRYPTION_KEY_FILE", value_delimiter = ',')]
+    #[arg(
+        long = "encryption-key-file",
+        value_name = "FILE",
+        env = "FLYWHEEL_ENCRYPTION_KEY_FILE",
+        value_delimiter = ','
+    )]
     pub files: Vec<PathBuf>,
 }
 
 impl KeyArgs {
     /// `None` without a key file.
     pub fn keyring(&self) -> Result<Option<flywheel_feedback::wal::Keyring>> {
-        Ok(flywheel_feedback::sealed_file::keyring_from_files(&self.files)?)
+        Ok(flywheel_feedback::sealed_file::keyring_from_files(
+            &self.files,
+        )?)
     }
 }
 

@@ -155,7 +155,10 @@ mod tests {
         let on_disk = std::fs::read(&path).unwrap();
         assert!(!String::from_utf8_lossy(&on_disk).contains("reference_answer"));
         let refused = read_file(&path, None).unwrap_err();
-        assert!(matches!(refused, SealedFileError::NeedsKey { .. }), "{refused}");
+        assert!(
+            matches!(refused, SealedFileError::NeedsKey { .. }),
+            "{refused}"
+        );
         assert_eq!(read_file(&path, Some(&keys)).unwrap().items, items);
         // Plain files read with or without keys.
         write_file(&path, &items, None).unwrap();

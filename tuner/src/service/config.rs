@@ -70,9 +70,8 @@ use std::{
     sync::Arc,
 };
 
-use flywheel_feedback::wal::Keyring;
-
 use flywheel_canary_controller::{QualityMetric, Spec};
+use flywheel_feedback::wal::Keyring;
 use serde::Deserialize;
 use thiserror::Error;
 

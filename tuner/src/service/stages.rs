@@ -8,11 +8,7 @@
 //! run (journaled with its reason) or asks to be tried again at the next
 //! poll (a dependency that is down while a canary is followed).
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::Arc,
-};
+use std::{path::PathBuf, process::Stdio, sync::Arc};
 
 use flywheel_canary_controller::{
     engines::EngineAdmin,
